@@ -1,0 +1,384 @@
+"""Net2WiderNet and Net2DeeperNet on Flax variable dicts: pure, exact, key-driven.
+
+``widen`` and ``deepen`` map ``(model, variables)`` to ``(new_model, new_variables)`` where
+``new_model = model.clone(...)``. Nothing passed in is mutated; randomness comes only from
+``key``. Both work under ``jax.jit`` with the module and the size arguments static::
+
+    grow = jax.jit(jnet2net.widen, static_argnames=("model", "widths"))
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jnet2net import surgery
+from jnet2net.coupling import Member, UnitGroup
+from jnet2net.models.common import BN_EPSILON
+from jnet2net.models.resnet import LAST_NORM, ResNet
+from jnet2net.models.vgg import VGG
+from jnet2net.variables import (
+    FlatVariables,
+    Variables,
+    check_variables,
+    flatten,
+    path_str,
+    unflatten_like,
+)
+
+Noise = Literal["none", "split", "paper"]
+NOISES = ("none", "split", "paper")
+
+
+class GroupMapping(NamedTuple):
+    """How one unit group grows: new unit ``j`` copies old unit ``mapping[j]``.
+
+    Attributes:
+      group: the unit group.
+      mapping: ``(new_size,)`` int32.
+      counts: ``(old_size,)`` replication counts of ``mapping``.
+    """
+
+    group: UnitGroup
+    mapping: jax.Array
+    counts: jax.Array
+
+
+# --- widen ---------------------------------------------------------------------------
+
+
+def _check_family(model: Any) -> None:
+    if not isinstance(model, (VGG, ResNet)):
+        raise TypeError(
+            f"jnet2net grows VGG and ResNet modules, got {type(model).__name__}; for other "
+            "networks compose the ops in jnet2net.surgery"
+        )
+
+
+def _widened_model(
+    model: nn.Module,
+    widths: tuple[int, ...] | None,
+    hidden_widths: tuple[int, ...] | None,
+    inner_widths: tuple[int, ...] | None,
+    stem_width: int | None,
+) -> nn.Module:
+    changes: dict[str, Any] = {}
+    if widths is not None:
+        changes["stage_widths"] = _as_tuple("widths", widths, len(model.stage_widths))
+    if hidden_widths is not None:
+        if not isinstance(model, VGG):
+            raise ValueError("hidden_widths applies to VGG dense heads; ResNet has none")
+        changes["hidden_widths"] = _as_tuple(
+            "hidden_widths", hidden_widths, len(model.hidden_widths)
+        )
+    if inner_widths is not None or stem_width is not None:
+        if not isinstance(model, ResNet):
+            raise ValueError("inner_widths and stem_width apply to ResNet only")
+        if inner_widths is not None:
+            changes["inner_widths"] = _as_tuple(
+                "inner_widths", inner_widths, len(model.stage_widths)
+            )
+        if stem_width is not None:
+            if model.stem_width is None:
+                raise ValueError(
+                    "this ResNet's stem writes stage 0's stream (stem_width=None): widen it "
+                    "with widths[0]"
+                )
+            changes["stem_width"] = stem_width
+    return model.clone(**changes)
+
+
+def _as_tuple(name: str, values: Any, length: int) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of {length} ints, got {values!r}")
+    if len(values) != length:
+        raise ValueError(
+            f"{name} has {len(values)} entries but the model has {length}: {tuple(values)}"
+        )
+    return tuple(values)
+
+
+def widening_plan(model: nn.Module, new_model: nn.Module, key: jax.Array) -> tuple[GroupMapping, ...]:
+    """Draws one random mapping per unit group that grows from ``model`` to ``new_model``.
+
+    Raises:
+      ValueError: a group would shrink (naming it, its field and both sizes).
+    """
+    plan = []
+    groups = model.unit_groups()
+    keys = jax.random.split(key, max(len(groups), 1))
+    for group, group_key in zip(groups, keys):
+        old, new = model.width_of(group.field), new_model.width_of(group.field)
+        if new < old:
+            name, index = group.field
+            field = name if index is None else f"{name}[{index}]"
+            raise ValueError(
+                f"widen cannot shrink {group.name} ({field}) from {old} to {new} units; "
+                "use jnet2net.transfer to make a network narrower"
+            )
+        if new > old:
+            mapping = surgery.random_mapping(group_key, old, new)
+            plan.append(GroupMapping(group, mapping, surgery.replication_counts(mapping, old)))
+    return tuple(plan)
+
+
+def _apply_to_member(
+    leaf: jax.Array,
+    member: Member,
+    grow: GroupMapping,
+    noise: Noise,
+    noise_scale: float,
+    key: jax.Array,
+) -> jax.Array:
+    old_units = grow.counts.shape[0]
+    axis = member.axis % leaf.ndim
+    shape = leaf.shape
+    if member.flattened:  # (positions * units, ...) -> (positions, units, ...)
+        leaf = leaf.reshape(shape[:axis] + (shape[axis] // old_units, old_units) + shape[axis + 1 :])
+        axis += 1
+    if leaf.shape[axis] != old_units:
+        raise ValueError(
+            f"{path_str(member.path)} has {leaf.shape[axis]} units on axis {axis} but group "
+            f"{grow.group.name} has {old_units}"
+        )
+    if member.role == "producer":
+        out = surgery.replicate(leaf, grow.mapping, axis)
+    elif noise == "split":
+        out = surgery.split_among_replicas(
+            leaf, grow.mapping, grow.counts, axis, key=key, noise_scale=noise_scale
+        )
+    else:
+        out = surgery.split_among_replicas(leaf, grow.mapping, grow.counts, axis)
+        if noise == "paper":
+            out = surgery.add_paper_noise(out, key, noise_scale)
+    if member.flattened:
+        out = out.reshape(shape[: axis - 1] + (-1,) + shape[axis:])
+    return out
+
+
+def apply_widening(
+    variables: Variables,
+    plan: tuple[GroupMapping, ...],
+    *,
+    key: jax.Array | None = None,
+    noise: Noise = "none",
+    noise_scale: float = 0.0,
+) -> Variables:
+    """Applies a widening plan to every leaf it names; leaves absent from the tree are skipped.
+
+    The same plan grows variables, and (with ``noise='none'``) optimizer moments wrapped as
+    ``{'params': moments}``.
+    """
+    flat = flatten(variables)
+    key = jax.random.key(0) if key is None else key
+    for g, grow in enumerate(plan):
+        for m, member in enumerate(grow.group.members):
+            if member.path in flat:
+                member_key = jax.random.fold_in(jax.random.fold_in(key, g), m)
+                flat[member.path] = _apply_to_member(
+                    flat[member.path], member, grow, noise, noise_scale, member_key
+                )
+    return unflatten_like(flat, variables)
+
+
+def widen(
+    model: nn.Module,
+    variables: Variables,
+    *,
+    key: jax.Array,
+    widths: tuple[int, ...] | None = None,
+    hidden_widths: tuple[int, ...] | None = None,
+    inner_widths: tuple[int, ...] | None = None,
+    stem_width: int | None = None,
+    noise: Noise = "split",
+    noise_scale: float = 0.1,
+) -> tuple[nn.Module, Variables]:
+    """Net2WiderNet: a wider network computing the same function.
+
+    Every unit group (a VGG layer, a hidden dense layer, a ResNet stage's residual stream with
+    its stem/shortcuts/head input, a block's inner convs) whose size grows replicates random
+    units; consumers' incoming weights are split among the replicas. BatchNorm statistics are
+    replicated too, so the result is exact in eval *and* train mode.
+
+    Args:
+      model: a ``VGG`` or ``ResNet``.
+      variables: ``{'params': ..., 'batch_stats': ...}`` of ``model``.
+      key: randomness for the mappings and the noise.
+      widths: new ``stage_widths`` (each ``>=`` the old one).
+      hidden_widths: new VGG ``hidden_widths``.
+      inner_widths: new ResNet ``inner_widths`` (default: they follow ``widths`` when the
+        model derives them).
+      stem_width: new ResNet ``stem_width`` (only for models with a separate stem width).
+      noise: ``'split'`` (default): replicas share the consumer weight unequally
+        (``(1 + e) / count`` with zero-sum ``e``), exact and symmetry-breaking; ``'none'``:
+        plain ``1 / count``, exact, replicas stay tied under SGD; ``'paper'``: plain split plus
+        Gaussian noise on the consumer weights, as in Net2Net -- NOT exact.
+      noise_scale: std of ``e`` (split) or of the noise relative to the weights (paper).
+
+    Returns:
+      ``(new_model, new_variables)``.
+    """
+    _check_family(model)
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    new_model = _widened_model(model, widths, hidden_widths, inner_widths, stem_width)
+    check_variables(model, variables)
+    map_key, noise_key = jax.random.split(key)
+    plan = widening_plan(model, new_model, map_key)
+    if noise == "paper" and plan:
+        warnings.warn(
+            "widen(noise='paper') adds noise to consumer weights: the widened network does "
+            "not compute exactly the same function",
+            stacklevel=2,
+        )
+    new_variables = apply_widening(
+        variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale
+    )
+    return new_model, new_variables
+
+
+# --- deepen --------------------------------------------------------------------------
+
+
+def _depth_changes(
+    model: nn.Module, depths: tuple[int, ...] | None, hidden_depths: int | None
+) -> dict[str, Any]:
+    """Validated field changes; ``hidden_depths`` is resolved into widths by the caller."""
+    changes: dict[str, Any] = {}
+    if depths is not None:
+        depths = _as_tuple("depths", depths, len(model.stage_depths))
+        for s, (old, new) in enumerate(zip(model.stage_depths, depths)):
+            if isinstance(new, bool) or not isinstance(new, int) or new <= 0:
+                raise ValueError(f"depths must be positive ints, got {depths}")
+            if new < old:
+                raise ValueError(
+                    f"deepen cannot remove layers: stage {s} would go from {old} to {new}; use "
+                    "jnet2net.transfer to make a network shallower"
+                )
+        changes["stage_depths"] = depths
+    if hidden_depths is not None:
+        if not isinstance(model, VGG):
+            raise ValueError("hidden_depths applies to VGG dense heads; ResNet has none")
+        old = len(model.hidden_widths)
+        if isinstance(hidden_depths, bool) or not isinstance(hidden_depths, int):
+            raise TypeError(f"hidden_depths must be an int, got {hidden_depths!r}")
+        if hidden_depths < old:
+            raise ValueError(
+                f"deepen cannot remove hidden dense layers: {old} -> {hidden_depths}; use "
+                "jnet2net.transfer"
+            )
+        changes["hidden_depths"] = hidden_depths
+    return changes
+
+
+def _vgg_new_leaf(model: VGG, path: tuple[str, ...], leaf: jax.Array) -> jax.Array:
+    """Identity value of a leaf of an inserted VGG layer (BatchNorm: mean 0, var 1)."""
+    layer, last = path[1], path[-1]
+    if last == "kernel" and layer.startswith("hidden"):
+        return surgery.identity_dense_kernel(leaf.shape[0], leaf.dtype)
+    if last == "kernel":
+        return surgery.identity_conv_kernel(model.kernel_size, leaf.shape[-1], leaf.dtype)
+    if path[-2] == "bn":
+        channels = leaf.shape[0]
+        norm = surgery.identity_batch_norm(jnp.zeros(channels), jnp.ones(channels), BN_EPSILON)
+        return norm[last].astype(leaf.dtype)
+    return jnp.zeros_like(leaf)  # biases
+
+
+def _calibrate_norms(
+    model: VGG, flat: FlatVariables, new_layers: set[str], batch: jax.Array, like: Variables
+) -> FlatVariables:
+    """Sets inserted BatchNorms to identity at the statistics of ``batch`` at their input."""
+    variables = unflatten_like(flat, like)
+    _, state = model.apply(
+        variables,
+        batch,
+        capture_intermediates=lambda mdl, method: method == "__call__" and isinstance(mdl, nn.Conv),
+        mutable=["intermediates"],
+    )
+    captured = state["intermediates"]
+    flat = dict(flat)
+    for layer in new_layers:
+        if layer not in captured:
+            continue
+        (activation,) = captured[layer]["conv"]["__call__"]
+        activation = activation.astype(jnp.float32)
+        mean = jnp.mean(activation, axis=(0, 1, 2))
+        var = jnp.var(activation, axis=(0, 1, 2))
+        for name, value in surgery.identity_batch_norm(mean, var, BN_EPSILON).items():
+            collection = "batch_stats" if name in ("mean", "var") else "params"
+            flat[(collection, layer, "bn", name)] = value
+    return flat
+
+
+def deepen(
+    model: nn.Module,
+    variables: Variables,
+    *,
+    depths: tuple[int, ...] | None = None,
+    hidden_depths: int | None = None,
+    key: jax.Array | None = None,
+    calibration_batch: jax.Array | None = None,
+) -> tuple[nn.Module, Variables]:
+    """Net2DeeperNet: a deeper network computing the same function.
+
+    New layers are appended at the end of each stage (names of existing layers never change):
+
+    * VGG: identity conv (delta kernel) + identity BatchNorm + ReLU, exact because its input
+      is already a ReLU output. The BatchNorm is the identity in eval mode; it stores
+      ``mean=0, var=1`` or, given ``calibration_batch``, the statistics of its input on that
+      batch (then train mode is close to the identity too). Without BatchNorm it is exact in
+      both modes. ``hidden_depths`` appends identity Dense layers to the head.
+    * ResNet: new blocks (identity shortcut, weights drawn from ``key``) whose last
+      BatchNorm scale is zero: the block adds nothing, exact in eval and train mode.
+
+    Args:
+      model: a ``VGG`` or ``ResNet``.
+      variables: ``{'params': ..., 'batch_stats': ...}`` of ``model``.
+      depths: new ``stage_depths`` (each ``>=`` the old one).
+      hidden_depths: new number of VGG hidden dense layers; the new ones take the width of
+        the last hidden layer (or of the flattened features).
+      key: randomness for new ResNet blocks (required there).
+      calibration_batch: images ``(n, h, w, c)`` to calibrate inserted VGG BatchNorms.
+
+    Returns:
+      ``(new_model, new_variables)``.
+    """
+    _check_family(model)
+    changes = _depth_changes(model, depths, hidden_depths)
+    check_variables(model, variables)
+    old = flatten(variables)
+    extra_hidden = changes.pop("hidden_depths", len(getattr(model, "hidden_widths", ())))
+    if isinstance(model, VGG) and extra_hidden > len(model.hidden_widths):
+        dense = "hidden0" if model.hidden_widths else "head"
+        width = model.hidden_widths[-1] if model.hidden_widths else old[("params", dense, "kernel")].shape[0]
+        changes["hidden_widths"] = model.hidden_widths + (width,) * (
+            extra_hidden - len(model.hidden_widths)
+        )
+    new_model = model.clone(**changes)
+    if isinstance(model, ResNet) and key is None and new_model.stage_depths != model.stage_depths:
+        raise ValueError(
+            "deepen draws the weights of new ResNet blocks at random: pass key=jax.random.key(...)"
+        )
+    example = model.example_input(variables)
+    fresh = flatten(new_model.init(jax.random.key(0) if key is None else key, example))
+    new_flat: FlatVariables = {}
+    new_layers: set[str] = set()
+    for path, leaf in fresh.items():
+        if path in old:
+            new_flat[path] = old[path]
+            continue
+        new_layers.add(path[1])
+        if isinstance(model, VGG):
+            new_flat[path] = _vgg_new_leaf(model, path, leaf)
+        elif path[-2] == LAST_NORM[model.block] and path[-1] == "scale":
+            new_flat[path] = jnp.zeros_like(leaf)
+        else:
+            new_flat[path] = leaf
+    if calibration_batch is not None and isinstance(model, VGG) and model.batch_norm:
+        new_flat = _calibrate_norms(new_model, new_flat, new_layers, calibration_batch, variables)
+    return new_model, unflatten_like(new_flat, variables)

@@ -1,0 +1,95 @@
+"""Replicating producers and splitting consumers along a unit axis."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jnet2net.surgery._checks import normalize_axis
+
+
+def replicate(x: jax.Array, mapping: jax.Array, axis: int) -> jax.Array:
+    """Gathers units of ``x`` along ``axis`` by ``mapping``.
+
+    Use it for everything that *produces* a unit or describes one: a kernel's output axis, a
+    bias, BatchNorm scale/bias/mean/var.
+
+    Args:
+      x: any array; ``x.shape[axis]`` is the old number of units.
+      mapping: ``(new_size,)`` ints in ``[0, x.shape[axis])``.
+      axis: the unit axis.
+
+    Returns:
+      ``x`` with ``shape[axis] == new_size``; new unit ``j`` is old unit ``mapping[j]``.
+    """
+    axis = normalize_axis(axis, x.ndim, f"array of shape {x.shape}")
+    return jnp.take(x, mapping, axis=axis)
+
+
+def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
+    """Reshapes a ``(n,)`` vector to broadcast along ``axis`` of a rank-``ndim`` array."""
+    shape = [1] * ndim
+    shape[axis] = v.shape[0]
+    return v.reshape(shape)
+
+
+def split_among_replicas(
+    w: jax.Array,
+    mapping: jax.Array,
+    counts: jax.Array,
+    axis: int,
+    *,
+    key: jax.Array | None = None,
+    noise_scale: float = 0.0,
+) -> jax.Array:
+    """Gathers a *consumer* weight along its input ``axis`` and splits it among replicas.
+
+    Every replica of old unit ``i`` gets a share ``a`` of ``w[..., i, ...]`` with the shares
+    of the replicas of ``i`` summing to one, elementwise. The consumer's output is therefore
+    unchanged (replicas carry equal values). Without ``key`` the shares are ``1 / counts[i]``
+    (Net2Net). With ``key`` and ``noise_scale > 0`` each share is
+    ``(1 + e) / counts[i]`` where ``e ~ N(0, noise_scale**2)`` is centred within each replica
+    set: the replicas differ (symmetry is broken) and the function is still exact. Units with
+    one copy get no noise.
+
+    Args:
+      w: consumer weight, e.g. a conv kernel ``(kh, kw, c_in, c_out)`` with ``axis=2``.
+      mapping: ``(new_size,)`` ints in ``[0, w.shape[axis])``.
+      counts: ``(w.shape[axis],)`` replication counts of ``mapping``.
+      axis: the input-unit axis of ``w``.
+      key: randomness for the zero-sum noise; ``None`` for the plain split.
+      noise_scale: standard deviation of the relative noise ``e``.
+
+    Returns:
+      ``w`` with ``shape[axis] == new_size``.
+    """
+    axis = normalize_axis(axis, w.ndim, f"consumer weight of shape {w.shape}")
+    gathered = jnp.take(w, mapping, axis=axis)
+    inverse_counts = 1.0 / counts[mapping].astype(w.dtype)
+    share = _along(inverse_counts, axis, w.ndim)
+    if key is None or noise_scale == 0.0:
+        return gathered * share
+    moved = jnp.moveaxis(gathered, axis, 0)
+    noise = noise_scale * jax.random.normal(key, moved.shape, w.dtype)
+    old_size = counts.shape[0]
+    group_sum = jax.ops.segment_sum(noise, mapping, num_segments=old_size)
+    group_mean = group_sum / _along(counts.astype(w.dtype), 0, moved.ndim)
+    centred = noise - group_mean[mapping]
+    split = moved * (1.0 + centred) * _along(inverse_counts, 0, moved.ndim)
+    return jnp.moveaxis(split, 0, axis)
+
+
+def add_paper_noise(w: jax.Array, key: jax.Array, noise_scale: float) -> jax.Array:
+    """Adds Gaussian noise with std ``noise_scale * std(w)`` (the paper's option; NOT exact).
+
+    Args:
+      w: any weight array.
+      key: a ``jax.random`` key.
+      noise_scale: noise standard deviation relative to ``w``'s standard deviation.
+
+    Returns:
+      ``w + noise``, same shape and dtype.
+    """
+    spread = jnp.std(w)
+    spread = jnp.where(spread > 0, spread, 1.0).astype(w.dtype)
+    return w + noise_scale * spread * jax.random.normal(key, w.shape, w.dtype)

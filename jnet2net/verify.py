@@ -1,0 +1,73 @@
+"""Function-preservation checks: run two networks over a stack of batches with ``jax.vmap``."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnet2net.variables import Variables
+
+
+def _logits(model: nn.Module, variables: Variables, batch: jax.Array, train: bool) -> jax.Array:
+    if train:
+        out, _ = model.apply(variables, batch, train=True, mutable=["batch_stats"])
+        return out
+    return model.apply(variables, batch, train=False)
+
+
+def output_error(
+    model_a: nn.Module,
+    variables_a: Variables,
+    model_b: nn.Module,
+    variables_b: Variables,
+    xs: jax.Array,
+    *,
+    train: bool = False,
+) -> jax.Array:
+    """Per-batch relative output difference ``max|a - b| / max|a|`` of two networks.
+
+    Args:
+      model_a, variables_a: the reference network.
+      model_b, variables_b: the network to compare.
+      xs: a stack of batches ``(n_batches, batch, h, w, c)``; ``jax.vmap`` maps both networks
+        over the leading axis (in train mode each batch gets its own BatchNorm statistics).
+      train: compare in train mode (batch statistics) instead of eval mode.
+
+    Returns:
+      ``(n_batches,)`` float32 relative errors.
+    """
+    if xs.ndim != 5:
+        raise ValueError(
+            f"output_error needs a stack of image batches (n_batches, batch, h, w, c), got {xs.shape}"
+        )
+
+    @jax.jit
+    def errors(va: Variables, vb: Variables, stack: jax.Array) -> jax.Array:
+        a = jax.vmap(lambda x: _logits(model_a, va, x, train))(stack)
+        b = jax.vmap(lambda x: _logits(model_b, vb, x, train))(stack)
+        diff = jnp.max(jnp.abs(a - b), axis=(1, 2))
+        scale = jnp.max(jnp.abs(a), axis=(1, 2))
+        return diff / jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
+
+    return errors(variables_a, variables_b, xs)
+
+
+def assert_function_preserved(
+    model_a: nn.Module,
+    variables_a: Variables,
+    model_b: nn.Module,
+    variables_b: Variables,
+    xs: jax.Array,
+    *,
+    train: bool = False,
+    rtol: float = 1e-5,
+) -> None:
+    """Raises AssertionError unless :func:`output_error` is below ``rtol`` on every batch."""
+    err = np.asarray(output_error(model_a, variables_a, model_b, variables_b, xs, train=train))
+    if not np.all(err < rtol):
+        raise AssertionError(
+            f"outputs differ: max relative error {err.max():.3e} >= rtol {rtol:.1e} "
+            f"(per batch: {np.array2string(err, precision=2)}; train={train})"
+        )
