@@ -1,0 +1,25 @@
+"""Test settings: four CPU devices and fast compiles of tiny models.
+
+Strict dtype promotion is not set globally (optax's Adam bias correction mixes Python
+floats with int32 steps); tests of our own array ops opt in with the ``strict_promotion``
+fixture.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-jnet2net-tests")  # never download
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture
+def strict_promotion():
+    """Runs the test under ``jax_numpy_dtype_promotion='strict'``."""
+    with jax.numpy_dtype_promotion("strict"):
+        yield
