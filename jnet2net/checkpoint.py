@@ -1,0 +1,481 @@
+"""Orbax checkpoints that know which architecture they hold.
+
+A checkpoint directory is an Orbax ``CheckpointManager`` directory: one sub-directory per
+step, each with two items::
+
+    DIR/<step>/arch    JSON: {"format": 1, "model": model_config(model),
+                              "input_shape": [1, h, w, c], "train_config": {...} | null,
+                              "has_opt_state": bool, "rng_impl": str | null, "metadata": {...}}
+    DIR/<step>/state   {"variables": {"params": ..., "batch_stats": ...},
+                        "opt_state": ... (optional), "rng": uint32 key data (optional)}
+
+Restoring reads ``arch`` first, rebuilds the module with ``model_from_config`` and restores
+``state`` against the abstract tree of ``model.init`` (``jax.eval_shape``, nothing is
+allocated twice). Orbax refuses to restore into a wider or deeper target, so growth is::
+
+    teacher = jnet2net.checkpoint.restore("runs/teacher")
+    model, variables = jnet2net.widen(teacher.model, teacher.variables, widths=..., key=key)
+    jnet2net.checkpoint.save("runs/student0", model=model, variables=variables, step=0)
+
+Other files in ``DIR`` (``metrics.jsonl`` of a training run) are left alone, so a run
+directory is also its checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax.core import FrozenDict, unfreeze
+
+from jnet2net.models import model_config, model_from_config
+from jnet2net.variables import Variables, check_variables
+
+FORMAT = 1
+ARCH = "arch"
+STATE = "state"
+_COLLECTIONS = ("params", "batch_stats")
+
+PathLike = str | os.PathLike
+
+
+class CheckpointInfo(NamedTuple):
+    """What a checkpoint's ``arch`` item says, read without touching its arrays.
+
+    Attributes:
+      path: the step directory ``DIR/<step>``.
+      step: the training step.
+      model: the module rebuilt from the stored config.
+      input_shape: ``(1, h, w, c)`` example input that ``model.init`` was traced with.
+      train_config: the training config dict, or ``None``.
+      has_opt_state: whether the state holds optimizer state.
+      rng_impl: PRNG implementation name of a typed key, ``''`` for a raw uint32 key,
+        ``None`` when no key was saved.
+      metadata: free-form JSON saved with the checkpoint (e.g. where it was grown from).
+    """
+
+    path: pathlib.Path
+    step: int
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    train_config: dict[str, Any] | None
+    has_opt_state: bool
+    rng_impl: str | None
+    metadata: dict[str, Any]
+
+
+class Restored(NamedTuple):
+    """A restored checkpoint.
+
+    Attributes:
+      model: the module the variables belong to.
+      variables: ``{'params': ..., 'batch_stats': ...}``.
+      step: the training step.
+      opt_state: optimizer state (in the structure of ``opt_state_like`` when one was
+        given, else as stored: dicts and lists), or ``None``.
+      rng: the saved PRNG key (typed again if it was typed), or ``None``.
+      train_config: the training config dict, or ``None``.
+      metadata: free-form JSON saved with the checkpoint.
+      path: the step directory it came from.
+    """
+
+    model: nn.Module
+    variables: Variables
+    step: int
+    opt_state: Any
+    rng: jax.Array | None
+    train_config: dict[str, Any] | None
+    metadata: dict[str, Any]
+    path: pathlib.Path
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _abspath(directory: PathLike) -> pathlib.Path:
+    return pathlib.Path(directory).expanduser().resolve()
+
+
+def _manager(
+    directory: pathlib.Path, *, create: bool = False, max_to_keep: int | None = None
+) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        create=create, max_to_keep=max_to_keep, enable_async_checkpointing=False
+    )
+    handlers = {ARCH: ocp.JsonCheckpointHandler(), STATE: ocp.StandardCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def _plain(tree: Any) -> Any:
+    return unfreeze(tree) if isinstance(tree, FrozenDict) else tree
+
+
+def _config_dict(train_config: Any) -> dict[str, Any] | None:
+    if train_config is None or isinstance(train_config, dict):
+        return train_config
+    if hasattr(train_config, "to_dict"):
+        return train_config.to_dict()
+    if dataclasses.is_dataclass(train_config):
+        return dataclasses.asdict(train_config)
+    raise TypeError(
+        f"train_config must be a dict, a dataclass or have to_dict(), got "
+        f"{type(train_config).__name__}"
+    )
+
+
+def _split_rng(rng: jax.Array | None) -> tuple[jax.Array | None, str | None]:
+    """Returns ``(uint32 key data, impl name)``; impl ``''`` for raw uint32 keys."""
+    if rng is None:
+        return None, None
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(rng), str(jax.random.key_impl(rng))
+    if rng.dtype != jnp.uint32:
+        raise TypeError(f"rng must be a PRNG key (typed or uint32), got dtype {rng.dtype}")
+    return rng, ""
+
+
+def _join_rng(data: Any, impl: str | None) -> jax.Array | None:
+    if data is None or impl is None:
+        return None
+    data = jnp.asarray(data)
+    return jax.random.wrap_key_data(data, impl=impl) if impl else data
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
+
+
+def _config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(expected))
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, expected {expected.get(k)!r}"
+        for k in keys
+        if saved.get(k) != expected.get(k)
+    ]
+
+
+def _step_directory(directory: pathlib.Path, step: int | None) -> tuple[int, list[int]]:
+    """Resolves ``step`` (``None``: the latest) and checks that it exists."""
+    if not directory.exists():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint path {directory} is not a directory")
+    with _manager(directory) as manager:
+        steps = sorted(manager.all_steps())
+    if not steps:
+        raise FileNotFoundError(
+            f"{directory} holds no checkpoint (no finished step directories such as "
+            f"{directory}/0); was the run interrupted before its first save?"
+        )
+    if step is None:
+        return steps[-1], steps
+    if step not in steps:
+        raise FileNotFoundError(
+            f"{directory} has no checkpoint at step {step}; it has steps {steps}"
+        )
+    return step, steps
+
+
+# --- public API ----------------------------------------------------------------------
+
+
+def all_steps(directory: PathLike) -> list[int]:
+    """Steps saved in ``directory``, ascending; ``[]`` when it is missing or empty."""
+    path = _abspath(directory)
+    if not path.is_dir():
+        return []
+    with _manager(path) as manager:
+        return sorted(manager.all_steps())
+
+
+def latest_step(directory: PathLike) -> int | None:
+    """The last saved step in ``directory``, or ``None`` when it holds no checkpoint."""
+    steps = all_steps(directory)
+    return steps[-1] if steps else None
+
+
+def save(
+    directory: PathLike,
+    *,
+    model: nn.Module,
+    variables: Variables,
+    step: int,
+    opt_state: Any = None,
+    rng: jax.Array | None = None,
+    train_config: Any = None,
+    metadata: dict[str, Any] | None = None,
+    max_to_keep: int | None = None,
+) -> pathlib.Path:
+    """Saves variables, optimizer state, RNG key and architecture as step ``step``.
+
+    Args:
+      directory: the checkpoint (run) directory; created if missing.
+      model: the module; its ``model_config`` is saved so the checkpoint names its
+        architecture. ``variables`` are checked against it first.
+      variables: ``{'params': ..., 'batch_stats': ...}`` of ``model``.
+      step: training step (>= 0); the step directory's name.
+      opt_state: optax state, any pytree of arrays.
+      rng: a PRNG key (typed or raw ``uint32``).
+      train_config: a ``TrainConfig`` (``to_dict()``), dataclass or dict.
+      metadata: JSON-serialisable extras (e.g. provenance of a grown network).
+      max_to_keep: keep only this many most recent steps (``None``: keep all).
+
+    Returns:
+      The step directory ``directory/<step>``.
+
+    Raises:
+      ValueError: variables that do not fit ``model``, a negative step, or a step that is
+        already saved there.
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    step = int(step)
+    variables = _plain(variables)
+    check_variables(model, variables)
+    extra = sorted(set(variables) - set(_COLLECTIONS))
+    if extra:
+        raise ValueError(
+            f"checkpoints hold the collections {_COLLECTIONS}; variables also have {extra}"
+        )
+    path = _abspath(directory)
+    rng_data, rng_impl = _split_rng(rng)
+    arch = {
+        "format": FORMAT,
+        "model": model_config(model),
+        "input_shape": list(model.example_input(variables).shape),
+        "train_config": _config_dict(train_config),
+        "has_opt_state": opt_state is not None,
+        "rng_impl": rng_impl,
+        "metadata": dict(metadata or {}),
+    }
+    json.dumps(arch)  # fail here, not half-way through a save, on non-JSON values
+    state: dict[str, Any] = {"variables": variables}
+    if opt_state is not None:
+        state["opt_state"] = _plain(opt_state)
+    if rng_data is not None:
+        state["rng"] = rng_data
+    with _manager(path, create=True, max_to_keep=max_to_keep) as manager:
+        if step in manager.all_steps():
+            raise ValueError(f"{path} already holds a checkpoint at step {step}")
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{ARCH: ocp.args.JsonSave(arch), STATE: ocp.args.StandardSave(state)}
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+    return path / str(step)
+
+
+def save_train_state(
+    directory: PathLike,
+    model: nn.Module,
+    state: Any,
+    train_config: Any = None,
+    *,
+    rng: jax.Array | None = None,
+    metadata: dict[str, Any] | None = None,
+    max_to_keep: int | None = None,
+) -> pathlib.Path:
+    """Saves a flax ``TrainState`` with ``batch_stats`` at ``state.step``.
+
+    Params, batch stats, optimizer state and step are saved; ``rng`` defaults to
+    ``state.rng`` when the state has one. See :func:`save`.
+    """
+    variables = {"params": state.params}
+    batch_stats = getattr(state, "batch_stats", None)
+    if batch_stats is not None and len(jax.tree.leaves(batch_stats)):
+        variables["batch_stats"] = batch_stats
+    if rng is None:
+        rng = getattr(state, "rng", None)
+    return save(
+        directory,
+        model=model,
+        variables=variables,
+        step=int(state.step),
+        opt_state=state.opt_state,
+        rng=rng,
+        train_config=train_config,
+        metadata=metadata,
+        max_to_keep=max_to_keep,
+    )
+
+
+def checkpoint_info(directory: PathLike, *, step: int | None = None) -> CheckpointInfo:
+    """Reads only the ``arch`` item of step ``step`` (``None``: the latest).
+
+    Raises:
+      FileNotFoundError: no such directory, no checkpoint in it, or no such step.
+      ValueError: an unreadable or inconsistent ``arch`` item (corrupt checkpoint).
+    """
+    path = _abspath(directory)
+    step, _ = _step_directory(path, step)
+    where = path / str(step)
+    try:
+        with _manager(path) as manager:
+            arch = manager.restore(step, args=ocp.args.Composite(**{ARCH: ocp.args.JsonRestore()}))[
+                ARCH
+            ]
+    except Exception as err:  # orbax raises many kinds; they all mean "unreadable"
+        raise ValueError(
+            f"checkpoint {where} is corrupt: cannot read its '{ARCH}' item ({err})"
+        ) from err
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT or "model" not in arch:
+        raise ValueError(
+            f"checkpoint {where} is corrupt or not a jnet2net checkpoint: its '{ARCH}' item "
+            f"is {str(arch)[:200]!r}, expected format {FORMAT} with a 'model' entry"
+        )
+    try:
+        model = model_from_config(arch["model"])
+        input_shape = tuple(int(n) for n in arch["input_shape"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {where} holds an invalid architecture: {err}") from err
+    return CheckpointInfo(
+        path=where,
+        step=step,
+        model=model,
+        input_shape=input_shape,
+        train_config=arch.get("train_config"),
+        has_opt_state=bool(arch.get("has_opt_state")),
+        rng_impl=arch.get("rng_impl"),
+        metadata=arch.get("metadata") or {},
+    )
+
+
+def check_architecture(info: CheckpointInfo, model: nn.Module) -> None:
+    """Raises ValueError naming the checkpoint and every field where it differs from ``model``."""
+    saved, expected = model_config(info.model), model_config(model)
+    differences = _config_differences(saved, expected)
+    if differences:
+        raise ValueError(
+            f"checkpoint {info.path} holds another architecture than expected: "
+            + "; ".join(differences)
+        )
+
+
+def restore(
+    directory: PathLike,
+    *,
+    step: int | None = None,
+    model: nn.Module | None = None,
+    opt_state_like: Any = None,
+) -> Restored:
+    """Restores a checkpoint against the architecture it stores.
+
+    Args:
+      directory: the checkpoint (run) directory.
+      step: which step (``None``: the latest).
+      model: the expected architecture; a checkpoint of another one raises ValueError
+        listing the fields that differ. ``None``: whatever the checkpoint holds.
+      opt_state_like: a tree (arrays or ``jax.ShapeDtypeStruct``, e.g.
+        ``jax.eval_shape(tx.init, params)``) giving the optimizer state's structure; without
+        it the optimizer state comes back as stored (dicts and lists of arrays).
+
+    Returns:
+      A :class:`Restored`.
+
+    Raises:
+      FileNotFoundError: no such directory, no checkpoint in it, or no such step.
+      ValueError: another architecture than ``model``, or a corrupt checkpoint.
+    """
+    info = checkpoint_info(directory, step=step)
+    if model is not None:
+        check_architecture(info, model)
+    example = jnp.zeros(info.input_shape, jnp.float32)
+    abstract_variables = _plain(jax.eval_shape(info.model.init, jax.random.key(0), example))
+    target: dict[str, Any] = {"variables": abstract_variables}
+    if info.has_opt_state:
+        target["opt_state"] = None if opt_state_like is None else _abstract(opt_state_like)
+    if info.rng_impl is not None:
+        target["rng"] = None
+    state = _restore_state(info, target)
+    return Restored(
+        model=info.model,
+        variables=state["variables"],
+        step=info.step,
+        opt_state=state.get("opt_state"),
+        rng=_join_rng(state.get("rng"), info.rng_impl),
+        train_config=info.train_config,
+        metadata=info.metadata,
+        path=info.path,
+    )
+
+
+def _restore_state(info: CheckpointInfo, target: dict[str, Any]) -> dict[str, Any]:
+    """Restores the ``state`` item; parts whose target is ``None`` take the stored structure."""
+    try:
+        with _manager(info.path.parent) as manager:
+            free = [k for k, v in target.items() if v is None]
+            if free:
+                stored = manager.item_metadata(info.step)[STATE].tree
+                target = {
+                    k: jax.tree.map(_metadata_to_abstract, stored[k]) if k in free else v
+                    for k, v in target.items()
+                }
+            restored = manager.restore(
+                info.step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
+            )[STATE]
+    except Exception as err:  # orbax raises many kinds; they all mean "does not restore"
+        raise ValueError(
+            f"checkpoint {info.path} is corrupt or does not match the architecture in its "
+            f"'{ARCH}' item ({info.model!r}): {err}"
+        ) from err
+    return dict(restored)
+
+
+def _metadata_to_abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype)
+
+
+def restore_train_state(
+    directory: PathLike,
+    state: Any,
+    *,
+    step: int | None = None,
+    model: nn.Module | None = None,
+) -> tuple[Any, Restored]:
+    """Restores a checkpoint into a flax ``TrainState`` shaped like ``state``.
+
+    Args:
+      directory: the checkpoint (run) directory.
+      state: a ``TrainState`` with ``batch_stats`` (concrete, or abstract from
+        ``jax.eval_shape`` of its constructor) giving the optimizer state's structure.
+      step: which step (``None``: the latest).
+      model: the expected architecture (see :func:`restore`).
+
+    Returns:
+      ``(state with params, batch_stats, opt_state, step (and rng) replaced, restored)``.
+
+    Raises:
+      ValueError: the checkpoint has no optimizer state, or see :func:`restore`.
+    """
+    restored = restore(directory, step=step, model=model, opt_state_like=state.opt_state)
+    if restored.opt_state is None:
+        raise ValueError(
+            f"checkpoint {restored.path} holds no optimizer state, so it cannot resume a "
+            "training state; start a new run from its variables instead"
+        )
+    step_like = state.step
+    new_step = (
+        jnp.asarray(restored.step, jnp.result_type(step_like))
+        if hasattr(step_like, "dtype")
+        else restored.step
+    )
+    changes: dict[str, Any] = {
+        "params": restored.variables["params"],
+        "batch_stats": restored.variables.get("batch_stats", {}),
+        "opt_state": restored.opt_state,
+        "step": new_step,
+    }
+    if hasattr(state, "rng") and restored.rng is not None:
+        changes["rng"] = restored.rng
+    return state.replace(**changes), restored

@@ -1,0 +1,296 @@
+"""Orbax checkpoints: bitwise round trips, architecture checks, clear errors, resume, growth."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+import jnet2net
+from jnet2net import checkpoint
+
+RESNET = jnet2net.ResNet(stage_depths=(1, 1), stage_widths=(4, 8), num_classes=3)
+VGG = jnet2net.VGG(stage_depths=(1, 1), stage_widths=(4, 8), hidden_widths=(6,), num_classes=3)
+IMAGES = (1, 8, 8, 1)
+
+
+def _init(model: Any, seed: int = 0) -> dict:
+    return model.init(jax.random.key(seed), jnp.zeros(IMAGES))
+
+
+def _perturbed(variables: dict, seed: int) -> dict:
+    """Variables with every leaf moved off its init value (non-trivial batch stats too)."""
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, moved)
+
+
+def _arch_file(step_dir: pathlib.Path) -> pathlib.Path:
+    """Where Orbax keeps the JSON of the ``arch`` item."""
+    path = step_dir / "arch" / "metadata"
+    assert path.is_file(), sorted(p.name for p in step_dir.rglob("*"))
+    return path
+
+
+def _assert_bitwise(a: Any, b: Any) -> None:
+    chex.assert_trees_all_equal_structs(a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+@pytest.mark.parametrize("model", [RESNET, VGG], ids=["resnet", "vgg"])
+def test_round_trip_is_bitwise(tmp_path: pathlib.Path, model: Any) -> None:
+    variables = _perturbed(_init(model), 1)
+    tx = optax.adamw(1e-3)
+    opt_state = tx.init(variables["params"])
+    opt_state = jax.tree.map(lambda x: x + 0.5 if x.dtype == jnp.float32 else x + 2, opt_state)
+    rng = jax.random.key(7)
+    path = checkpoint.save(
+        tmp_path,
+        model=model,
+        variables=variables,
+        step=12,
+        opt_state=opt_state,
+        rng=rng,
+        train_config={"lr": 0.1, "widths": (1, 2)},
+        metadata={"grown_from": "teacher"},
+    )
+    assert path == tmp_path.resolve() / "12"
+    restored = checkpoint.restore(
+        tmp_path, opt_state_like=jax.eval_shape(tx.init, variables["params"])
+    )
+    assert restored.model == model
+    assert restored.step == 12
+    assert restored.train_config == {"lr": 0.1, "widths": [1, 2]}
+    assert restored.metadata == {"grown_from": "teacher"}
+    assert restored.path == path
+    _assert_bitwise(restored.variables, variables)
+    _assert_bitwise(restored.opt_state, opt_state)
+    _assert_bitwise(jax.random.key_data(restored.rng), jax.random.key_data(rng))
+    assert jax.random.key_impl(restored.rng) == jax.random.key_impl(rng)
+    # Without a target the optimizer state keeps its leaves, in plain containers.
+    plain = checkpoint.restore(tmp_path)
+    _assert_bitwise(jax.tree.leaves(plain.opt_state), jax.tree.leaves(opt_state))
+
+
+def test_raw_key_variables_only_and_latest_step(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    raw_key = jax.random.PRNGKey(3)
+    assert checkpoint.latest_step(tmp_path / "nothing") is None
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=0, rng=raw_key)
+    checkpoint.save(tmp_path, model=RESNET, variables=_perturbed(variables, 2), step=5)
+    assert checkpoint.all_steps(tmp_path) == [0, 5]
+    assert checkpoint.latest_step(tmp_path) == 5
+    first = checkpoint.restore(tmp_path, step=0, model=RESNET)
+    _assert_bitwise(first.rng, raw_key)
+    _assert_bitwise(first.variables, variables)
+    assert first.opt_state is None and first.train_config is None
+    last = checkpoint.restore(tmp_path)
+    assert last.step == 5 and last.rng is None
+
+
+def test_max_to_keep_and_other_files_are_left_alone(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, model=RESNET, variables=variables, step=step, max_to_keep=2)
+    assert checkpoint.all_steps(tmp_path) == [2, 3]
+    assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_wrong_expected_architecture_names_path_and_fields(tmp_path: pathlib.Path) -> None:
+    checkpoint.save(tmp_path, model=RESNET, variables=_init(RESNET), step=4)
+    wider = RESNET.clone(stage_widths=(4, 16))
+    with pytest.raises(
+        ValueError,
+        match=r"/4 holds another architecture.*"
+        r"stage_widths: checkpoint \[4, 8\], expected \[4, 16\]",
+    ):
+        checkpoint.restore(tmp_path, model=wider)
+    with pytest.raises(ValueError, match=r"family: checkpoint 'ResNet', expected 'VGG'"):
+        checkpoint.restore(tmp_path, model=VGG)
+
+
+def test_missing_and_empty_directories(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist"):
+        checkpoint.restore(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty holds no checkpoint"):
+        checkpoint.restore(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        checkpoint.checkpoint_info(tmp_path / "file")
+    checkpoint.save(tmp_path / "run", model=RESNET, variables=_init(RESNET), step=2)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3; it has steps \[2\]"):
+        checkpoint.restore(tmp_path / "run", step=3)
+
+
+def test_corrupt_checkpoints_raise_value_errors(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    checkpoint.save(tmp_path / "a", model=RESNET, variables=variables, step=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    shutil.copytree(tmp_path / "a", tmp_path / "d")
+    shutil.copytree(tmp_path / "a", tmp_path / "e")
+
+    _arch_file(tmp_path / "a" / "1").write_text("not json {")
+    with pytest.raises(ValueError, match=r"a/1 is corrupt: cannot read its 'arch' item"):
+        checkpoint.restore(tmp_path / "a")
+
+    shutil.rmtree(tmp_path / "b" / "1" / "state")
+    with pytest.raises(ValueError, match=r"b/1 is corrupt or does not match"):
+        checkpoint.restore(tmp_path / "b")
+
+    bad_model = {"format": 1, "model": {"family": "MLP"}, "input_shape": [1]}
+    _arch_file(tmp_path / "c" / "1").write_text(json.dumps(bad_model))
+    with pytest.raises(ValueError, match=r"c/1 holds an invalid architecture.*'MLP'"):
+        checkpoint.checkpoint_info(tmp_path / "c")
+
+    _arch_file(tmp_path / "d" / "1").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match=r"d/1 is corrupt or not a jnet2net checkpoint"):
+        checkpoint.restore(tmp_path / "d")
+
+    data = [p for p in (tmp_path / "e" / "1" / "state").rglob("*") if p.is_file()]
+    for p in data:
+        if "ocdbt" in str(p.parent) or p.parent.name == "d":
+            p.write_bytes(b"\0garbage")
+    with pytest.raises(ValueError, match=r"e/1 is corrupt or does not match"):
+        checkpoint.restore(tmp_path / "e")
+
+
+def test_state_that_lies_about_its_architecture_is_refused(tmp_path: pathlib.Path) -> None:
+    """An arch item edited to another width: the state no longer restores, loudly."""
+    checkpoint.save(tmp_path, model=RESNET, variables=_init(RESNET), step=1)
+    arch_file = _arch_file(tmp_path / "1")
+    arch = json.loads(arch_file.read_text())
+    arch["model"]["stage_widths"] = [4, 16]
+    arch_file.write_text(json.dumps(arch))
+    with pytest.raises(ValueError, match=r"1 is corrupt or does not match the architecture"):
+        checkpoint.restore(tmp_path)
+
+
+def test_save_checks_its_inputs(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    with pytest.raises(
+        ValueError, match=r"variables do not match ResNet: .*stage1_block0/.* has shape \(8,\)"
+    ):
+        checkpoint.save(
+            tmp_path, model=RESNET.clone(stage_widths=(4, 16)), variables=variables, step=0
+        )
+    with pytest.raises(ValueError, match=r"step must be an int >= 0, got -1"):
+        checkpoint.save(tmp_path, model=RESNET, variables=variables, step=-1)
+    with pytest.raises(ValueError, match=r"also have \['intermediates'\]"):
+        checkpoint.save(
+            tmp_path, model=RESNET, variables={**variables, "intermediates": {}}, step=0
+        )
+    with pytest.raises(TypeError, match=r"train_config must be a dict.*got int"):
+        checkpoint.save(tmp_path, model=RESNET, variables=variables, step=0, train_config=3)
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=0)
+    with pytest.raises(ValueError, match=r"already holds a checkpoint at step 0"):
+        checkpoint.save(tmp_path, model=RESNET, variables=variables, step=0)
+
+
+# --- resume through Orbax ------------------------------------------------------------
+
+
+class _State(train_state.TrainState):
+    batch_stats: Any
+    rng: jax.Array
+
+
+def _new_state(model: Any) -> _State:
+    variables = _init(model)
+    return _State.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=optax.sgd(optax.cosine_decay_schedule(0.1, 10), momentum=0.9),
+        rng=jax.random.key(4),
+    )
+
+
+@jax.jit
+def _step(state: _State, images: jax.Array, labels: jax.Array) -> _State:
+    rng, dropout_key = jax.random.split(state.rng)
+    noise = 0.01 * jax.random.normal(dropout_key, images.shape)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images + noise,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, updates
+
+    grads, updates = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    return state.replace(rng=rng)
+
+
+def test_resume_through_orbax_equals_one_run(tmp_path: pathlib.Path) -> None:
+    images = jax.random.normal(jax.random.key(1), (5, 8, 8, 8, 1))
+    labels = jax.random.randint(jax.random.key(2), (5, 8), 0, 3)
+    straight = _new_state(RESNET)
+    for i in range(5):
+        straight = _step(straight, images[i], labels[i])
+
+    first = _new_state(RESNET)
+    for i in range(2):
+        first = _step(first, images[i], labels[i])
+    checkpoint.save_train_state(tmp_path, RESNET, first, {"epochs": 1})
+    abstract = jax.eval_shape(lambda: _new_state(RESNET))
+    resumed, restored = checkpoint.restore_train_state(tmp_path, abstract, model=RESNET)
+    assert restored.step == 2 and restored.train_config == {"epochs": 1}
+    resumed = resumed.replace(apply_fn=straight.apply_fn, tx=straight.tx)
+    for i in range(2, 5):
+        resumed = _step(resumed, images[i], labels[i])
+
+    assert int(resumed.step) == int(straight.step) == 5
+    _assert_bitwise(resumed.params, straight.params)
+    _assert_bitwise(resumed.batch_stats, straight.batch_stats)
+    _assert_bitwise(resumed.opt_state, straight.opt_state)
+    _assert_bitwise(jax.random.key_data(resumed.rng), jax.random.key_data(straight.rng))
+
+
+def test_restore_train_state_needs_optimizer_state(tmp_path: pathlib.Path) -> None:
+    checkpoint.save(tmp_path, model=RESNET, variables=_init(RESNET), step=0)
+    with pytest.raises(ValueError, match=r"holds no optimizer state, so it cannot resume"):
+        checkpoint.restore_train_state(tmp_path, jax.eval_shape(lambda: _new_state(RESNET)))
+
+
+# --- growth from a checkpoint --------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [RESNET, VGG], ids=["resnet", "vgg"])
+def test_grow_from_checkpoint_is_exact(tmp_path: pathlib.Path, model: Any) -> None:
+    checkpoint.save(
+        tmp_path / "teacher", model=model, variables=_perturbed(_init(model), 3), step=9
+    )
+    teacher = checkpoint.restore(tmp_path / "teacher", model=model)
+    wide_model, wide = jnet2net.widen(
+        teacher.model, teacher.variables, widths=(6, 12), key=jax.random.key(0)
+    )
+    student_model, student = jnet2net.deepen(wide_model, wide, depths=(2, 2), key=jax.random.key(1))
+    checkpoint.save(tmp_path / "student", model=student_model, variables=student, step=0)
+
+    restored = checkpoint.restore(tmp_path / "student", model=student_model)
+    _assert_bitwise(restored.variables, student)
+    xs = jax.random.normal(jax.random.key(5), (2, 4, 8, 8, 1))
+    jnet2net.assert_function_preserved(
+        teacher.model, teacher.variables, restored.model, restored.variables, xs
+    )
+    # The teacher's checkpoint cannot stand in for the student.
+    with pytest.raises(ValueError, match="holds another architecture"):
+        checkpoint.restore(tmp_path / "teacher", model=student_model)
