@@ -13,6 +13,19 @@ def check_positive(name: str, value: object) -> None:
         raise ValueError(f"{name} must be positive, got {value}")
 
 
+def kernel_pair(kernel_size: object) -> tuple[int, int]:
+    """Returns ``(kh, kw)`` from one positive int or a pair of them."""
+    if isinstance(kernel_size, (tuple, list)):
+        if len(kernel_size) != 2:
+            raise ValueError(f"kernel_size must be an int or (kh, kw), got {kernel_size!r}")
+        kh, kw = kernel_size
+    else:
+        kh = kw = kernel_size
+    check_positive("kernel height", kh)
+    check_positive("kernel width", kw)
+    return kh, kw
+
+
 def normalize_axis(axis: int, ndim: int, what: str) -> int:
     """Returns ``axis`` as a non-negative index into an array of rank ``ndim``."""
     if not -ndim <= axis < ndim:

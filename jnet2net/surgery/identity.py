@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jnet2net.surgery._checks import check_positive
+from jnet2net.surgery._checks import check_positive, kernel_pair
 
 DType = Any
 
@@ -29,9 +29,7 @@ def identity_conv_kernel(
     Raises:
       ValueError: a kernel side is even or non-positive.
     """
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    check_positive("kernel height", kh)
-    check_positive("kernel width", kw)
+    kh, kw = kernel_pair(kernel_size)
     check_positive("channels", channels)
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(
@@ -41,9 +39,7 @@ def identity_conv_kernel(
     return kernel.at[kh // 2, kw // 2].set(jnp.eye(channels, dtype=dtype))
 
 
-def identity_batch_norm(
-    mean: jax.Array, var: jax.Array, epsilon: float
-) -> dict[str, jax.Array]:
+def identity_batch_norm(mean: jax.Array, var: jax.Array, epsilon: float) -> dict[str, jax.Array]:
     """Returns BatchNorm variables that compute the identity in eval mode.
 
     ``(x - mean) / sqrt(var + eps) * scale + bias == x`` with ``scale = sqrt(var + eps)``

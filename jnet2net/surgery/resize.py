@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnet2net.surgery._checks import check_positive
+from jnet2net.surgery._checks import kernel_pair
 
 
 def _resize_axis(kernel: jax.Array, axis: int, new: int) -> jax.Array:
@@ -34,7 +34,5 @@ def resize_kernel(kernel: jax.Array, kernel_size: int | tuple[int, int]) -> jax.
     """
     if kernel.ndim != 4:
         raise ValueError(f"resize_kernel needs a (kh, kw, c_in, c_out) kernel, got {kernel.shape}")
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    check_positive("kernel height", kh)
-    check_positive("kernel width", kw)
+    kh, kw = kernel_pair(kernel_size)
     return _resize_axis(_resize_axis(kernel, 0, kh), 1, kw)

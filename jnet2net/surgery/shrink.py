@@ -8,9 +8,7 @@ import jax.numpy as jnp
 from jnet2net.surgery._checks import check_positive, normalize_axis
 
 
-def select_units(
-    producer: jax.Array, axis: int, keep: int
-) -> tuple[jax.Array, jax.Array]:
+def select_units(producer: jax.Array, axis: int, keep: int) -> tuple[jax.Array, jax.Array]:
     """Chooses the ``keep`` units with the largest producer weight norm.
 
     Args:
@@ -22,17 +20,29 @@ def select_units(
       ``(kept, assignment)``: ``kept`` is ``(keep,)`` sorted unit indices; ``assignment`` is
       ``(n,)`` and gives, for every unit, the position in ``kept`` of the kept unit whose
       producer weights are most similar (cosine) to it. Kept units are assigned to themselves.
+      Replicas (a unit whose producer weights equal an earlier unit's) are kept only after
+      every distinct unit, so a Net2Net-widened group shrinks back to one copy per unit.
     """
     axis = normalize_axis(axis, producer.ndim, f"producer of shape {producer.shape}")
     n = producer.shape[axis]
     check_positive("keep", keep)
     if keep > n:
-        raise ValueError(f"select_units cannot keep {keep} of {n} units")
+        raise ValueError(
+            f"select_units cannot keep {keep} of {n} units (producer of shape {producer.shape}, "
+            f"axis {axis})"
+        )
     rows = jnp.moveaxis(producer, axis, 0).reshape(n, -1).astype(jnp.float32)
     norms = jnp.linalg.norm(rows, axis=1)
-    kept = jnp.sort(jnp.argsort(-norms)[:keep])
     unit = rows / jnp.maximum(norms[:, None], 1e-12)
-    similarity = unit @ unit[kept].T  # (n, keep)
+    cosine = unit @ unit.T  # (n, n)
+    same_norm = jnp.abs(norms[:, None] - norms[None, :]) <= 1e-6 * jnp.maximum(
+        norms[:, None], 1e-12
+    )
+    earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]
+    replica = jnp.any((cosine >= 1.0 - 1e-6) & same_norm & earlier, axis=1)
+    order = jnp.lexsort((-norms, replica))  # distinct units first, then by decreasing norm
+    kept = jnp.sort(order[:keep])
+    similarity = cosine[:, kept]  # (n, keep)
     similarity = similarity.at[kept, jnp.arange(keep)].set(jnp.inf)
     return kept, jnp.argmax(similarity, axis=1).astype(jnp.int32)
 
