@@ -1,0 +1,34 @@
+"""Datasets in memory (tfds, scikit-learn digits, npz packs) and on-device augmentation.
+
+train = jnet2net.data.load("digits", "train")          # no download needed
+test = jnet2net.data.load("cifar10", "test", data_dir="/path/to/tfds")
+"""
+
+from jnet2net.data.augment import augment, random_crop, random_flip
+from jnet2net.data.dataset import Dataset, channel_stats, from_arrays, normalize
+from jnet2net.data.sources import (
+    DATASETS,
+    NORMALIZATION,
+    DatasetNotFoundError,
+    decode_images,
+    load,
+    load_digits,
+    load_npz,
+)
+
+__all__ = [
+    "DATASETS",
+    "NORMALIZATION",
+    "Dataset",
+    "DatasetNotFoundError",
+    "augment",
+    "channel_stats",
+    "decode_images",
+    "from_arrays",
+    "load",
+    "load_digits",
+    "load_npz",
+    "normalize",
+    "random_crop",
+    "random_flip",
+]

@@ -1,0 +1,311 @@
+"""Where datasets come from: scikit-learn's digits, tensorflow-datasets, npz packs.
+
+``load(name, split)`` is the front door. tensorflow-datasets is imported only when a tfds
+dataset is asked for, so training code runs on machines without it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import pathlib
+import re
+from typing import Any
+
+import numpy as np
+
+from jnet2net.data.dataset import Dataset, channel_stats
+
+#: Per-channel mean and std (0..255 units) of each training split.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
+    "cifar100": ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
+    "mnist": ((33.32,), (78.57,)),
+    "fashion_mnist": ((72.94,), (90.02,)),
+}
+TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+#: Every name :func:`load` knows; ``digits`` needs no download.
+DATASETS = ("digits", *TFDS_DATASETS)
+SPLITS = ("train", "test")
+
+DIGITS_TEST_SIZE = 360
+DIGITS_SEED = 0
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither prepared under ``data_dir`` nor allowed to be downloaded."""
+
+
+def load(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+) -> Dataset:
+    """Loads a whole split into memory as uint8 NHWC images and int32 labels.
+
+    Args:
+      name: one of :data:`DATASETS` (``'digits'``, ``'cifar10'``, ``'cifar100'``,
+        ``'mnist'``, ``'fashion_mnist'``).
+      split: ``'train'`` or ``'test'``; tfds datasets also take tfds slices such as
+        ``'train[:1000]'``.
+      data_dir: a tensorflow-datasets data directory (holding ``<name>/<version>/``), a
+        folder holding ``<name>_jpeg.npz`` / ``<name>.npz``, or an ``.npz`` file (see
+        :func:`load_npz`). ``None``: tfds' default (``$TFDS_DATA_DIR`` or
+        ``~/tensorflow_datasets``). Ignored by ``digits``.
+      download: let tensorflow-datasets download and prepare a missing dataset (needs
+        internet and TensorFlow).
+
+    Returns:
+      The :class:`Dataset`; its ``mean``/``std`` are the training split's statistics.
+
+    Raises:
+      ValueError: an unknown name or split.
+      DatasetNotFoundError: the dataset is not prepared and ``download`` is False.
+    """
+    name = _check_name(name)
+    if not isinstance(split, str):
+        raise TypeError(f"split must be a string like 'train' or 'test', got {split!r}")
+    if name == "digits":
+        return load_digits(split)
+    npz = _npz_path(name, data_dir)
+    if npz is not None:
+        return load_npz(npz, split, name=name)
+    return _load_tfds(name, split, data_dir=data_dir, download=download)
+
+
+def load_digits(split: str) -> Dataset:
+    """scikit-learn's 1,797 handwritten 8x8 digits, no download needed.
+
+    Pixels 0..16 are scaled to uint8 0..255; images ``(n, 8, 8, 1)``. The split is
+    stratified and fixed (seed 0): 1,437 train and 360 test images.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"digits has splits {SPLITS}, got {split!r}")
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int32)
+    indices = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(
+        indices, test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=DIGITS_SEED
+    )
+    mean, std = channel_stats(images[train_idx])
+    chosen = train_idx if split == "train" else test_idx
+    return Dataset(
+        images[chosen],
+        labels[chosen],
+        10,
+        "digits",
+        mean,
+        std,
+        tuple(str(c) for c in range(10)),
+    )
+
+
+def load_npz(
+    path: str | os.PathLike,
+    split: str,
+    *,
+    name: str | None = None,
+    workers: int | None = None,
+) -> Dataset:
+    """Loads one split of an ``.npz`` pack, decoding JPEG/PNG bytes with Pillow.
+
+    Two layouts are read:
+
+    * encoded: ``{split}_jpeg`` (uint8, concatenated encoded images), ``{split}_offsets``
+      (int64 ``(n + 1,)``, image ``i`` is ``jpeg[offsets[i]:offsets[i + 1]]``),
+      ``{split}_labels``; e.g. the offline ``cifar10_jpeg.npz``;
+    * raw: ``{split}_images`` (uint8 ``(n, h, w, c)``) and ``{split}_labels``.
+
+    An optional ``class_names`` array gives ``num_classes``.
+
+    Args:
+      path: the ``.npz`` file.
+      split: ``'train'`` or ``'test'`` (any prefix present in the file).
+      name: dataset name; default: the file name without ``.npz`` and ``_jpeg``.
+      workers: decoding threads (default: CPU count).
+
+    Returns:
+      The :class:`Dataset`; ``mean``/``std`` are known constants for the datasets in
+      :data:`NORMALIZATION`, else the statistics of the file's ``train`` split.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"no npz pack at {path}")
+    name = name or re.sub(r"_jpeg$", "", path.stem)
+    with np.load(path) as pack:
+        keys = set(pack.files)
+        splits = sorted({k.rsplit("_", 1)[0] for k in keys if k.endswith("_labels")})
+        if split not in splits:
+            raise ValueError(f"{path} has splits {splits}, got {split!r}")
+        labels = pack[f"{split}_labels"].astype(np.int32)
+        images = _npz_images(pack, split, workers)
+        class_names = tuple(str(c) for c in pack["class_names"]) if "class_names" in keys else ()
+        if name in NORMALIZATION:
+            mean, std = NORMALIZATION[name]
+        elif split != "train" and "train_labels" in keys:
+            mean, std = channel_stats(_npz_images(pack, "train", workers))
+        else:
+            mean, std = channel_stats(images)
+    num_classes = len(class_names) or int(labels.max()) + 1
+    return Dataset(images, labels, num_classes, name, mean, std, class_names)
+
+
+def decode_images(encoded: list[bytes], *, workers: int | None = None) -> np.ndarray:
+    """Decodes JPEG/PNG byte strings of equal-size images to uint8 ``(n, h, w, c)``."""
+    from PIL import Image
+
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image)
+        return array[..., None] if array.ndim == 2 else array
+
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        arrays = list(pool.map(decode, encoded, chunksize=256))
+    if not arrays:
+        raise ValueError("decode_images got no images")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"images differ in shape: {sorted(shapes)[:4]}")
+    return np.stack(arrays).astype(np.uint8, copy=False)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower().replace("-", "_") not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return name.lower().replace("-", "_")
+
+
+def _npz_images(pack: Any, split: str, workers: int | None) -> np.ndarray:
+    if f"{split}_images" in pack.files:
+        return np.asarray(pack[f"{split}_images"], np.uint8)
+    if f"{split}_jpeg" not in pack.files or f"{split}_offsets" not in pack.files:
+        raise ValueError(
+            f"npz pack lacks '{split}_images' or '{split}_jpeg' + '{split}_offsets'; "
+            f"it holds {sorted(pack.files)}"
+        )
+    blob = pack[f"{split}_jpeg"]
+    offsets = pack[f"{split}_offsets"]
+    encoded = [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+    return decode_images(encoded, workers=workers)
+
+
+def _npz_path(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | None:
+    """The npz pack that ``data_dir`` points at, if it is one (or holds one and no tfds dir)."""
+    if data_dir is None:
+        return None
+    path = pathlib.Path(data_dir)
+    if path.suffix == ".npz":
+        return path
+    if path.is_dir() and not (path / name).is_dir():
+        for candidate in (path / f"{name}_jpeg.npz", path / f"{name}.npz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _not_found_message(name: str, split: str, data_dir: Any, download: bool) -> str:
+    where = data_dir if data_dir is not None else "tfds' default data_dir ($TFDS_DATA_DIR or "
+    where = f"{where})" if data_dir is None else str(where)
+    lines = [
+        f"dataset {name!r} (split {split!r}) is not prepared under {where}.",
+        "To use it offline, pass data_dir= one of:",
+        f"  * a tensorflow-datasets data dir that holds {name}/<version>/ (prepared elsewhere "
+        f"with tfds.data_source('{name}', data_dir=DIR) and copied over);",
+        f"  * a folder holding {name}_jpeg.npz or {name}.npz, or the .npz file itself "
+        "(see jnet2net.data.load_npz).",
+    ]
+    if download:
+        lines.append("download=True was given, but downloading failed (it needs internet).")
+    else:
+        lines.append("Or pass download=True to let tensorflow-datasets fetch it (needs internet).")
+    lines.append("The 'digits' dataset needs no download.")
+    return "\n".join(lines)
+
+
+def _import_tfds() -> Any:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError(
+            "loading tfds datasets needs tensorflow-datasets: pip install tensorflow-datasets "
+            "(or use load('digits', ...) / load_npz(...), which do not)"
+        ) from err
+    return tfds
+
+
+def _load_tfds(name: str, split: str, *, data_dir: Any, download: bool) -> Dataset:
+    tfds = _import_tfds()
+    data_dir = None if data_dir is None else os.fspath(data_dir)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    except Exception as err:
+        builder = _builder_or_none(tfds, name, data_dir)
+        if builder is None or not builder.is_prepared():
+            raise DatasetNotFoundError(_not_found_message(name, split, data_dir, download)) from err
+        if "array_record" not in str(builder.info.file_format).lower():
+            return _load_tfds_with_tensorflow(tfds, name, split, data_dir)
+        raise
+    label = source.dataset_info.features["label"]
+    rows = _read_rows(source)
+    images = np.stack([np.asarray(r["image"]) for r in rows]).astype(np.uint8, copy=False)
+    labels = np.asarray([r["label"] for r in rows], np.int32)
+    mean, std = NORMALIZATION[name]
+    return Dataset(images, labels, label.num_classes, name, mean, std, tuple(label.names))
+
+
+def _read_rows(source: Any, chunk: int = 2048) -> list[dict[str, Any]]:
+    """Every row of a random-access tfds source, decoded in parallel chunks."""
+    n = len(source)
+    ranges = [range(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        parts = list(pool.map(source.__getitems__, ranges))
+    return [row for part in parts for row in part]
+
+
+def _builder_or_none(tfds: Any, name: str, data_dir: Any) -> Any:
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except Exception:
+        return None
+
+
+def _load_tfds_with_tensorflow(tfds: Any, name: str, split: str, data_dir: Any) -> Dataset:
+    """Reads tfrecord-prepared data with ``tfds.load`` (which needs TensorFlow)."""
+    try:
+        images, labels = tfds.as_numpy(
+            tfds.load(
+                name,
+                split=split,
+                data_dir=data_dir,
+                download=False,
+                batch_size=-1,
+                as_supervised=True,
+            )
+        )
+    except ImportError as err:
+        raise ImportError(
+            f"{name} is prepared in tfrecord format, which needs TensorFlow to read; install "
+            "tensorflow, or prepare it with file_format='array_record'"
+        ) from err
+    info = tfds.builder(name, data_dir=data_dir).info.features["label"]
+    mean, std = NORMALIZATION[name]
+    return Dataset(
+        np.asarray(images, np.uint8),
+        np.asarray(labels, np.int32),
+        info.num_classes,
+        name,
+        mean,
+        std,
+        tuple(info.names),
+    )

@@ -1,0 +1,84 @@
+"""Training: config, optimizers, state, jitted steps, data-parallel ``fit`` and ``evaluate``.
+
+config = TrainConfig(epochs=5, batch_size=128, learning_rate=0.05)
+result = fit(model, train, test, config)     # result.state, result.history
+"""
+
+from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key
+from jnet2net.train.config import TrainConfig
+from jnet2net.train.loop import (
+    FitResult,
+    eval_batch_size,
+    evaluate,
+    fit,
+    put_eval_set,
+    steps_per_epoch,
+)
+from jnet2net.train.optim import decay_mask, make_optimizer, make_schedule
+from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled, read_jsonl
+from jnet2net.train.sharding import (
+    DATA_AXIS,
+    batch_sharding,
+    check_batch_size,
+    data_mesh,
+    put_batch,
+    put_replicated,
+    replicated,
+)
+from jnet2net.train.state import TrainState, create_train_state, init_variables, variables_of
+from jnet2net.train.steps import (
+    TRACE_COUNTS,
+    augment_batch,
+    correct_predictions,
+    cross_entropy_loss,
+    eval_step_fn,
+    make_eval_step,
+    make_indexed_eval_step,
+    make_indexed_train_step,
+    make_train_step,
+    train_step_fn,
+    with_compute_dtype,
+)
+
+__all__ = [
+    "DATA_AXIS",
+    "TRACE_COUNTS",
+    "FitResult",
+    "ProgressBar",
+    "TrainConfig",
+    "TrainState",
+    "append_jsonl",
+    "augment_batch",
+    "augment_key",
+    "batch_indices",
+    "batch_sharding",
+    "check_batch_size",
+    "correct_predictions",
+    "create_train_state",
+    "cross_entropy_loss",
+    "data_mesh",
+    "decay_mask",
+    "epoch_permutation",
+    "eval_batch_size",
+    "eval_step_fn",
+    "evaluate",
+    "fit",
+    "init_variables",
+    "make_eval_step",
+    "make_indexed_eval_step",
+    "make_indexed_train_step",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "progress_enabled",
+    "put_batch",
+    "put_eval_set",
+    "put_replicated",
+    "read_jsonl",
+    "replicated",
+    "steps_per_epoch",
+    "stream_key",
+    "train_step_fn",
+    "variables_of",
+    "with_compute_dtype",
+]

@@ -1,0 +1,141 @@
+"""The training configuration: a frozen, JSON-ready dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "constant")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+AUGMENTATIONS = ("crop_flip", "flip", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field is a plain JSON value.
+
+    Attributes:
+      epochs: passes over the training set (the schedule spans all of them).
+      batch_size: global batch (over all devices); a multiple of the device count.
+      optimizer: ``'sgd'`` (with momentum, Nesterov by default) or ``'adamw'``.
+      learning_rate: peak learning rate.
+      momentum: SGD momentum.
+      nesterov: Nesterov momentum for SGD.
+      weight_decay: decay of kernels (parameters with ndim > 1; not biases or BatchNorm):
+        L2 added to the gradient for SGD, decoupled for AdamW.
+      schedule: ``'cosine'`` (warm-up, then cosine to 0), ``'onecycle'`` (cosine one-cycle,
+        rising for ``warmup_epochs`` or 30% of training when that is 0) or ``'constant'``
+        (warm-up, then constant).
+      warmup_epochs: linear warm-up from 0, in epochs (may be fractional).
+      label_smoothing: weight of the uniform distribution in the training targets.
+      compute_dtype: ``'float32'`` or ``'bfloat16'``; parameters stay float32.
+      augment: ``'crop_flip'`` (random crop with ``crop_padding`` + flip), ``'flip'`` or
+        ``'none'``.
+      crop_padding: zero padding of the random crop, in pixels.
+      seed: seeds the initialisation, the data order and the augmentation.
+      eval_batch_size: batch of the evaluation passes.
+      progress: show a progress bar; ``None``: only on a terminal and not when ``$CI`` is set.
+      log_path: JSONL file that receives one line per epoch, or ``None``.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    compute_dtype: str = "float32"
+    augment: str = "crop_flip"
+    crop_padding: int = 4
+    seed: int = 0
+    eval_batch_size: int = 512
+    progress: bool | None = None
+    log_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        _check_int("crop_padding", self.crop_padding, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        _check_number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs)
+        _check_number("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        if not isinstance(self.nesterov, bool):
+            raise TypeError(f"TrainConfig.nesterov must be a bool, got {self.nesterov!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TypeError(f"TrainConfig.progress must be None or a bool, got {self.progress!r}")
+        if self.log_path is not None:
+            if not isinstance(self.log_path, (str, os.PathLike)):
+                raise TypeError(
+                    f"TrainConfig.log_path must be a path or None, got {self.log_path!r}"
+                )
+            object.__setattr__(self, "log_path", os.fspath(self.log_path))
+        for name in (
+            "learning_rate",
+            "momentum",
+            "weight_decay",
+            "warmup_epochs",
+            "label_smoothing",
+        ):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config with ``values`` over the defaults; unknown keys raise ValueError."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {names}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"TrainConfig.{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"TrainConfig.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"TrainConfig.{name} must be a number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or value != value:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"TrainConfig.{name} must lie in {lo}{low}, {high}{hi}, got {value}")

@@ -1,0 +1,324 @@
+"""``fit`` and ``evaluate``: the whole dataset on device, data parallel over a mesh.
+
+Sections: inputs, device data, evaluation, the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jnet2net.data.dataset import Dataset
+from jnet2net.train.batches import epoch_permutation
+from jnet2net.train.config import TrainConfig
+from jnet2net.train.optim import make_schedule
+from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
+from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
+from jnet2net.train.state import TrainState, create_train_state
+from jnet2net.train.steps import make_indexed_eval_step, make_indexed_train_step
+
+Record = dict[str, Any]
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      state: the final training state (replicated over the mesh).
+      history: one record per epoch run: ``epoch`` (1-based), ``step`` (global step at its
+        end), ``wall_s`` (since ``fit`` started, compile and evaluation included),
+        ``epoch_s`` (this epoch's training steps), ``images_per_s``, ``lr`` (of the epoch's
+        last step), ``train_loss``, ``train_acc`` (means over the epoch's augmented batches),
+        ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
+        ``compile_s``.
+    """
+
+    state: TrainState
+    history: list[Record]
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped)."""
+    if batch_size > num_examples:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {num_examples} training examples"
+        )
+    return num_examples // batch_size
+
+
+def _check_inputs(model: nn.Module, train: Any, test: Any, config: Any) -> None:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    for what, data in (("train", train), ("test", test)):
+        if data is None and what == "test":
+            continue
+        if not isinstance(data, Dataset):
+            raise TypeError(f"{what} must be a jnet2net.data.Dataset, got {type(data).__name__}")
+        classes = getattr(model, "num_classes", data.num_classes)
+        if classes != data.num_classes:
+            raise ValueError(
+                f"the model has {classes} outputs but the {what} set {data.name!r} has "
+                f"{data.num_classes} classes"
+            )
+    if test is not None and test.image_shape != train.image_shape:
+        raise ValueError(
+            f"train images {train.image_shape} and test images {test.image_shape} differ in shape"
+        )
+
+
+# --- device data --------------------------------------------------------------------------
+
+
+class DeviceEvalSet(NamedTuple):
+    """An evaluation set on device, padded to whole batches (padding labels are ``-1``)."""
+
+    images: jax.Array
+    labels: jax.Array
+    batch_size: int
+    num_batches: int
+
+
+def eval_batch_size(requested: int, num_examples: int, mesh: Mesh) -> int:
+    """``requested``, capped at the set's size, rounded up to a multiple of the devices."""
+    size = max(1, min(requested, num_examples))
+    return -(-size // mesh.size) * mesh.size
+
+
+def put_eval_set(dataset: Dataset, batch_size: int, mesh: Mesh) -> DeviceEvalSet:
+    """``dataset`` padded to a multiple of ``batch_size`` and replicated over ``mesh``."""
+    n = len(dataset)
+    num_batches = max(1, -(-n // batch_size))
+    pad = num_batches * batch_size - n
+    images = np.concatenate([dataset.images, np.zeros((pad, *dataset.image_shape), np.uint8)])
+    labels = np.concatenate([dataset.labels, np.full((pad,), -1, np.int32)])
+    images, labels = put_replicated((images, labels), mesh)
+    return DeviceEvalSet(images, labels, batch_size, num_batches)
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def _run_eval(eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh):
+    zero = np.zeros((), np.float32)
+    totals = put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
+    for index in range(data.num_batches):
+        totals = eval_step(variables, data.images, data.labels, np.int32(index), totals)
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return float(totals["loss"]) / count, float(totals["correct"]) / count
+
+
+def evaluate(
+    model: nn.Module,
+    variables: Any,
+    dataset: Dataset,
+    *,
+    batch_size: int = 512,
+    mesh: Mesh | None = None,
+    compute_dtype: str | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on every example of ``dataset``.
+
+    Args:
+      model: the network.
+      variables: ``{'params', 'batch_stats'}`` or a :class:`TrainState`.
+      dataset: images are normalised with its ``mean``/``std``.
+      batch_size: examples per device batch (rounded up to a multiple of the devices).
+      mesh: devices to shard batches over (default: all).
+      compute_dtype: e.g. ``'bfloat16'``; ``None``: the model's own dtype.
+
+    Returns:
+      ``(loss, accuracy)`` as Python floats.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a jnet2net.data.Dataset, got {type(dataset).__name__}")
+    if isinstance(variables, TrainState):
+        variables = variables.variables
+    mesh = data_mesh() if mesh is None else mesh
+    batch = eval_batch_size(batch_size, len(dataset), mesh)
+    data = put_eval_set(dataset, batch, mesh)
+    step = make_indexed_eval_step(
+        model,
+        mean=dataset.mean,
+        std=dataset.std,
+        batch_size=batch,
+        compute_dtype=compute_dtype,
+        mesh=mesh,
+    )
+    return _run_eval(step, put_replicated(variables, mesh), data, mesh)
+
+
+# --- the training loop --------------------------------------------------------------------
+
+
+def _epoch_means(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *metrics))
+    return {k: float(np.mean(v)) for k, v in stacked.items()}
+
+
+def _nan_error(epoch: int, lo: int, hi: int, lr: float, config: TrainConfig) -> FloatingPointError:
+    return FloatingPointError(
+        f"training diverged: the mean training loss of epoch {epoch} (steps {lo}..{hi - 1}, "
+        f"learning rate {lr:.4g}) is not finite. Try a lower learning_rate (now "
+        f"{config.learning_rate}), warmup_epochs > 0, or compute_dtype='float32' (now "
+        f"{config.compute_dtype!r})."
+    )
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    test: Dataset | None,
+    config: TrainConfig,
+    *,
+    state: TrainState | None = None,
+    variables: Any = None,
+    mesh: Mesh | None = None,
+    on_epoch_end: Callable[[TrainState, Record], None] | None = None,
+    stop_at_accuracy: float | None = None,
+    max_steps: int | None = None,
+) -> FitResult:
+    """Trains ``model`` on ``train`` for ``config.epochs``, evaluating on ``test`` each epoch.
+
+    Both sets live on device whole; every step gathers its batch from the epoch's
+    permutation on device, augments it and takes an optimizer step (one compile). Data
+    order and augmentation depend only on ``(config.seed, step)``, so resuming from a state
+    saved at step ``N`` reproduces an uninterrupted run.
+
+    Args:
+      model: the network; ``config.compute_dtype`` overrides its ``dtype``.
+      train: training set; its ``mean``/``std`` normalise both sets.
+      test: evaluation set, or ``None``.
+      config: the training config.
+      state: resume from this state (e.g. restored from a checkpoint): training continues
+        at ``state.step`` with ``state.tx``. The caller's arrays stay valid.
+      variables: start a fresh state (step 0) from these variables (e.g. a grown student).
+      mesh: devices to train on (default: every device, axis ``'data'``).
+      on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch, e.g. to save
+        a checkpoint (copy what you keep: the next step donates ``state``'s buffers).
+      stop_at_accuracy: stop after the first epoch whose test accuracy reaches this.
+      max_steps: stop at this global step (may be mid-epoch) instead of the end.
+
+    Returns:
+      :class:`FitResult` with the final state and the per-epoch records, also appended to
+      ``config.log_path`` as JSON lines (the file is started afresh when training starts
+      at step 0).
+
+    Raises:
+      FloatingPointError: the loss became NaN or infinite.
+    """
+    _check_inputs(model, train, test, config)
+    if state is not None and variables is not None:
+        raise ValueError("pass state (to resume) or variables (to start from them), not both")
+    if stop_at_accuracy is not None and not 0.0 < stop_at_accuracy <= 1.0:
+        raise ValueError(f"stop_at_accuracy must lie in (0, 1], got {stop_at_accuracy}")
+    mesh = data_mesh() if mesh is None else mesh
+    check_batch_size(config.batch_size, mesh)
+    spe = steps_per_epoch(len(train), config.batch_size)
+    if state is None:
+        state = create_train_state(
+            model, config, train.images, variables=variables, steps_per_epoch=spe
+        )
+    elif not isinstance(state, TrainState):
+        raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
+    state = put_replicated(state, mesh)
+    start = int(state.step)
+    end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
+    if config.log_path and start == 0 and os.path.exists(config.log_path):
+        os.remove(config.log_path)
+
+    images, labels = put_replicated((train.images, train.labels), mesh)
+    permutation = jax.jit(epoch_permutation, static_argnums=(0, 2), out_shardings=replicated(mesh))
+    train_step = make_indexed_train_step(
+        model, config, mean=train.mean, std=train.std, steps_per_epoch=spe, mesh=mesh
+    )
+    eval_set, eval_step = None, None
+    if test is not None:
+        batch = eval_batch_size(config.eval_batch_size, len(test), mesh)
+        eval_set = put_eval_set(test, batch, mesh)
+        eval_step = make_indexed_eval_step(
+            model,
+            mean=train.mean,
+            std=train.std,
+            batch_size=batch,
+            compute_dtype=config.compute_dtype,
+            mesh=mesh,
+        )
+    schedule = make_schedule(config, spe)
+    history: list[Record] = []
+    if start >= end:
+        return FitResult(state, history)
+
+    t_start = time.perf_counter()
+    order = permutation(config.seed, start // spe, len(train))
+    compiled = train_step.lower(state, images, labels, order).compile()
+    compile_s = time.perf_counter() - t_start
+    progress = ProgressBar(
+        end - start, desc=f"train {type(model).__name__}", enabled=progress_enabled(config.progress)
+    )
+    with progress:
+        for epoch in range(start // spe, config.epochs):
+            lo, hi = max(start, epoch * spe), min(end, (epoch + 1) * spe)
+            if lo >= hi:
+                break
+            order = permutation(config.seed, epoch, len(train))
+            t_epoch = time.perf_counter()
+            step_metrics = []
+            for _ in range(lo, hi):
+                state, metrics = compiled(state, images, labels, order)
+                step_metrics.append(metrics)
+                progress.update()
+            means = _epoch_means(step_metrics)
+            epoch_s = time.perf_counter() - t_epoch
+            lr = float(schedule(hi - 1))
+            if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
+                raise _nan_error(epoch + 1, lo, hi, lr, config)
+            test_loss = test_acc = None
+            if eval_set is not None:
+                test_loss, test_acc = _run_eval(eval_step, state.variables, eval_set, mesh)
+            record: Record = {
+                "epoch": epoch + 1,
+                "step": hi,
+                "wall_s": time.perf_counter() - t_start,
+                "epoch_s": epoch_s,
+                "images_per_s": (hi - lo) * config.batch_size / epoch_s,
+                "lr": lr,
+                "train_loss": means["loss"],
+                "train_acc": means["accuracy"],
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+            }
+            if not history:
+                record["compile_s"] = compile_s
+            history.append(record)
+            progress.update(0, note=_summary(record, config.epochs))
+            if config.log_path:
+                append_jsonl(config.log_path, record)
+            if on_epoch_end is not None:
+                on_epoch_end(state, record)
+            if (
+                stop_at_accuracy is not None
+                and test_acc is not None
+                and test_acc >= stop_at_accuracy
+            ):
+                break
+    return FitResult(state, history)
+
+
+def _summary(record: Record, epochs: int) -> str:
+    text = f"epoch {record['epoch']}/{epochs} loss {record['train_loss']:.3f}"
+    if record["test_acc"] is not None:
+        text += f" test_acc {record['test_acc']:.3f}"
+    return text

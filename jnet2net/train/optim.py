@@ -1,0 +1,72 @@
+"""Learning-rate schedules and optimizers built from a :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from jnet2net.train.config import TrainConfig
+
+ONECYCLE_DEFAULT_PCT_START = 0.3
+
+
+def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate at each step: warm-up, then ``config.schedule``.
+
+    Args:
+      config: uses ``schedule``, ``learning_rate``, ``epochs``, ``warmup_epochs``.
+      steps_per_epoch: optimizer steps per epoch.
+
+    Returns:
+      ``step -> learning rate``; the schedule spans ``epochs * steps_per_epoch`` steps and
+      stays at its final value after them.
+    """
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
+        raise TypeError(f"steps_per_epoch must be an int, got {steps_per_epoch!r}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    total = config.epochs * steps_per_epoch
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
+    peak = config.learning_rate
+    if config.schedule == "cosine":
+        if warmup >= total:
+            return optax.linear_schedule(0.0, peak, total)
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
+    if config.schedule == "onecycle":
+        pct_start = warmup / total if warmup else ONECYCLE_DEFAULT_PCT_START
+        return optax.cosine_onecycle_schedule(total, peak, pct_start=pct_start)
+    if warmup == 0:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+    )
+
+
+def decay_mask(params: Any) -> Any:
+    """``True`` for kernels (ndim > 1), ``False`` for biases and BatchNorm scales/offsets."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD (momentum, Nesterov) or AdamW with ``make_schedule``'s learning rate.
+
+    Weight decay applies to kernels only (:func:`decay_mask`): added to the gradient
+    before momentum for SGD (L2), decoupled for AdamW.
+
+    Args:
+      config: the training config.
+      steps_per_epoch: optimizer steps per epoch (sets the schedule's length).
+
+    Returns:
+      The optax transformation; its state holds params-shaped trees (momentum, or Adam's
+      ``mu``/``nu``) that ``optax.tree_map_params`` can map.
+    """
+    schedule = make_schedule(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
+    sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+    if config.weight_decay == 0:
+        return sgd
+    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask), sgd)

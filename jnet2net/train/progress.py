@@ -1,0 +1,85 @@
+"""A small progress bar for long loops, and the JSONL metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import IO, Any
+
+
+def progress_enabled(setting: bool | None, stream: IO[str] | None = None) -> bool:
+    """``setting``, or when ``None``: on for a terminal and off when ``$CI`` is set."""
+    if setting is not None:
+        return setting
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("CI")
+
+
+class ProgressBar:
+    """``desc [#####-----] 50/100 12.3 it/s note`` redrawn in place, at most 10 times a second.
+
+    Counts what the host has dispatched; JAX runs steps asynchronously, so the rate is
+    exact only over whole epochs (where metrics are fetched).
+    """
+
+    def __init__(
+        self, total: int, *, desc: str = "", enabled: bool = True, stream: IO[str] | None = None
+    ) -> None:
+        self.total = max(int(total), 0)
+        self.desc = desc
+        self.enabled = enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.count = 0
+        self.note = ""
+        self._start = time.perf_counter()
+        self._last_draw = 0.0
+
+    def update(self, n: int = 1, *, note: str | None = None) -> None:
+        """Advances by ``n``; ``note`` replaces the text after the counter."""
+        self.count += n
+        if note is not None:
+            self.note = note
+        now = time.perf_counter()
+        if self.enabled and (now - self._last_draw > 0.1 or self.count >= self.total):
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        width = 24
+        done = int(width * self.count / self.total) if self.total else width
+        rate = self.count / max(now - self._start, 1e-9)
+        line = (
+            f"\r{self.desc} [{'#' * done}{'-' * (width - done)}] {self.count}/{self.total} "
+            f"{rate:.1f} it/s {self.note}"
+        )
+        self.stream.write(line.ljust(100))
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Ends the line."""
+        if self.enabled:
+            self._draw(time.perf_counter())
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Appends ``record`` as one JSON line to ``path`` (parent folders are created)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every JSON object of a JSONL file, skipping blank lines."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
