@@ -1,0 +1,47 @@
+"""Training-time scale-down (our reading of Learn&Drop): drop layers that stopped learning.
+
+Scores say how much each layer's parameters still change; a policy drops a contiguous
+prefix from training; the dropped prefix runs without gradient (or from a cache of its
+outputs) and only the suffix is differentiated and optimised.
+"""
+
+from jnet2net.scale_down.cache import ActivationCache
+from jnet2net.scale_down.config import ScaleDownConfig
+from jnet2net.scale_down.flops import StepFlops, cache_flops, flops_from_cost, step_flops
+from jnet2net.scale_down.policy import PolicyState, initial_policy, update_policy
+from jnet2net.scale_down.scores import (
+    ScoreHistory,
+    empty_history,
+    layer_change_scores,
+    record_scores,
+    still_learning,
+)
+from jnet2net.scale_down.split import (
+    merge_variables,
+    prefix_apply,
+    shrink_opt_state,
+    split_variables,
+    suffix_apply,
+)
+
+__all__ = [
+    "ActivationCache",
+    "PolicyState",
+    "ScaleDownConfig",
+    "ScoreHistory",
+    "StepFlops",
+    "cache_flops",
+    "empty_history",
+    "flops_from_cost",
+    "initial_policy",
+    "layer_change_scores",
+    "merge_variables",
+    "prefix_apply",
+    "record_scores",
+    "shrink_opt_state",
+    "split_variables",
+    "step_flops",
+    "still_learning",
+    "suffix_apply",
+    "update_policy",
+]

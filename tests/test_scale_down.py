@@ -1,0 +1,360 @@
+"""Tests of jnet2net.scale_down: scores, policy, prefix/suffix split, caches, FLOPs, the loop."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jnet2net.models import VGG, ResNet
+from jnet2net.scale_down import cache as cache_lib
+from jnet2net.scale_down.config import ScaleDownConfig
+from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
+from jnet2net.scale_down.policy import cut_limit, initial_policy, update_policy
+from jnet2net.scale_down.scores import (
+    empty_history,
+    layer_change_scores,
+    record_scores,
+    score_levels,
+    score_trends,
+    still_learning,
+)
+from jnet2net.scale_down.split import (
+    merge_variables,
+    prefix_apply,
+    shrink_opt_state,
+    split_variables,
+    suffix_apply,
+)
+
+IMAGE = (8, 8, 1)
+
+
+def tiny_vgg() -> VGG:
+    return VGG((1, 1), (4, 8), hidden_widths=(8,), num_classes=3)
+
+
+def tiny_resnet() -> ResNet:
+    return ResNet((1, 1), (4, 8), num_classes=3)
+
+
+def init(model, batch: int = 4):
+    x = jax.random.normal(jax.random.key(1), (batch, *IMAGE))
+    return model.init(jax.random.key(0), x), x
+
+
+# --- scores ----------------------------------------------------------------------------
+
+
+def test_layer_change_scores_on_hand_made_snapshots():
+    previous = {
+        "a": {"kernel": jnp.array([3.0, 4.0]), "bias": jnp.array([0.0])},
+        "b": {"kernel": jnp.array([[1.0, 0.0], [0.0, 0.0]])},
+        "c": {"kernel": jnp.zeros((2,))},
+    }
+    current = {
+        "a": {"kernel": jnp.array([3.0, 4.0]), "bias": jnp.array([0.5])},  # |d| 0.5, |w| 5
+        "b": {"kernel": jnp.array([[1.0, 0.0], [0.0, 2.0]])},  # |d| 2, |w| 1
+        "c": {"kernel": jnp.zeros((2,))},  # zero and unchanged
+    }
+    scores = layer_change_scores(previous, current, ("a", "b", "c", "dropped"))
+    chex.assert_trees_all_close(scores[:3], jnp.array([0.1, 2.0, 0.0]), rtol=1e-6)
+    assert np.isnan(scores[3])
+
+
+def test_layer_change_scores_rejects_changed_shapes():
+    with pytest.raises(ValueError, match=r"params/a has a leaf of shape \(3,\) now and \(2,\)"):
+        layer_change_scores({"a": jnp.zeros(2)}, {"a": jnp.zeros(3)}, ("a",))
+
+
+def test_record_scores_smooths_and_tracks_peak():
+    history = empty_history(("x", "y"))
+    rows = [[4.0, np.nan], [2.0, 1.0], [1.0, 3.0]]
+    for step, raw in zip((10, 20, 30), rows, strict=True):
+        history = record_scores(history, step, np.array(raw), smoothing=0.5)
+    # x: 4 -> 0.5*4+0.5*2 = 3 -> 0.5*3+0.5*1 = 2; y: nan -> 1 (restart) -> 2.
+    np.testing.assert_allclose(history.smoothed, [[4, np.nan], [3, 1], [2, 2]])
+    np.testing.assert_array_equal(history.steps, [10, 20, 30])
+    np.testing.assert_allclose(history.peak, [4, 2])
+    np.testing.assert_allclose(score_levels(history, "peak"), [0.5, 1.0])
+    np.testing.assert_allclose(score_levels(history, "none"), [2.0, 2.0])
+
+
+def test_record_scores_rejects_bad_rows():
+    history = record_scores(empty_history(("x",)), 5, np.array([1.0]), 0.5)
+    with pytest.raises(ValueError, match=r"needs \(1,\) scores for layers \('x',\)"):
+        record_scores(history, 6, np.array([1.0, 2.0]), 0.5)
+    with pytest.raises(ValueError, match="check at step 5 is not after the last one"):
+        record_scores(history, 5, np.array([1.0]), 0.5)
+
+
+def test_score_trends_are_relative_slopes_of_the_trailing_window():
+    history = empty_history(("falling", "rising", "flat", "young"))
+    rows = [[8, 1, 2, np.nan], [6, 2, 2, np.nan], [4, 3, 2, np.nan], [2, 4, 2, 5.0]]
+    for step, raw in enumerate(rows):
+        history = record_scores(history, step, np.array(raw, float), smoothing=0.0)
+    trends = score_trends(history, window=3)
+    # falling over (6, 4, 2): slope -2, mean 4; rising (2, 3, 4): slope 1, mean 3.
+    np.testing.assert_allclose(trends[:3], [-0.5, 1 / 3, 0.0])
+    assert np.isnan(trends[3])  # one finite score: no trend yet
+
+
+def test_still_learning_needs_low_level_and_no_rise():
+    config = ScaleDownConfig(threshold=0.5, trend_tolerance=0.05, trend_window=3, smoothing=0.0)
+    history = empty_history(("low_falling", "high", "low_rising", "young"))
+    rows = [[10, 10, 10, np.nan], [3, 9, 1, np.nan], [2, 9, 1.2, np.nan], [1, 9, 1.5, 1.0]]
+    for step, raw in enumerate(rows):
+        history = record_scores(history, step, np.array(raw, float), smoothing=0.0)
+    np.testing.assert_array_equal(still_learning(history, config), [False, True, True, True])
+
+
+# --- policy ----------------------------------------------------------------------------
+
+
+def _history_of(levels_per_check: list[list[float]], names: tuple[str, ...]):
+    """A history whose raw scores are the given levels (peak 1 at check 0)."""
+    history = empty_history(names)
+    history = record_scores(history, 0, np.ones(len(names)), 0.0)
+    histories = []
+    for step, levels in enumerate(levels_per_check, start=1):
+        history = record_scores(history, step, np.array(levels, float), 0.0)
+        histories.append(history)
+    return histories
+
+
+POLICY = ScaleDownConfig(
+    threshold=0.5, patience=2, warmup_steps=0, smoothing=0.0, trend_window=2, trend_tolerance=0.0
+)
+
+
+def test_policy_freezes_in_prefix_order_and_never_the_head():
+    names = ("l0", "l1", "l2", "head")
+    # l1 goes quiet first, but only l0 may be dropped first; the head is always quiet.
+    levels = [[0.9, 0.1, 0.9, 0.1], [0.8, 0.1, 0.8, 0.1], [0.2, 0.1, 0.7, 0.1]]
+    levels += [[0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.3, 0.1]] + [[0.1, 0.1, 0.3, 0.1]] * 3
+    state = initial_policy(len(names))
+    cuts = []
+    for step, history in enumerate(_history_of(levels, names), start=1):
+        state = update_policy(state, history, step, POLICY)
+        cuts.append(state.cut)
+    # l0 quiet at checks 3, 4 -> cut 2 at once (l1 long quiet); l2 quiet at 5, 6 -> 3.
+    assert cuts == [0, 0, 0, 2, 2, 3, 3, 3]
+    assert max(cuts) == cut_limit(len(names), POLICY) == 3  # head never dropped
+
+
+def test_policy_waits_for_warmup_and_respects_max_frozen():
+    names = ("l0", "l1", "l2", "head")
+    histories = _history_of([[0.1] * 4] * 6, names)
+    config = ScaleDownConfig(
+        threshold=0.5, patience=2, warmup_steps=4, smoothing=0.0, trend_window=2, max_frozen=1
+    )
+    state = initial_policy(len(names))
+    cuts = []
+    for step, history in enumerate(histories, start=1):
+        state = update_policy(state, history, step, config)
+        cuts.append(state.cut)
+    assert cuts == [0, 0, 0, 0, 1, 1]  # counts from step 4; never more than one layer
+
+
+def test_policy_rejects_mismatched_history():
+    state = initial_policy(3)
+    history = _history_of([[0.1, 0.1]], ("a", "head"))[0]
+    with pytest.raises(ValueError, match=r"policy tracks 3 layers, the history 2"):
+        update_policy(state, history, 1, POLICY)
+    with pytest.raises(ValueError, match=r"cut must be in \[0, 2\]"):
+        initial_policy(3, cut=3)
+
+
+# --- config ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"check_every": 0}, ValueError, "check_every must be positive"),
+        ({"check_every": 2.5}, TypeError, "check_every must be an int"),
+        ({"patience": -1}, ValueError, "patience must be >= 0"),
+        ({"trend_window": 1}, ValueError, "trend_window must be >= 2"),
+        ({"warmup_steps": True}, TypeError, "warmup_steps must be an int"),
+        ({"max_frozen": -2}, ValueError, "max_frozen must be >= 0"),
+        ({"smoothing": 1.0}, ValueError, r"smoothing must be in \[0, 1\)"),
+        ({"smoothing": "high"}, TypeError, "smoothing must be a number"),
+        ({"threshold": 0.0}, ValueError, "threshold must be > 0"),
+        ({"threshold": 2.0}, ValueError, r"threshold must be in \(0, 1\] with normalize='peak'"),
+        ({"threshold": math.nan}, ValueError, "threshold must be finite"),
+        ({"trend_tolerance": -0.1}, ValueError, "trend_tolerance must be >= 0"),
+        ({"mode": "frozen"}, ValueError, "mode must be one of 'nograd', 'cache', got 'frozen'"),
+        ({"cache_augment": "crop"}, ValueError, "cache_augment must be one of 'flip', 'none'"),
+        ({"normalize": "max"}, ValueError, "normalize must be one of 'peak', 'none'"),
+        ({"flop_count": "xla"}, ValueError, "flop_count must be one of"),
+        ({"cache_max_bytes": -1}, ValueError, "cache_max_bytes must be >= 0"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ScaleDownConfig(**kwargs)
+
+
+def test_config_accepts_absolute_threshold_without_peak_normalisation():
+    assert ScaleDownConfig(normalize="none", threshold=3.0).threshold == 3.0
+
+
+# --- split -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet])
+def test_prefix_then_suffix_is_the_whole_network(make):
+    model = make()
+    variables, x = init(model)
+    full = model.apply(variables, x, train=False)
+    for cut in range(len(model.layer_names())):
+        frozen, trained = split_variables(model, variables, cut)
+        assert set(frozen["params"]) == set(model.layer_names()[:cut])
+        chex.assert_trees_all_equal(merge_variables(frozen, trained), variables)
+        h = prefix_apply(model, frozen, x, cut)
+        logits, stats = suffix_apply(
+            model, trained["params"], trained["batch_stats"], h, cut, train=False
+        )
+        chex.assert_trees_all_close(logits, full, atol=1e-6)
+        assert stats is trained["batch_stats"]
+
+
+def test_split_rejects_bad_cuts_and_foreign_layers():
+    model = tiny_vgg()
+    variables, _ = init(model)
+    with pytest.raises(
+        ValueError, match=r"cut must be in \[0, 3\] .*the head 'head' is never dropped"
+    ):
+        split_variables(model, variables, 4)
+    with pytest.raises(TypeError, match="cut must be an int layer index"):
+        split_variables(model, variables, 1.0)
+    bad = {"params": {**variables["params"], "extra": {}}}
+    with pytest.raises(ValueError, match=r"params/extra is not a layer of VGG"):
+        split_variables(model, bad, 1)
+    frozen, _trained = split_variables(model, variables, 1)
+    with pytest.raises(ValueError, match=r"params/stage0_layer0 is both frozen and trained"):
+        merge_variables(frozen, variables)
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        optax.sgd(optax.cosine_decay_schedule(0.1, 100), momentum=0.9),
+        optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-3)),
+    ],
+    ids=["sgd_momentum_schedule", "decay_adam"],
+)
+def test_shrink_opt_state_keeps_the_suffix_moments_and_counts(tx):
+    model = tiny_resnet()
+    variables, _x = init(model)
+    params = variables["params"]
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    state = tx.init(params)
+    update = jax.jit(lambda s: tx.update(grads, s, params)[1])
+    for _ in range(3):
+        state = update(state)
+    _, trained = split_variables(model, variables, 2)
+    shrunk = shrink_opt_state(tx, state, trained["params"])
+    expected = tx.init(trained["params"])
+    chex.assert_trees_all_equal_structs(shrunk, expected)
+    old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(state)[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shrunk)[0]:
+        np.testing.assert_array_equal(leaf, old[jax.tree_util.keystr(path)])
+    counts = [
+        leaf for p, leaf in jax.tree_util.tree_flatten_with_path(shrunk)[0] if "count" in str(p)
+    ]
+    assert counts and all(int(c) == 3 for c in counts)  # schedules continue, not restart
+    moments = [leaf for leaf in jax.tree.leaves(shrunk) if leaf.ndim > 0]
+    assert moments and all(float(jnp.abs(m).max()) > 0 for m in moments)  # not reset
+
+
+def test_shrink_opt_state_names_missing_paths():
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = tx.init({"a": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"no leaf at .*\['b'\] \(shape \(3,\)\)"):
+        shrink_opt_state(tx, state, {"b": jnp.zeros(3)})
+    with pytest.raises(ValueError, match=r"has shape \(2,\), the params need \(3,\)"):
+        shrink_opt_state(tx, state, {"a": jnp.zeros(3)})
+
+
+# --- cache -----------------------------------------------------------------------------
+
+
+def test_map_in_chunks_matches_one_call_and_pads_the_last_chunk():
+    xs = jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3)
+    out = cache_lib.map_in_chunks(lambda x: 2 * x[:, :2], xs, chunk=3)
+    chex.assert_trees_all_equal(out, 2 * xs[:, :2])
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        cache_lib.map_in_chunks(lambda x: x, xs, chunk=0)
+    with pytest.raises(ValueError, match="fn must keep the leading axis"):
+        cache_lib.map_in_chunks(lambda x: x[:1], xs, chunk=3)
+
+
+def test_gather_views_picks_plain_or_mirrored_rows():
+    plain = jnp.arange(3 * 1 * 2 * 1, dtype=jnp.float32).reshape(3, 1, 2, 1)
+    cache = cache_lib.ActivationCache(1, (plain, cache_lib.mirrored(plain)))
+    got = cache_lib.gather_views(cache, jnp.array([2, 0]), jnp.array([1, 0]))
+    chex.assert_trees_all_equal(got, jnp.stack([plain[2, :, ::-1], plain[0]]))
+    assert cache.nbytes == 2 * plain.size * 4
+    assert cache_lib.cache_nbytes((3, 1, 2, 1), jnp.float32, 2) == cache.nbytes
+
+
+# --- FLOPs -----------------------------------------------------------------------------
+
+
+def test_flops_from_cost_reads_every_shape_of_answer():
+    assert flops_from_cost({"flops": 12.0, "bytes accessed": 3.0}) == 12.0
+    assert flops_from_cost([{"flops": 2.0}, {"flops": 3.0}]) == 5.0
+    assert math.isnan(flops_from_cost(None))
+    assert math.isnan(flops_from_cost({"bytes accessed": 3.0}))
+    assert math.isnan(flops_from_cost({"flops": -1.0}))
+    assert math.isnan(flops_from_cost([]))
+    with pytest.raises(TypeError, match="cost analysis must be a dict"):
+        flops_from_cost(3.0)
+
+
+def test_compiled_cost_analysis_of_this_jax_reports_flops():
+    compiled = jax.jit(lambda a: a @ a).lower(jnp.ones((4, 4))).compile()
+    assert flops_from_cost(compiled.cost_analysis()) >= 2 * 4**3 - 4**2
+
+
+@pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet])
+def test_flops_fall_as_the_cut_moves(make):
+    model = make()
+    variables, x = init(model)
+    cuts = range(len(model.layer_names()))
+    counts = [step_flops(model, variables, cut, x, how="lowered") for cut in cuts]
+    cached = [step_flops(model, variables, c, x, cached=True, how="lowered") for c in cuts[1:]]
+    backward = [c.backward for c in counts]
+    assert all(b > 0 for b in backward)
+    assert all(a > b for a, b in itertools.pairwise(backward)), backward
+    prefix = [c.prefix_forward for c in counts]
+    assert prefix[0] == 0 and all(a < b for a, b in itertools.pairwise(prefix))
+    # No-grad: the prefix still runs each step; cached: the step forward falls with the cut.
+    forward = [counts[0].forward] + [c.forward for c in cached]
+    assert all(a > b for a, b in itertools.pairwise(forward)), forward
+    for plain, stored in zip(counts[1:], cached, strict=True):
+        assert stored.forward == pytest.approx(plain.forward - plain.prefix_forward)
+        assert stored.backward == plain.backward
+    assert counts[-1].total < 0.75 * counts[0].total
+    extend = cache_flops(model, variables, 0, 2, x, how="lowered")
+    assert extend == pytest.approx(counts[2].prefix_forward)
+    # What runs, after XLA's optimisation, falls too.
+    full, scaled = step_flops(model, variables, 0, x), step_flops(model, variables, 2, x)
+    assert scaled.backward < full.backward and scaled.prefix_forward > 0
+    assert cache_flops(model, variables, 2, 2, x) == 0.0
+    with pytest.raises(ValueError, match="a cache only grows"):
+        cache_flops(model, variables, 2, 1, x)
+
+
+def test_flops_off_gives_nan_without_compiling():
+    model = tiny_vgg()
+    variables, x = init(model)
+    counts = step_flops(model, variables, 1, x, how="off")
+    assert math.isnan(counts.forward) and math.isnan(counts.backward)
