@@ -1,7 +1,8 @@
 """On-device augmentation: random crop with zero padding and horizontal flip.
 
 Every function is pure and jit-friendly: the same key gives the same images, on any
-number of devices (``jax_threefry_partitionable``).
+number of devices (``jax_threefry_partitionable``). All randomness of a batch comes from
+one draw of random bits, which keeps compiles short.
 """
 
 from __future__ import annotations
@@ -15,8 +16,48 @@ def _check_images(images: jax.Array, what: str) -> None:
         raise ValueError(f"{what} needs images (n, h, w, c), got shape {images.shape}")
 
 
+def _check_padding(padding: int) -> None:
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"crop padding must be an int >= 0, got {padding!r}")
+
+
+def crop_at(images: jax.Array, offsets: jax.Array, *, padding: int) -> jax.Array:
+    """Pads ``images (n, h, w, c)`` with ``padding`` zeros per side and crops ``(h, w)``.
+
+    Args:
+      images: ``(n, h, w, c)``, any dtype.
+      offsets: ``(n, 2)`` int (row, column) of each crop in the padded image, each in
+        ``[0, 2 * padding]``; ``(padding, padding)`` gives the image back.
+      padding: zero padding on each side.
+
+    Returns:
+      ``(n, h, w, c)``, ``images.dtype``.
+    """
+    _check_images(images, "crop_at")
+    _check_padding(padding)
+    if padding == 0:
+        return images
+    _, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+    return jax.vmap(crop)(padded, offsets.astype(jnp.int32))
+
+
+def flip_where(images: jax.Array, flip: jax.Array) -> jax.Array:
+    """``images (n, h, w, c)`` with image ``i`` mirrored left-right where ``flip[i]``."""
+    _check_images(images, "flip_where")
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def _offsets(bits: jax.Array, padding: int) -> jax.Array:
+    return (bits % jnp.uint32(2 * padding + 1)).astype(jnp.int32)
+
+
 def random_crop(key: jax.Array, images: jax.Array, *, padding: int) -> jax.Array:
-    """Pads each image with ``padding`` zeros per side and crops it back at a random offset.
+    """Zero-pads each image by ``padding`` and crops it back at a uniform random offset.
 
     Args:
       key: PRNG key.
@@ -27,25 +68,16 @@ def random_crop(key: jax.Array, images: jax.Array, *, padding: int) -> jax.Array
       ``(n, h, w, c)``, ``images.dtype``.
     """
     _check_images(images, "random_crop")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"random_crop padding must be an int >= 0, got {padding!r}")
-    if padding == 0:
-        return images
-    n, h, w, c = images.shape
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
-
-    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
-
-    return jax.vmap(crop)(padded, offsets)
+    _check_padding(padding)
+    bits = jax.random.bits(key, (images.shape[0], 2), jnp.uint32)
+    return crop_at(images, _offsets(bits, padding), padding=padding)
 
 
 def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
     """Mirrors each image left-right with probability 1/2; ``(n, h, w, c)`` in and out."""
     _check_images(images, "random_flip")
-    flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
-    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+    bits = jax.random.bits(key, (images.shape[0],), jnp.uint32)
+    return flip_where(images, (bits & 1).astype(bool))
 
 
 def augment(
@@ -63,8 +95,9 @@ def augment(
       ``(n, h, w, c)``, ``images.dtype``.
     """
     _check_images(images, "augment")
-    key_crop, key_flip = jax.random.split(key)
-    images = random_crop(key_crop, images, padding=crop_padding)
+    _check_padding(crop_padding)
+    bits = jax.random.bits(key, (images.shape[0], 3), jnp.uint32)
+    images = crop_at(images, _offsets(bits[:, :2], crop_padding), padding=crop_padding)
     if flip:
-        images = random_flip(key_flip, images)
+        images = flip_where(images, (bits[:, 2] & 1).astype(bool))
     return images

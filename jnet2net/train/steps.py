@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from jnet2net.data.augment import augment
 from jnet2net.data.dataset import normalize
-from jnet2net.train.batches import augment_key, batch_indices
+from jnet2net.train.batches import batch_indices, stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.sharding import batch_sharding, replicated
 from jnet2net.train.state import TrainState, variables_of
@@ -86,9 +86,12 @@ def train_step_fn(
     """
     compute_model = with_compute_dtype(model, config.compute_dtype)
     dtype = jnp.dtype(config.compute_dtype)
+    augment_root = stream_key(config.seed, "augment")  # concrete: keeps the compile small
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
-        images = augment_batch(config, augment_key(config.seed, state.step), images)
+        if config.augment != "none":
+            key = jax.random.fold_in(augment_root, state.step)  # == augment_key(seed, step)
+            images = augment_batch(config, key, images)
         x = normalize(images, mean, std, dtype)
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
