@@ -102,7 +102,9 @@ def _as_tuple(name: str, values: Any, length: int) -> tuple[int, ...]:
     return tuple(values)
 
 
-def widening_plan(model: nn.Module, new_model: nn.Module, key: jax.Array) -> tuple[GroupMapping, ...]:
+def widening_plan(
+    model: nn.Module, new_model: nn.Module, key: jax.Array
+) -> tuple[GroupMapping, ...]:
     """Draws one random mapping per unit group that grows from ``model`` to ``new_model``.
 
     Raises:
@@ -111,7 +113,7 @@ def widening_plan(model: nn.Module, new_model: nn.Module, key: jax.Array) -> tup
     plan = []
     groups = model.unit_groups()
     keys = jax.random.split(key, max(len(groups), 1))
-    for group, group_key in zip(groups, keys):
+    for group, group_key in zip(groups, keys, strict=False):
         old, new = model.width_of(group.field), new_model.width_of(group.field)
         if new < old:
             name, index = group.field
@@ -138,7 +140,9 @@ def _apply_to_member(
     axis = member.axis % leaf.ndim
     shape = leaf.shape
     if member.flattened:  # (positions * units, ...) -> (positions, units, ...)
-        leaf = leaf.reshape(shape[:axis] + (shape[axis] // old_units, old_units) + shape[axis + 1 :])
+        leaf = leaf.reshape(
+            (*shape[:axis], shape[axis] // old_units, old_units, *shape[axis + 1 :])
+        )
         axis += 1
     if leaf.shape[axis] != old_units:
         raise ValueError(
@@ -156,7 +160,7 @@ def _apply_to_member(
         if noise == "paper":
             out = surgery.add_paper_noise(out, key, noise_scale)
     if member.flattened:
-        out = out.reshape(shape[: axis - 1] + (-1,) + shape[axis:])
+        out = out.reshape((*shape[: axis - 1], -1, *shape[axis:]))
     return out
 
 
@@ -251,7 +255,7 @@ def _depth_changes(
     changes: dict[str, Any] = {}
     if depths is not None:
         depths = _as_tuple("depths", depths, len(model.stage_depths))
-        for s, (old, new) in enumerate(zip(model.stage_depths, depths)):
+        for s, (old, new) in enumerate(zip(model.stage_depths, depths, strict=True)):
             if isinstance(new, bool) or not isinstance(new, int) or new <= 0:
                 raise ValueError(f"depths must be positive ints, got {depths}")
             if new < old:
@@ -281,6 +285,12 @@ def _vgg_new_leaf(model: VGG, path: tuple[str, ...], leaf: jax.Array) -> jax.Arr
     if last == "kernel" and layer.startswith("hidden"):
         return surgery.identity_dense_kernel(leaf.shape[0], leaf.dtype)
     if last == "kernel":
+        if model.kernel_size % 2 == 0:
+            raise ValueError(
+                f"deepen cannot insert an identity conv at {path_str(path)} with kernel shape "
+                f"{leaf.shape}: VGG.kernel_size={model.kernel_size} is even, so the kernel has "
+                "no centre tap"
+            )
         return surgery.identity_conv_kernel(model.kernel_size, leaf.shape[-1], leaf.dtype)
     if path[-2] == "bn":
         channels = leaf.shape[0]
@@ -355,7 +365,11 @@ def deepen(
     extra_hidden = changes.pop("hidden_depths", len(getattr(model, "hidden_widths", ())))
     if isinstance(model, VGG) and extra_hidden > len(model.hidden_widths):
         dense = "hidden0" if model.hidden_widths else "head"
-        width = model.hidden_widths[-1] if model.hidden_widths else old[("params", dense, "kernel")].shape[0]
+        width = (
+            model.hidden_widths[-1]
+            if model.hidden_widths
+            else old[("params", dense, "kernel")].shape[0]
+        )
         changes["hidden_widths"] = model.hidden_widths + (width,) * (
             extra_hidden - len(model.hidden_widths)
         )

@@ -43,9 +43,10 @@ def check_variables(model: nn.Module, variables: Variables) -> None:
     The message names the first missing, unexpected or mis-shaped leaf and both shapes.
     """
     if not hasattr(variables, "keys") or "params" not in variables:
+        keys = list(variables.keys()) if hasattr(variables, "keys") else []
         raise TypeError(
             "variables must be a dict like {'params': ..., 'batch_stats': ...}, got "
-            f"{type(variables).__name__} with keys {list(variables.keys()) if hasattr(variables, 'keys') else []}"
+            f"{type(variables).__name__} with keys {keys}"
         )
     expected = abstract_variables(model, model.example_input(variables))
     given = flatten(variables)

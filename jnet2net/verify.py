@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,23 @@ def _logits(model: nn.Module, variables: Variables, batch: jax.Array, train: boo
         out, _ = model.apply(variables, batch, train=True, mutable=["batch_stats"])
         return out
     return model.apply(variables, batch, train=False)
+
+
+@functools.partial(jax.jit, static_argnames=("model_a", "model_b", "train"))
+def _errors(
+    model_a: nn.Module,
+    variables_a: Variables,
+    model_b: nn.Module,
+    variables_b: Variables,
+    xs: jax.Array,
+    train: bool,
+) -> jax.Array:
+    """Compiled once per pair of architectures (modules are hashable static arguments)."""
+    a = jax.vmap(lambda x: _logits(model_a, variables_a, x, train))(xs)
+    b = jax.vmap(lambda x: _logits(model_b, variables_b, x, train))(xs)
+    diff = jnp.max(jnp.abs(a - b), axis=(1, 2))
+    scale = jnp.max(jnp.abs(a), axis=(1, 2))
+    return diff / jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
 
 
 def output_error(
@@ -40,18 +59,10 @@ def output_error(
     """
     if xs.ndim != 5:
         raise ValueError(
-            f"output_error needs a stack of image batches (n_batches, batch, h, w, c), got {xs.shape}"
+            "output_error needs a stack of image batches (n_batches, batch, h, w, c), got "
+            f"{xs.shape}"
         )
-
-    @jax.jit
-    def errors(va: Variables, vb: Variables, stack: jax.Array) -> jax.Array:
-        a = jax.vmap(lambda x: _logits(model_a, va, x, train))(stack)
-        b = jax.vmap(lambda x: _logits(model_b, vb, x, train))(stack)
-        diff = jnp.max(jnp.abs(a - b), axis=(1, 2))
-        scale = jnp.max(jnp.abs(a), axis=(1, 2))
-        return diff / jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
-
-    return errors(variables_a, variables_b, xs)
+    return _errors(model_a, variables_a, model_b, variables_b, xs, train)
 
 
 def assert_function_preserved(

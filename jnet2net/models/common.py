@@ -55,7 +55,7 @@ def check_sizes(name: str, values: tuple[int, ...], length: int | None = None) -
             raise ValueError(f"{name} must be positive, got {values}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dtype_name(dtype: Any) -> str:
     """Returns a serialisable name for a dtype (``'float32'``, ``'bfloat16'``)."""
     return jnp.dtype(dtype).name

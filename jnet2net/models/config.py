@@ -39,7 +39,9 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     config = dict(config)
     family = config.pop("family", None)
     if family not in FAMILIES:
-        raise ValueError(f"architecture config needs 'family' in {sorted(FAMILIES)}, got {family!r}")
+        raise ValueError(
+            f"architecture config needs 'family' in {sorted(FAMILIES)}, got {family!r}"
+        )
     cls = FAMILIES[family]
     known = {f.name for f in dataclasses.fields(cls)} - _SKIPPED
     unknown = set(config) - known

@@ -7,7 +7,8 @@ or ``vgg11(stage_widths=(32, 64, 128, 256, 256))`` for a half-width VGG-11.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 

@@ -77,6 +77,7 @@ class Stem(nn.Module):
         return x
 
 
+@jax.tree_util.register_static
 class ResNet(nn.Module):
     """ResNet; its fields are the architecture.
 
@@ -117,6 +118,9 @@ class ResNet(nn.Module):
             check_sizes("ResNet.stem_width", (self.stem_width,))
         check_sizes("ResNet.num_classes", (self.num_classes,))
         check_sizes("ResNet.kernel_size", (self.kernel_size,))
+        # One dtype object per dtype, so equal modules hash equally (jit static args).
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         if self.block not in LAST_NORM:
             raise ValueError(f"ResNet.block must be 'basic' or 'bottleneck', got {self.block!r}")
         if self.stem not in ("cifar", "imagenet"):
@@ -232,7 +236,9 @@ class ResNet(nn.Module):
                     members.append(conv_consumer((name,), "proj_conv"))
             if stage == len(self.stage_depths) - 1:
                 members.append(Member(("params", "head", "kernel"), 0, "consumer"))
-            groups.append(UnitGroup(f"stage{stage}_stream", ("stage_widths", stage), tuple(members)))
+            groups.append(
+                UnitGroup(f"stage{stage}_stream", ("stage_widths", stage), tuple(members))
+            )
         inner_convs = ["conv1"] if self.block == "basic" else ["conv1", "conv2"]
         following = {"conv1": "conv2", "conv2": "conv3"}
         for s, _, name in blocks:

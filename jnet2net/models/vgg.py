@@ -36,6 +36,7 @@ def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+@jax.tree_util.register_static
 class VGG(nn.Module):
     """VGG network; its fields are the architecture.
 
@@ -68,6 +69,9 @@ class VGG(nn.Module):
             check_sizes("VGG.hidden_widths", self.hidden_widths)
         check_sizes("VGG.num_classes", (self.num_classes,))
         check_sizes("VGG.kernel_size", (self.kernel_size,))
+        # One dtype object per dtype, so equal modules hash equally (jit static args).
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         super().__post_init__()
 
     def conv_layer_names(self) -> list[tuple[int, str]]:
