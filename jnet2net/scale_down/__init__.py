@@ -8,6 +8,13 @@ outputs) and only the suffix is differentiated and optimised.
 from jnet2net.scale_down.cache import ActivationCache
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import StepFlops, cache_flops, flops_from_cost, step_flops
+from jnet2net.scale_down.loop import (
+    ScaleDownResult,
+    fit_scale_down,
+    make_scaled_train_step,
+    move_cut,
+    suffix_update_fn,
+)
 from jnet2net.scale_down.policy import PolicyState, initial_policy, update_policy
 from jnet2net.scale_down.scores import (
     ScoreHistory,
@@ -28,14 +35,18 @@ __all__ = [
     "ActivationCache",
     "PolicyState",
     "ScaleDownConfig",
+    "ScaleDownResult",
     "ScoreHistory",
     "StepFlops",
     "cache_flops",
     "empty_history",
+    "fit_scale_down",
     "flops_from_cost",
     "initial_policy",
     "layer_change_scores",
+    "make_scaled_train_step",
     "merge_variables",
+    "move_cut",
     "prefix_apply",
     "record_scores",
     "shrink_opt_state",
@@ -43,5 +54,6 @@ __all__ = [
     "step_flops",
     "still_learning",
     "suffix_apply",
+    "suffix_update_fn",
     "update_policy",
 ]

@@ -8,13 +8,21 @@ the prefix forward of every earlier layer is never paid again.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from jnet2net.data.dataset import normalize
+from jnet2net.scale_down.split import prefix_apply
+from jnet2net.train.sharding import batch_sharding, replicated
+from jnet2net.variables import Variables
 
 
 class ActivationCache(NamedTuple):
@@ -51,31 +59,27 @@ def device_cache_budget(device: jax.Device | None = None) -> int | None:
     return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))) // 2
 
 
-@jax.jit(donate_argnums=0)
-def _write(out: jax.Array, chunk: jax.Array, start: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_update_slice_in_dim(out, chunk.astype(out.dtype), start, axis=0)
-
-
 def map_in_chunks(
-    fn: Callable[[jax.Array], jax.Array],
+    fn: Callable[[jax.Array], Any],
     xs: jax.Array | np.ndarray,
     chunk: int,
     *,
     sharding: jax.sharding.Sharding | None = None,
-) -> jax.Array:
+) -> Any:
     """``fn`` over the leading axis of ``xs``, ``chunk`` examples at a time, into one array.
 
-    The output is allocated once and written in place, so the peak memory is the output
+    The outputs are allocated once and written in place, so the peak memory is the output
     plus one chunk. The last chunk is padded to ``chunk`` examples (one compile).
 
     Args:
-      fn: jax-traceable ``(chunk, ...) -> (chunk, ...)``, one output row per input row.
+      fn: jax-traceable ``(chunk, ...) -> array or pytree of arrays``, each with one row
+        per input row.
       xs: ``(n, ...)`` inputs (host or device).
       chunk: examples per call.
-      sharding: placement of the output (e.g. split over the data axis of a mesh).
+      sharding: placement of the outputs (e.g. replicated over a mesh).
 
     Returns:
-      ``(n, ...)`` outputs, ``fn``'s dtype.
+      ``fn``'s structure with ``(n, ...)`` arrays.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
@@ -83,18 +87,26 @@ def map_in_chunks(
     chunk = min(chunk, n)
     jitted = jax.jit(fn)
     spec = jax.eval_shape(jitted, jax.ShapeDtypeStruct((chunk, *xs.shape[1:]), xs.dtype))
-    if spec.shape[0] != chunk:
-        raise ValueError(f"fn must keep the leading axis: {chunk} rows in, {spec.shape[0]} out")
-    out = jnp.zeros((n, *spec.shape[1:]), spec.dtype, device=sharding)
+    for leaf in jax.tree.leaves(spec):
+        if leaf.shape[:1] != (chunk,):
+            raise ValueError(f"fn must keep the leading axis: {chunk} rows in, {leaf.shape} out")
+    out = jax.tree.map(lambda s: jnp.zeros((n, *s.shape[1:]), s.dtype, device=sharding), spec)
     for start in range(0, n, chunk):
         piece = xs[start : start + chunk]
         rows = piece.shape[0]
         if rows < chunk:
             pad = [(0, chunk - rows)] + [(0, 0)] * (piece.ndim - 1)
             piece = np.pad(piece, pad) if isinstance(piece, np.ndarray) else jnp.pad(piece, pad)
-        result = jitted(piece)[:rows]
-        out = _write(out, result, jnp.int32(start))
+        out = _write(out, jitted(piece), jnp.int32(start), rows)
     return out
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnums=3)
+def _write(out: Any, result: Any, start: jax.Array, rows: int) -> Any:
+    def put(o: jax.Array, r: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(o, r[:rows].astype(o.dtype), start, axis=0)
+
+    return jax.tree.map(put, out, result)
 
 
 def mirrored(images: jax.Array) -> jax.Array:
@@ -112,3 +124,104 @@ def gather_views(cache: ActivationCache, indices: jax.Array, view: jax.Array | N
         return plain
     other = jnp.take(cache.views[1], indices, axis=0)
     return jnp.where((view == 1).reshape(-1, *([1] * (plain.ndim - 1))), other, plain)
+
+
+def _constrained(fn: Callable[[jax.Array], jax.Array], mesh: Mesh | None) -> Callable:
+    if mesh is None:
+        return fn
+    return lambda x: fn(jax.lax.with_sharding_constraint(x, batch_sharding(mesh)))
+
+
+def _chunk_size(chunk: int, mesh: Mesh | None) -> int:
+    size = 1 if mesh is None else mesh.size
+    return max(size, chunk // size * size)
+
+
+def build_cache(
+    model: nn.Module,
+    frozen: Variables,
+    images: jax.Array,
+    cut: int,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    flips: bool,
+    chunk: int = 512,
+    mesh: Mesh | None = None,
+) -> ActivationCache:
+    """The prefix ``[0, cut)`` (eval mode) of every training image, and of its mirror image.
+
+    Args:
+      model: the network in its compute dtype (the cache keeps the prefix's output dtype).
+      frozen: variables of (at least) the layers before ``cut``.
+      images: ``(n, h, w, c)`` uint8 training images, unaugmented.
+      cut: the first trained layer (> 0).
+      mean, std: per-channel normalisation (:func:`jnet2net.data.normalize`).
+      flips: also store the mirror images' activations (second view).
+      chunk: examples per prefix call (rounded to a multiple of the mesh's devices).
+      mesh: shard each chunk's work over ``'data'``; the cache itself is replicated.
+
+    Returns:
+      the cache at ``cut``.
+    """
+    if cut <= 0:
+        raise ValueError(f"a cache holds the output of at least one layer, got cut={cut}")
+    dtype = jnp.dtype(model.dtype)
+
+    def plain(x: jax.Array) -> jax.Array:
+        return prefix_apply(model, frozen, normalize(x, mean, std, dtype), cut)
+
+    def views(x: jax.Array) -> tuple[jax.Array, ...]:
+        return (plain(x), plain(mirrored(x))) if flips else (plain(x),)
+
+    out = None if mesh is None else replicated(mesh)
+    size = _chunk_size(chunk, mesh)
+    return ActivationCache(
+        cut, tuple(map_in_chunks(_constrained(views, mesh), images, size, sharding=out))
+    )
+
+
+def extend_cache(
+    model: nn.Module,
+    frozen: Variables,
+    cache: ActivationCache,
+    cut: int,
+    *,
+    chunk: int = 512,
+    mesh: Mesh | None = None,
+) -> ActivationCache:
+    """``cache`` moved on to ``cut``: only the newly dropped layers ``[cache.cut, cut)`` run.
+
+    Args:
+      model: the network in its compute dtype.
+      frozen: variables of (at least) the layers ``[cache.cut, cut)``.
+      cache: the cache so far.
+      cut: the new cut (>= ``cache.cut``).
+      chunk: examples per call.
+      mesh: as in :func:`build_cache`.
+
+    Returns:
+      the cache at ``cut`` (the old one is left to be freed).
+    """
+    if cut < cache.cut:
+        raise ValueError(f"a cache only moves forward: cut {cut} < cache.cut {cache.cut}")
+    if cut == cache.cut:
+        return cache
+
+    def layers(h: jax.Array) -> jax.Array:
+        return model.apply(frozen, h, train=False, start=cache.cut, stop=cut)
+
+    out = None if mesh is None else replicated(mesh)
+    size = _chunk_size(chunk, mesh)
+    fn = _constrained(layers, mesh)
+    return ActivationCache(
+        cut, tuple(map_in_chunks(fn, v, size, sharding=out) for v in cache.views)
+    )
+
+
+def cache_spec(
+    model: nn.Module, frozen: Variables, images: jax.Array, cut: int
+) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of one view of the cache at ``cut`` for ``images (n, h, w, c)``."""
+    spec = jax.ShapeDtypeStruct(images.shape, jnp.dtype(model.dtype))
+    return jax.eval_shape(lambda f, x: prefix_apply(model, f, x, cut), frozen, spec)
