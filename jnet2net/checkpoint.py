@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -37,7 +38,7 @@ import orbax.checkpoint as ocp
 from flax.core import FrozenDict, unfreeze
 
 from jnet2net.models import model_config, model_from_config
-from jnet2net.variables import Variables, check_variables
+from jnet2net.variables import Variables, check_variables, flatten, path_str
 
 FORMAT = 1
 ARCH = "arch"
@@ -65,7 +66,7 @@ class CheckpointInfo(NamedTuple):
     path: pathlib.Path
     step: int
     model: nn.Module
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, int, int, int]
     train_config: dict[str, Any] | None
     has_opt_state: bool
     rng_impl: str | None
@@ -153,6 +154,26 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
 
 
+def _checked_input_shape(
+    model: nn.Module, variables: Variables, input_shape: tuple[int, ...] | None
+) -> tuple[int, ...]:
+    """``(1, h, w, c)``; raises ValueError when ``model.init`` on it gives other shapes."""
+    if input_shape is None:
+        return tuple(model.example_input(variables).shape)
+    if len(tuple(input_shape)) not in (3, 4):
+        raise ValueError(f"input_shape must be (h, w, c) or (n, h, w, c), got {input_shape}")
+    shape = (1, *(int(n) for n in tuple(input_shape)[-3:]))
+    example = jax.ShapeDtypeStruct(shape, jnp.float32)
+    expected = flatten(jax.eval_shape(model.init, jax.random.key(0), example))
+    for path, leaf in flatten(variables).items():
+        if path in expected and expected[path].shape != np.shape(leaf):
+            raise ValueError(
+                f"input_shape {shape} does not fit the variables: {path_str(path)} would have "
+                f"shape {expected[path].shape}, the variables have {np.shape(leaf)}"
+            )
+    return shape
+
+
 def _config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     keys = sorted(set(saved) | set(expected))
     return [
@@ -212,6 +233,7 @@ def save(
     rng: jax.Array | None = None,
     train_config: Any = None,
     metadata: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
     max_to_keep: int | None = None,
 ) -> pathlib.Path:
     """Saves variables, optimizer state, RNG key and architecture as step ``step``.
@@ -226,14 +248,16 @@ def save(
       rng: a PRNG key (typed or raw ``uint32``).
       train_config: a ``TrainConfig`` (``to_dict()``), dataclass or dict.
       metadata: JSON-serialisable extras (e.g. provenance of a grown network).
+      input_shape: ``(1, h, w, c)`` of the images the network sees (default:
+        ``model.example_input(variables)``, whose size may differ for ResNets).
       max_to_keep: keep only this many most recent steps (``None``: keep all).
 
     Returns:
       The step directory ``directory/<step>``.
 
     Raises:
-      ValueError: variables that do not fit ``model``, a negative step, or a step that is
-        already saved there.
+      ValueError: variables that do not fit ``model`` (or ``input_shape``), a negative
+        step, or a step that is already saved there.
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
@@ -245,12 +269,13 @@ def save(
         raise ValueError(
             f"checkpoints hold the collections {_COLLECTIONS}; variables also have {extra}"
         )
+    input_shape = _checked_input_shape(model, variables, input_shape)
     path = _abspath(directory)
     rng_data, rng_impl = _split_rng(rng)
     arch = {
         "format": FORMAT,
         "model": model_config(model),
-        "input_shape": list(model.example_input(variables).shape),
+        "input_shape": list(input_shape),
         "train_config": _config_dict(train_config),
         "has_opt_state": opt_state is not None,
         "rng_impl": rng_impl,
@@ -284,6 +309,7 @@ def save_train_state(
     *,
     rng: jax.Array | None = None,
     metadata: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
     max_to_keep: int | None = None,
 ) -> pathlib.Path:
     """Saves a flax ``TrainState`` with ``batch_stats`` at ``state.step``.
@@ -306,8 +332,38 @@ def save_train_state(
         rng=rng,
         train_config=train_config,
         metadata=metadata,
+        input_shape=input_shape,
         max_to_keep=max_to_keep,
     )
+
+
+def epoch_saver(
+    directory: PathLike,
+    model: nn.Module,
+    train_config: Any = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    metadata: dict[str, Any] | None = None,
+    max_to_keep: int | None = None,
+) -> Callable[[Any, dict[str, Any]], None]:
+    """An ``on_epoch_end(state, record)`` callback for ``jnet2net.train.fit``.
+
+    It saves the train state at ``state.step`` after every epoch (synchronously, so the
+    next step may donate the state's buffers), with the epoch's record in the metadata.
+    """
+
+    def save_epoch(state: Any, record: dict[str, Any]) -> None:
+        save_train_state(
+            directory,
+            model,
+            state,
+            train_config,
+            metadata={**(metadata or {}), "record": record},
+            input_shape=input_shape,
+            max_to_keep=max_to_keep,
+        )
+
+    return save_epoch
 
 
 def checkpoint_info(directory: PathLike, *, step: int | None = None) -> CheckpointInfo:

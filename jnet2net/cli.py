@@ -1,0 +1,731 @@
+"""The ``jnet2net`` command line: ``demo``, ``train``, ``grow``, ``eval``, ``plot``.
+
+Examples::
+
+    jnet2net demo                                   # offline, a minute or two on a CPU
+    jnet2net train --arch resnet20 --width-mult 0.5 --dataset digits --epochs 5 --out runs/t
+    jnet2net grow --from runs/t --widen 2x --deepen +1 --out runs/grown
+    jnet2net train --from runs/grown --dataset digits --epochs 5 --out runs/student
+    jnet2net eval --from runs/student --dataset digits
+    jnet2net plot runs/t runs/student --out curves.png
+
+Every command is a thin layer over the library (``jnet2net.checkpoint``, ``jnet2net.widen`` /
+``deepen``, ``jnet2net.train``, ``jnet2net.demo``); user errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+PROG = "jnet2net"
+NOISES = ("split", "none", "paper")
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
+Command = Callable[[argparse.Namespace], int]
+
+
+# --- argument parsing helpers ---------------------------------------------------------
+
+
+def parse_widths(text: str, current: Sequence[int], *, what: str = "widths") -> tuple[int, ...]:
+    """``'16,32,64'`` -> that tuple; ``'1.5x'`` (or ``'x1.5'``) -> ``current`` scaled, rounded.
+
+    Raises:
+      ValueError: a malformed value, or a count that differs from ``len(current)``.
+    """
+    text = text.strip()
+    factor = _multiplier(text)
+    if factor is not None:
+        return tuple(max(1, round(w * factor)) for w in current)
+    values = _int_list(text, what)
+    if len(values) != len(current):
+        raise ValueError(
+            f"--{what} needs {len(current)} comma-separated values (the model has "
+            f"{tuple(current)}), got {text!r}"
+        )
+    return values
+
+
+def parse_depths(text: str, current: Sequence[int], *, what: str = "deepen") -> tuple[int, ...]:
+    """``'2,2,2'`` -> that tuple; ``'+1'`` -> one more layer/block per stage."""
+    text = text.strip()
+    if text.startswith("+"):
+        extra = _int_list(text[1:], what)
+        if len(extra) != 1:
+            raise ValueError(f"--{what} '+N' adds N to every stage, got {text!r}")
+        return tuple(d + extra[0] for d in current)
+    values = _int_list(text, what)
+    if len(values) != len(current):
+        raise ValueError(
+            f"--{what} needs {len(current)} comma-separated depths (the model has "
+            f"{tuple(current)}), got {text!r}"
+        )
+    return values
+
+
+def _multiplier(text: str) -> float | None:
+    lowered = text.lower()
+    if not (lowered.endswith("x") or lowered.startswith("x")):
+        return None
+    number = lowered.strip("x")
+    try:
+        factor = float(number)
+    except ValueError:
+        raise ValueError(f"a width multiplier looks like '1.5x', got {text!r}") from None
+    if not factor > 0:
+        raise ValueError(f"a width multiplier must be positive, got {text!r}")
+    return factor
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{what} takes comma-separated ints, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"--{what} takes positive comma-separated ints, got {text!r}")
+    return values
+
+
+def scaled_model(model: Any, factor: float) -> Any:
+    """``model`` with every width field multiplied by ``factor`` (at least 1 unit each)."""
+
+    def scale(widths: Any) -> Any:
+        if widths is None:
+            return None
+        if isinstance(widths, int):
+            return max(1, round(widths * factor))
+        return tuple(max(1, round(w * factor)) for w in widths)
+
+    changes = {"stage_widths": scale(model.stage_widths)}
+    for field in ("hidden_widths", "inner_widths", "stem_width"):
+        if hasattr(model, field):
+            changes[field] = scale(getattr(model, field))
+    return model.clone(**changes)
+
+
+def widening_sizes(model: Any, text: str) -> dict[str, Any]:
+    """``widen`` keyword arguments for ``--widen TEXT``: a multiplier scales every width field
+    the model has (stage, hidden, inner, stem widths), a list sets ``stage_widths``."""
+    if _multiplier(text.strip()) is None:
+        return {"widths": parse_widths(text, model.stage_widths, what="widen")}
+    scaled = scaled_model(model, _multiplier(text.strip()))
+    sizes = {"widths": scaled.stage_widths}
+    for field in ("hidden_widths", "inner_widths", "stem_width"):
+        if getattr(model, field, None):
+            sizes[field] = getattr(scaled, field)
+    return sizes
+
+
+def model_from_args(
+    arch: str | None, arch_json: str | None, width_mult: float | None, num_classes: int
+) -> Any:
+    """The module that ``--arch``/``--arch-json``/``--width-mult`` name, for ``num_classes``.
+
+    ``--arch-json`` is either a whole architecture (``jnet2net.model_config`` output, with
+    ``family``) or field overrides of the ``--arch`` preset.
+    """
+    from jnet2net import models
+
+    overrides: dict[str, Any] = {}
+    if arch_json:
+        try:
+            overrides = json.loads(arch_json)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--arch-json is not valid JSON ({err}): {arch_json!r}") from None
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--arch-json must be a JSON object, got {arch_json!r}")
+    if "family" in overrides:
+        config = {"num_classes": num_classes, **overrides}
+        model = models.model_from_config(config)
+    elif arch is None:
+        raise ValueError(
+            "name an architecture: --arch NAME (a preset) or --arch-json with 'family'"
+        )
+    else:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        model = models.preset(arch, **{"num_classes": num_classes, **fields})
+    if model.num_classes != num_classes:
+        raise ValueError(
+            f"the architecture has num_classes={model.num_classes} but the dataset has "
+            f"{num_classes} classes"
+        )
+    if width_mult is not None:
+        model = scaled_model(model, width_mult)
+    return model
+
+
+def describe(model: Any) -> str:
+    """One line: family, depths, widths."""
+    parts = [f"depths={list(model.stage_depths)}", f"widths={list(model.stage_widths)}"]
+    if getattr(model, "hidden_widths", ()):
+        parts.append(f"hidden={list(model.hidden_widths)}")
+    if getattr(model, "block", "basic") != "basic":
+        parts.append(f"block={model.block}")
+    return f"{type(model).__name__}({', '.join(parts)})"
+
+
+def count_params(variables: Any) -> int:
+    """Number of trainable parameters."""
+    import jax
+
+    return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
+
+
+#: XLA options for programs that run once: skip the expensive optimisation passes.
+ONE_SHOT_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
+def run_once(fn: Callable[..., Any], static: dict[str, Any], **dynamic: Any) -> Any:
+    """``fn(**static, **dynamic)`` as one program compiled without XLA's slow passes.
+
+    Growing a network runs once: compiled whole it is several times faster than op by op,
+    and skipping the optimisation passes cuts the compile time several-fold again.
+    """
+    import jax
+
+    lowered = jax.jit(fn, static_argnames=tuple(static)).lower(**static, **dynamic)
+    return lowered.compile(compiler_options=ONE_SHOT_COMPILER_OPTIONS)(**dynamic)
+
+
+# --- grow ------------------------------------------------------------------------------
+
+
+def _add_grow(sub: Any) -> None:
+    p = sub.add_parser(
+        "grow",
+        help="widen/deepen a checkpointed network, check it computes the same function, save it",
+        description=(
+            "Restore a checkpoint, grow it with Net2WiderNet (--widen) and/or Net2DeeperNet "
+            "(--deepen), check on random inputs that the grown network computes the same "
+            "function (prints the relative error), and save it as a new checkpoint at step 0."
+        ),
+    )
+    p.add_argument("--from", dest="source", required=True, help="checkpoint (run) directory")
+    p.add_argument("--step", type=int, default=None, help="step to restore (default: latest)")
+    p.add_argument(
+        "--widen",
+        default=None,
+        help="new stage widths 'W1,W2,...' or a multiplier like '1.5x' (all width fields)",
+    )
+    p.add_argument("--widen-hidden", default=None, help="new VGG hidden widths 'H1,H2,...'")
+    p.add_argument(
+        "--deepen", default=None, help="new stage depths 'D1,D2,...' or '+N' (N more per stage)"
+    )
+    p.add_argument("--deepen-hidden", type=int, default=None, help="new VGG hidden layer count")
+    p.add_argument("--noise", choices=NOISES, default="split", help="widening symmetry breaking")
+    p.add_argument("--noise-scale", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seeds the mappings and new blocks")
+    p.add_argument("--rtol", type=float, default=1e-5, help="largest accepted relative error")
+    p.add_argument("--check-batches", type=int, default=2, help="random batches to compare")
+    p.add_argument("--out", required=True, help="new checkpoint directory")
+    p.set_defaults(func=cmd_grow)
+
+
+def grow_checkpoint(
+    source: str | pathlib.Path,
+    out: str | pathlib.Path,
+    *,
+    widen: str | None = None,
+    widen_hidden: str | None = None,
+    deepen: str | None = None,
+    deepen_hidden: int | None = None,
+    noise: str = "split",
+    noise_scale: float = 0.1,
+    seed: int = 0,
+    step: int | None = None,
+    rtol: float = 1e-5,
+    check_batches: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Restores ``source``, grows it, checks function preservation, saves it to ``out``.
+
+    Returns:
+      ``{'model', 'variables', 'teacher_model', 'relative_error', 'path'}``.
+
+    Raises:
+      ValueError: nothing to grow, bad sizes, or a grown network whose outputs differ by
+        ``rtol`` or more (unless ``noise='paper'``, which is reported as not exact).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jnet2net
+    from jnet2net import checkpoint
+
+    if widen is None and widen_hidden is None and deepen is None and deepen_hidden is None:
+        raise ValueError("nothing to grow: pass --widen and/or --deepen")
+    teacher = checkpoint.restore(source, step=step)
+    info = checkpoint.checkpoint_info(source, step=teacher.step)
+    log(f"teacher {teacher.path}: {describe(teacher.model)}, step {teacher.step}")
+    model, variables = teacher.model, teacher.variables
+    widen_key, deepen_key = jax.random.split(jax.random.key(seed))
+    if widen is not None or widen_hidden is not None:
+        kwargs = {} if widen is None else widening_sizes(model, widen)
+        if widen_hidden is not None:
+            kwargs["hidden_widths"] = parse_widths(
+                widen_hidden, getattr(model, "hidden_widths", ()), what="widen-hidden"
+            )
+        static = {"model": model, "noise": noise, "noise_scale": noise_scale, **kwargs}
+        model, variables = run_once(jnet2net.widen, static, variables=variables, key=widen_key)
+    if deepen is not None or deepen_hidden is not None:
+        depths = None if deepen is None else parse_depths(deepen, model.stage_depths)
+        static = {"model": model, "depths": depths, "hidden_depths": deepen_hidden}
+        model, variables = run_once(jnet2net.deepen, static, variables=variables, key=deepen_key)
+    # Compare in float32 so that a bfloat16 compute dtype does not hide (or fake) a mismatch.
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((check_batches, 8, *info.input_shape[1:]), np.float32)
+    errors = jnet2net.output_error(
+        teacher.model.clone(dtype=jnp.float32),
+        teacher.variables,
+        model.clone(dtype=jnp.float32),
+        variables,
+        xs,
+    )
+    error = float(np.max(np.asarray(errors)))
+    exact = error < rtol
+    log(
+        f"student: {describe(model)}, {count_params(teacher.variables):,} -> "
+        f"{count_params(variables):,} params"
+    )
+    verdict = "preserved" if exact else "NOT preserved"
+    log(f"function {verdict}: max relative output error {error:.2e} (rtol {rtol:.0e})")
+    if not exact and noise != "paper":
+        raise ValueError(
+            f"the grown network differs from {teacher.path}: relative error {error:.2e} >= "
+            f"rtol {rtol:.0e}; nothing saved"
+        )
+    metadata = {
+        "grown_from": str(teacher.path),
+        "teacher_step": teacher.step,
+        "teacher_model": jnet2net.model_config(teacher.model),
+        "widen": widen,
+        "widen_hidden": widen_hidden,
+        "deepen": deepen,
+        "deepen_hidden": deepen_hidden,
+        "noise": noise,
+        "seed": seed,
+        "relative_error": error,
+    }
+    path = checkpoint.save(
+        out,
+        model=model,
+        variables=variables,
+        step=0,
+        metadata=metadata,
+        input_shape=info.input_shape,
+    )
+    restored = checkpoint.restore(out, model=model)
+    same = jax.tree.all(
+        jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored.variables, variables)
+    )
+    if not same:
+        raise RuntimeError(f"{path} does not restore to the grown variables bitwise")
+    log(f"saved {path} (restores bitwise)")
+    return {
+        "model": model,
+        "variables": variables,
+        "teacher_model": teacher.model,
+        "relative_error": error,
+        "path": path,
+    }
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    """``jnet2net grow``."""
+    grow_checkpoint(
+        args.source,
+        args.out,
+        widen=args.widen,
+        widen_hidden=args.widen_hidden,
+        deepen=args.deepen,
+        deepen_hidden=args.deepen_hidden,
+        noise=args.noise,
+        noise_scale=args.noise_scale,
+        seed=args.seed,
+        step=args.step,
+        rtol=args.rtol,
+        check_batches=args.check_batches,
+    )
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", default="digits", help="digits (offline), cifar10, cifar100, mnist, ..."
+    )
+    p.add_argument("--data-dir", default=None, help="tfds data dir or folder of npz packs")
+    p.add_argument("--download", action="store_true", help="let tfds download the dataset")
+
+
+#: ``--flag`` dest -> ``TrainConfig`` field, for the flags that set the training config.
+TRAIN_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "schedule": "schedule",
+    "warmup_epochs": "warmup_epochs",
+    "label_smoothing": "label_smoothing",
+    "augment": "augment",
+    "crop_padding": "crop_padding",
+    "dtype": "compute_dtype",
+    "seed": "seed",
+    "progress": "progress",
+}
+#: Augmentation when --augment is not given (flipping digits changes their meaning).
+DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a network (new, resumed, or from a grown checkpoint)",
+        description=(
+            "Train a network and write a checkpoint every epoch plus metrics.jsonl into --out. "
+            "The network is a preset (--arch, --arch-json, --width-mult), the variables of "
+            "a checkpoint (--from, e.g. one written by 'jnet2net grow'), or, with --resume, the "
+            "run already in --out, which continues where it stopped with its saved config "
+            "(only --epochs may change). Unset training flags take TrainConfig's defaults."
+        ),
+    )
+    arch = p.add_argument_group("network")
+    arch.add_argument("--arch", default=None, help="preset: resnet20, vgg11, resnet18, ...")
+    arch.add_argument(
+        "--arch-json",
+        default=None,
+        help="a whole architecture (JSON with 'family') or field overrides of --arch",
+    )
+    arch.add_argument("--width-mult", type=float, default=None, help="scale every width field")
+    arch.add_argument(
+        "--from", dest="source", default=None, help="start from this checkpoint's variables"
+    )
+    _add_data_args(p)
+    t = p.add_argument_group("training (defaults: jnet2net.train.TrainConfig)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+    t.add_argument("--momentum", type=float, default=None)
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--schedule", choices=("cosine", "onecycle", "constant"), default=None)
+    t.add_argument("--warmup-epochs", type=float, default=None)
+    t.add_argument("--label-smoothing", type=float, default=None)
+    t.add_argument(
+        "--augment",
+        choices=("crop_flip", "flip", "none"),
+        default=None,
+        help="default: none for digits and mnist, else crop_flip",
+    )
+    t.add_argument("--crop-padding", type=int, default=None)
+    t.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, help="run directory: checkpoints + metrics.jsonl")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument("--keep", type=int, default=2, help="checkpoints to keep (0: all)")
+    p.set_defaults(func=cmd_train)
+
+
+def train_config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    """The ``TrainConfig`` of a run: flags over defaults, or a resumed run's saved config.
+
+    Raises:
+      ValueError: a resumed run given a flag (other than ``--epochs``/``--progress``) that
+        differs from its saved config.
+    """
+    from jnet2net.train import TrainConfig
+
+    given = {
+        field: getattr(args, dest)
+        for dest, field in TRAIN_FLAGS.items()
+        if getattr(args, dest, None) is not None
+    }
+    log_path = str(pathlib.Path(args.out) / "metrics.jsonl")
+    if saved is None:
+        given.setdefault("augment", DEFAULT_AUGMENT.get(args.dataset, TrainConfig.augment))
+        return TrainConfig(**given, log_path=log_path)
+    config = TrainConfig.from_dict(saved)
+    for field, value in given.items():
+        if field not in ("epochs", "progress") and value != getattr(config, field):
+            flag = next(d for d, f in TRAIN_FLAGS.items() if f == field).replace("_", "-")
+            raise ValueError(
+                f"--{flag} {value} differs from the resumed run's {field}="
+                f"{getattr(config, field)!r}; a resumed run keeps its config (only --epochs "
+                "may change): drop the flag or start a new --out"
+            )
+    changes = {k: v for k, v in given.items() if k in ("epochs", "progress")}
+    return config.replace(**changes, log_path=log_path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``jnet2net train``."""
+    train_run(args)
+    return 0
+
+
+def train_run(args: argparse.Namespace) -> Any:
+    """Runs ``jnet2net train``; returns ``jnet2net.train.FitResult``."""
+    import jax
+
+    from jnet2net import checkpoint, data, train
+
+    out = pathlib.Path(args.out)
+    saved_steps = checkpoint.all_steps(out)
+    if saved_steps and not args.resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint steps {saved_steps}); pass --resume to "
+            "continue it, or choose another --out"
+        )
+    resuming = args.resume and bool(saved_steps)
+    if resuming and (args.source or args.arch or args.arch_json or args.width_mult):
+        raise ValueError(
+            "--resume continues the run in --out with its own architecture; drop "
+            "--from/--arch/--arch-json/--width-mult"
+        )
+    if args.source and (args.arch or args.arch_json or args.width_mult):
+        raise ValueError(
+            "--from takes the architecture from the checkpoint; drop "
+            "--arch/--arch-json/--width-mult"
+        )
+    train_set = data.load(args.dataset, "train", data_dir=args.data_dir, download=args.download)
+    test_set = data.load(args.dataset, "test", data_dir=args.data_dir, download=args.download)
+    spe = train.steps_per_epoch(len(train_set), _batch_size(args, out, resuming))
+
+    state = variables = None
+    metadata: dict[str, Any] = {"dataset": train_set.name}
+    if resuming:
+        info = checkpoint.checkpoint_info(out)
+        if info.train_config is None:
+            raise ValueError(f"{info.path} has no training config to resume with")
+        config = train_config_from_args(args, info.train_config)
+        model = info.model
+        metadata.update(info.metadata)
+        metadata.pop("record", None)
+        abstract = jax.eval_shape(
+            lambda: train.create_train_state(
+                model, config, train_set.images[:1], key=jax.random.key(0), steps_per_epoch=spe
+            )
+        )
+        state, restored = checkpoint.restore_train_state(out, abstract, model=model)
+        print(f"resuming {restored.path}: {describe(model)}, step {restored.step}")
+    else:
+        config = train_config_from_args(args)
+        if args.source:
+            start = checkpoint.restore(args.source)
+            model, variables = start.model, start.variables
+            metadata["started_from"] = str(start.path)
+            print(f"starting from {start.path}: {describe(model)}")
+        else:
+            model = model_from_args(
+                args.arch, args.arch_json, args.width_mult, train_set.num_classes
+            )
+            print(f"new network: {describe(model)}")
+    keep = None if args.keep == 0 else args.keep
+    save_epoch = checkpoint.epoch_saver(
+        out,
+        model,
+        config,
+        input_shape=train_set.image_shape,
+        metadata=metadata,
+        max_to_keep=keep,
+    )
+
+    def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
+        save_epoch(state, record)
+        print(format_record(record, config.epochs))
+
+    result = train.fit(
+        model,
+        train_set,
+        test_set,
+        config,
+        state=state,
+        variables=variables,
+        on_epoch_end=on_epoch_end,
+    )
+    final = checkpoint.latest_step(out)
+    print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
+    return result
+
+
+def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> int:
+    """The batch size the run uses (a resumed run keeps its own)."""
+    from jnet2net import checkpoint
+    from jnet2net.train import TrainConfig
+
+    if resuming:
+        saved = checkpoint.checkpoint_info(out).train_config or {}
+        return int(saved.get("batch_size", TrainConfig.batch_size))
+    return args.batch_size or TrainConfig.batch_size
+
+
+def format_record(record: dict[str, Any], epochs: int) -> str:
+    """``epoch 3/10 step 66 loss 0.412 acc 0.871 test 0.903 (2.1 s)``."""
+    text = (
+        f"epoch {record['epoch']}/{epochs} step {record['step']} "
+        f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
+    )
+    if record.get("test_acc") is not None:
+        text += f" test_loss {record['test_loss']:.3f} test_acc {record['test_acc']:.3f}"
+    return text + f" ({record['wall_s']:.1f} s)"
+
+
+# --- eval ------------------------------------------------------------------------------
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="loss and accuracy of a checkpoint on a dataset split",
+        description="Restore a checkpoint and print its loss and accuracy on a dataset split.",
+    )
+    p.add_argument("--from", dest="source", required=True, help="checkpoint (run) directory")
+    p.add_argument("--step", type=int, default=None, help="step to restore (default: latest)")
+    _add_data_args(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``jnet2net eval``."""
+    from jnet2net import checkpoint, data, train
+
+    restored = checkpoint.restore(args.source, step=args.step)
+    dataset = data.load(args.dataset, args.split, data_dir=args.data_dir, download=args.download)
+    loss, accuracy = train.evaluate(
+        restored.model, restored.variables, dataset, batch_size=args.batch_size
+    )
+    metrics = {"loss": loss, "accuracy": accuracy}
+    result = {
+        "checkpoint": str(restored.path),
+        "step": restored.step,
+        "dataset": dataset.name,
+        "split": args.split,
+        "examples": len(dataset),
+        **{k: float(v) for k, v in metrics.items()},
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{restored.path} (step {restored.step}) on {dataset.name}/{args.split}:")
+        for k, v in metrics.items():
+            print(f"  {k}: {float(v):.4f}")
+    return 0
+
+
+# --- plot ------------------------------------------------------------------------------
+
+
+def _add_plot(sub: Any) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="plot training curves of runs",
+        description="Plot test accuracy and loss of runs (their metrics.jsonl) into one PNG.",
+    )
+    p.add_argument("runs", nargs="+", help="run directories or metrics.jsonl files")
+    p.add_argument("--labels", default=None, help="comma-separated legend labels")
+    p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``jnet2net plot``."""
+    from jnet2net import plot
+
+    labels = None if args.labels is None else [s.strip() for s in args.labels.split(",")]
+    if labels is not None and len(labels) != len(args.runs):
+        raise ValueError(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+    out = plot.plot_runs(args.runs, args.out, labels=labels)
+    print(f"wrote {out or args.out}")
+    return 0
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="teacher -> grow -> student vs. scratch on the bundled digits (offline)",
+        description=(
+            "Train a small teacher on scikit-learn's bundled 8x8 digits, grow it wider and "
+            "deeper (function preserved), then train the grown student and the same "
+            "architecture from scratch with the same budget; print a table and write the "
+            "training curves. Needs no download."
+        ),
+    )
+    p.add_argument("--out", default="runs/demo", help="directory for runs and curves.png")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each training run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``jnet2net demo``."""
+    from jnet2net import demo
+
+    demo.run_demo(args.out, quick=args.quick, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------
+
+#: Subcommands in --help order: ``(name, adds its parser)``.
+COMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_train, _add_grow, _add_eval, _add_plot]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jnet2net`` parser with one sub-parser per command."""
+    from jnet2net import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Net2Net growth, weight reuse and scale-down for Flax CNNs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'jnet2net COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``jnet2net ARGV``; returns the exit status (1 with a one-line message on errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        status = args.func(args)
+    except _USER_ERRORS as err:
+        sys.stdout.flush()
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    if args.command != "plot":
+        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
