@@ -110,6 +110,11 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def restrict(config: TrainConfig, fields: tuple[str, ...]) -> TrainConfig:
+    """``config`` with every field outside ``fields`` at its default (e.g. a cache key)."""
+    return TrainConfig(**{name: getattr(config, name) for name in fields})
+
+
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"TrainConfig.{name} must be an int, got {value!r}")

@@ -5,6 +5,7 @@ Sections: inputs, device data, evaluation, the training loop.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -19,11 +20,11 @@ from jax.sharding import Mesh
 
 from jnet2net.data.dataset import Dataset
 from jnet2net.train.batches import epoch_permutation
-from jnet2net.train.config import TrainConfig
+from jnet2net.train.config import TrainConfig, restrict
 from jnet2net.train.optim import make_schedule
 from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
 from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
-from jnet2net.train.state import TrainState, create_train_state
+from jnet2net.train.state import TrainState, cached_call, create_train_state
 from jnet2net.train.steps import make_indexed_eval_step, make_indexed_train_step
 
 Record = dict[str, Any]
@@ -39,7 +40,7 @@ class FitResult(NamedTuple):
         ``epoch_s`` (this epoch's training steps), ``images_per_s``, ``lr`` (of the epoch's
         last step), ``train_loss``, ``train_acc`` (means over the epoch's augmented batches),
         ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
-        ``compile_s``.
+        ``first_step_s`` (trace, compile and run of the first step).
     """
 
     state: TrainState
@@ -107,10 +108,51 @@ def put_eval_set(dataset: Dataset, batch_size: int, mesh: Mesh) -> DeviceEvalSet
     return DeviceEvalSet(images, labels, batch_size, num_batches)
 
 
+# --- compiled functions, shared by calls with equal settings ------------------------------
+
+#: The config fields that the train step depends on (the optimizer lives in the state).
+STEP_FIELDS = ("batch_size", "compute_dtype", "augment", "crop_padding", "seed", "label_smoothing")
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step(
+    model: nn.Module,
+    config: TrainConfig,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    spe: int,
+    mesh: Mesh,
+) -> Callable[..., Any]:
+    return make_indexed_train_step(
+        model, config, mean=mean, std=std, steps_per_epoch=spe, mesh=mesh
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_step(
+    model: nn.Module,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int,
+    compute_dtype: str | None,
+    mesh: Mesh,
+) -> Callable[..., Any]:
+    return make_indexed_eval_step(
+        model, mean=mean, std=std, batch_size=batch_size, compute_dtype=compute_dtype, mesh=mesh
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _permutation(mesh: Mesh) -> Callable[[int, int, int], jax.Array]:
+    return jax.jit(epoch_permutation, static_argnums=(0, 2), out_shardings=replicated(mesh))
+
+
 # --- evaluation ---------------------------------------------------------------------------
 
 
-def _run_eval(eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh):
+def _run_eval(
+    eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh
+) -> tuple[float, float]:
     zero = np.zeros((), np.float32)
     totals = put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
     for index in range(data.num_batches):
@@ -149,14 +191,7 @@ def evaluate(
     mesh = data_mesh() if mesh is None else mesh
     batch = eval_batch_size(batch_size, len(dataset), mesh)
     data = put_eval_set(dataset, batch, mesh)
-    step = make_indexed_eval_step(
-        model,
-        mean=dataset.mean,
-        std=dataset.std,
-        batch_size=batch,
-        compute_dtype=compute_dtype,
-        mesh=mesh,
-    )
+    step = cached_call(_eval_step, model, dataset.mean, dataset.std, batch, compute_dtype, mesh)
     return _run_eval(step, put_replicated(variables, mesh), data, mesh)
 
 
@@ -240,21 +275,15 @@ def fit(
         os.remove(config.log_path)
 
     images, labels = put_replicated((train.images, train.labels), mesh)
-    permutation = jax.jit(epoch_permutation, static_argnums=(0, 2), out_shardings=replicated(mesh))
-    train_step = make_indexed_train_step(
-        model, config, mean=train.mean, std=train.std, steps_per_epoch=spe, mesh=mesh
-    )
+    permutation = _permutation(mesh)
+    step_config = restrict(config, STEP_FIELDS)
+    train_step = cached_call(_train_step, model, step_config, train.mean, train.std, spe, mesh)
     eval_set, eval_step = None, None
     if test is not None:
         batch = eval_batch_size(config.eval_batch_size, len(test), mesh)
         eval_set = put_eval_set(test, batch, mesh)
-        eval_step = make_indexed_eval_step(
-            model,
-            mean=train.mean,
-            std=train.std,
-            batch_size=batch,
-            compute_dtype=config.compute_dtype,
-            mesh=mesh,
+        eval_step = cached_call(
+            _eval_step, model, train.mean, train.std, batch, config.compute_dtype, mesh
         )
     schedule = make_schedule(config, spe)
     history: list[Record] = []
@@ -262,9 +291,7 @@ def fit(
         return FitResult(state, history)
 
     t_start = time.perf_counter()
-    order = permutation(config.seed, start // spe, len(train))
-    compiled = train_step.lower(state, images, labels, order).compile()
-    compile_s = time.perf_counter() - t_start
+    first_step_s = None
     progress = ProgressBar(
         end - start, desc=f"train {type(model).__name__}", enabled=progress_enabled(config.progress)
     )
@@ -276,9 +303,14 @@ def fit(
             order = permutation(config.seed, epoch, len(train))
             t_epoch = time.perf_counter()
             step_metrics = []
+            timed_steps = hi - lo
             for _ in range(lo, hi):
-                state, metrics = compiled(state, images, labels, order)
+                state, metrics = train_step(state, images, labels, order)
                 step_metrics.append(metrics)
+                if first_step_s is None:  # trace, compile and run: kept out of the rates
+                    jax.block_until_ready(metrics)
+                    first_step_s = time.perf_counter() - t_start
+                    t_epoch, timed_steps = time.perf_counter(), hi - lo - 1
                 progress.update()
             means = _epoch_means(step_metrics)
             epoch_s = time.perf_counter() - t_epoch
@@ -293,7 +325,7 @@ def fit(
                 "step": hi,
                 "wall_s": time.perf_counter() - t_start,
                 "epoch_s": epoch_s,
-                "images_per_s": (hi - lo) * config.batch_size / epoch_s,
+                "images_per_s": timed_steps * config.batch_size / max(epoch_s, 1e-9),
                 "lr": lr,
                 "train_loss": means["loss"],
                 "train_acc": means["accuracy"],
@@ -301,7 +333,7 @@ def fit(
                 "test_acc": test_acc,
             }
             if not history:
-                record["compile_s"] = compile_s
+                record["first_step_s"] = first_step_s
             history.append(record)
             progress.update(0, note=_summary(record, config.epochs))
             if config.log_path:

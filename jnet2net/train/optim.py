@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import optax
 
-from jnet2net.train.config import TrainConfig
+from jnet2net.train.config import TrainConfig, restrict
 
 ONECYCLE_DEFAULT_PCT_START = 0.3
+#: The config fields that the optimizer depends on.
+OPTIMIZER_FIELDS = (
+    "epochs",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+)
 
 
 def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -60,9 +72,18 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
       steps_per_epoch: optimizer steps per epoch (sets the schedule's length).
 
     Returns:
-      The optax transformation; its state holds params-shaped trees (momentum, or Adam's
-      ``mu``/``nu``) that ``optax.tree_map_params`` can map.
+      The optax transformation (the same object for equal optimizer settings); its state
+      holds params-shaped trees (momentum, or Adam's ``mu``/``nu``) that
+      ``optax.tree_map_params`` can map.
     """
+    make_schedule(config, steps_per_epoch)  # checks steps_per_epoch
+    return _optimizer(restrict(config, OPTIMIZER_FIELDS), steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    # Cached: equal configs give the same (immutable) transformation, so train states built
+    # from them have equal tree structures and share compiled steps.
     schedule = make_schedule(config, steps_per_epoch)
     if config.optimizer == "adamw":
         return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -9,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh
 
 from jnet2net.train.batches import stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.optim import make_optimizer
+from jnet2net.train.sharding import put_replicated
 from jnet2net.variables import check_variables
 
 
@@ -39,9 +43,23 @@ def variables_of(params: Any, batch_stats: Any) -> dict[str, Any]:
 
 
 def init_variables(model: nn.Module, example_images: Any, *, key: jax.Array) -> dict[str, Any]:
-    """``model.init`` on one example image (float32), compiled."""
+    """``model.init`` on one example image (float32), compiled once per model and shape."""
     example = jnp.zeros((1, *example_images.shape[1:]), jnp.float32)
-    return jax.jit(lambda k, x: model.init(k, x, train=False))(key, example)
+    return cached_call(_jitted_init, model)(key, example)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: nn.Module) -> Callable[[jax.Array, jax.Array], Any]:
+    return jax.jit(lambda key, x: model.init(key, x, train=False))
+
+
+def cached_call(builder: Callable[..., Any], *args: Any) -> Any:
+    """``builder(*args)`` through its ``lru_cache``, or uncached when ``args`` don't hash."""
+    try:
+        hash(args)
+    except TypeError:
+        return builder.__wrapped__(*args)
+    return builder(*args)
 
 
 def create_train_state(
@@ -53,6 +71,7 @@ def create_train_state(
     variables: Any = None,
     steps_per_epoch: int,
     tx: optax.GradientTransformation | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainState:
     """A fresh state at step 0, from new parameters or from ``variables``.
 
@@ -65,6 +84,8 @@ def create_train_state(
       variables: start from these (e.g. a grown student); checked against ``model``.
       steps_per_epoch: optimizer steps per epoch.
       tx: an optimizer to use instead of ``make_optimizer``'s.
+      mesh: place the state replicated over this mesh (as :func:`make_train_step` with the
+        same mesh expects; ``fit`` places it itself).
 
     Returns:
       The :class:`TrainState`, with ``step`` an int32 0.
@@ -84,4 +105,5 @@ def create_train_state(
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
     )
-    return state.replace(step=jnp.zeros((), jnp.int32))
+    state = state.replace(step=jnp.zeros((), jnp.int32))
+    return state if mesh is None else put_replicated(state, mesh)

@@ -1,0 +1,416 @@
+"""Tests of jnet2net.train: config, schedules, optimizers, steps, sharded fit, resume."""
+
+import io
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jnet2net import data, models, train
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+MODEL = models.ResNet((1,), (4,), num_classes=10)
+CONFIG = train.TrainConfig(
+    epochs=2,
+    batch_size=32,
+    learning_rate=0.05,
+    weight_decay=5e-4,
+    warmup_epochs=0.5,
+    label_smoothing=0.1,
+    eval_batch_size=16,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """96 training digits (3 steps of 32) and 40 test digits, 8x8x1."""
+    return data.load("digits", "train").take(96), data.load("digits", "test").take(40)
+
+
+def host_copy(tree):
+    """A numpy copy, as a checkpoint would hold it."""
+    return jax.tree.map(lambda x: np.array(x), tree)
+
+
+@pytest.fixture(scope="module")
+def full_run(digits, tmp_path_factory):
+    """Six steps (two epochs) on all four devices, logged to JSONL."""
+    train_set, test_set = digits
+    log = tmp_path_factory.mktemp("log") / "run.jsonl"
+    log.write_text('{"stale": true}\n')
+    traces = train.TRACE_COUNTS["indexed_train_step"]
+    records = []
+    result = train.fit(
+        MODEL,
+        train_set,
+        test_set,
+        CONFIG.replace(log_path=str(log)),
+        on_epoch_end=lambda state, record: records.append((int(state.step), record)),
+    )
+    return result, log, records, train.TRACE_COUNTS["indexed_train_step"] - traces
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def test_config_round_trips_through_json():
+    config = CONFIG.replace(optimizer="adamw", log_path="runs/a.jsonl")
+    text = json.dumps(config.to_dict())
+    assert train.TrainConfig.from_dict(json.loads(text)) == config
+    assert train.TrainConfig.from_dict({}) == train.TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        ({"optimizer": "rmsprop"}, ValueError, r"optimizer must be one of \('sgd', 'adamw'\)"),
+        ({"schedule": "step"}, ValueError, "schedule must be one of"),
+        ({"compute_dtype": "float16"}, ValueError, "compute_dtype must be one of"),
+        ({"augment": "mixup"}, ValueError, "augment must be one of"),
+        ({"epochs": 0}, ValueError, "epochs must be >= 1, got 0"),
+        ({"batch_size": 8.0}, TypeError, "batch_size must be an int, got 8.0"),
+        ({"learning_rate": 0.0}, ValueError, r"learning_rate must lie in \(0.0, None\]"),
+        ({"learning_rate": float("nan")}, ValueError, "learning_rate must lie in"),
+        ({"momentum": 1.0}, ValueError, r"momentum must lie in \[0.0, 1.0\)"),
+        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must lie in"),
+        ({"warmup_epochs": 3}, ValueError, r"warmup_epochs must lie in \[0.0, 2\]"),
+        ({"weight_decay": "0.1"}, TypeError, "weight_decay must be a number"),
+        ({"nesterov": 1}, TypeError, "nesterov must be a bool"),
+        ({"progress": "yes"}, TypeError, "progress must be None or a bool"),
+        ({"crop_padding": -1}, ValueError, "crop_padding must be >= 0"),
+    ],
+)
+def test_config_rejects_bad_values(changes, error, match):
+    with pytest.raises(error, match=match):
+        CONFIG.replace(**changes)
+
+
+def test_config_from_dict_names_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['lr'\]; known fields"):
+        train.TrainConfig.from_dict({"lr": 0.1})
+
+
+# --- schedules and optimizers -------------------------------------------------------------
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    config = CONFIG.replace(epochs=4, warmup_epochs=1.0, learning_rate=0.4)
+    schedule = train.make_schedule(config, 10)
+    values = np.array([schedule(i) for i in range(41)])
+    assert values[0] == 0.0
+    np.testing.assert_allclose(values[5], 0.2, rtol=1e-6)
+    np.testing.assert_allclose(values[10], 0.4, rtol=1e-6)
+    assert np.all(np.diff(values[10:]) <= 1e-7) and values[40] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_constant_and_onecycle_schedules():
+    constant = train.make_schedule(CONFIG.replace(schedule="constant", warmup_epochs=0.0), 5)
+    assert [float(constant(i)) for i in (0, 7)] == pytest.approx([0.05, 0.05])
+    ramp = train.make_schedule(CONFIG.replace(schedule="constant", warmup_epochs=1.0), 4)
+    assert [float(ramp(i)) for i in (0, 2, 4, 7)] == pytest.approx([0.0, 0.025, 0.05, 0.05])
+    onecycle = train.make_schedule(CONFIG.replace(schedule="onecycle", warmup_epochs=0.5), 10)
+    values = np.array([onecycle(i) for i in range(21)])
+    assert values.argmax() == 5 and values.max() == pytest.approx(0.05)
+    assert values[0] < 0.05 / 20 and values[20] < 1e-5
+
+
+def test_schedule_rejects_bad_steps_per_epoch():
+    with pytest.raises(ValueError, match="steps_per_epoch must be >= 1, got 0"):
+        train.make_schedule(CONFIG, 0)
+    with pytest.raises(TypeError, match="steps_per_epoch must be an int"):
+        train.make_optimizer(CONFIG, 2.5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_touches_kernels_only(optimizer):
+    config = CONFIG.replace(optimizer=optimizer, weight_decay=0.1, schedule="constant")
+    config = config.replace(warmup_epochs=0.0)
+    tx = train.make_optimizer(config, 1)
+    params = {"conv": {"kernel": jnp.ones((3, 3, 1, 2))}, "bn": {"scale": jnp.ones(2)}}
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    assert float(jnp.abs(updates["conv"]["kernel"]).min()) > 0
+    chex.assert_trees_all_equal(updates["bn"]["scale"], jnp.zeros(2))
+
+
+# --- state and steps ----------------------------------------------------------------------
+
+
+def test_create_train_state_from_scratch_and_from_variables(digits):
+    train_set, _ = digits
+    state = train.create_train_state(MODEL, CONFIG, train_set.images, steps_per_epoch=3)
+    assert state.step.dtype == jnp.int32 and int(state.step) == 0
+    assert set(state.variables) == {"params", "batch_stats"}
+    again = train.create_train_state(
+        MODEL, CONFIG, train_set.images, variables=host_copy(state.variables), steps_per_epoch=3
+    )
+    chex.assert_trees_all_equal(again.params, state.params)
+    wide = models.ResNet((1,), (6,), num_classes=10)
+    with pytest.raises(
+        ValueError, match=r"variables do not match ResNet: .* the architecture needs"
+    ):
+        train.create_train_state(
+            wide, CONFIG, train_set.images, variables=state.variables, steps_per_epoch=3
+        )
+    with pytest.raises(ValueError, match=r"example_images must be \(n, h, w, c\)"):
+        train.create_train_state(MODEL, CONFIG, train_set.images[0], steps_per_epoch=3)
+
+
+def test_cross_entropy_with_label_smoothing():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    plain = train.cross_entropy_loss(logits, jnp.array([0]))
+    np.testing.assert_allclose(plain, -jax.nn.log_softmax(logits)[:, 0], rtol=1e-6)
+    smooth = train.cross_entropy_loss(logits, jnp.array([0]), label_smoothing=0.3)
+    expected = -(
+        0.8 * jax.nn.log_softmax(logits)[0, 0] + 0.1 * jax.nn.log_softmax(logits)[0, 1:].sum()
+    )
+    np.testing.assert_allclose(smooth, [expected], rtol=1e-6)
+
+
+def _batch(dataset, n=32):
+    return jnp.asarray(dataset.images[:n]), jnp.asarray(dataset.labels[:n])
+
+
+def test_train_step_lowers_the_loss_and_compiles_once(digits):
+    train_set, _ = digits
+    config = CONFIG.replace(augment="none", label_smoothing=0.0, learning_rate=0.1)
+    config = config.replace(schedule="constant", warmup_epochs=0.0)
+    mesh = train.data_mesh()
+    state = train.create_train_state(MODEL, config, train_set.images, steps_per_epoch=1, mesh=mesh)
+    step = train.make_train_step(MODEL, config, mean=train_set.mean, std=train_set.std, mesh=mesh)
+    images, labels = train.put_batch(_batch(train_set), mesh)
+    traces = train.TRACE_COUNTS["train_step"]
+    losses = []
+    for _ in range(4):
+        state, metrics = step(state, images, labels)
+        losses.append(float(metrics["loss"]))
+    assert train.TRACE_COUNTS["train_step"] - traces == 1
+    assert int(state.step) == 4
+    assert losses[-1] < losses[0] - 0.05, losses
+    chex.assert_tree_all_finite(state.params)
+
+
+def test_bfloat16_compute_keeps_float32_params(digits):
+    train_set, _ = digits
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        config = CONFIG.replace(compute_dtype=dtype, augment="none")
+        state = train.create_train_state(MODEL, config, train_set.images, steps_per_epoch=3)
+        step = train.make_train_step(MODEL, config, mean=train_set.mean, std=train_set.std)
+        state, metrics = step(state, *_batch(train_set))
+        assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+        assert {leaf.dtype for leaf in jax.tree.leaves(state.batch_stats)} == {jnp.dtype("float32")}
+        results[dtype] = float(metrics["loss"])
+    assert np.isfinite(results["bfloat16"])
+    # The two dtypes really computed differently, and bf16 stayed close.
+    assert results["bfloat16"] != results["float32"]
+    assert results["bfloat16"] == pytest.approx(results["float32"], rel=0.05)
+
+
+def test_train_step_is_a_pure_function_of_state_and_step(digits):
+    train_set, _ = digits
+    state = train.create_train_state(MODEL, CONFIG, train_set.images, steps_per_epoch=3)
+    step = train.make_train_step(MODEL, CONFIG, mean=train_set.mean, std=train_set.std)
+    images, labels = _batch(train_set)
+    first_state, first = step(host_copy(state), images, labels)
+    second_state, second = step(host_copy(state), images, labels)
+    chex.assert_trees_all_equal((first_state, first), (second_state, second))
+    # Another step number draws another augmentation, hence another loss.
+    _, later = step(host_copy(state).replace(step=np.int32(7)), images, labels)
+    assert float(later["loss"]) != float(first["loss"])
+
+
+# --- fit ----------------------------------------------------------------------------------
+
+
+def test_fit_history_log_and_callback(full_run):
+    result, log, records, traces = full_run
+    history = result.history
+    assert [r["epoch"] for r in history] == [1, 2] and [r["step"] for r in history] == [3, 6]
+    assert int(result.state.step) == 6
+    keys = {"epoch", "step", "wall_s", "images_per_s", "lr", "train_loss", "train_acc"}
+    assert keys | {"test_loss", "test_acc"} <= set(history[0]) and "first_step_s" in history[0]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_acc"] <= 1 for r in history)
+    assert history[1]["wall_s"] > history[0]["wall_s"]
+    assert history[1]["lr"] == pytest.approx(float(train.make_schedule(CONFIG, 3)(5)))
+    # The stale line is gone: a run that starts at step 0 starts its log afresh.
+    assert train.read_jsonl(log) == history
+    assert [(step, r["epoch"]) for step, r in records] == [(3, 1), (6, 2)]
+    assert traces == 1  # one compile for the whole run
+
+
+def test_fit_on_one_device_matches_four(digits, full_run):
+    train_set, test_set = digits
+    one = train.fit(MODEL, train_set, test_set, CONFIG, mesh=train.data_mesh(jax.devices()[:1]))
+    four = full_run[0]
+    assert len(jax.devices()) == 4
+    for a, b in zip(one.history, four.history, strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    chex.assert_trees_all_close(one.state.params, four.state.params, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(one.state.batch_stats, four.state.batch_stats, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(digits, full_run, tmp_path):
+    train_set, test_set = digits
+    log = tmp_path / "resumed.jsonl"
+    config = CONFIG.replace(log_path=str(log))
+    first = train.fit(MODEL, train_set, test_set, config, max_steps=4)
+    assert [r["step"] for r in first.history] == [3, 4]
+    saved = host_copy(first.state)  # as a checkpoint would hold it
+    traces = train.TRACE_COUNTS["indexed_train_step"]
+    second = train.fit(MODEL, train_set, test_set, config, state=saved)
+    assert train.TRACE_COUNTS["indexed_train_step"] == traces  # same architecture: no compile
+    assert [r["step"] for r in second.history] == [6]
+    full = full_run[0]
+    chex.assert_trees_all_equal(second.state.params, full.state.params)
+    chex.assert_trees_all_equal(second.state.batch_stats, full.state.batch_stats)
+    chex.assert_trees_all_equal(second.state.opt_state, full.state.opt_state)
+    assert second.history[-1]["test_loss"] == full.history[-1]["test_loss"]
+    # The caller's state is not consumed, and the resumed run appended to the log.
+    assert int(saved.step) == 4 and np.isfinite(jax.tree.leaves(saved.params)[0]).all()
+    assert [r["step"] for r in train.read_jsonl(log)] == [3, 4, 6]
+    # A state already at the end trains no further.
+    done = train.fit(MODEL, train_set, test_set, CONFIG, state=second.state)
+    assert done.history == [] and int(done.state.step) == 6
+
+
+def test_fit_from_variables_stops_at_accuracy(digits, full_run):
+    train_set, test_set = digits
+    variables = host_copy(full_run[0].state.variables)
+    seen = []
+    result = train.fit(
+        MODEL,
+        train_set,
+        test_set,
+        CONFIG,
+        variables=variables,
+        stop_at_accuracy=1e-9,
+        on_epoch_end=lambda state, record: seen.append(record["epoch"]),
+    )
+    assert seen == [1] and len(result.history) == 1 and int(result.state.step) == 3
+
+
+def test_fit_raises_on_nan_loss(digits, full_run):
+    train_set, _ = digits
+    variables = host_copy(full_run[0].state.variables)
+    variables["params"]["head"]["kernel"][0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match=r"training diverged: .* epoch 1 \(steps 0..2"):
+        train.fit(
+            MODEL, train_set, None, CONFIG.replace(epochs=1, warmup_epochs=0.0), variables=variables
+        )
+
+
+def test_fit_rejects_bad_inputs(digits):
+    train_set, test_set = digits
+    with pytest.raises(ValueError, match=r"batch_size=30 must be a multiple of the 4 devices"):
+        train.fit(MODEL, train_set, test_set, CONFIG.replace(batch_size=30))
+    with pytest.raises(ValueError, match="batch_size=128 is larger than the 96 training examples"):
+        train.fit(MODEL, train_set, test_set, CONFIG.replace(batch_size=128))
+    with pytest.raises(ValueError, match=r"model has 3 outputs but the train set 'digits' has 10"):
+        train.fit(MODEL.clone(num_classes=3), train_set, test_set, CONFIG)
+    with pytest.raises(ValueError, match=r"pass state .* or variables .*, not both"):
+        train.fit(MODEL, train_set, test_set, CONFIG, state=object(), variables={})
+    small = data.from_arrays(np.zeros((8, 4, 4, 1), np.uint8), np.arange(8) % 10, num_classes=10)
+    with pytest.raises(ValueError, match=r"test images \(4, 4, 1\) differ in shape"):
+        train.fit(MODEL, train_set, small, CONFIG)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train.fit(MODEL, train_set, test_set, CONFIG.to_dict())
+    with pytest.raises(TypeError, match=r"train must be a jnet2net\.data\.Dataset"):
+        train.fit(MODEL, (train_set.images, train_set.labels), test_set, CONFIG)
+    with pytest.raises(ValueError, match=r"stop_at_accuracy must lie in \(0, 1\]"):
+        train.fit(MODEL, train_set, test_set, CONFIG, stop_at_accuracy=50)
+
+
+# --- evaluate -----------------------------------------------------------------------------
+
+
+def test_evaluate_matches_a_direct_computation(digits, full_run):
+    _, test_set = digits
+    state = full_run[0].state
+    x = (test_set.images.astype(np.float32) - np.float32(test_set.mean)) / np.float32(test_set.std)
+    logits = np.asarray(MODEL.apply(state.variables, jnp.asarray(x), train=False))
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    loss = -log_probs[np.arange(len(test_set)), test_set.labels].mean()
+    accuracy = (logits.argmax(-1) == test_set.labels).mean()
+    # 7 is rounded up to 8 (4 devices); 40 examples then need padding in the last batch.
+    got = train.evaluate(MODEL, state, test_set, batch_size=7)
+    assert got == pytest.approx((loss, accuracy), rel=1e-5)
+    assert full_run[0].history[-1]["test_loss"] == pytest.approx(loss, rel=1e-5)
+    one_device = train.data_mesh(jax.devices()[:1])
+    got_one = train.evaluate(MODEL, state.variables, test_set, batch_size=64, mesh=one_device)
+    assert got_one == pytest.approx((loss, accuracy), rel=1e-5)
+    traces = train.TRACE_COUNTS["indexed_eval_step"]
+    assert train.evaluate(MODEL, state, test_set, batch_size=7) == got
+    assert train.TRACE_COUNTS["indexed_eval_step"] == traces  # compiled once per setting
+
+
+def test_evaluate_rejects_arrays():
+    with pytest.raises(TypeError, match=r"dataset must be a jnet2net\.data\.Dataset"):
+        train.evaluate(MODEL, {}, np.zeros((2, 8, 8, 1)), batch_size=2)
+
+
+# --- data order, sharding helpers, progress -----------------------------------------------
+
+
+def test_epoch_permutations_are_pure_functions_of_seed_and_epoch():
+    a = train.epoch_permutation(0, 1, 50)
+    chex.assert_trees_all_equal(a, train.epoch_permutation(0, 1, 50))
+    assert sorted(np.asarray(a).tolist()) == list(range(50))
+    assert not np.array_equal(a, train.epoch_permutation(0, 2, 50))
+    assert not np.array_equal(a, train.epoch_permutation(1, 1, 50))
+    np.testing.assert_array_equal(train.batch_indices(a, 2, 8), np.asarray(a)[16:24])
+    with pytest.raises(ValueError, match="unknown random stream 'noise'"):
+        train.stream_key(0, "noise")
+
+
+def test_sharding_helpers():
+    mesh = train.data_mesh()
+    assert mesh.axis_names == ("data",) and mesh.size == 4
+    batch = train.put_batch(np.arange(8.0), mesh)
+    assert batch.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert len(batch.addressable_shards) == 4 and batch.addressable_shards[0].data.shape == (2,)
+    original = jnp.arange(3.0)
+    copy = train.put_replicated({"a": original}, mesh)["a"]
+    assert copy.sharding.is_fully_replicated and copy is not original
+    np.testing.assert_array_equal(copy, original)
+    with pytest.raises(ValueError, match="batch_size=6 must be a multiple of the 4 devices"):
+        train.check_batch_size(6, mesh)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_terminals_outside_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    assert train.progress_enabled(None, FakeTerminal())
+    assert not train.progress_enabled(None, io.StringIO())
+    assert train.progress_enabled(True, io.StringIO())
+    monkeypatch.setenv("CI", "true")
+    assert not train.progress_enabled(None, FakeTerminal())
+    stream = FakeTerminal()
+    with train.ProgressBar(4, desc="fit", stream=stream) as bar:
+        for _ in range(4):
+            bar.update(note="loss 1.0")
+    text = stream.getvalue()
+    assert "fit [" in text and "4/4" in text and "loss 1.0" in text and text.endswith("\n")
+    silent = io.StringIO()
+    with train.ProgressBar(4, enabled=False, stream=silent) as bar:
+        bar.update(4)
+    assert silent.getvalue() == ""
+
+
+def test_optimizer_state_holds_params_shaped_trees(digits):
+    """Growth code maps optimizer moments like the params (``optax.tree_map_params``)."""
+    train_set, _ = digits
+    state = train.create_train_state(MODEL, CONFIG, train_set.images, steps_per_epoch=3)
+    doubled = optax.tree_map_params(state.tx, lambda p: p * 2, state.opt_state)
+    chex.assert_trees_all_equal_structs(doubled, state.opt_state)
