@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -12,8 +13,11 @@ import numpy as np
 import optax
 import pytest
 
+from jnet2net import widen
+from jnet2net.data import from_arrays
 from jnet2net.models import VGG, ResNet
 from jnet2net.scale_down import cache as cache_lib
+from jnet2net.scale_down import fit_scale_down, make_scaled_train_step, move_cut
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
 from jnet2net.scale_down.policy import cut_limit, initial_policy, update_policy
@@ -32,6 +36,7 @@ from jnet2net.scale_down.split import (
     split_variables,
     suffix_apply,
 )
+from jnet2net.train import TRACE_COUNTS, TrainConfig, create_train_state, read_jsonl
 
 IMAGE = (8, 8, 1)
 
@@ -358,3 +363,205 @@ def test_flops_off_gives_nan_without_compiling():
     variables, x = init(model)
     counts = step_flops(model, variables, 1, x, how="off")
     assert math.isnan(counts.forward) and math.isnan(counts.backward)
+
+
+def test_extending_a_cache_equals_building_it_at_the_new_cut():
+    model = tiny_resnet()
+    variables, _ = init(model)
+    images = jax.random.randint(jax.random.key(2), (5, *IMAGE), 0, 256).astype(jnp.uint8)
+    stats = {"mean": (120.0,), "std": (60.0,)}
+    early = cache_lib.build_cache(model, variables, images, 1, flips=True, chunk=2, **stats)
+    moved = cache_lib.extend_cache(model, variables, early, 3, chunk=2)
+    direct = cache_lib.build_cache(model, variables, images, 3, flips=True, chunk=4, **stats)
+    assert moved.cut == direct.cut == 3 and len(moved.views) == 2
+    chex.assert_trees_all_close(moved.views, direct.views, atol=1e-5)
+    # The mirrored view is the prefix of the mirror images.
+    x = (images[:, :, ::-1].astype(jnp.float32) - 120.0) / 60.0
+    chex.assert_trees_all_close(direct.views[1], prefix_apply(model, variables, x, 3), atol=1e-5)
+    assert cache_lib.extend_cache(model, variables, direct, 3) is direct
+    with pytest.raises(ValueError, match=r"a cache only moves forward: cut 2 < cache.cut 3"):
+        cache_lib.extend_cache(model, variables, direct, 2)
+    with pytest.raises(ValueError, match="at least one layer, got cut=0"):
+        cache_lib.build_cache(model, variables, images, 0, flips=False, **stats)
+
+
+# --- steps and the loop ----------------------------------------------------------------
+
+NUM_TRAIN = 64
+
+
+def tiny_data():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (NUM_TRAIN + 16, *IMAGE), dtype=np.uint8)
+    labels = rng.integers(0, 3, NUM_TRAIN + 16)
+    train = from_arrays(images[:NUM_TRAIN], labels[:NUM_TRAIN], num_classes=3)
+    test = from_arrays(
+        images[NUM_TRAIN:], labels[NUM_TRAIN:], num_classes=3, mean=train.mean, std=train.std
+    )
+    return train, test
+
+
+def train_config(**changes) -> TrainConfig:
+    fields = {"epochs": 3, "batch_size": 16, "learning_rate": 0.05, "progress": False}
+    return TrainConfig(**{**fields, "eval_batch_size": 32, **changes})
+
+
+#: Every layer looks stopped from the second check on: the cut moves at step 4, to 2.
+FORCED = ScaleDownConfig(
+    check_every=2,
+    warmup_steps=0,
+    patience=1,
+    normalize="none",
+    threshold=1e9,
+    trend_tolerance=1e9,
+    max_frozen=2,
+    flop_count="lowered",
+)
+
+
+def test_move_cut_drops_frozen_layers_from_state_and_keeps_the_other_moments():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config()
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    state = jax.jit(lambda s: s.apply_gradients(grads=grads))(state)
+    moved, frozen = move_cut(model, state, {}, 2)
+    assert set(frozen["params"]) == {"stem", "stage0_block0"} == set(frozen["batch_stats"])
+    assert set(moved.params) == {"stage1_block0", "head"} == set(moved.opt_state[1][0].trace)
+    chex.assert_trees_all_equal(
+        moved.opt_state[1][0].trace,
+        {k: state.opt_state[1][0].trace[k] for k in ("stage1_block0", "head")},
+    )
+    assert int(moved.step) == int(state.step) == 1
+    chex.assert_trees_all_equal(frozen["params"]["stem"], state.params["stem"])
+
+
+def test_cached_step_gives_the_nograd_loss_on_the_same_inputs():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="none")
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, 2)
+    images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
+    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
+    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4}
+    nograd = make_scaled_train_step(model, config, 2, **common)
+    cached = make_scaled_train_step(model, config, 2, cached=True, **common)
+    cache = cache_lib.build_cache(
+        model, frozen, images, 2, mean=train.mean, std=train.std, flips=False, chunk=24
+    )
+    copy = jax.tree.map(jnp.copy, state)
+    state_a, metrics_a = nograd(state, frozen, images, labels, order)
+    state_b, metrics_b = cached(copy, cache.views, labels, order)
+    chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
+    chex.assert_trees_all_close(state_a.params, state_b.params, atol=1e-6)
+    chex.assert_trees_all_close(state_a.batch_stats, state_b.batch_stats, atol=1e-6)
+
+
+def _fit(model, config, scale_config, **kwargs):
+    train, test = tiny_data()
+    before = TRACE_COUNTS["scale_down_step"]
+    result = fit_scale_down(model, train, test, config, scale_config, **kwargs)
+    return result, TRACE_COUNTS["scale_down_step"] - before
+
+
+@pytest.fixture(scope="module")
+def resnet_runs(tmp_path_factory):
+    """The same ResNet run in no-grad and cache mode, without augmentation."""
+    log = tmp_path_factory.mktemp("logs") / "cache.jsonl"
+    config = train_config(augment="none")
+    nograd = _fit(tiny_resnet(), config, FORCED)
+    cached = _fit(
+        tiny_resnet(), config.replace(log_path=str(log)), dataclasses.replace(FORCED, mode="cache")
+    )
+    return {"nograd": nograd, "cache": cached, "log": log}
+
+
+def test_cache_mode_trains_like_nograd_mode_without_augmentation(resnet_runs):
+    (nograd, _), (cached, _) = resnet_runs["nograd"], resnet_runs["cache"]
+    assert [r["mode"] for r in cached.history] == ["cache"] * 3
+    assert [r["mode"] for r in nograd.history] == ["nograd"] * 3
+    for a, b in zip(nograd.history, cached.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_acc"] == pytest.approx(b["test_acc"])
+    chex.assert_trees_all_close(nograd.variables, cached.variables, atol=1e-5)
+
+
+def test_loop_moves_the_cut_once_and_compiles_once_per_cut(resnet_runs):
+    for result, traces in (resnet_runs["nograd"], resnet_runs["cache"]):
+        assert result.cut == 2 and [r["cut"] for r in result.history] == [2, 2, 2]
+        (event,) = result.summary["events"]
+        assert (event["step"], event["from_cut"], event["to_cut"]) == (4, 0, 2)
+        assert event["layers"] == ["stem", "stage0_block0"] == result.history[0]["frozen_now"]
+        assert result.history[1]["frozen_now"] == []
+        assert traces == 2  # one step per cut: 0 and 2
+        assert set(result.frozen["params"]) == {"stem", "stage0_block0"}
+        assert set(result.state.params) == {"stage1_block0", "head"}
+        assert result.scores.steps.tolist() == [2, 4, 6, 8, 10, 12]
+        assert np.isnan(result.scores.raw[2:, :2]).all()  # dropped layers are not scored
+
+
+def test_loop_accounts_flops_per_epoch_and_in_the_summary(resnet_runs):
+    (nograd, _), (cached, _) = resnet_runs["nograd"], resnet_runs["cache"]
+    for result in (nograd, cached):
+        first, later = result.history[0], result.history[1:]
+        assert first["compile_s"] > 0 and all(r["epoch_s"] > 0 for r in result.history)
+        for r in later:
+            assert r["epoch_flops"] < r["full_epoch_flops"]
+            assert r["backward_flops"] > 0 and r["rebuild_s"] == 0.0
+        summary = result.summary
+        assert summary["steps"] == 12 and summary["epochs"] == 3
+        assert 0 < summary["flops_ratio"] < 1
+        assert summary["train_flops"] == pytest.approx(
+            sum(r["epoch_flops"] for r in result.history)
+        )
+        assert summary["full_step_s"] > 0 and summary["speedup_estimate"] > 0
+    # The cache removes the prefix forward from every step; no-grad still runs it.
+    assert cached.history[-1]["forward_flops"] < nograd.history[-1]["forward_flops"]
+    assert cached.history[-1]["backward_flops"] == nograd.history[-1]["backward_flops"]
+    assert cached.summary["cache_flops"] > 0 == nograd.summary["cache_flops"]
+    assert cached.history[-1]["cache_bytes"] > 0 == nograd.history[-1]["cache_bytes"]
+    assert cached.history[-1]["augment"] == "none"
+    lines = read_jsonl(resnet_runs["log"])
+    assert [line.get("epoch") for line in lines[:3]] == [1, 2, 3]
+    assert lines[-1]["summary"]["cut"] == 2 and len(lines) == 4
+
+
+def test_frozen_layers_stay_bitwise_unchanged_after_growth_and_more_steps():
+    small = VGG((1, 1), (4, 4), hidden_widths=(8,), num_classes=3)
+    model, grown = widen(small, init(small)[0], widths=(6, 8), key=jax.random.key(3))
+    config = train_config()  # crop + flip augmentation
+    at_cut, _ = _fit(model, config, FORCED, variables=grown, max_steps=4)
+    later, _ = _fit(model, config, FORCED, variables=grown)
+    assert at_cut.cut == later.cut == 2 and at_cut.summary["steps"] == 4
+    assert [r["augment"] for r in later.history] == ["crop_flip"] * 3
+    chex.assert_trees_all_equal(at_cut.frozen, later.frozen)  # bitwise
+    assert later.frozen["params"]["stage0_layer0"]["conv"]["kernel"].shape[-1] == 6
+    moved = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), at_cut.state.params, later.state.params
+    )
+    assert all(jax.tree.leaves(moved["head"]))  # the suffix kept training
+    trained = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)),
+        grown["params"]["stage0_layer0"],
+        at_cut.frozen["params"]["stage0_layer0"],
+    )
+    assert any(jax.tree.leaves(trained))  # frozen after it was trained
+
+
+def test_cache_mode_falls_back_to_nograd_when_the_cache_does_not_fit():
+    config = train_config(epochs=2)
+    scale = dataclasses.replace(FORCED, mode="cache", cache_max_bytes=0)
+    result, _ = _fit(tiny_resnet(), config, scale)
+    assert [r["mode"] for r in result.history] == ["nograd", "nograd"]
+    assert result.summary["events"][0]["mode"] == "nograd" and result.summary["cache_flops"] == 0
+
+
+def test_fit_scale_down_rejects_bad_arguments():
+    train, test = tiny_data()
+    with pytest.raises(TypeError, match="scale_config must be a ScaleDownConfig, got dict"):
+        fit_scale_down(tiny_vgg(), train, test, train_config(), {"mode": "cache"})
+    other, _ = init(VGG((1, 1), (4, 4), hidden_widths=(8,), num_classes=3))
+    with pytest.raises(ValueError, match=r"variables do not match VGG: params/stage1_layer0"):
+        fit_scale_down(tiny_vgg(), train, test, train_config(), FORCED, variables=other)

@@ -484,6 +484,8 @@ def fit_scale_down(
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(train_config.batch_size, mesh)
     spe = steps_per_epoch(len(train), train_config.batch_size)
+    if variables is not None:  # put_replicated may alias them, and the step donates
+        variables = jax.tree.map(jnp.copy, variables)
     state = create_train_state(
         model, train_config, train.images, variables=variables, steps_per_epoch=spe
     )
