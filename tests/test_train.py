@@ -72,7 +72,11 @@ def test_config_round_trips_through_json():
         ({"optimizer": "rmsprop"}, ValueError, r"optimizer must be one of \('sgd', 'adamw'\)"),
         ({"schedule": "step"}, ValueError, "schedule must be one of"),
         ({"compute_dtype": "float16"}, ValueError, "compute_dtype must be one of"),
-        ({"augment": "mixup"}, ValueError, "augment must be one of"),
+        (
+            {"augment": "mixup"},
+            ValueError,
+            r"augment must be one of \(.crop_flip., .crop., .flip., .none.\)",
+        ),
         ({"epochs": 0}, ValueError, "epochs must be >= 1, got 0"),
         ({"batch_size": 8.0}, TypeError, "batch_size must be an int, got 8.0"),
         ({"learning_rate": 0.0}, ValueError, r"learning_rate must lie in \(0.0, None\]"),
@@ -171,6 +175,18 @@ def test_cross_entropy_with_label_smoothing():
         0.8 * jax.nn.log_softmax(logits)[0, 0] + 0.1 * jax.nn.log_softmax(logits)[0, 1:].sum()
     )
     np.testing.assert_allclose(smooth, [expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mode", "padding", "flip"),
+    [("crop_flip", 2, True), ("crop", 2, False), ("flip", 0, True), ("none", 0, False)],
+)
+def test_augment_batch_follows_the_config(mode, padding, flip):
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 6, 6, 1), dtype=np.uint8))
+    key = jax.random.key(4)
+    got = train.augment_batch(CONFIG.replace(augment=mode, crop_padding=2), key, images)
+    expected = data.augment(key, images, crop_padding=padding, flip=flip)
+    np.testing.assert_array_equal(got, expected)
 
 
 def _batch(dataset, n=32):

@@ -9,7 +9,7 @@ from typing import Any
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-AUGMENTATIONS = ("crop_flip", "flip", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,9 @@ class TrainConfig:
       warmup_epochs: linear warm-up from 0, in epochs (may be fractional).
       label_smoothing: weight of the uniform distribution in the training targets.
       compute_dtype: ``'float32'`` or ``'bfloat16'``; parameters stay float32.
-      augment: ``'crop_flip'`` (random crop with ``crop_padding`` + flip), ``'flip'`` or
-        ``'none'``.
+      augment: ``'crop_flip'`` (random crop with ``crop_padding``, then a random
+        horizontal flip), ``'crop'`` (for digits and letters, which flips would change),
+        ``'flip'`` or ``'none'``.
       crop_padding: zero padding of the random crop, in pixels.
       seed: seeds the initialisation, the data order and the augmentation.
       eval_batch_size: batch of the evaluation passes.

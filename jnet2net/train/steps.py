@@ -66,8 +66,8 @@ def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array) -> jax
     """``images (n, h, w, c)`` augmented as ``config.augment`` says."""
     if config.augment == "none":
         return images
-    padding = config.crop_padding if config.augment == "crop_flip" else 0
-    return augment(key, images, crop_padding=padding, flip=True)
+    padding = config.crop_padding if config.augment in ("crop_flip", "crop") else 0
+    return augment(key, images, crop_padding=padding, flip=config.augment != "crop")
 
 
 def train_step_fn(
