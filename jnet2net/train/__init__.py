@@ -7,11 +7,16 @@ result = fit(model, train, test, config)     # result.state, result.history
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.loop import (
+    DeviceEvalSet,
     FitResult,
+    check_fit_inputs,
+    epoch_means,
     eval_batch_size,
     evaluate,
     fit,
+    nonfinite_loss_error,
     put_eval_set,
+    run_eval,
     steps_per_epoch,
 )
 from jnet2net.train.optim import decay_mask, make_optimizer, make_schedule
@@ -42,6 +47,7 @@ from jnet2net.train.steps import (
 
 __all__ = [
     "DATA_AXIS",
+    "DeviceEvalSet",
     "TRACE_COUNTS",
     "FitResult",
     "ProgressBar",
@@ -52,12 +58,14 @@ __all__ = [
     "augment_key",
     "batch_indices",
     "batch_sharding",
+    "check_fit_inputs",
     "check_batch_size",
     "correct_predictions",
     "create_train_state",
     "cross_entropy_loss",
     "data_mesh",
     "decay_mask",
+    "epoch_means",
     "epoch_permutation",
     "eval_batch_size",
     "eval_step_fn",
@@ -70,12 +78,14 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "nonfinite_loss_error",
     "progress_enabled",
     "put_batch",
     "put_eval_set",
     "put_replicated",
     "read_jsonl",
     "replicated",
+    "run_eval",
     "steps_per_epoch",
     "stream_key",
     "train_step_fn",

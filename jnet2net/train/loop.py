@@ -59,7 +59,8 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
-def _check_inputs(model: nn.Module, train: Any, test: Any, config: Any) -> None:
+def check_fit_inputs(model: nn.Module, train: Any, test: Any, config: Any) -> None:
+    """Raises TypeError/ValueError unless the datasets, model outputs and config fit."""
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     for what, data in (("train", train), ("test", test)):
@@ -150,9 +151,10 @@ def _permutation(mesh: Mesh) -> Callable[[int, int, int], jax.Array]:
 # --- evaluation ---------------------------------------------------------------------------
 
 
-def _run_eval(
+def run_eval(
     eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh
 ) -> tuple[float, float]:
+    """``(loss, accuracy)`` of an indexed eval step over every batch of ``data``."""
     zero = np.zeros((), np.float32)
     totals = put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
     for index in range(data.num_batches):
@@ -192,18 +194,22 @@ def evaluate(
     batch = eval_batch_size(batch_size, len(dataset), mesh)
     data = put_eval_set(dataset, batch, mesh)
     step = cached_call(_eval_step, model, dataset.mean, dataset.std, batch, compute_dtype, mesh)
-    return _run_eval(step, put_replicated(variables, mesh), data, mesh)
+    return run_eval(step, put_replicated(variables, mesh), data, mesh)
 
 
 # --- the training loop --------------------------------------------------------------------
 
 
-def _epoch_means(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+def epoch_means(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Means over an epoch of per-step scalar metrics (fetched from device once)."""
     stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *metrics))
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def _nan_error(epoch: int, lo: int, hi: int, lr: float, config: TrainConfig) -> FloatingPointError:
+def nonfinite_loss_error(
+    epoch: int, lo: int, hi: int, lr: float, config: TrainConfig
+) -> FloatingPointError:
+    """The error raised when epoch ``epoch`` (steps ``lo..hi-1``) had a non-finite loss."""
     return FloatingPointError(
         f"training diverged: the mean training loss of epoch {epoch} (steps {lo}..{hi - 1}, "
         f"learning rate {lr:.4g}) is not finite. Try a lower learning_rate (now "
@@ -254,7 +260,7 @@ def fit(
     Raises:
       FloatingPointError: the loss became NaN or infinite.
     """
-    _check_inputs(model, train, test, config)
+    check_fit_inputs(model, train, test, config)
     if state is not None and variables is not None:
         raise ValueError("pass state (to resume) or variables (to start from them), not both")
     if stop_at_accuracy is not None and not 0.0 < stop_at_accuracy <= 1.0:
@@ -312,14 +318,14 @@ def fit(
                     first_step_s = time.perf_counter() - t_start
                     t_epoch, timed_steps = time.perf_counter(), hi - lo - 1
                 progress.update()
-            means = _epoch_means(step_metrics)
+            means = epoch_means(step_metrics)
             epoch_s = time.perf_counter() - t_epoch
             lr = float(schedule(hi - 1))
             if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
-                raise _nan_error(epoch + 1, lo, hi, lr, config)
+                raise nonfinite_loss_error(epoch + 1, lo, hi, lr, config)
             test_loss = test_acc = None
             if eval_set is not None:
-                test_loss, test_acc = _run_eval(eval_step, state.variables, eval_set, mesh)
+                test_loss, test_acc = run_eval(eval_step, state.variables, eval_set, mesh)
             record: Record = {
                 "epoch": epoch + 1,
                 "step": hi,
@@ -354,3 +360,10 @@ def _summary(record: Record, epochs: int) -> str:
     if record["test_acc"] is not None:
         text += f" test_acc {record['test_acc']:.3f}"
     return text
+
+
+# Former private names, still imported elsewhere in the package.
+_check_inputs = check_fit_inputs
+_epoch_means = epoch_means
+_nan_error = nonfinite_loss_error
+_run_eval = run_eval

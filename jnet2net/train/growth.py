@@ -1,0 +1,247 @@
+"""Carrying a training state across a growth or a transfer.
+
+One mechanism: a *params map*, a function from a tree shaped like the old ``params`` to a
+tree shaped like the new ones, linear, with zeros wherever the new network has values the
+old one did not provide. :func:`grow_train_state` applies it to every params-shaped tree of
+the optimizer state (SGD's momentum trace, Adam's ``mu`` and ``nu``) with
+``optax.tree_map_params``, or resets those trees to zero; everything else in the optimizer
+state (step counts that drive schedules and bias corrections) is kept, and so are ``step``
+and ``tx``, so the learning-rate schedule continues where it was.
+
+The three ways to grow give their params maps:
+
+* :func:`widen_train_state`: ``jnet2net.widen``'s mapping (the same key draws the same
+  replicas) replayed with ``noise='none'``: replicated units copy their moments, split
+  consumers get ``1 / count`` of them;
+* :func:`deepen_train_state`: every existing leaf keeps its moments, new layers get zeros;
+* :func:`transfer_train_state`: ``TransferPlan.map_params`` of ``jnet2net.reuse``.
+
+Example::
+
+    new_model, state = widen_train_state(state, model, key=key, widths=(32, 64, 128))
+    state, report = transfer_train_state(state, model, resnet32(), key=key)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.core import FrozenDict, unfreeze
+
+from jnet2net.grow import Noise, deepen, widen
+from jnet2net.reuse import TransferReport, transfer_plan
+from jnet2net.reuse.layout import DepthMap, Fill, Shrink
+from jnet2net.variables import Variables, flatten, path_str, unflatten_like
+
+if TYPE_CHECKING:
+    from jnet2net.train.state import TrainState
+
+Moments = Literal["map", "reset"]
+MOMENTS = ("map", "reset")
+ParamsMap = Callable[[Any], Any]
+
+
+def _check_moments(moments: Any) -> None:
+    if moments not in MOMENTS:
+        raise ValueError(f"moments must be one of {MOMENTS}, got {moments!r}")
+
+
+def state_variables(state: TrainState) -> dict[str, Any]:
+    """``{'params': ..., 'batch_stats': ...}`` of a train state (no empty ``batch_stats``)."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def _check_like(tree: Any, like: Any) -> None:
+    """Raises ValueError unless ``tree`` has the paths and shapes of ``like``."""
+    given = flatten(unfreeze(tree) if isinstance(tree, FrozenDict) else tree)
+    expected = flatten(unfreeze(like) if isinstance(like, FrozenDict) else like)
+    for path, leaf in expected.items():
+        got = getattr(given.get(path), "shape", None)
+        if got != leaf.shape:
+            raise ValueError(
+                f"the params map made {path_str(path)} with shape {got}, the new params have "
+                f"{leaf.shape}"
+            )
+    extra = [path for path in given if path not in expected]
+    if extra:
+        raise ValueError(f"the params map made {path_str(extra[0])}, which the new params lack")
+
+
+def grow_train_state(
+    state: TrainState,
+    new_model: nn.Module,
+    new_variables: Variables,
+    params_map: ParamsMap,
+    *,
+    moments: Moments = "map",
+) -> TrainState:
+    """The train state of ``new_model``: new variables, optimizer moments mapped or reset.
+
+    Args:
+      state: a ``TrainState`` (flax's, with a ``batch_stats`` field) of the old model.
+      new_model: the grown module; its ``apply`` becomes ``apply_fn``.
+      new_variables: ``{'params': ..., 'batch_stats': ...}`` of ``new_model``.
+      params_map: old params-shaped tree -> new params-shaped tree (linear, new entries
+        zero), applied to every params-shaped tree of ``state.opt_state``.
+      moments: ``'map'`` (moments follow their parameters) or ``'reset'`` (zeros).
+
+    Returns:
+      The new state; ``step``, ``tx`` and the optimizer's counters (so its schedule) are
+      the old ones.
+
+    Raises:
+      ValueError: ``moments`` is unknown, or the map's output does not fit the new params.
+    """
+    _check_moments(moments)
+    new_params = new_variables["params"]
+
+    def map_moments(tree: Any) -> Any:
+        dtype = jnp.result_type(*jax.tree.leaves(tree))
+        if moments == "reset":
+            return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), new_params)
+        mapped = params_map(tree)
+        _check_like(mapped, new_params)
+        return mapped
+
+    opt_state = optax.tree_map_params(
+        state.tx, map_moments, state.opt_state, is_leaf=lambda _: True
+    )
+    return state.replace(
+        apply_fn=new_model.apply,
+        params=new_params,
+        batch_stats=new_variables.get("batch_stats", {}),
+        opt_state=opt_state,
+    )
+
+
+def widen_train_state(
+    state: TrainState,
+    model: nn.Module,
+    *,
+    key: jax.Array,
+    widths: tuple[int, ...] | None = None,
+    hidden_widths: tuple[int, ...] | None = None,
+    inner_widths: tuple[int, ...] | None = None,
+    stem_width: int | None = None,
+    noise: Noise = "split",
+    noise_scale: float = 0.1,
+    moments: Moments = "map",
+) -> tuple[nn.Module, TrainState]:
+    """``jnet2net.widen`` of a train state; the sizes, ``key`` and noise are ``widen``'s.
+
+    The params are exactly ``widen(model, variables, key=key, ...)``'s. The moments follow
+    the same mapping without noise: a replica's moments equal its original's, a split
+    consumer's are ``1 / count`` of them, so (with ``noise='none'``) replicas stay equal
+    under further SGD-momentum or Adam steps.
+
+    Returns:
+      ``(new_model, new_state)``.
+    """
+    _check_moments(moments)
+    variables = state_variables(state)
+    sizes = {
+        "widths": widths,
+        "hidden_widths": hidden_widths,
+        "inner_widths": inner_widths,
+        "stem_width": stem_width,
+    }
+    new_model, new_variables = widen(
+        model, variables, key=key, noise=noise, noise_scale=noise_scale, **sizes
+    )
+
+    def params_map(tree: Any) -> Any:
+        _, grown = widen(model, {**variables, "params": tree}, key=key, noise="none", **sizes)
+        return grown["params"]
+
+    return new_model, grow_train_state(
+        state, new_model, new_variables, params_map, moments=moments
+    )
+
+
+def deepen_train_state(
+    state: TrainState,
+    model: nn.Module,
+    *,
+    depths: tuple[int, ...] | None = None,
+    hidden_depths: int | None = None,
+    key: jax.Array | None = None,
+    calibration_batch: jax.Array | None = None,
+    moments: Moments = "map",
+) -> tuple[nn.Module, TrainState]:
+    """``jnet2net.deepen`` of a train state; the arguments are ``deepen``'s.
+
+    Existing layers keep their names, so their moments are kept; the new layers' are zero.
+
+    Returns:
+      ``(new_model, new_state)``.
+    """
+    _check_moments(moments)
+    new_model, new_variables = deepen(
+        model,
+        state_variables(state),
+        depths=depths,
+        hidden_depths=hidden_depths,
+        key=key,
+        calibration_batch=calibration_batch,
+    )
+    new_params = new_variables["params"]
+
+    def params_map(tree: Any) -> Any:
+        old = flatten(unfreeze(tree) if isinstance(tree, FrozenDict) else tree)
+        dtype = jnp.result_type(*old.values())
+        new = {
+            path: old[path] if path in old else jnp.zeros(leaf.shape, dtype)
+            for path, leaf in flatten(unfreeze(new_params)).items()
+        }
+        return unflatten_like(new, tree)
+
+    return new_model, grow_train_state(
+        state, new_model, new_variables, params_map, moments=moments
+    )
+
+
+def transfer_train_state(
+    state: TrainState,
+    src_model: nn.Module,
+    dst_model: nn.Module,
+    *,
+    key: jax.Array,
+    depth_map: DepthMap = "proportional",
+    fill: Fill = "identity",
+    shrink: Shrink = "evenly",
+    noise: Noise = "split",
+    noise_scale: float = 0.1,
+    input_shape: tuple[int, int, int, int] | None = None,
+    moments: Moments = "map",
+) -> tuple[TrainState, TransferReport]:
+    """``jnet2net.reuse.transfer`` of a train state; the arguments are ``transfer``'s.
+
+    The moments go through the same plan (``TransferPlan.map_params``): copied, replicated,
+    split, folded or cropped like their parameters, zero where the parameters are new.
+
+    Returns:
+      ``(new_state, report)``.
+    """
+    _check_moments(moments)
+    plan = transfer_plan(
+        src_model,
+        state_variables(state),
+        dst_model,
+        key=key,
+        depth_map=depth_map,
+        fill=fill,
+        shrink=shrink,
+        noise=noise,
+        noise_scale=noise_scale,
+        input_shape=input_shape,
+    )
+    new_state = grow_train_state(state, dst_model, plan.variables, plan.map_params, moments=moments)
+    return new_state, plan.report
