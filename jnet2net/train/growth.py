@@ -161,9 +161,7 @@ def widen_train_state(
         _, grown = widen(model, {**variables, "params": tree}, key=key, noise="none", **sizes)
         return grown["params"]
 
-    return new_model, grow_train_state(
-        state, new_model, new_variables, params_map, moments=moments
-    )
+    return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
 
 
 def deepen_train_state(
@@ -203,9 +201,7 @@ def deepen_train_state(
         }
         return unflatten_like(new, tree)
 
-    return new_model, grow_train_state(
-        state, new_model, new_variables, params_map, moments=moments
-    )
+    return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
 
 
 def transfer_train_state(

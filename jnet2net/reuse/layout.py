@@ -1,0 +1,143 @@
+"""Which source layer fills each destination layer: pair checks, stage slots, options.
+
+A transfer maps stages one to one. Within a stage the first layer (the one that changes the
+width and, past stage 0, the resolution) always comes from the source's first layer; the
+others come from the source by ``depth_map`` (deeper) or ``shrink`` (shallower), and gaps
+are filled by ``fill``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from jnet2net.models import VGG, ResNet, model_config
+
+DepthMap = Literal["proportional", "append"]
+Fill = Literal["identity", "repeat"]
+Shrink = Literal["evenly", "first", "last"]
+DEPTH_MAPS = ("proportional", "append")
+FILLS = ("identity", "repeat")
+SHRINKS = ("evenly", "first", "last")
+
+
+def describe(model: Any) -> str:
+    """A one-line architecture name, e.g. ``'VGG(stage_depths=(1, 2), ...)'`` (no dtype)."""
+    if not isinstance(model, (VGG, ResNet)):
+        return type(model).__name__
+    config = model_config(model)
+    family = config.pop("family")
+    config.pop("dtype", None)
+    fields = ", ".join(
+        f"{name}={tuple(value) if isinstance(value, list) else value!r}"
+        for name, value in config.items()
+    )
+    return f"{family}({fields})"
+
+
+def check_option(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raises ValueError unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_pair(src_model: Any, dst_model: Any) -> None:
+    """Raises unless weights can be transferred from ``src_model`` to ``dst_model``.
+
+    Raises:
+      TypeError: either model is not a ``VGG`` or ``ResNet``.
+      ValueError: the families, the number of stages, VGG ``batch_norm``, ResNet ``block``
+        or the ResNet stem layout (a separate ``stem_width`` or none) differ; the message
+        names both architectures.
+    """
+    for model, role in ((src_model, "source"), (dst_model, "destination")):
+        if not isinstance(model, (VGG, ResNet)):
+            raise TypeError(
+                f"transfer maps VGG and ResNet modules; the {role} is a {type(model).__name__}"
+            )
+    pair = f"{describe(src_model)} -> {describe(dst_model)}"
+    src_family, dst_family = type(src_model).__name__, type(dst_model).__name__
+    if src_family != dst_family:
+        raise ValueError(
+            f"cannot transfer {pair}: a {src_family} and a {dst_family} have no layers in "
+            "common; transfer maps VGG -> VGG and ResNet -> ResNet"
+        )
+    src_stages, dst_stages = len(src_model.stage_depths), len(dst_model.stage_depths)
+    if src_stages != dst_stages:
+        raise ValueError(
+            f"cannot transfer {pair}: the source has {src_stages} stages and the destination "
+            f"{dst_stages}; stages map one to one, so both need the same number of stages"
+        )
+    if isinstance(src_model, VGG):
+        if src_model.batch_norm != dst_model.batch_norm:
+            raise ValueError(
+                f"cannot transfer {pair}: batch_norm={src_model.batch_norm} -> "
+                f"{dst_model.batch_norm}; a conv with BatchNorm has no bias and one without "
+                "has no norm, so both need the same batch_norm"
+            )
+        return
+    if src_model.block != dst_model.block:
+        raise ValueError(
+            f"cannot transfer {pair}: block={src_model.block!r} -> {dst_model.block!r}; "
+            "basic and bottleneck blocks have different convs, so both need the same block"
+        )
+    if (src_model.stem_width is None) != (dst_model.stem_width is None):
+        raise ValueError(
+            f"incompatible stems in {pair}: stem_width={src_model.stem_width} -> "
+            f"{dst_model.stem_width}; with stem_width=None the stem writes stage 0's residual "
+            "stream (identity shortcut), with a stem_width stage 0 starts with a projection, "
+            "so both need a stem_width or neither"
+        )
+
+
+def stage_slots(
+    src_depth: int,
+    dst_depth: int,
+    *,
+    depth_map: DepthMap = "proportional",
+    shrink: Shrink = "evenly",
+) -> tuple[int | None, ...]:
+    """Which source layer of a stage fills each destination slot.
+
+    Deeper (``dst_depth >= src_depth``): source layer ``i`` goes to slot
+    ``i * dst_depth // src_depth`` (``'proportional'``: each source layer is followed by its
+    share of the new slots) or to slot ``i`` (``'append'``: new slots at the end, as
+    ``jnet2net.deepen`` does). Shallower: slot 0 keeps layer 0 and the other slots keep
+    ``'evenly'`` spaced layers (first and last included), the ``'first'`` ones or the
+    ``'last'`` ones. Layer 0 is always kept: it is the layer that changes width and
+    resolution.
+
+    Args:
+      src_depth: layers of the source stage, ``>= 0``.
+      dst_depth: layers of the destination stage, ``>= 0``.
+      depth_map: placement when deeper.
+      shrink: selection when shallower.
+
+    Returns:
+      ``(dst_depth,)`` source layer indices, increasing; ``None`` marks a gap.
+
+    Example::
+
+        stage_slots(2, 4)                  # (0, None, 1, None)
+        stage_slots(5, 3)                  # (0, 2, 4)
+        stage_slots(5, 3, shrink="last")   # (0, 3, 4)
+    """
+    check_option("depth_map", depth_map, DEPTH_MAPS)
+    check_option("shrink", shrink, SHRINKS)
+    for name, value in (("src_depth", src_depth), ("dst_depth", dst_depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    n, m = src_depth, dst_depth
+    if m >= n:
+        slots: list[int | None] = [None] * m
+        for i in range(n):
+            slots[i * m // n if depth_map == "proportional" else i] = i
+        return tuple(slots)
+    if m == 0:
+        return ()
+    if shrink == "first":
+        kept = list(range(m))
+    elif shrink == "last":
+        kept = [0, *range(n - m + 1, n)]
+    else:
+        kept = [0] if m == 1 else [i * (n - 1) // (m - 1) for i in range(m)]
+    return tuple(kept)
