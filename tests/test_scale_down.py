@@ -303,10 +303,12 @@ def test_map_in_chunks_matches_one_call_and_pads_the_last_chunk():
 
 def test_gather_views_picks_plain_or_mirrored_rows():
     plain = jnp.arange(3 * 1 * 2 * 1, dtype=jnp.float32).reshape(3, 1, 2, 1)
-    cache = cache_lib.ActivationCache(1, (plain, cache_lib.mirrored(plain)))
-    got = cache_lib.gather_views(cache, jnp.array([2, 0]), jnp.array([1, 0]))
+    cache = cache_lib.ActivationCache(1, jnp.stack([plain, cache_lib.mirrored(plain)], axis=1))
+    got = cache_lib.gather_views(cache.activations, jnp.array([2, 0]), jnp.array([1, 0]))
     chex.assert_trees_all_equal(got, jnp.stack([plain[2, :, ::-1], plain[0]]))
-    assert cache.nbytes == 2 * plain.size * 4
+    plain_rows = cache_lib.gather_views(cache.activations, jnp.array([1, 2]), None)
+    chex.assert_trees_all_equal(plain_rows, plain[1:])
+    assert cache.nbytes == 2 * plain.size * 4 and cache.num_views == 2
     assert cache_lib.cache_nbytes((3, 1, 2, 1), jnp.float32, 2) == cache.nbytes
 
 
@@ -373,11 +375,12 @@ def test_extending_a_cache_equals_building_it_at_the_new_cut():
     early = cache_lib.build_cache(model, variables, images, 1, flips=True, chunk=2, **stats)
     moved = cache_lib.extend_cache(model, variables, early, 3, chunk=2)
     direct = cache_lib.build_cache(model, variables, images, 3, flips=True, chunk=4, **stats)
-    assert moved.cut == direct.cut == 3 and len(moved.views) == 2
-    chex.assert_trees_all_close(moved.views, direct.views, atol=1e-5)
+    assert moved.cut == direct.cut == 3 and moved.num_views == 2
+    chex.assert_trees_all_close(moved.activations, direct.activations, atol=1e-5)
     # The mirrored view is the prefix of the mirror images.
     x = (images[:, :, ::-1].astype(jnp.float32) - 120.0) / 60.0
-    chex.assert_trees_all_close(direct.views[1], prefix_apply(model, variables, x, 3), atol=1e-5)
+    mirrored_view = direct.activations[:, 1]
+    chex.assert_trees_all_close(mirrored_view, prefix_apply(model, variables, x, 3), atol=1e-5)
     assert cache_lib.extend_cache(model, variables, direct, 3) is direct
     with pytest.raises(ValueError, match=r"a cache only moves forward: cut 2 < cache.cut 3"):
         cache_lib.extend_cache(model, variables, direct, 2)
@@ -453,7 +456,7 @@ def test_cached_step_gives_the_nograd_loss_on_the_same_inputs():
     )
     copy = jax.tree.map(jnp.copy, state)
     state_a, metrics_a = nograd(state, frozen, images, labels, order)
-    state_b, metrics_b = cached(copy, cache.views, labels, order)
+    state_b, metrics_b = cached(copy, cache.activations, labels, order)
     chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
     chex.assert_trees_all_close(state_a.params, state_b.params, atol=1e-6)
     chex.assert_trees_all_close(state_a.batch_stats, state_b.batch_stats, atol=1e-6)
@@ -563,5 +566,7 @@ def test_fit_scale_down_rejects_bad_arguments():
     with pytest.raises(TypeError, match="scale_config must be a ScaleDownConfig, got dict"):
         fit_scale_down(tiny_vgg(), train, test, train_config(), {"mode": "cache"})
     other, _ = init(VGG((1, 1), (6, 8), hidden_widths=(8,), num_classes=3))
-    with pytest.raises(ValueError, match=r"variables do not match VGG: .*stage0_layer0.* needs \(4,"):
+    with pytest.raises(
+        ValueError, match=r"variables do not match VGG: .*stage0_layer0.* needs \(4,"
+    ):
         fit_scale_down(tiny_vgg(), train, test, train_config(), FORCED, variables=other)

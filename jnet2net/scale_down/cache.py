@@ -1,7 +1,8 @@
 """Stored outputs of the dropped prefix, computed once per example and extended as the cut moves.
 
 A cache holds the input of layer ``cut`` for every training example, for one or two
-*views*: the image as it is and, with flips, its mirror image. When the cut moves from
+*views*: the image as it is and, with flips, its mirror image, as one array
+``(n, views, h', w', c')`` so that a batch is a single gather. When the cut moves from
 ``a`` to ``b`` only the newly dropped layers ``[a, b)`` run, on the stored activations:
 the prefix forward of every earlier layer is never paid again.
 """
@@ -30,20 +31,26 @@ class ActivationCache(NamedTuple):
 
     Attributes:
       cut: the layer these activations feed.
-      views: one ``(n, h', w', c')`` array per view: ``(plain,)`` or ``(plain, mirrored)``.
+      activations: ``(n, views, h', w', c')``; view 0 is the image as it is, view 1 (if
+        any) its mirror image.
     """
 
     cut: int
-    views: tuple[jax.Array, ...]
+    activations: jax.Array
+
+    @property
+    def num_views(self) -> int:
+        """1 (plain) or 2 (plain and mirrored)."""
+        return self.activations.shape[1]
 
     @property
     def nbytes(self) -> int:
         """Bytes held on the device."""
-        return sum(int(v.size) * v.dtype.itemsize for v in self.views)
+        return int(self.activations.size) * self.activations.dtype.itemsize
 
 
 def cache_nbytes(shape: tuple[int, ...], dtype: Any, num_views: int) -> int:
-    """Bytes of a cache of ``num_views`` arrays of ``shape`` and ``dtype``."""
+    """Bytes of a cache of ``num_views`` views of ``shape`` and ``dtype`` each."""
     return num_views * math.prod(shape) * np.dtype(dtype).itemsize
 
 
@@ -114,16 +121,20 @@ def mirrored(images: jax.Array) -> jax.Array:
     return images[:, :, ::-1, :]
 
 
-def gather_views(cache: ActivationCache, indices: jax.Array, view: jax.Array | None) -> jax.Array:
-    """The cached activations of ``indices (b,)``, view ``view (b,)`` (0 plain, 1 mirrored).
+def gather_views(activations: jax.Array, indices: jax.Array, view: jax.Array | None) -> jax.Array:
+    """Rows ``indices (b,)`` of a cache's ``activations (n, views, ...)``, one view each.
 
-    ``view=None`` (or a one-view cache) takes the plain view.
+    Args:
+      activations: :attr:`ActivationCache.activations`.
+      indices: ``(b,)`` example indices.
+      view: ``(b,)`` int view of each (0 plain, 1 mirrored), or ``None`` for the plain one.
+
+    Returns:
+      ``(b, ...)`` activations.
     """
-    plain = jnp.take(cache.views[0], indices, axis=0)
-    if view is None or len(cache.views) == 1:
-        return plain
-    other = jnp.take(cache.views[1], indices, axis=0)
-    return jnp.where((view == 1).reshape(-1, *([1] * (plain.ndim - 1))), other, plain)
+    if view is None:
+        view = jnp.zeros_like(indices)
+    return activations[indices, view]
 
 
 def _constrained(fn: Callable[[jax.Array], jax.Array], mesh: Mesh | None) -> Callable:
@@ -171,13 +182,13 @@ def build_cache(
     def plain(x: jax.Array) -> jax.Array:
         return prefix_apply(model, frozen, normalize(x, mean, std, dtype), cut)
 
-    def views(x: jax.Array) -> tuple[jax.Array, ...]:
-        return (plain(x), plain(mirrored(x))) if flips else (plain(x),)
+    def views(x: jax.Array) -> jax.Array:
+        return jnp.stack([plain(x), plain(mirrored(x))] if flips else [plain(x)], axis=1)
 
     out = None if mesh is None else replicated(mesh)
     size = _chunk_size(chunk, mesh)
     return ActivationCache(
-        cut, tuple(map_in_chunks(_constrained(views, mesh), images, size, sharding=out))
+        cut, map_in_chunks(_constrained(views, mesh), images, size, sharding=out)
     )
 
 
@@ -209,19 +220,20 @@ def extend_cache(
         return cache
 
     def layers(h: jax.Array) -> jax.Array:
-        return model.apply(frozen, h, train=False, start=cache.cut, stop=cut)
+        rows, views = h.shape[:2]
+        flat = h.reshape(rows * views, *h.shape[2:])
+        out = model.apply(frozen, flat, train=False, start=cache.cut, stop=cut)
+        return out.reshape(rows, views, *out.shape[1:])
 
     out = None if mesh is None else replicated(mesh)
     size = _chunk_size(chunk, mesh)
     fn = _constrained(layers, mesh)
-    return ActivationCache(
-        cut, tuple(map_in_chunks(fn, v, size, sharding=out) for v in cache.views)
-    )
+    return ActivationCache(cut, map_in_chunks(fn, cache.activations, size, sharding=out))
 
 
 def cache_spec(
     model: nn.Module, frozen: Variables, images: jax.Array, cut: int
 ) -> jax.ShapeDtypeStruct:
-    """Shape and dtype of one view of the cache at ``cut`` for ``images (n, h, w, c)``."""
+    """Shape ``(n, h', w', c')`` and dtype of one view of the cache at ``cut``."""
     spec = jax.ShapeDtypeStruct(images.shape, jnp.dtype(model.dtype))
     return jax.eval_shape(lambda f, x: prefix_apply(model, f, x, cut), frozen, spec)

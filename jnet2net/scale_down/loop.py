@@ -117,10 +117,11 @@ def make_scaled_train_step(
     c)`` uint8, augmented as ``config.augment`` says, normalised, run through the frozen
     prefix in eval mode without gradient, then through the suffix with gradient.
 
-    Cached (``cached=True``): ``(state, views, labels, permutation)`` where ``views`` are
-    an :class:`~jnet2net.scale_down.cache.ActivationCache`'s arrays; with two views each
-    example takes the mirrored one with probability 1/2 (key ``augment_key(seed, step)``),
-    with one view (or ``config.augment == 'none'``) the plain one.
+    Cached (``cached=True``): ``(state, activations, labels, permutation)`` where
+    ``activations (n, views, ...)`` are an
+    :class:`~jnet2net.scale_down.cache.ActivationCache`'s; with two views each example
+    takes the mirrored one with probability 1/2 (key ``augment_key(seed, step)``), with
+    one view (or ``config.augment == 'none'``) the plain one.
 
     Args:
       model: the network in its compute dtype.
@@ -158,15 +159,15 @@ def make_scaled_train_step(
         return update(state, h, labels[index])
 
     def cached_step(
-        state: TrainState, views: tuple[jax.Array, ...], labels: jax.Array, permutation: jax.Array
+        state: TrainState, activations: jax.Array, labels: jax.Array, permutation: jax.Array
     ) -> tuple[TrainState, Metrics]:
         TRACE_COUNTS["scale_down_step"] += 1
         index = indices(state, permutation)
         view = None
-        if len(views) > 1 and config.augment != "none":
+        if activations.shape[1] > 1 and config.augment != "none":
             key = augment_key(config.seed, state.step)
             view = jax.random.bernoulli(key, 0.5, (batch_size,)).astype(jnp.int32)
-        h = cache_lib.gather_views(cache_lib.ActivationCache(cut, tuple(views)), index, view)
+        h = cache_lib.gather_views(activations, index, view)
         return update(state, h, labels[index])
 
     step = cached_step if cached else nograd_step
@@ -345,10 +346,10 @@ def _cache_for(
     if setup.cache_budget is not None and need > setup.cache_budget:
         return None, 0.0
     chunk = train_config.eval_batch_size
-    if cache is not None and len(cache.views) == views:
+    if cache is not None and cache.num_views == views:
         start = cache.cut
         inputs = jax.ShapeDtypeStruct(
-            (train_config.batch_size, *cache.views[0].shape[1:]), cache.views[0].dtype
+            (train_config.batch_size, *cache.activations.shape[2:]), cache.activations.dtype
         )
         cache = cache_lib.extend_cache(
             setup.model, frozen, cache, cut, chunk=chunk, mesh=setup.mesh
@@ -396,7 +397,7 @@ def _prepare(
         cached=cached,
         mesh=setup.mesh,
     )
-    args = (cache.views, setup.labels) if cached else (frozen, setup.images, setup.labels)
+    args = (cache.activations, setup.labels) if cached else (frozen, setup.images, setup.labels)
     compiled = step.lower(state, *args, order).compile()
     everything = merge_variables(frozen, _trained_variables(state))
     flops = step_flops(
@@ -409,7 +410,7 @@ def _prepare(
         how=setup.scale_config.flop_count,
     )
     mode = "cache" if cached else "nograd"
-    views = len(cache.views) if cached else 0
+    views = cache.num_views if cached else 0
     augment = _augment_name(train_config, mode, views)
     return _Runner(cut, mode, compiled, args, flops, augment, cache), build_flops
 
