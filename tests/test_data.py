@@ -50,6 +50,18 @@ def test_digits_splits_do_not_overlap():
     assert len(shared) < 5  # a handful of digits are pixel-identical duplicates in the source
 
 
+def test_split_slices_take_rows():
+    train = data.load("digits", "train")
+    head = data.load("digits", "train[:100]")
+    tail = data.load("digits", "test[-10:]")
+    np.testing.assert_array_equal(head.images, train.images[:100])
+    assert len(tail) == 10 and head.mean == train.mean
+    with pytest.raises(
+        ValueError, match=r"split 'train\[:10%\]' is not 'NAME' or 'NAME\[start:stop\]'"
+    ):
+        data.load("digits", "train[:10%]")
+
+
 @pytest.mark.parametrize(
     ("name", "split", "error", "match"),
     [
@@ -142,6 +154,15 @@ def test_load_npz_decodes_encoded_pack_exactly(tmp_path, pixels):
     np.testing.assert_array_equal(from_dir.images, images[:2])
     from_file = data.load("cifar10", "test", data_dir=path)
     np.testing.assert_array_equal(from_file.labels, labels[:2])
+
+
+def test_data_dir_from_the_environment(tmp_path, pixels, monkeypatch):
+    images, labels = pixels
+    np.savez(tmp_path / "mnist.npz", train_images=images[..., :1], train_labels=labels)
+    monkeypatch.setenv("JNET2NET_DATA_DIR", str(tmp_path))
+    loaded = data.load("mnist", "train[1:3]")
+    np.testing.assert_array_equal(loaded.images, images[1:3, ..., :1])
+    assert loaded.mean == data.NORMALIZATION["mnist"][0] and loaded.num_classes == 10
 
 
 def test_load_npz_raw_layout_uses_train_statistics(tmp_path, pixels):

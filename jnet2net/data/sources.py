@@ -24,10 +24,15 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((33.32,), (78.57,)),
     "fashion_mnist": ((72.94,), (90.02,)),
 }
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10}
 TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 #: Every name :func:`load` knows; ``digits`` needs no download.
 DATASETS = ("digits", *TFDS_DATASETS)
 SPLITS = ("train", "test")
+
+SPLIT_PATTERN = re.compile(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?")
+#: Environment variable naming a default ``data_dir`` for :func:`load`.
+DATA_DIR_VARIABLE = "JNET2NET_DATA_DIR"
 
 DIGITS_TEST_SIZE = 360
 DIGITS_SEED = 0
@@ -49,12 +54,12 @@ def load(
     Args:
       name: one of :data:`DATASETS` (``'digits'``, ``'cifar10'``, ``'cifar100'``,
         ``'mnist'``, ``'fashion_mnist'``).
-      split: ``'train'`` or ``'test'``; tfds datasets also take tfds slices such as
-        ``'train[:1000]'``.
+      split: ``'train'`` or ``'test'``, optionally sliced: ``'train[:1000]'``,
+        ``'test[-500:]'`` (tfds datasets also take tfds' percent slices).
       data_dir: a tensorflow-datasets data directory (holding ``<name>/<version>/``), a
         folder holding ``<name>_jpeg.npz`` / ``<name>.npz``, or an ``.npz`` file (see
-        :func:`load_npz`). ``None``: tfds' default (``$TFDS_DATA_DIR`` or
-        ``~/tensorflow_datasets``). Ignored by ``digits``.
+        :func:`load_npz`). ``None``: ``$JNET2NET_DATA_DIR`` if set, else tfds' default
+        (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). Ignored by ``digits``.
       download: let tensorflow-datasets download and prepare a missing dataset (needs
         internet and TensorFlow).
 
@@ -68,12 +73,27 @@ def load(
     name = _check_name(name)
     if not isinstance(split, str):
         raise TypeError(f"split must be a string like 'train' or 'test', got {split!r}")
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_VARIABLE) or None
+    if name != "digits" and _npz_path(name, data_dir) is None:
+        return _load_tfds(name, split, data_dir=data_dir, download=download)
+    base, rows = parse_split(split)
     if name == "digits":
-        return load_digits(split)
-    npz = _npz_path(name, data_dir)
-    if npz is not None:
-        return load_npz(npz, split, name=name)
-    return _load_tfds(name, split, data_dir=data_dir, download=download)
+        dataset = load_digits(base)
+    else:
+        dataset = load_npz(_npz_path(name, data_dir), base, name=name)
+    return dataset if rows is None else dataset.take(rows)
+
+
+def parse_split(split: str) -> tuple[str, slice | None]:
+    """``'train[10:-5]'`` -> ``('train', slice(10, -5))``; ``'test'`` -> ``('test', None)``."""
+    match = SPLIT_PATTERN.fullmatch(split)
+    if match is None:
+        raise ValueError(f"split {split!r} is not 'NAME' or 'NAME[start:stop]' with integer bounds")
+    base, start, stop = match.group(1), match.group(2), match.group(3)
+    if start is None:
+        return base, None
+    return base, slice(int(start) if start else None, int(stop) if stop else None)
 
 
 def load_digits(split: str) -> Dataset:
@@ -123,7 +143,8 @@ def load_npz(
       ``{split}_labels``; e.g. the offline ``cifar10_jpeg.npz``;
     * raw: ``{split}_images`` (uint8 ``(n, h, w, c)``) and ``{split}_labels``.
 
-    An optional ``class_names`` array gives ``num_classes``.
+    An optional ``class_names`` array gives ``num_classes`` (else the known count for
+    :data:`DATASETS`, else the largest label + 1).
 
     Args:
       path: the ``.npz`` file.
@@ -154,7 +175,7 @@ def load_npz(
         else:
             mean, std = channel_stats(images)
         label_max = max(int(pack[f"{s}_labels"].max(initial=0)) for s in splits)
-    num_classes = len(class_names) or label_max + 1
+    num_classes = len(class_names) or NUM_CLASSES.get(name, label_max + 1)
     return Dataset(images, labels, num_classes, name, mean, std, class_names)
 
 
