@@ -1,0 +1,391 @@
+"""Writes the Colab notebooks of this folder from the cell texts below.
+
+Run ``python notebooks/build_notebooks.py`` after editing a cell; the notebooks are written
+without outputs. ``tests/test_notebooks.py`` executes each one in SMALL mode.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import nbformat
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+# --- cells shared by every notebook ---------------------------------------------------------
+
+INSTALL = """\
+# Installs jnet2net (on Colab); skipped when it is already importable.
+import importlib.util
+
+if importlib.util.find_spec("jnet2net") is None:
+    %pip install -q jnet2net
+"""
+
+SETUP_MD = """\
+**Accelerator and size.** On Colab choose *Runtime > Change runtime type > GPU or TPU*: JAX
+then runs on it and the notebook trains on CIFAR-10 (downloaded by tensorflow-datasets).
+Without an accelerator, or with the environment variable `JNET2NET_SMALL=1`, the notebook
+runs in SMALL mode: tiny networks on the 8x8 handwritten digits bundled with scikit-learn,
+about a minute on a laptop CPU.
+"""
+
+
+def setup(third_party: str, ours: str) -> str:
+    """The setup cell: imports, accelerator check and the SMALL switch."""
+    return f"""\
+import os
+
+import jax
+{third_party.strip()}
+
+{ours.strip()}
+
+ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
+SMALL = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1") == "1"
+print("devices:", jax.devices())
+print("SMALL mode:", SMALL)
+"""
+
+
+DATA_MD = """\
+**Data.** `jnet2net.data.load(name, split)` returns the whole split in memory (uint8 images,
+int labels, the channel mean and std used to normalise them). Training puts it on the
+device at once and augments there.
+"""
+
+DATA = """\
+if SMALL:  # 1,437 + 360 handwritten digits, 8x8x1, shipped with scikit-learn
+    train_set = data.load("digits", "train")
+    test_set = data.load("digits", "test")
+else:  # CIFAR-10, 50,000 + 10,000 images, 32x32x3, downloaded once by tensorflow-datasets
+    train_set = data.load("cifar10", "train", download=True)
+    test_set = data.load("cifar10", "test", download=True)
+print(train_set)
+print(test_set)
+"""
+
+CONFIG = """\
+if SMALL:
+    config = train.TrainConfig(
+        epochs={small_epochs}, batch_size=32, learning_rate=0.05, augment="none", progress=False
+    )
+else:
+    config = train.TrainConfig(
+        epochs={epochs},
+        batch_size=128,
+        learning_rate=0.1,
+        augment="crop_flip",
+        compute_dtype="bfloat16",
+        warmup_epochs=1,
+    )
+print(config)
+"""
+
+
+def config(small_epochs: int, epochs: int) -> str:
+    """The training-config cell (SMALL: digits, batch 32; else CIFAR-10, batch 128, bf16)."""
+    return CONFIG.format(small_epochs=small_epochs, epochs=epochs)
+
+
+# --- 01 quickstart ---------------------------------------------------------------------------
+
+QUICKSTART = [
+    (
+        "md",
+        """\
+# jnet2net quickstart
+
+[Net2Net](https://arxiv.org/abs/1511.05641) grows a trained network into a larger one that
+computes *exactly the same function*, so training continues from where the small network
+stopped instead of from scratch. In this notebook we
+
+1. build a small ResNet and train it briefly,
+2. make it wider (`jnet2net.widen`) and deeper (`jnet2net.deepen`),
+3. check with `jnet2net.output_error` (both networks run over a stack of batches with
+   `jax.vmap`) that the outputs did not change,
+4. train the grown network a few more steps.
+""",
+    ),
+    ("code", INSTALL),
+    ("md", SETUP_MD),
+    (
+        "code",
+        setup(
+            "import jax.numpy as jnp", "import jnet2net\nfrom jnet2net import data, models, train"
+        ),
+    ),
+    ("md", DATA_MD),
+    ("code", DATA),
+    (
+        "md",
+        """\
+## 1. Build a ResNet and train it briefly
+
+`models.ResNet` is a Flax module whose fields *are* the architecture: blocks per stage and
+channels per stage. `model.init` gives its variables (`params` and BatchNorm
+`batch_stats`). `train.fit` trains it with SGD on the whole dataset on device and evaluates
+it after every epoch.
+""",
+    ),
+    (
+        "code",
+        """\
+widths = (4, 8) if SMALL else (16, 32, 64)
+model = models.ResNet(stage_depths=(1,) * len(widths), stage_widths=widths, num_classes=10)
+example = jnp.zeros((1, *train_set.image_shape))
+variables = model.init(jax.random.key(0), example, train=False)
+print("layers:", model.layer_names())
+print("parameters:", sum(x.size for x in jax.tree.leaves(variables["params"])))
+""",
+    ),
+    ("code", config(small_epochs=2, epochs=3)),
+    (
+        "code",
+        """\
+result = train.fit(model, train_set, test_set, config, variables=variables)
+for record in result.history:
+    print(f"epoch {record['epoch']}: test accuracy {record['test_acc']:.3f}")
+variables = result.state.variables
+""",
+    ),
+    (
+        "md",
+        """\
+## 2. Widen and deepen
+
+`jnet2net.widen` copies randomly chosen channels of each stage (Net2WiderNet) and divides
+the weights that read them, so the sum is unchanged; a small zero-sum noise breaks the
+symmetry between the copies without changing the function. `jnet2net.deepen` adds residual
+blocks whose last BatchNorm scale is zero (Net2DeeperNet for ResNets): a new block adds
+nothing until training moves it. Both return a new module and new variables; the old ones
+are untouched.
+""",
+    ),
+    (
+        "code",
+        """\
+wide_model, wide_vars = jnet2net.widen(
+    model, variables, widths=tuple(2 * w for w in widths), key=jax.random.key(1)
+)
+deep_model, deep_vars = jnet2net.deepen(
+    wide_model, wide_vars, depths=(2,) * len(widths), key=jax.random.key(2)
+)
+print("teacher:", model.stage_depths, model.stage_widths)
+print("grown:  ", deep_model.stage_depths, deep_model.stage_widths)
+print("parameters:", sum(x.size for x in jax.tree.leaves(deep_vars["params"])))
+""",
+    ),
+    (
+        "md",
+        """\
+## 3. Check that the function is preserved
+
+`jnet2net.output_error(model_a, vars_a, model_b, vars_b, xs)` runs both networks over a
+stack of batches `xs` of shape `(n_batches, batch, h, w, c)` with `jax.vmap` and returns,
+per batch, `max |a - b| / max |a|`. In float32 it stays far below `1e-5`, in evaluation mode
+and in training mode (BatchNorm on batch statistics) alike.
+""",
+    ),
+    (
+        "code",
+        """\
+xs = jax.random.normal(jax.random.key(3), (4, 16, *train_set.image_shape))
+print("eval mode: ", jnet2net.output_error(model, variables, deep_model, deep_vars, xs))
+print("train mode:", jnet2net.output_error(model, variables, deep_model, deep_vars, xs, train=True))
+print("test accuracy before growing:", train.evaluate(model, variables, test_set)[1])
+print("test accuracy after growing: ", train.evaluate(deep_model, deep_vars, test_set)[1])
+""",
+    ),
+    (
+        "md",
+        """\
+## 4. Keep training the grown network
+
+The grown variables go to `train.fit` like any others; training starts from the small
+network's accuracy.
+""",
+    ),
+    (
+        "code",
+        """\
+result = train.fit(deep_model, train_set, test_set, config, variables=deep_vars)
+for record in result.history:
+    print(f"epoch {record['epoch']}: test accuracy {record['test_acc']:.3f}")
+""",
+    ),
+]
+
+# --- 02 Net2Net on CIFAR-10 ------------------------------------------------------------------
+
+NET2NET = [
+    (
+        "md",
+        """\
+# Net2Net: teacher -> student vs. training from scratch
+
+The experiment of the Net2Net paper in small: train a *teacher*, grow it into a wider
+student (Net2WiderNet) and a deeper student (Net2DeeperNet), train each student and the same
+architecture from a random initialisation with the same budget, and compare test-accuracy
+curves. A student starts at the teacher's accuracy; the question is how much sooner it gets
+further than the network trained from scratch.
+""",
+    ),
+    ("code", INSTALL),
+    ("md", SETUP_MD),
+    (
+        "code",
+        setup(
+            "import matplotlib.pyplot as plt",
+            "import jnet2net\nfrom jnet2net import data, models, train",
+        ),
+    ),
+    ("md", DATA_MD),
+    ("code", DATA),
+    (
+        "md",
+        """\
+## 1. Train the teacher
+
+A CIFAR-style ResNet with one residual block per stage. Every run below uses the same
+training config (SGD with Nesterov momentum, cosine learning-rate schedule).
+""",
+    ),
+    ("code", config(small_epochs=2, epochs=10)),
+    (
+        "code",
+        """\
+widths = (4, 8) if SMALL else (16, 32, 64)
+teacher = models.ResNet(stage_depths=(1,) * len(widths), stage_widths=widths)
+teacher_vars = train.init_variables(teacher, train_set.images, key=jax.random.key(0))
+teacher_run = train.fit(teacher, train_set, test_set, config, variables=teacher_vars)
+teacher_vars = teacher_run.state.variables
+teacher_acc = teacher_run.history[-1]["test_acc"]
+print(f"teacher test accuracy: {teacher_acc:.3f}")
+""",
+    ),
+    (
+        "md",
+        """\
+## 2. Grow two students
+
+`jnet2net.widen` doubles every stage's channels; `jnet2net.deepen` doubles every stage's
+blocks. Both students compute the teacher's function, so they start at its accuracy.
+""",
+    ),
+    (
+        "code",
+        """\
+wider, wider_vars = jnet2net.widen(
+    teacher, teacher_vars, widths=tuple(2 * w for w in widths), key=jax.random.key(1)
+)
+deeper, deeper_vars = jnet2net.deepen(
+    teacher, teacher_vars, depths=(2,) * len(widths), key=jax.random.key(2)
+)
+for name, model, variables in [("wider", wider, wider_vars), ("deeper", deeper, deeper_vars)]:
+    accuracy = train.evaluate(model, variables, test_set)[1]
+    print(f"{name} student {model.stage_depths} x {model.stage_widths}: accuracy {accuracy:.3f}")
+""",
+    ),
+    (
+        "md",
+        """\
+## 3. Students vs. scratch
+
+Each network trains for the same number of epochs. `run` evaluates the starting point
+(step 0) and returns the test-accuracy curve and the wall time.
+""",
+    ),
+    (
+        "code",
+        """\
+def run(model, variables):
+    start = {"step": 0, "test_acc": train.evaluate(model, variables, test_set)[1]}
+    result = train.fit(model, train_set, test_set, config, variables=variables)
+    return [start, *result.history]
+
+
+def random_init(model, seed):
+    return train.init_variables(model, train_set.images, key=jax.random.key(seed))
+
+
+runs = {
+    "Net2WiderNet student": run(wider, wider_vars),
+    "wider, random init": run(wider, random_init(wider, 3)),
+    "Net2DeeperNet student": run(deeper, deeper_vars),
+    "deeper, random init": run(deeper, random_init(deeper, 4)),
+}
+""",
+    ),
+    (
+        "md",
+        """\
+## 4. Curves and summary
+
+Test accuracy against training steps; the dashed line is the teacher. *Steps to teacher* is
+the first evaluated step at which a run reaches the teacher's accuracy.
+""",
+    ),
+    (
+        "code",
+        """\
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+for ax, kind in zip(axes, ["wider", "deeper"], strict=True):
+    for name, records in runs.items():
+        if kind in name.lower():
+            steps, accuracy = [r["step"] for r in records], [r["test_acc"] for r in records]
+            ax.plot(steps, accuracy, "o-", label=name)
+    ax.axhline(teacher_acc, color="gray", linestyle="--", label="teacher")
+    ax.set_xlabel("training step")
+    ax.legend()
+axes[0].set_ylabel("test accuracy")
+plt.show()
+
+print(f"{'run':<24}{'start':>8}{'final':>8}{'steps to teacher':>18}")
+for name, records in runs.items():
+    reached = [r["step"] for r in records if r["test_acc"] >= teacher_acc]
+    steps = reached[0] if reached else "never"
+    print(f"{name:<24}{records[0]['test_acc']:>8.3f}{records[-1]['test_acc']:>8.3f}{steps:>18}")
+""",
+    ),
+]
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": QUICKSTART,
+    "02_net2net_cifar10.ipynb": NET2NET,
+}
+
+
+def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """A notebook without outputs from ``(kind, source)`` pairs (``'md'`` or ``'code'``)."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata = {
+        "accelerator": "GPU",
+        "colab": {"provenance": []},
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for kind, source in cells:
+        source = textwrap.dedent(source).strip("\n")
+        if kind == "md":
+            notebook.cells.append(nbformat.v4.new_markdown_cell(source))
+        elif kind == "code":
+            notebook.cells.append(nbformat.v4.new_code_cell(source))
+        else:
+            raise ValueError(f"cell kind must be 'md' or 'code', got {kind!r}")
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index:02d}"
+    nbformat.validate(notebook)
+    return notebook
+
+
+def main() -> None:
+    """Writes every notebook next to this script."""
+    for name, cells in NOTEBOOKS.items():
+        nbformat.write(build(cells), HERE / name)
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    main()
