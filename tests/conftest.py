@@ -23,3 +23,9 @@ def strict_promotion():
     """Runs the test under ``jax_numpy_dtype_promotion='strict'``."""
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "notebooks: runs the notebooks in SMALL mode (deselect with -m 'not notebooks')"
+    )
