@@ -17,7 +17,8 @@ allocated twice). Orbax refuses to restore into a wider or deeper target, so gro
     model, variables = jnet2net.widen(teacher.model, teacher.variables, widths=..., key=key)
     jnet2net.checkpoint.save("runs/student0", model=model, variables=variables, step=0)
 
-Other files in ``DIR`` (``metrics.jsonl`` of a training run) are left alone, so a run
+:func:`grow_checkpoint` does exactly that, checks function preservation and returns the
+student. Other files in ``DIR`` (``metrics.jsonl`` of a training run) are left alone, so a run
 directory is also its checkpoint directory.
 """
 
@@ -37,8 +38,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.core import FrozenDict, unfreeze
 
+from jnet2net.grow import deepen as deepen_network
+from jnet2net.grow import widen as widen_network
 from jnet2net.models import model_config, model_from_config
 from jnet2net.variables import Variables, check_variables, flatten, path_str
+from jnet2net.verify import output_error
 
 FORMAT = 1
 ARCH = "arch"
@@ -535,3 +539,148 @@ def restore_train_state(
     if hasattr(state, "rng") and restored.rng is not None:
         changes["rng"] = restored.rng
     return state.replace(**changes), restored
+
+
+# --- growth between checkpoints ------------------------------------------------------
+
+#: XLA options for programs that run once: skip the expensive optimisation passes.
+ONE_SHOT_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
+def run_once(fn: Callable[..., Any], static: dict[str, Any], **dynamic: Any) -> Any:
+    """``fn(**static, **dynamic)`` as one program compiled without XLA's slow passes.
+
+    Growth runs once: compiled whole it is several times faster than op by op, and
+    skipping the optimisation passes cuts the compile time several-fold again.
+    """
+    lowered = jax.jit(fn, static_argnames=tuple(static)).lower(**static, **dynamic)
+    return lowered.compile(compiler_options=ONE_SHOT_COMPILER_OPTIONS)(**dynamic)
+
+
+class Grown(NamedTuple):
+    """What :func:`grow_checkpoint` returns.
+
+    Attributes:
+      model: the student module.
+      variables: its variables, bitwise what was saved.
+      teacher: the restored teacher.
+      relative_error: ``max|student - teacher| / max|teacher|`` of the logits on random
+        inputs (float32 compute).
+      path: the student's step directory.
+    """
+
+    model: nn.Module
+    variables: Variables
+    teacher: Restored
+    relative_error: float
+    path: pathlib.Path
+
+
+def grow_checkpoint(
+    source: PathLike,
+    out: PathLike,
+    *,
+    key: jax.Array,
+    widen: dict[str, Any] | None = None,
+    deepen: dict[str, Any] | None = None,
+    step: int | None = None,
+    rtol: float = 1e-5,
+    num_check_batches: int = 2,
+    metadata: dict[str, Any] | None = None,
+) -> Grown:
+    """Restores a teacher, widens and/or deepens it, checks it, saves the student at step 0.
+
+    Orbax cannot restore into a bigger network, so growth goes through the teacher's own
+    architecture: restore, grow (``jnet2net.widen`` then ``jnet2net.deepen``), compare
+    the logits of both on random inputs of the teacher's input shape, save, and restore
+    the student to check that it comes back bitwise.
+
+    Args:
+      source: the teacher's checkpoint directory.
+      out: the student's checkpoint directory (must not hold step 0 yet).
+      key: randomness of the widening mappings/noise and of new ResNet blocks.
+      widen: keyword arguments of ``jnet2net.widen`` (``widths``, ``hidden_widths``,
+        ``inner_widths``, ``stem_width``, ``noise``, ``noise_scale``), or ``None``.
+      deepen: keyword arguments of ``jnet2net.deepen`` (``depths``, ``hidden_depths``),
+        or ``None``.
+      step: the teacher's step (``None``: latest).
+      rtol: largest accepted relative error.
+      num_check_batches: random batches of 8 images compared.
+      metadata: extra JSON saved with the student (provenance is added).
+
+    Returns:
+      A :class:`Grown`.
+
+    Raises:
+      ValueError: nothing to grow, sizes ``widen``/``deepen`` refuse, or a student whose
+        logits differ by ``rtol`` or more (unless ``noise='paper'``, which is not exact):
+        then nothing is saved.
+    """
+    if not widen and not deepen:
+        raise ValueError("grow_checkpoint needs widen and/or deepen sizes: nothing to grow")
+    if 0 in all_steps(out):
+        raise ValueError(f"{_abspath(out)} already holds a checkpoint at step 0")
+    teacher = restore(source, step=step)
+    info = checkpoint_info(source, step=teacher.step)
+    widen_key, deepen_key = jax.random.split(key)
+    model, variables = teacher.model, teacher.variables
+    if widen:
+        static = {"model": model, **widen}
+        model, variables = run_once(widen_network, static, variables=variables, key=widen_key)
+    if deepen:
+        static = {"model": model, **deepen}
+        model, variables = run_once(deepen_network, static, variables=variables, key=deepen_key)
+    seed = np.asarray(jax.random.key_data(key)).tolist()
+    xs = np.random.default_rng(seed).standard_normal(
+        (num_check_batches, 8, *info.input_shape[1:]), np.float32
+    )
+    # float32 compute, so that a bfloat16 model neither hides nor fakes a mismatch
+    errors = run_once(
+        output_error,
+        {
+            "model_a": teacher.model.clone(dtype=jnp.float32),
+            "model_b": model.clone(dtype=jnp.float32),
+        },
+        variables_a=teacher.variables,
+        variables_b=variables,
+        xs=jnp.asarray(xs),
+    )
+    error = float(np.max(np.asarray(errors)))
+    noise = (widen or {}).get("noise", "split")
+    if not error < rtol and noise != "paper":
+        raise ValueError(
+            f"the network grown from {teacher.path} differs from it: relative error "
+            f"{error:.2e} >= rtol {rtol:.0e}; nothing saved"
+        )
+    provenance = {
+        "grown_from": str(teacher.path),
+        "teacher_step": teacher.step,
+        "teacher_model": model_config(teacher.model),
+        "widen": _jsonable(widen),
+        "deepen": _jsonable(deepen),
+        "relative_error": error,
+    }
+    path = save(
+        out,
+        model=model,
+        variables=variables,
+        step=0,
+        metadata={**provenance, **(metadata or {})},
+        input_shape=info.input_shape,
+    )
+    restored = restore(out, model=model)
+    same = jax.tree.all(
+        jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored.variables, variables)
+    )
+    if not same:
+        raise RuntimeError(f"{path} does not restore to the grown variables bitwise")
+    return Grown(model, variables, teacher, error, path)
+
+
+def _jsonable(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    if kwargs is None:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}

@@ -178,25 +178,6 @@ def count_params(variables: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
 
 
-#: XLA options for programs that run once: skip the expensive optimisation passes.
-ONE_SHOT_COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
-
-
-def run_once(fn: Callable[..., Any], static: dict[str, Any], **dynamic: Any) -> Any:
-    """``fn(**static, **dynamic)`` as one program compiled without XLA's slow passes.
-
-    Growing a network runs once: compiled whole it is several times faster than op by op,
-    and skipping the optimisation passes cuts the compile time several-fold again.
-    """
-    import jax
-
-    lowered = jax.jit(fn, static_argnames=tuple(static)).lower(**static, **dynamic)
-    return lowered.compile(compiler_options=ONE_SHOT_COMPILER_OPTIONS)(**dynamic)
-
-
 # --- grow ------------------------------------------------------------------------------
 
 
@@ -231,9 +212,8 @@ def _add_grow(sub: Any) -> None:
     p.set_defaults(func=cmd_grow)
 
 
-def grow_checkpoint(
-    source: str | pathlib.Path,
-    out: str | pathlib.Path,
+def growth_kwargs(
+    model: Any,
     *,
     widen: str | None = None,
     widen_hidden: str | None = None,
@@ -241,122 +221,63 @@ def grow_checkpoint(
     deepen_hidden: int | None = None,
     noise: str = "split",
     noise_scale: float = 0.1,
-    seed: int = 0,
-    step: int | None = None,
-    rtol: float = 1e-5,
-    check_batches: int = 2,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Restores ``source``, grows it, checks function preservation, saves it to ``out``.
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(widen kwargs, deepen kwargs)`` for ``checkpoint.grow_checkpoint`` from CLI strings.
 
-    Returns:
-      ``{'model', 'variables', 'teacher_model', 'relative_error', 'path'}``.
-
-    Raises:
-      ValueError: nothing to grow, bad sizes, or a grown network whose outputs differ by
-        ``rtol`` or more (unless ``noise='paper'``, which is reported as not exact).
+    Deepening follows widening, so ``'+N'`` counts the teacher's depths.
     """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import jnet2net
-    from jnet2net import checkpoint
-
-    if widen is None and widen_hidden is None and deepen is None and deepen_hidden is None:
-        raise ValueError("nothing to grow: pass --widen and/or --deepen")
-    teacher = checkpoint.restore(source, step=step)
-    info = checkpoint.checkpoint_info(source, step=teacher.step)
-    log(f"teacher {teacher.path}: {describe(teacher.model)}, step {teacher.step}")
-    model, variables = teacher.model, teacher.variables
-    widen_key, deepen_key = jax.random.split(jax.random.key(seed))
+    widen_kwargs = deepen_kwargs = None
     if widen is not None or widen_hidden is not None:
-        kwargs = {} if widen is None else widening_sizes(model, widen)
+        widen_kwargs = {} if widen is None else widening_sizes(model, widen)
         if widen_hidden is not None:
-            kwargs["hidden_widths"] = parse_widths(
+            widen_kwargs["hidden_widths"] = parse_widths(
                 widen_hidden, getattr(model, "hidden_widths", ()), what="widen-hidden"
             )
-        static = {"model": model, "noise": noise, "noise_scale": noise_scale, **kwargs}
-        model, variables = run_once(jnet2net.widen, static, variables=variables, key=widen_key)
+        widen_kwargs.update(noise=noise, noise_scale=noise_scale)
     if deepen is not None or deepen_hidden is not None:
-        depths = None if deepen is None else parse_depths(deepen, model.stage_depths)
-        static = {"model": model, "depths": depths, "hidden_depths": deepen_hidden}
-        model, variables = run_once(jnet2net.deepen, static, variables=variables, key=deepen_key)
-    # Compare in float32 so that a bfloat16 compute dtype does not hide (or fake) a mismatch.
-    rng = np.random.default_rng(seed)
-    xs = rng.standard_normal((check_batches, 8, *info.input_shape[1:]), np.float32)
-    errors = jnet2net.output_error(
-        teacher.model.clone(dtype=jnp.float32),
-        teacher.variables,
-        model.clone(dtype=jnp.float32),
-        variables,
-        xs,
-    )
-    error = float(np.max(np.asarray(errors)))
-    exact = error < rtol
-    log(
-        f"student: {describe(model)}, {count_params(teacher.variables):,} -> "
-        f"{count_params(variables):,} params"
-    )
-    verdict = "preserved" if exact else "NOT preserved"
-    log(f"function {verdict}: max relative output error {error:.2e} (rtol {rtol:.0e})")
-    if not exact and noise != "paper":
-        raise ValueError(
-            f"the grown network differs from {teacher.path}: relative error {error:.2e} >= "
-            f"rtol {rtol:.0e}; nothing saved"
-        )
-    metadata = {
-        "grown_from": str(teacher.path),
-        "teacher_step": teacher.step,
-        "teacher_model": jnet2net.model_config(teacher.model),
-        "widen": widen,
-        "widen_hidden": widen_hidden,
-        "deepen": deepen,
-        "deepen_hidden": deepen_hidden,
-        "noise": noise,
-        "seed": seed,
-        "relative_error": error,
-    }
-    path = checkpoint.save(
-        out,
-        model=model,
-        variables=variables,
-        step=0,
-        metadata=metadata,
-        input_shape=info.input_shape,
-    )
-    restored = checkpoint.restore(out, model=model)
-    same = jax.tree.all(
-        jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored.variables, variables)
-    )
-    if not same:
-        raise RuntimeError(f"{path} does not restore to the grown variables bitwise")
-    log(f"saved {path} (restores bitwise)")
-    return {
-        "model": model,
-        "variables": variables,
-        "teacher_model": teacher.model,
-        "relative_error": error,
-        "path": path,
-    }
+        deepen_kwargs = {
+            "depths": None if deepen is None else parse_depths(deepen, model.stage_depths),
+            "hidden_depths": deepen_hidden,
+        }
+    return widen_kwargs, deepen_kwargs
 
 
 def cmd_grow(args: argparse.Namespace) -> int:
     """``jnet2net grow``."""
-    grow_checkpoint(
-        args.source,
-        args.out,
+    import jax
+
+    from jnet2net import checkpoint
+
+    sizes = (args.widen, args.widen_hidden, args.deepen, args.deepen_hidden)
+    if all(size is None for size in sizes):
+        raise ValueError("nothing to grow: pass --widen and/or --deepen")
+    info = checkpoint.checkpoint_info(args.source, step=args.step)
+    print(f"teacher {info.path}: {describe(info.model)}, step {info.step}")
+    widen, deepen = growth_kwargs(
+        info.model,
         widen=args.widen,
         widen_hidden=args.widen_hidden,
         deepen=args.deepen,
         deepen_hidden=args.deepen_hidden,
         noise=args.noise,
         noise_scale=args.noise_scale,
-        seed=args.seed,
-        step=args.step,
-        rtol=args.rtol,
-        check_batches=args.check_batches,
     )
+    grown = checkpoint.grow_checkpoint(
+        args.source,
+        args.out,
+        key=jax.random.key(args.seed),
+        widen=widen,
+        deepen=deepen,
+        step=info.step,
+        rtol=args.rtol,
+        num_check_batches=args.check_batches,
+        metadata={"seed": args.seed},
+    )
+    before, after = count_params(grown.teacher.variables), count_params(grown.variables)
+    print(f"student: {describe(grown.model)}, {before:,} -> {after:,} params")
+    exact = "preserved" if grown.relative_error < args.rtol else "NOT preserved (noise=paper)"
+    print(f"function {exact}: max relative output error {grown.relative_error:.2e}")
+    print(f"saved {grown.path} (restores bitwise)")
     return 0
 
 
@@ -647,15 +568,29 @@ def _add_plot(sub: Any) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def run_log(path: str | pathlib.Path) -> pathlib.Path:
+    """A run directory's ``metrics.jsonl``, or ``path`` itself when it is a file."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (pass run directories or JSONL logs)")
+    return path
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``jnet2net plot``."""
     from jnet2net import plot
 
-    labels = None if args.labels is None else [s.strip() for s in args.labels.split(",")]
-    if labels is not None and len(labels) != len(args.runs):
+    if args.labels is None:
+        labels = [pathlib.Path(r).name if pathlib.Path(r).is_dir() else None for r in args.runs]
+        labels = [label or pathlib.Path(r).stem for label, r in zip(labels, args.runs, strict=True)]
+    else:
+        labels = [s.strip() for s in args.labels.split(",")]
+    if len(labels) != len(args.runs):
         raise ValueError(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
-    out = plot.plot_runs(args.runs, args.out, labels=labels)
-    print(f"wrote {out or args.out}")
+    out = plot.plot_runs([run_log(r) for r in args.runs], args.out, labels=labels)
+    print(f"wrote {out}")
     return 0
 
 
