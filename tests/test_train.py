@@ -340,6 +340,12 @@ def test_fit_rejects_bad_inputs(digits):
         train.fit(MODEL, train_set, test_set, CONFIG.to_dict())
     with pytest.raises(TypeError, match=r"train must be a jnet2net\.data\.Dataset"):
         train.fit(MODEL, (train_set.images, train_set.labels), test_set, CONFIG)
+    state = train.create_train_state(MODEL, CONFIG, train_set.images, steps_per_epoch=3)
+    wide = models.ResNet((1,), (6,), num_classes=10)
+    with pytest.raises(ValueError, match=r"variables do not match ResNet: .* needs \(6,\)"):
+        train.fit(wide, train_set, test_set, CONFIG, state=state)
+    with pytest.raises(TypeError, match="state must be a jnet2net TrainState, got dict"):
+        train.fit(MODEL, train_set, test_set, CONFIG, state=state.variables)
     with pytest.raises(ValueError, match=r"stop_at_accuracy must lie in \(0, 1\]"):
         train.fit(MODEL, train_set, test_set, CONFIG, stop_at_accuracy=50)
 

@@ -26,6 +26,7 @@ from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
 from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
 from jnet2net.train.state import TrainState, cached_call, create_train_state
 from jnet2net.train.steps import make_indexed_eval_step, make_indexed_train_step
+from jnet2net.variables import check_variables
 
 Record = dict[str, Any]
 
@@ -274,6 +275,8 @@ def fit(
         )
     elif not isinstance(state, TrainState):
         raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
+    elif hasattr(model, "example_input"):
+        check_variables(model, state.variables)
     state = put_replicated(state, mesh)
     start = int(state.step)
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)

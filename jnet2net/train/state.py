@@ -96,7 +96,7 @@ def create_train_state(
     if variables is None:
         key = stream_key(config.seed, "init") if key is None else key
         variables = init_variables(model, example_images, key=key)
-    else:
+    elif hasattr(model, "example_input"):  # jnet2net models: name the mismatched leaf
         check_variables(model, variables)
     tx = make_optimizer(config, steps_per_epoch) if tx is None else tx
     state = TrainState.create(
