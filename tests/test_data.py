@@ -88,6 +88,20 @@ def test_missing_tfds_dataset_says_how_to_prepare_it(tmp_path):
     assert "digits" in message
 
 
+def test_failed_download_reports_the_cause(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to reach storage.googleapis.com")
+
+    monkeypatch.setattr(tfds, "data_source", offline)  # never touch the network in tests
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load("cifar10", "train", data_dir=tmp_path, download=True)
+    message = str(info.value)
+    assert "download=True was given, but downloading or preparing failed" in message
+    assert "tensorflow-datasets said: ConnectionError: Failed to reach" in message
+
+
 def test_tfds_mock_data_loads_images_and_labels():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):

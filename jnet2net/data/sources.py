@@ -248,7 +248,10 @@ def _not_found_message(name: str, split: str, data_dir: Any, download: bool) -> 
         "(see jnet2net.data.load_npz).",
     ]
     if download:
-        lines.append("download=True was given, but downloading failed (it needs internet).")
+        lines.append(
+            "download=True was given, but downloading or preparing failed (it needs internet, "
+            "and tensorflow-datasets needs TensorFlow to prepare most datasets)."
+        )
     else:
         lines.append("Or pass download=True to let tensorflow-datasets fetch it (needs internet).")
     lines.append("The 'digits' dataset needs no download.")
@@ -274,7 +277,11 @@ def _load_tfds(name: str, split: str, *, data_dir: Any, download: bool) -> Datas
     except Exception as err:
         builder = _builder_or_none(tfds, name, data_dir)
         if builder is None or not builder.is_prepared():
-            raise DatasetNotFoundError(_not_found_message(name, split, data_dir, download)) from err
+            message = _not_found_message(name, split, data_dir, download)
+            if download:
+                cause = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+                message += f"\ntensorflow-datasets said: {type(err).__name__}: {cause}"
+            raise DatasetNotFoundError(message) from err
         if "array_record" not in str(builder.info.file_format).lower():
             return _load_tfds_with_tensorflow(tfds, name, split, data_dir)
         raise
