@@ -14,6 +14,7 @@ from jnet2net.data.sources import (
     load,
     load_digits,
     load_npz,
+    parse_split,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "load_digits",
     "load_npz",
     "normalize",
+    "parse_split",
     "random_crop",
     "random_flip",
 ]
