@@ -2,7 +2,18 @@
 
 Scores say how much each layer's parameters still change; a policy drops a contiguous
 prefix from training; the dropped prefix runs without gradient (or from a cache of its
-outputs) and only the suffix is differentiated and optimised.
+outputs) and only the suffix is differentiated and optimised::
+
+    from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
+
+    result = fit_scale_down(model, train, test, TrainConfig(epochs=30),
+                            ScaleDownConfig(mode="cache"), variables=grown_variables)
+    result.variables                  # the whole network, for model.apply
+    result.history[-1]["cut"]         # layers dropped from training
+    result.summary["flops_saved"], result.summary["speedup_estimate"]
+
+``ScaleDownConfig(max_frozen=0)`` trains the full network with the same loop and log:
+the baseline to compare with.
 """
 
 from jnet2net.scale_down.cache import ActivationCache

@@ -56,8 +56,13 @@ from jnet2net.train.loop import (
 )
 from jnet2net.train.optim import make_schedule
 from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
-from jnet2net.train.sharding import batch_sharding, check_batch_size, data_mesh, put_replicated
-from jnet2net.train.sharding import replicated as replicated_sharding
+from jnet2net.train.sharding import (
+    batch_sharding,
+    check_batch_size,
+    data_mesh,
+    put_replicated,
+    replicated,
+)
 from jnet2net.train.state import TrainState, create_train_state
 from jnet2net.train.steps import (
     TRACE_COUNTS,
@@ -173,7 +178,7 @@ def make_scaled_train_step(
     step = cached_step if cached else nograd_step
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
-    rep = replicated_sharding(mesh)
+    rep = replicated(mesh)
     return jax.jit(step, donate_argnums=0, in_shardings=rep, out_shardings=(rep, rep))
 
 
@@ -500,9 +505,7 @@ def fit_scale_down(
 
     # --- device data and evaluation
     images, labels = put_replicated((train.images, train.labels), mesh)
-    permutation = jax.jit(
-        epoch_permutation, static_argnums=(0, 2), out_shardings=replicated_sharding(mesh)
-    )
+    permutation = jax.jit(epoch_permutation, static_argnums=(0, 2), out_shardings=replicated(mesh))
     eval_set, eval_step = None, None
     if test is not None:
         eval_batch = eval_batch_size(train_config.eval_batch_size, len(test), mesh)
