@@ -1,0 +1,320 @@
+"""Shared pieces of the experiment scripts: data by name, timed training runs, tables, plots.
+
+Every script in ``experiments/`` trains with :func:`jnet2net.train.fit` through
+:func:`train_run`, which returns a :class:`Run` (per-epoch curve of test accuracy against
+steps and training seconds), and writes its outputs with :func:`write_json`,
+:func:`markdown_table` and :func:`plot_curves` / :func:`plot_budget`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+import jnet2net
+from jnet2net import data as data_lib
+from jnet2net.train import TrainConfig, fit
+
+#: The label every result of a CPU run on the digits set carries.
+REDUCED_NOTE = "reduced run on digits, CPU (2 cores), not the CIFAR-10 protocol"
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def load_data(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    npz: str | None = None,
+    train_limit: int | None = None,
+) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+    """``(train, test)`` of dataset ``name`` (``'digits'``, ``'cifar10'``, ...).
+
+    Args:
+      name: a name known to ``jnet2net.data.load``.
+      data_dir: a tfds data dir or a folder with ``<name>_jpeg.npz`` (``None``: tfds' default).
+      npz: an ``.npz`` pack to read instead (``jnet2net.data.load_npz``).
+      train_limit: keep only the first ``n`` training examples (smoke tests).
+    """
+    if npz:
+        train = data_lib.load_npz(npz, "train", name=name)
+        test = data_lib.load_npz(npz, "test", name=name)
+    else:
+        train = data_lib.load(name, "train", data_dir=data_dir)
+        test = data_lib.load(name, "test", data_dir=data_dir)
+    if train_limit:
+        train = train.take(int(train_limit))
+    return train, test
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--dataset --data-dir --npz --out --small --tiny --batch-size --seed``."""
+    parser.add_argument("--dataset", default="digits", help="digits (CPU) or cifar10 (GPU)")
+    parser.add_argument("--data-dir", default=None, help="tfds data dir or folder with the npz")
+    parser.add_argument("--npz", default=None, help="an npz pack, e.g. cifar10_jpeg.npz")
+    parser.add_argument("--out", default=None, help="output folder (default results/<dataset>)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default by device)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke mode: 1 epoch budgets, a few hundred images"
+    )
+
+
+# --- timed runs ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run's curve and totals.
+
+    Attributes:
+      label: legend name.
+      epochs: the schedule's length (the budget).
+      step: ``(n,)`` global step at each epoch's end.
+      train_s: ``(n,)`` training seconds so far: step time only (compiles and evaluation
+        excluded; the first step, which ``fit`` times with its compile, is counted at the
+        first epoch's mean step time).
+      test_acc: ``(n,)`` test accuracy after each epoch.
+      config: the TrainConfig as a dict (learning rate, warm-up, ...).
+      extra: anything else worth recording (e.g. the teacher's time).
+    """
+
+    label: str
+    epochs: int
+    step: list[int]
+    train_s: list[float]
+    test_acc: list[float]
+    config: dict[str, Any]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def final_acc(self) -> float:
+        """Test accuracy after the last epoch."""
+        return self.test_acc[-1]
+
+    @property
+    def total_s(self) -> float:
+        """Training seconds of the whole run."""
+        return self.train_s[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields plus ``final_acc`` and ``total_s``."""
+        out = dataclasses.asdict(self)
+        out.update(final_acc=self.final_acc, total_s=self.total_s)
+        return out
+
+
+def run_from_history(
+    label: str, epochs: int, history: list[dict[str, Any]], config: TrainConfig, **extra: Any
+) -> Run:
+    """A :class:`Run` from ``fit``'s per-epoch records (``epoch_s``, ``first_step_s``, ...)."""
+    seconds, total, previous_step = [], 0.0, 0
+    for index, record in enumerate(history):
+        epoch_s = record["epoch_s"]
+        steps = record["step"] - previous_step
+        if index == 0 and steps > 1:  # fit keeps the first step (compile) out of epoch_s
+            epoch_s *= steps / (steps - 1)
+        total += epoch_s
+        previous_step = record["step"]
+        seconds.append(total)
+    return Run(
+        label=label,
+        epochs=epochs,
+        step=[int(r["step"]) for r in history],
+        train_s=seconds,
+        test_acc=[float(r["test_acc"]) for r in history],
+        config=config.to_dict(),
+        extra=extra,
+    )
+
+
+def train_run(
+    label: str,
+    model: Any,
+    train: data_lib.Dataset,
+    test: data_lib.Dataset,
+    config: TrainConfig,
+    *,
+    variables: Any = None,
+    **extra: Any,
+) -> tuple[Run, Any]:
+    """Trains with ``jnet2net.train.fit`` and returns ``(run, final_variables)``."""
+    result = fit(model, train, test, config, variables=variables)
+    run = run_from_history(label, config.epochs, result.history, config, **extra)
+    print(
+        f"  {label:<28} epochs={config.epochs:<3} acc={run.final_acc:.4f} "
+        f"train_s={run.total_s:.1f}",
+        flush=True,
+    )
+    return run, jax.device_get(result.state.variables)
+
+
+def first_reaching(run: Run, target: float) -> tuple[int | None, float | None]:
+    """``(step, train_s)`` of the first epoch whose test accuracy is ``>= target``."""
+    for step, seconds, acc in zip(run.step, run.train_s, run.test_acc, strict=True):
+        if acc >= target:
+            return step, seconds
+    return None, None
+
+
+# --- provenance ---------------------------------------------------------------------------
+
+
+def environment(note: str | None = None) -> dict[str, Any]:
+    """Command, device, date (UTC) and versions of this process, for every results file."""
+    import flax
+    import optax
+
+    device = jax.devices()[0]
+    info = {
+        "command": " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+        if sys.argv and sys.argv[0]
+        else "",
+        "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "jnet2net": jnet2net.__version__,
+    }
+    if note:
+        info["note"] = note
+    return info
+
+
+def default_dtype() -> str:
+    """``'bfloat16'`` on an accelerator, ``'float32'`` on CPU."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def out_dir(script_file: str, dataset: str, out: str | None) -> pathlib.Path:
+    """``out`` or ``<script folder>/results/<dataset>``, created."""
+    path = pathlib.Path(out) if out else pathlib.Path(script_file).parent / "results" / dataset
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> pathlib.Path:
+    """Writes ``payload`` as indented JSON (numpy scalars converted)."""
+    path = pathlib.Path(path)
+    path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: floats rounded, ``None`` as an en dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table of ``rows`` under ``headers``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def provenance_md(env: dict[str, Any]) -> str:
+    """The provenance lines at the top of every ``table.md``."""
+    lines = [f"- {key}: `{value}`" for key, value in env.items() if key != "note"]
+    head = f"**{env['note']}**\n\n" if env.get("note") else ""
+    return head + "\n".join(lines) + "\n"
+
+
+def _figure(ncols: int, width: float = 5.5) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * ncols, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, ncols)
+
+
+def plot_curves(
+    runs: Sequence[Run], path: str | os.PathLike, *, title: str = "", offsets: Any = None
+) -> pathlib.Path:
+    """Test accuracy against steps (left) and training seconds (right).
+
+    ``offsets`` maps a run label to ``(steps, seconds)`` added before plotting (e.g. a
+    student's teacher time, so grown runs start where their teacher ended).
+    """
+    offsets = offsets or {}
+    figure, (by_step, by_time) = _figure(2)
+    for run in runs:
+        d_step, d_s = offsets.get(run.label, (0, 0.0))
+        steps = np.asarray(run.step) + d_step
+        seconds = np.asarray(run.train_s) + d_s
+        by_step.plot(steps, run.test_acc, marker="o", markersize=3, label=run.label)
+        by_time.plot(seconds, run.test_acc, marker="o", markersize=3, label=run.label)
+    by_step.set_xlabel("training step")
+    by_time.set_xlabel("training seconds")
+    by_step.set_ylabel("test accuracy")
+    for axes in (by_step, by_time):
+        axes.grid(True, alpha=0.3)
+    by_time.legend(loc="lower right", fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="small")
+    return _save(figure, path)
+
+
+def plot_budget(
+    series: dict[str, Sequence[tuple[int, float, float]]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> pathlib.Path:
+    """Final test accuracy against the epoch budget (left) and total seconds (right).
+
+    ``series`` maps a label to ``(epochs, seconds, final_acc)`` points.
+    """
+    figure, (by_epochs, by_time) = _figure(2)
+    for label, points in series.items():
+        points = sorted(points)
+        by_epochs.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+        by_time.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=label)
+    by_epochs.set_xlabel("epoch budget (full schedule each)")
+    by_time.set_xlabel("training seconds (teacher included for grown runs)")
+    by_epochs.set_ylabel("final test accuracy")
+    for axes in (by_epochs, by_time):
+        axes.grid(True, alpha=0.3)
+    by_time.legend(loc="lower right", fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="small")
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
