@@ -20,7 +20,7 @@ from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down import fit_scale_down, make_scaled_train_step, move_cut
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
-from jnet2net.scale_down.policy import cut_limit, initial_policy, update_policy
+from jnet2net.scale_down.policy import cut_limit, initial_policy, replay_policy, update_policy
 from jnet2net.scale_down.scores import (
     empty_history,
     layer_change_scores,
@@ -151,6 +151,15 @@ def test_policy_freezes_in_prefix_order_and_never_the_head():
     # l0 quiet at checks 3, 4 -> cut 2 at once (l1 long quiet); l2 quiet at 5, 6 -> 3.
     assert cuts == [0, 0, 0, 2, 2, 3, 3, 3]
     assert max(cuts) == cut_limit(len(names), POLICY) == 3  # head never dropped
+
+
+def test_replay_policy_reads_a_recorded_history_check_by_check():
+    names = ("l0", "l1", "l2", "head")
+    levels = [[0.9, 0.1, 0.9, 0.1], [0.8, 0.1, 0.8, 0.1], [0.2, 0.1, 0.7, 0.1]]
+    levels += [[0.1, 0.1, 0.6, 0.1], [0.1, 0.1, 0.3, 0.1]] + [[0.1, 0.1, 0.3, 0.1]] * 3
+    history = _history_of(levels, names)[-1]
+    replayed = replay_policy(history, POLICY)
+    assert replayed == list(enumerate([0, 0, 0, 0, 2, 2, 3, 3, 3]))
 
 
 def test_policy_waits_for_warmup_and_respects_max_frozen():

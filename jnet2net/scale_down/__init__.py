@@ -26,7 +26,13 @@ from jnet2net.scale_down.loop import (
     move_cut,
     suffix_update_fn,
 )
-from jnet2net.scale_down.policy import PolicyState, initial_policy, update_policy
+from jnet2net.scale_down.policy import (
+    PolicyState,
+    cut_limit,
+    initial_policy,
+    replay_policy,
+    update_policy,
+)
 from jnet2net.scale_down.scores import (
     ScoreHistory,
     empty_history,
@@ -50,6 +56,7 @@ __all__ = [
     "ScoreHistory",
     "StepFlops",
     "cache_flops",
+    "cut_limit",
     "empty_history",
     "fit_scale_down",
     "flops_from_cost",
@@ -60,6 +67,7 @@ __all__ = [
     "move_cut",
     "prefix_apply",
     "record_scores",
+    "replay_policy",
     "shrink_opt_state",
     "split_variables",
     "step_flops",

@@ -3,9 +3,10 @@
 Every count comes from ``jax.jit(f).lower(...).compile().cost_analysis()`` (or the
 lowered, not yet optimised, module's analysis, which needs no compile) on abstract,
 unsharded inputs, so nothing is allocated or run and the counts are for the whole batch
-(the analysis of a step compiled for a mesh reports one device's share). jax 0.10 returns a dict with a ``'flops'`` entry;
-older versions a list of such dicts (one per program), some backends ``None``:
-:func:`flops_from_cost` reads all of them and gives ``nan`` when no count is reported.
+(the analysis of a step compiled for a mesh reports one device's share). jax 0.10
+returns a dict with a ``'flops'`` entry; older versions a list of such dicts (one per
+program), some backends ``None``: :func:`flops_from_cost` reads all of them and gives
+``nan`` when no count is reported.
 """
 
 from __future__ import annotations

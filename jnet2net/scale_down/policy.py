@@ -74,3 +74,24 @@ def update_policy(
         cut += 1
     quiet[:cut] = 0
     return PolicyState(cut, quiet)
+
+
+def replay_policy(history: ScoreHistory, config: ScaleDownConfig) -> list[tuple[int, int]]:
+    """The cut after each check if ``config``'s policy had read ``history`` as it was recorded.
+
+    Tunes thresholds offline from one recorded run (e.g. with ``max_frozen=0``, which
+    scores every layer throughout). Only an estimate: a real cut changes how the layers
+    after it learn.
+
+    Returns:
+      ``[(step, cut), ...]``, one per check.
+    """
+    state = initial_policy(len(history.names))
+    cuts = []
+    for i, step in enumerate(history.steps):
+        upto = ScoreHistory(
+            history.names, history.steps[: i + 1], history.raw[: i + 1], history.smoothed[: i + 1]
+        )
+        state = update_policy(state, upto, int(step), config)
+        cuts.append((int(step), state.cut))
+    return cuts
