@@ -1,4 +1,4 @@
-"""The ``jnet2net`` command line: ``demo``, ``train``, ``grow``, ``eval``, ``plot``.
+"""The ``jnet2net`` command line: ``demo``, ``train``, ``grow``, ``transfer``, ``eval``, ``plot``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     jnet2net train --arch resnet20 --width-mult 0.5 --dataset digits --epochs 5 --out runs/t
     jnet2net grow --from runs/t --widen 2x --deepen +1 --out runs/grown
     jnet2net train --from runs/grown --dataset digits --epochs 5 --out runs/student
+    jnet2net transfer --from runs/t --to resnet32 --width-mult 0.5 --out runs/t32
+    jnet2net train --arch vgg11 --dataset cifar10 --data-dir D --scale-down --out runs/ld
     jnet2net eval --from runs/student --dataset digits
     jnet2net plot runs/t runs/student --out curves.png
 
@@ -16,6 +18,7 @@ Every command is a thin layer over the library (``jnet2net.checkpoint``, ``jnet2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -357,6 +360,17 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    sd = p.add_argument_group("training-time scale-down (Learn&Drop)")
+    sd.add_argument(
+        "--scale-down",
+        action="store_true",
+        help="drop the layers that stopped learning from training (jnet2net.scale_down)",
+    )
+    sd.add_argument(
+        "--scale-json",
+        default=None,
+        help='ScaleDownConfig fields as JSON, e.g. \'{"mode": "cache", "check_every": 50}\'',
+    )
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, help="run directory: checkpoints + metrics.jsonl")
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -458,6 +472,15 @@ def train_run(args: argparse.Namespace) -> Any:
                 args.arch, args.arch_json, args.width_mult, train_set.num_classes
             )
             print(f"new network: {describe(model)}")
+    if args.scale_down:
+        if resuming:
+            raise ValueError(
+                "a --scale-down run cannot be resumed (its frozen prefix is not a train "
+                "state); start a new --out, e.g. --from its last checkpoint"
+            )
+        return _train_scale_down(args, model, train_set, test_set, config, variables, metadata)
+    if args.scale_json:
+        raise ValueError("--scale-json configures --scale-down; pass --scale-down too")
     keep = None if args.keep == 0 else args.keep
     save_epoch = checkpoint.epoch_saver(
         out,
@@ -486,6 +509,74 @@ def train_run(args: argparse.Namespace) -> Any:
     return result
 
 
+def scale_down_config(text: str | None) -> Any:
+    """A ``ScaleDownConfig`` from ``--scale-json`` (``None``: the defaults)."""
+    from jnet2net.scale_down import ScaleDownConfig
+
+    try:
+        fields = json.loads(text) if text else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--scale-json is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--scale-json must be a JSON object, got {text!r}")
+    known = {f.name for f in dataclasses.fields(ScaleDownConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown ScaleDownConfig fields {unknown}; known: {sorted(known)}")
+    return ScaleDownConfig(**fields)
+
+
+def _train_scale_down(
+    args: argparse.Namespace,
+    model: Any,
+    train_set: Any,
+    test_set: Any,
+    config: Any,
+    variables: Any,
+    metadata: dict[str, Any],
+) -> Any:
+    """``train --scale-down``: Learn&Drop training; the whole network is saved at the end."""
+    from jnet2net import checkpoint, scale_down
+
+    scale_config = scale_down_config(args.scale_json)
+
+    def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
+        trained = record.get("trained_layers")
+        print(format_record(record, config.epochs) + f" cut {record.get('cut')} trained {trained}")
+
+    result = scale_down.fit_scale_down(
+        model,
+        train_set,
+        test_set,
+        config,
+        scale_config,
+        variables=variables,
+        on_epoch_end=on_epoch_end,
+    )
+    summary = json.loads(json.dumps(result.summary, default=str))
+    path = checkpoint.save(
+        args.out,
+        model=model,
+        variables=result.variables,
+        step=int(result.history[-1]["step"]),
+        train_config=config,
+        metadata={
+            **metadata,
+            "scale_down": dataclasses.asdict(scale_config),
+            "cut": result.cut,
+            "summary": summary,
+        },
+        input_shape=train_set.image_shape,
+    )
+    saved = summary.get("forward_flops_saved")
+    saved_text = "n/a" if saved is None else f"{saved:.1%}"
+    print(
+        f"scale-down: cut {result.cut} (frozen {summary.get('frozen')}), forward FLOPs saved "
+        f"{saved_text}; saved {path} (variables only: not resumable)"
+    )
+    return result
+
+
 def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> int:
     """The batch size the run uses (a resumed run keeps its own)."""
     from jnet2net import checkpoint
@@ -506,6 +597,97 @@ def format_record(record: dict[str, Any], epochs: int) -> str:
     if record.get("test_acc") is not None:
         text += f" test_loss {record['test_loss']:.3f} test_acc {record['test_acc']:.3f}"
     return text + f" ({record['wall_s']:.1f} s)"
+
+
+# --- transfer --------------------------------------------------------------------------
+
+
+def _add_transfer(sub: Any) -> None:
+    p = sub.add_parser(
+        "transfer",
+        help="initialise another architecture from a checkpoint (weight reuse), save it",
+        description=(
+            "Restore a checkpoint and build variables for another VGG/ResNet of the same "
+            "family (deeper or shallower, wider or narrower, other kernel sizes or classes) "
+            "that reuse its weights (jnet2net.reuse.transfer); print what was reused and save "
+            "the result as a new checkpoint at step 0. A superset architecture computes the "
+            "same function (the relative error is printed)."
+        ),
+    )
+    p.add_argument("--from", dest="source", required=True, help="checkpoint (run) directory")
+    p.add_argument("--step", type=int, default=None, help="step to restore (default: latest)")
+    p.add_argument("--to", default=None, help="destination preset: resnet32, vgg13, ...")
+    p.add_argument("--arch-json", default=None, help="architecture JSON or --to overrides")
+    p.add_argument("--width-mult", type=float, default=None, help="scale every width field")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the source's")
+    p.add_argument("--depth-map", choices=("proportional", "append"), default="proportional")
+    p.add_argument("--fill", choices=("identity", "repeat"), default="identity")
+    p.add_argument("--shrink", choices=("evenly", "first", "last"), default="evenly")
+    p.add_argument("--noise", choices=NOISES, default="split")
+    p.add_argument("--noise-scale", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", action="store_true", help="print the per-leaf report")
+    p.add_argument("--out", required=True, help="new checkpoint directory")
+    p.set_defaults(func=cmd_transfer)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """``jnet2net transfer``."""
+    import jax
+    import numpy as np
+
+    from jnet2net import checkpoint, model_config, output_error
+    from jnet2net.reuse import transfer
+
+    if checkpoint.latest_step(args.out) is not None:
+        raise ValueError(f"{args.out} already holds a checkpoint")
+    src = checkpoint.restore(args.source, step=args.step)
+    info = checkpoint.checkpoint_info(args.source, step=src.step)
+    classes = src.model.num_classes if args.num_classes is None else args.num_classes
+    dst_model = model_from_args(args.to, args.arch_json, args.width_mult, classes)
+    print(f"source {src.path}: {describe(src.model)}")
+    variables, report = transfer(
+        src.model,
+        src.variables,
+        dst_model,
+        key=jax.random.key(args.seed),
+        depth_map=args.depth_map,
+        fill=args.fill,
+        shrink=args.shrink,
+        noise=args.noise,
+        noise_scale=args.noise_scale,
+        input_shape=info.input_shape,
+    )
+    if args.report:
+        print(report)
+    print(
+        f"destination: {describe(dst_model)}, {count_params(variables):,} params, "
+        f"{report.reused_fraction:.1%} reused"
+    )
+    error = None
+    if report.function_preserving:
+        xs = np.random.default_rng(args.seed).standard_normal((2, 8, *info.input_shape[1:]))
+        errors = output_error(src.model, src.variables, dst_model, variables, xs.astype("float32"))
+        error = float(np.max(np.asarray(errors)))
+        print(f"function preserved: max relative output error {error:.2e}")
+    else:
+        print("function changed by: " + "; ".join(report.approximations))
+    path = checkpoint.save(
+        args.out,
+        model=dst_model,
+        variables=variables,
+        step=0,
+        metadata={
+            "transferred_from": str(src.path),
+            "source_model": model_config(src.model),
+            "reused_fraction": report.reused_fraction,
+            "approximations": list(report.approximations),
+            "relative_error": error,
+        },
+        input_shape=info.input_shape,
+    )
+    print(f"saved {path}")
+    return 0
 
 
 # --- eval ------------------------------------------------------------------------------
@@ -626,7 +808,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------------
 
 #: Subcommands in --help order: ``(name, adds its parser)``.
-COMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_train, _add_grow, _add_eval, _add_plot]
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_demo,
+    _add_train,
+    _add_grow,
+    _add_transfer,
+    _add_eval,
+    _add_plot,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

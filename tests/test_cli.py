@@ -39,9 +39,10 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ([], ["demo", "train", "grow", "eval", "plot"]),
+        ([], ["demo", "train", "grow", "transfer", "eval", "plot"]),
         (["demo"], ["--quick", "--epochs", "--out"]),
-        (["train"], ["--arch", "--arch-json", "--width-mult", "--from", "--resume", "--dtype"]),
+        (["train"], ["--arch", "--arch-json", "--from", "--resume", "--dtype", "--scale-down"]),
+        (["transfer"], ["--from", "--to", "--arch-json", "--depth-map", "--fill", "--out"]),
         (["grow"], ["--from", "--widen", "--deepen", "--noise", "--seed", "--out"]),
         (["eval"], ["--from", "--dataset", "--data-dir"]),
         (["plot"], ["runs", "--out", "--labels"]),
@@ -229,3 +230,38 @@ def test_plot_runs_and_logs(teacher_run: pathlib.Path, tmp_path: pathlib.Path, c
     assert f"wrote {png}" in capsys.readouterr().out
     assert cli.main(["plot", str(teacher_run), "--labels", "a,b", "--out", str(png)]) == 1
     assert "--labels has 2 entries for 1 runs" in capsys.readouterr().err
+
+
+def test_transfer_to_a_deeper_network(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "deeper"
+    dst = '{"stage_depths": [2, 1], "stage_widths": [4, 8]}'
+    args = ["transfer", "--from", str(teacher_run), "--to", "resnet20", "--arch-json", dst]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "destination: ResNet(depths=[2, 1], widths=[4, 8])" in printed
+    error = float(printed.split("max relative output error ")[1].split()[0])
+    assert error < 1e-5
+    restored = checkpoint.restore(out)
+    assert restored.model == jnet2net.ResNet(stage_depths=(2, 1), stage_widths=(4, 8))
+    assert restored.metadata["transferred_from"].startswith(str(teacher_run))
+    assert restored.metadata["approximations"] == []
+    assert cli.main([*args, "--out", str(out)]) == 1
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_train_scale_down(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "learn_drop"
+    scale = '{"check_every": 5, "warmup_steps": 0, "patience": 1, "flop_count": "off"}'
+    args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "1", "--out", str(out)]
+    assert cli.main([*args, *TRAIN, "--scale-down", "--scale-json", scale]) == 0
+    assert "scale-down: cut " in capsys.readouterr().out
+    restored = checkpoint.restore(out)
+    assert restored.step == STEPS_PER_EPOCH and restored.opt_state is None
+    assert restored.metadata["scale_down"]["check_every"] == 5
+    assert cli.main([*args, "--scale-json", "{}", "--out", str(tmp_path / "x")]) == 1
+    assert "--scale-json configures --scale-down" in capsys.readouterr().err
+    bad = ["--scale-down", "--scale-json", '{"every": 3}', "--out", str(tmp_path / "y")]
+    assert cli.main([*args[:-2], *bad]) == 1
+    assert "unknown ScaleDownConfig fields ['every']" in capsys.readouterr().err
