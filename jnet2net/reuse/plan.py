@@ -16,7 +16,9 @@ destination's depths.
    producer-kernel norm and fold each dropped unit's outgoing weights into the kept unit
    whose producer weights are most similar (``surgery.select_units`` /
    ``surgery.fold_dropped_units``). An identity layer follows the group that feeds it, so it
-   stays an identity.
+   stays an identity. Exact replicas (a group widened with ``noise='none'``) fold back into
+   their originals exactly; replicas made with ``noise='split'`` have different incoming
+   weights and count as distinct units.
 3. Shapes: conv kernels are centre-padded or centre-cropped to the destination's size
    (``surgery.resize_kernel``); the head keeps the columns of the classes both networks
    have (class ``i`` is class ``i``) and takes the others from the destination's
@@ -328,7 +330,8 @@ def _fill_gaps(
             fits = [
                 (k2, layout[other].source)
                 for k2, other in enumerate(names)
-                if layout[other].kind == "copy"
+                if layout[other] is not None
+                and layout[other].kind == "copy"
                 and _layer_shapes(src_flat, layout[other].source) == gap_shapes
             ]
             before = [f for f in fits if f[0] < k]

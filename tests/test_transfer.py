@@ -1,0 +1,501 @@
+"""Tests of jnet2net.reuse: transfer between similar VGGs and ResNets, and its report."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from flax.core import FrozenDict, freeze
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jnet2net
+from jnet2net.models import VGG, ResNet
+from jnet2net.reuse import stage_slots, transfer, transfer_plan
+from jnet2net.variables import flatten
+
+SIZE = 8  # images are SIZE x SIZE x 3
+FEW = settings(
+    max_examples=3,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def randomized(variables, seed: int = 0):
+    """Variables with every parameter perturbed and non-trivial BatchNorm statistics."""
+    flat = flatten(variables)
+    keys = jax.random.split(jax.random.key(seed), len(flat))
+    out = {}
+    for key, (path, leaf) in zip(keys, flat.items(), strict=True):
+        noise = jax.random.normal(key, leaf.shape)
+        if path[-1] == "var":
+            out[path] = jax.random.uniform(key, leaf.shape, minval=0.5, maxval=1.5)
+        elif path[-1] == "mean":
+            out[path] = 0.1 * noise
+        elif path[-1] == "scale":
+            out[path] = leaf + 0.2 * noise
+        else:
+            out[path] = leaf + 0.1 * noise
+    return traverse_util.unflatten_dict(out)
+
+
+def init(model, seed: int = 0):
+    """Randomised variables of ``model`` for SIZE x SIZE x 3 images."""
+    variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)))
+    return randomized(variables, seed)
+
+
+@functools.cache
+def images() -> jax.Array:
+    """Two batches of four random images: ``(2, 4, SIZE, SIZE, 3)``."""
+    return jax.random.normal(jax.random.key(42), (2, 4, SIZE, SIZE, 3))
+
+
+# Compiled growth (one program each instead of hundreds of eager ops).
+widen = jax.jit(
+    jnet2net.widen, static_argnames=("model", "widths", "hidden_widths", "inner_widths", "noise")
+)
+deepen = jax.jit(jnet2net.deepen, static_argnames=("model", "depths", "hidden_depths"))
+
+
+def max_error(src, src_vars, dst, dst_vars) -> float:
+    return float(jnp.max(jnet2net.output_error(src, src_vars, dst, dst_vars, images())))
+
+
+def check_result(src, src_vars, dst, dst_vars, report) -> None:
+    """Shapes fit, values finite, and the report accounts for every leaf and value."""
+    jnet2net.check_variables(dst, dst_vars)
+    chex.assert_tree_all_finite(dst_vars)
+    flat = flatten(dst_vars)
+    src_flat = flatten(src_vars)
+    assert sorted(row.path for row in report.rows) == sorted("/".join(p) for p in flat)
+    by_path = {"/".join(p): leaf for p, leaf in flat.items()}
+    for row in report.rows:
+        assert row.shape == by_path[row.path].shape, row
+        assert 0.0 <= row.fraction <= 1.0, row
+        if row.status == "fresh":
+            assert row.source is None and row.fraction == 0.0, row
+        else:
+            assert row.source is not None and row.fraction > 0.0, row
+        if row.status == "exact":
+            source = src_flat[tuple(row.source.split("/"))]
+            np.testing.assert_array_equal(by_path[row.path], source, err_msg=row.path)
+        if row.status == "transformed":
+            assert row.fraction == 1.0, row
+        if row.status == "partial":
+            assert row.fraction < 1.0, row
+    total = sum(leaf.size for leaf in flat.values())
+    params = sum(leaf.size for p, leaf in flat.items() if p[0] == "params")
+    totals = report.totals()
+    assert sum(leaves for leaves, _ in totals.values()) == len(flat)
+    assert sum(values for _, values in totals.values()) == total
+    assert report.parameter_count == params
+    assert 0.0 <= report.reused_fraction <= 1.0
+    assert report.function_preserving == (not report.approximations)
+
+
+# --- stage slots ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, m, depth_map, shrink, expected",
+    [
+        (2, 4, "proportional", "evenly", (0, None, 1, None)),
+        (3, 4, "proportional", "evenly", (0, 1, 2, None)),
+        (1, 3, "proportional", "evenly", (0, None, None)),
+        (2, 4, "append", "evenly", (0, 1, None, None)),
+        (5, 3, "proportional", "evenly", (0, 2, 4)),
+        (5, 3, "proportional", "first", (0, 1, 2)),
+        (5, 3, "proportional", "last", (0, 3, 4)),
+        (4, 1, "proportional", "last", (0,)),
+        (3, 3, "append", "first", (0, 1, 2)),
+        (0, 2, "proportional", "evenly", (None, None)),
+        (2, 0, "proportional", "evenly", ()),
+    ],
+)
+def test_stage_slots(n, m, depth_map, shrink, expected):
+    assert stage_slots(n, m, depth_map=depth_map, shrink=shrink) == expected
+
+
+@given(
+    n=st.integers(1, 12),
+    m=st.integers(1, 12),
+    depth_map=st.sampled_from(("proportional", "append")),
+    shrink=st.sampled_from(("evenly", "first", "last")),
+)
+def test_stage_slots_properties(n, m, depth_map, shrink):
+    slots = stage_slots(n, m, depth_map=depth_map, shrink=shrink)
+    assert len(slots) == m
+    assert slots[0] == 0  # the first layer (width / resolution change) always stays first
+    kept = [j for j in slots if j is not None]
+    assert kept == sorted(set(kept))  # increasing, no layer twice
+    assert set(kept) == set(range(min(n, m) if m >= n else n)) or m < n
+    if m >= n:
+        assert kept == list(range(n))
+    elif shrink == "evenly" and m > 1:
+        assert kept[-1] == n - 1
+
+
+def test_stage_slots_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="depth_map must be one of"):
+        stage_slots(2, 3, depth_map="middle")
+    with pytest.raises(ValueError, match="shrink must be one of"):
+        stage_slots(3, 2, shrink="random")
+    with pytest.raises(ValueError, match="dst_depth must be an int >= 0"):
+        stage_slots(2, -1)
+
+
+# --- bad pairs -----------------------------------------------------------------------------
+
+
+@functools.cache
+def small_vgg():
+    model = VGG((1, 1), (4, 6))
+    return model, init(model)
+
+
+@functools.cache
+def small_resnet():
+    model = ResNet((1, 1), (4, 6))
+    return model, init(model)
+
+
+@pytest.mark.parametrize(
+    "family, dst, message",
+    [
+        ("vgg", ResNet((1, 1), (4, 6)), r"cannot transfer VGG\(.*\) -> ResNet\(.*\): a VGG and a "),
+        ("resnet", VGG((1, 1), (4, 6)), r"a ResNet and a VGG have no layers in common"),
+        ("vgg", VGG((1, 1, 1), (4, 6, 8)), r"the source has 2 stages and the destination 3"),
+        ("resnet", ResNet((1,), (4,)), r"the source has 2 stages and the destination 1"),
+        ("vgg", VGG((1, 1), (4, 6), batch_norm=False), r"batch_norm=True -> False"),
+        (
+            "resnet",
+            ResNet((1, 1), (4, 6), block="bottleneck"),
+            r"block='basic' -> 'bottleneck'",
+        ),
+        ("resnet", ResNet((1, 1), (4, 6), stem_width=4), r"incompatible stems in ResNet\(.*"),
+    ],
+)
+def test_bad_pairs_are_named(family, dst, message):
+    src, variables = small_vgg() if family == "vgg" else small_resnet()
+    with pytest.raises(ValueError, match=message):
+        transfer(src, variables, dst, key=jax.random.key(0))
+
+
+def test_bad_inputs_are_named():
+    src, variables = small_vgg()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"reads 3 input channels but input_shape .* has 1"):
+        transfer(src, variables, VGG((2, 1), (4, 6)), key=key, input_shape=(1, SIZE, SIZE, 1))
+    with pytest.raises(ValueError, match=r"features of 8x8 images but input_shape .* is 16x16"):
+        transfer(src, variables, VGG((2, 1), (4, 6)), key=key, input_shape=(1, 16, 16, 3))
+    resnet, resnet_vars = small_resnet()
+    with pytest.raises(ValueError, match="reads 3 input channels"):
+        transfer(resnet, resnet_vars, resnet, key=key, input_shape=(1, 8, 8, 4))
+    with pytest.raises(TypeError, match="the destination is a Dense"):
+        transfer(src, variables, nn.Dense(3), key=key)
+    for option, value in (("fill", "zeros"), ("shrink", "middle"), ("noise", "loud")):
+        with pytest.raises(ValueError, match=f"{option} must be one of"):
+            transfer(src, variables, src, key=key, **{option: value})
+    flat = flatten(variables)
+    flat[("params", "stage0_layer0", "conv", "kernel")] = jnp.zeros((3, 3, 3, 5))
+    with pytest.raises(ValueError, match="params/stage0_layer0/conv/kernel has shape"):
+        transfer(src, traverse_util.unflatten_dict(flat), src, key=key)
+
+
+def test_even_kernel_cannot_take_identity_layers():
+    src = VGG((1, 1), (4, 6), kernel_size=2)
+    variables = init(src)
+    with pytest.raises(ValueError, match="kernel_size=2 is even, so a conv kernel has no centre"):
+        transfer(src, variables, VGG((2, 1), (4, 6), kernel_size=2), key=jax.random.key(0))
+
+
+# --- function-preserving transfers ---------------------------------------------------------
+
+
+def test_vgg_superset_matches_widen_then_deepen():
+    src = VGG((1, 2), (4, 6), hidden_widths=(5,))
+    dst = VGG((3, 3), (7, 9), hidden_widths=(8, 8))
+    variables = init(src)
+    key = jax.random.key(1)
+    dst_vars, report = transfer(src, variables, dst, key=key)
+    check_result(src, variables, dst, dst_vars, report)
+    assert report.function_preserving, report
+    wide_model, wide = widen(src, variables, key=key, widths=(7, 9), hidden_widths=(8,))
+    grown_model, grown = deepen(wide_model, wide, depths=(3, 3), hidden_depths=2)
+    assert grown_model == dst
+    error = max_error(src, variables, dst, dst_vars)
+    print(f"VGG superset: relative error {error:.2e}")
+    assert error < 1e-5
+    assert max_error(grown_model, grown, dst, dst_vars) < 1e-5  # transfer == widen + deepen
+    statuses = {row.path: row.status for row in report.rows}
+    assert statuses["params/stage0_layer1/conv/kernel"] == "fresh"  # identity layer
+    assert statuses["params/head/bias"] == "exact"
+    assert statuses["params/stage0_layer0/conv/kernel"] == "transformed"  # replicated
+
+
+def test_resnet_bottleneck_superset_with_larger_kernel_is_exact():
+    src = ResNet((1, 2), (8, 12), block="bottleneck", stem="imagenet", stem_width=4)
+    dst = ResNet((2, 3), (12, 12), block="bottleneck", stem="imagenet", stem_width=6, kernel_size=5)
+    variables = init(src)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(2))
+    check_result(src, variables, dst, dst_vars, report)
+    assert report.function_preserving, report
+    error = max_error(src, variables, dst, dst_vars)
+    print(f"ResNet bottleneck superset, kernel 3 -> 5: relative error {error:.2e}")
+    assert error < 1e-5
+    rows = {row.path: row for row in report.rows}
+    padded = rows["params/stage0_block0/conv2/kernel"]
+    assert padded.status == "partial" and padded.fraction == pytest.approx(9 / 25)
+    assert rows["params/stage0_block1/bn3/scale"].note.startswith("new block, scale 0")
+    np.testing.assert_array_equal(dst_vars["params"]["stage0_block1"]["bn3"]["scale"], 0.0)
+
+
+def test_widening_transfer_maps_params_like_variables_and_keeps_frozen_dicts():
+    src, variables = small_resnet()
+    dst = ResNet((1, 1), (6, 9), inner_widths=(5, 7))
+    plan = transfer_plan(src, freeze(variables), dst, key=jax.random.key(3), noise="none")
+    assert isinstance(plan.variables, FrozenDict)
+    assert plan.report.function_preserving
+    # No new leaves and no noise: moments are mapped exactly like the parameters.
+    chex.assert_trees_all_close(
+        plan.map_params(freeze(variables["params"])), plan.variables["params"]
+    )
+    flat = flatten(variables["params"])
+    with pytest.raises(ValueError, match="params/stem/conv/kernel has shape"):
+        plan.map_params(traverse_util.unflatten_dict({**flat, ("stem", "conv", "kernel"): flat[
+            ("head", "kernel")]}))  # fmt: skip
+    del flat[("head", "bias")]
+    with pytest.raises(ValueError, match="params/head/bias is missing"):
+        plan.map_params(traverse_util.unflatten_dict(flat))
+
+
+# --- approximate transfers -----------------------------------------------------------------
+
+
+def test_narrowing_a_widened_resnet_recovers_the_source():
+    """Exact replicas fold back into their originals: shrinking undoes a Net2Net widening.
+
+    (With ``noise='split'`` the replicas' incoming weights differ, so the weights no longer
+    show which units are replicas.)
+    """
+    src, variables = small_resnet()
+    wide_model, wide = widen(src, variables, key=jax.random.key(4), widths=(7, 10), noise="none")
+    grown_model, grown = deepen(wide_model, wide, depths=(2, 3), key=jax.random.key(5))
+    back, report = transfer(grown_model, grown, src, key=jax.random.key(6), shrink="first")
+    check_result(grown_model, grown, src, back, report)
+    assert not report.function_preserving
+    assert any("stage0_stream: 7 -> 4 units" in reason for reason in report.approximations)
+    error = max_error(src, variables, src, back)
+    print(f"widened + deepened ResNet narrowed back: relative error {error:.2e}")
+    assert error < 1e-4
+
+
+def test_shrinking_a_random_vgg_is_approximate_and_reported():
+    src = VGG((3, 2), (9, 12), hidden_widths=(8, 6))
+    dst = VGG((2, 1), (6, 8), hidden_widths=(5,))
+    variables = init(src)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(7))
+    check_result(src, variables, dst, dst_vars, report)
+    print(report)
+    reasons = "\n".join(report.approximations)
+    assert "stage 0: 3 -> 2 layers (shrink='evenly'): dropped stage0_layer1" in reasons
+    assert "hidden1 multiplied into head" in reasons
+    assert "stage0_layer0: 9 -> 6 units" in reasons
+    error = max_error(src, variables, dst, dst_vars)
+    print(f"random VGG shrunk: relative output error {error:.3f}")
+    assert np.isfinite(error)
+
+
+def test_dropped_dense_layers_are_multiplied_into_the_next():
+    src = VGG((1, 1), (4, 6), hidden_widths=(5, 7))
+    variables = init(src)
+    p = variables["params"]
+    dst = VGG((1, 1), (4, 6), hidden_widths=(5,))
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(8), shrink="first")
+    check_result(src, variables, dst, dst_vars, report)
+    head = dst_vars["params"]["head"]
+    chex.assert_trees_all_close(head["kernel"], p["hidden1"]["kernel"] @ p["head"]["kernel"])
+    chex.assert_trees_all_close(
+        head["bias"], p["hidden1"]["bias"] @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5
+    )
+    assert {row.path: row.status for row in report.rows}["params/head/kernel"] == "transformed"
+    # Without hidden layers everything is multiplied into the head.
+    none_vars, _ = transfer(src, variables, VGG((1, 1), (4, 6)), key=jax.random.key(8))
+    chex.assert_trees_all_close(
+        none_vars["params"]["head"]["kernel"],
+        p["hidden0"]["kernel"] @ p["hidden1"]["kernel"] @ p["head"]["kernel"],
+        rtol=1e-5,
+    )
+
+
+def test_num_classes_change_keeps_shared_columns():
+    src, variables = small_vgg()
+    head = variables["params"]["head"]
+    more, report = transfer(src, variables, src.clone(num_classes=13), key=jax.random.key(9))
+    check_result(src, variables, src.clone(num_classes=13), more, report)
+    np.testing.assert_array_equal(more["params"]["head"]["kernel"][:, :10], head["kernel"])
+    np.testing.assert_array_equal(more["params"]["head"]["bias"][:10], head["bias"])
+    assert float(jnp.abs(more["params"]["head"]["kernel"][:, 10:]).sum()) > 0  # initialised
+    row = {row.path: row for row in report.rows}["params/head/kernel"]
+    assert row.status == "partial" and row.fraction == pytest.approx(10 / 13)
+    assert report.approximations == (
+        "num_classes 10 -> 13: the head keeps the first 10 classes' columns, the other "
+        "classes are initialised",
+    )
+    fewer, report = transfer(src, variables, src.clone(num_classes=4), key=jax.random.key(9))
+    np.testing.assert_array_equal(fewer["params"]["head"]["kernel"], head["kernel"][:, :4])
+    logits = src.apply(variables, images()[0])
+    np.testing.assert_allclose(src.clone(num_classes=4).apply(fewer, images()[0]), logits[:, :4])
+
+
+def test_smaller_kernel_is_centre_cropped_and_reported():
+    src = VGG((1, 1), (4, 6), kernel_size=5)
+    variables = init(src)
+    dst = src.clone(kernel_size=3)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(10))
+    check_result(src, variables, dst, dst_vars, report)
+    np.testing.assert_array_equal(
+        dst_vars["params"]["stage0_layer0"]["conv"]["kernel"],
+        variables["params"]["stage0_layer0"]["conv"]["kernel"][1:4, 1:4],
+    )
+    assert report.approximations == ("kernel_size 5 -> 3: kernels centre-cropped",)
+    print(f"kernel 5 -> 3: relative error {max_error(src, variables, dst, dst_vars):.3f}")
+
+
+def test_repeat_fill_copies_neighbours_and_falls_back_to_new_blocks():
+    src = ResNet((2, 1), (4, 6))
+    variables = init(src)
+    dst = ResNet((4, 2), (4, 6))
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(11), fill="repeat")
+    check_result(src, variables, dst, dst_vars, report)
+    p, q = variables["params"], dst_vars["params"]
+    # Stage 0 (slots 0, -, 1, -): each gap repeats the nearest earlier block of its shape.
+    chex.assert_trees_all_equal(q["stage0_block1"], p["stage0_block0"])
+    chex.assert_trees_all_equal(q["stage0_block3"], p["stage0_block1"])
+    # Stage 1 has only its projection block, which cannot fill an identity-shortcut slot.
+    assert {row.path: row.note for row in report.rows}["params/stage1_block1/bn2/scale"] == (
+        "new block, scale 0: the block adds nothing"
+    )
+    assert report.approximations == (
+        "stage 0 (fill='repeat'): stage0_block1 repeats stage0_block0, stage0_block3 repeats "
+        "stage0_block1",
+    )
+    print(f"repeat fill: relative error {max_error(src, variables, dst, dst_vars):.3f}")
+
+
+def test_report_table_and_json():
+    src, variables = small_vgg()
+    dst = VGG((2, 1), (5, 4), num_classes=12)
+    _, report = transfer(src, variables, dst, key=jax.random.key(12))
+    table = str(report)
+    assert table == report.table()
+    lines = table.splitlines()
+    assert lines[0].startswith("transfer VGG(stage_depths=(1, 1)")
+    assert lines[2].split() == ["leaf", "shape", "status", "reused", "from", "/", "how"]
+    assert sum(line.startswith(("params/", "batch_stats/")) for line in lines) == len(report.rows)
+    assert "params/stage0_layer1/conv/kernel   3x3x5x5" in table
+    assert lines[-1 - len(report.approximations)] == "function-preserving: no"
+    assert any(line.startswith("totals: exact ") for line in lines)
+    data = json.loads(report.to_json())
+    assert data["function_preserving"] is False
+    assert len(data["rows"]) == len(report.rows)
+    assert data["parameter_count"] == report.parameter_count
+    assert sum(row["size"] for row in data["rows"]) == sum(v[1] for v in data["totals"].values())
+    assert {row["status"] for row in data["rows"]} <= {"exact", "transformed", "partial", "fresh"}
+
+
+# --- random pairs --------------------------------------------------------------------------
+
+
+def _grown(draw, values, superset: bool, low: int, high: int):
+    deltas = st.integers(0, 2) if superset else st.integers(-2, 2)
+    return tuple(min(high, max(low, v + draw(deltas))) for v in values)
+
+
+@st.composite
+def vgg_pairs(draw):
+    superset = draw(st.booleans())
+    depths = tuple(draw(st.integers(1, 3)) for _ in range(2))
+    widths = tuple(draw(st.integers(2, 10)) for _ in range(2))
+    hidden = tuple(draw(st.integers(2, 10)) for _ in range(draw(st.integers(0, 2))))
+    kernel = draw(st.sampled_from((1, 3, 5)))
+    src = VGG(depths, widths, hidden_widths=hidden, num_classes=5, kernel_size=kernel)
+    extra = draw(st.integers(0, 1)) if superset else draw(st.integers(-len(hidden), 1))
+    dst_hidden = _grown(draw, hidden + hidden[-1:] * extra, superset, 2, 12)[: len(hidden) + extra]
+    dst = VGG(
+        _grown(draw, depths, superset, 1, 4),
+        _grown(draw, widths, superset, 2, 12),
+        hidden_widths=dst_hidden,
+        num_classes=5 if superset else draw(st.sampled_from((3, 5, 7))),
+        kernel_size=kernel if superset else draw(st.sampled_from((1, 3, 5))),
+    )
+    return src, dst, superset
+
+
+@st.composite
+def resnet_pairs(draw):
+    superset = draw(st.booleans())
+    block = draw(st.sampled_from(("basic", "bottleneck")))
+    stem = draw(st.sampled_from(("cifar", "imagenet")))
+    depths = tuple(draw(st.integers(1, 3)) for _ in range(2))
+    widths = tuple(draw(st.integers(2, 10)) for _ in range(2))
+    stem_width = draw(st.one_of(st.none(), st.integers(2, 8)))
+    src = ResNet(depths, widths, block=block, stem=stem, stem_width=stem_width, num_classes=5)
+    dst = ResNet(
+        _grown(draw, depths, superset, 1, 4),
+        _grown(draw, widths, superset, 2, 12),
+        block=block,
+        stem=stem if superset else draw(st.sampled_from(("cifar", "imagenet"))),
+        stem_width=None if stem_width is None else _grown(draw, (stem_width,), superset, 2, 12)[0],
+        num_classes=5 if superset else draw(st.sampled_from((3, 5, 7))),
+        kernel_size=draw(st.sampled_from((3, 5))) if superset else draw(st.sampled_from((1, 3))),
+    )
+    return src, dst, superset
+
+
+options = st.fixed_dictionaries(
+    {
+        "depth_map": st.sampled_from(("proportional", "append")),
+        "fill": st.sampled_from(("identity", "identity", "repeat")),
+        "shrink": st.sampled_from(("evenly", "first", "last")),
+        "noise": st.sampled_from(("split", "none")),
+    }
+)
+
+
+def check_random_pair(pair, opts) -> None:
+    src, dst, superset = pair
+    variables = init(src)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(13), **opts)
+    check_result(src, variables, dst, dst_vars, report)
+    if superset and opts["fill"] == "identity":
+        assert report.function_preserving, report.approximations
+    if src.num_classes == dst.num_classes:
+        error = max_error(src, variables, dst, dst_vars)
+        print(f"{report.src} -> {report.dst} {opts}: relative error {error:.2e}")
+        if report.function_preserving:
+            assert error < 1e-5
+    else:
+        chex.assert_tree_all_finite(dst.apply(dst_vars, images()[0]))
+
+
+@FEW
+@given(pair=vgg_pairs(), opts=options)
+def test_random_vgg_pairs(pair, opts):
+    check_random_pair(pair, opts)
+
+
+@FEW
+@given(pair=resnet_pairs(), opts=options)
+def test_random_resnet_pairs(pair, opts):
+    check_random_pair(pair, opts)
