@@ -521,7 +521,7 @@ def test_loop_accounts_flops_per_epoch_and_in_the_summary(resnet_runs):
         assert first["compile_s"] > 0 and all(r["epoch_s"] > 0 for r in result.history)
         for r in later:
             assert r["epoch_flops"] < r["full_epoch_flops"]
-            assert r["backward_flops"] > 0 and r["rebuild_s"] == 0.0
+            assert r["backward_flops_per_example"] > 0 and r["rebuild_s"] == 0.0
         summary = result.summary
         assert summary["steps"] == 12 and summary["epochs"] == 3
         assert 0 < summary["flops_ratio"] < 1
@@ -530,8 +530,13 @@ def test_loop_accounts_flops_per_epoch_and_in_the_summary(resnet_runs):
         )
         assert summary["full_step_s"] > 0 and summary["speedup_estimate"] > 0
     # The cache removes the prefix forward from every step; no-grad still runs it.
-    assert cached.history[-1]["forward_flops"] < nograd.history[-1]["forward_flops"]
-    assert cached.history[-1]["backward_flops"] == nograd.history[-1]["backward_flops"]
+    last_cached, last_nograd = cached.history[-1], nograd.history[-1]
+    for key in ("forward_flops_per_example", "backward_flops_per_example"):
+        assert last_cached[key] > 0 and last_nograd[key] > 0
+    assert last_cached["forward_flops_per_example"] < last_nograd["forward_flops_per_example"]
+    assert last_cached["backward_flops_per_example"] == last_nograd["backward_flops_per_example"]
+    assert 0 < cached.summary["trained_params"] < cached.summary["total_params"]
+    assert cached.summary["train_forward_flops"] < cached.summary["full_train_forward_flops"]
     assert cached.summary["cache_flops"] > 0 == nograd.summary["cache_flops"]
     assert cached.history[-1]["cache_bytes"] > 0 == nograd.history[-1]["cache_bytes"]
     assert cached.history[-1]["augment"] == "none"

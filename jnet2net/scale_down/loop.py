@@ -238,6 +238,10 @@ class ScaleDownResult(NamedTuple):
     scores: ScoreHistory
 
 
+def _num_params(params: Any) -> int:
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
+
+
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b and math.isfinite(a) and math.isfinite(b) else None
 
@@ -264,6 +268,7 @@ def _summary(
     segments: list[tuple[int, int, float]],
     events: list[Record],
     history: list[Record],
+    total_params: int,
 ) -> Record:
     examples = steps * batch_size
     full_flops = full.total * examples
@@ -280,13 +285,15 @@ def _summary(
         "cut": cut,
         "frozen": list(model.layer_names()[:cut]),
         "trained": list(model.layer_names()[cut:]),
+        "trained_params": history[-1]["trained_params"] if history else None,
+        "total_params": total_params,
         "events": events,
         "train_flops": _json_float(totals["flops"]),
         "full_train_flops": _json_float(full_flops),
         "flops_ratio": flops_ratio,
         "flops_saved": None if flops_ratio is None else 1.0 - flops_ratio,
-        "forward_flops": _json_float(totals["forward"]),
-        "full_forward_flops": _json_float(full_forward),
+        "train_forward_flops": _json_float(totals["forward"]),
+        "full_train_forward_flops": _json_float(full_forward),
         "forward_flops_saved": None if forward_ratio is None else 1.0 - forward_ratio,
         "cache_flops": _json_float(totals["cache"]),
         "train_s": train_s,
@@ -470,7 +477,7 @@ def fit_scale_down(
       moves), ``images_per_s``, ``lr``, ``train_loss``, ``train_acc``, ``test_loss``,
       ``test_acc``) and ``cut``, ``trained_layers``, ``frozen_now`` (layers frozen this
       epoch), ``mode``, ``augment`` (what the step in use at the epoch's end applies),
-      ``forward_flops`` / ``backward_flops`` (per example, of that step),
+      ``forward_flops_per_example`` / ``backward_flops_per_example`` (of that step),
       ``epoch_flops`` / ``full_epoch_flops`` (this epoch's training work, cache builds
       included, and full training's), ``rebuild_s`` (cut moves: compiles, caches),
       ``cache_bytes``. ``log_path`` gets the records and, last, ``{"summary": ...}``.
@@ -551,6 +558,7 @@ def fit_scale_down(
     full = run.flops
     compile_s = time.perf_counter() - t_start
     snapshot = jax.tree.map(jnp.copy, state.params)
+    total_params = _num_params(state.params)
     progress = ProgressBar(
         max(end - start, 0),
         desc=f"scale-down {type(model).__name__}",
@@ -628,11 +636,12 @@ def fit_scale_down(
                 "test_acc": test_acc,
                 "cut": run.cut,
                 "trained_layers": len(names) - run.cut,
+                "trained_params": _num_params(state.params),
                 "frozen_now": frozen_now,
                 "mode": run.mode,
                 "augment": run.augment,
-                "forward_flops": _json_float(run.flops.forward),
-                "backward_flops": _json_float(run.flops.backward),
+                "forward_flops_per_example": _json_float(run.flops.forward),
+                "backward_flops_per_example": _json_float(run.flops.backward),
                 "epoch_flops": _json_float(totals["flops"] - flops_before),
                 "full_epoch_flops": _json_float(full.total * (hi - lo) * batch),
                 "rebuild_s": rebuild_s,
@@ -647,7 +656,9 @@ def fit_scale_down(
             if on_epoch_end is not None:
                 on_epoch_end(state, record)
     steps = int(state.step) - start
-    summary = _summary(model, run.cut, steps, batch, totals, full, segments, events, history)
+    summary = _summary(
+        model, run.cut, steps, batch, totals, full, segments, events, history, total_params
+    )
     if log_path:
         append_jsonl(log_path, {"summary": summary})
     variables_out = merge_variables(frozen, _trained_variables(state))
