@@ -471,25 +471,53 @@ def restore(
 
 
 def _restore_state(info: CheckpointInfo, target: dict[str, Any]) -> dict[str, Any]:
-    """Restores the ``state`` item; parts whose target is ``None`` take the stored structure."""
+    """Restores the ``state`` item; parts whose target is ``None`` take the stored structure.
+
+    The stored shapes are compared with the variables' target first, so a state that does
+    not fit the architecture in ``arch`` is named leaf by leaf before any array is read.
+    """
     try:
         with _manager(info.path.parent) as manager:
-            free = [k for k, v in target.items() if v is None]
-            if free:
-                stored = manager.item_metadata(info.step)[STATE].tree
-                target = {
-                    k: jax.tree.map(_metadata_to_abstract, stored[k]) if k in free else v
-                    for k, v in target.items()
-                }
+            stored = manager.item_metadata(info.step)[STATE].tree
+            _check_stored_variables(info, stored, target["variables"])
+            target = {
+                k: jax.tree.map(_metadata_to_abstract, stored[k]) if v is None else v
+                for k, v in target.items()
+            }
             restored = manager.restore(
                 info.step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
             )[STATE]
+    except _ArchitectureMismatch as err:
+        raise ValueError(str(err)) from None
     except Exception as err:  # orbax raises many kinds; they all mean "does not restore"
         raise ValueError(
             f"checkpoint {info.path} is corrupt or does not match the architecture in its "
             f"'{ARCH}' item ({info.model!r}): {err}"
         ) from err
     return dict(restored)
+
+
+class _ArchitectureMismatch(Exception):
+    pass
+
+
+def _check_stored_variables(info: CheckpointInfo, stored: Any, abstract: Any) -> None:
+    if not isinstance(stored, dict) or "variables" not in stored:
+        raise _ArchitectureMismatch(
+            f"checkpoint {info.path} is corrupt: its state has no variables"
+        )
+    have = {p: tuple(m.shape) for p, m in flatten(stored["variables"]).items()}
+    want = {p: tuple(a.shape) for p, a in flatten(abstract).items()}
+    problems = [
+        f"{path_str(p)} stored with shape {have.get(p)}, the architecture needs {want.get(p)}"
+        for p in sorted(set(have) | set(want))
+        if have.get(p) != want.get(p)
+    ]
+    if problems:
+        raise _ArchitectureMismatch(
+            f"checkpoint {info.path} is corrupt: its state does not fit the architecture in its "
+            f"'{ARCH}' item ({len(problems)} leaves differ): " + "; ".join(problems[:3])
+        )
 
 
 def _metadata_to_abstract(leaf: Any) -> jax.ShapeDtypeStruct:

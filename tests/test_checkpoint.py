@@ -148,7 +148,7 @@ def test_corrupt_checkpoints_raise_value_errors(tmp_path: pathlib.Path) -> None:
         checkpoint.restore(tmp_path / "a")
 
     shutil.rmtree(tmp_path / "b" / "1" / "state")
-    with pytest.raises(ValueError, match=r"b/1 is corrupt or does not match"):
+    with pytest.raises(ValueError, match=r"b/1 is corrupt"):
         checkpoint.restore(tmp_path / "b")
 
     bad_model = {"format": 1, "model": {"family": "MLP"}, "input_shape": [1]}
@@ -175,7 +175,12 @@ def test_state_that_lies_about_its_architecture_is_refused(tmp_path: pathlib.Pat
     arch = json.loads(arch_file.read_text())
     arch["model"]["stage_widths"] = [4, 16]
     arch_file.write_text(json.dumps(arch))
-    with pytest.raises(ValueError, match=r"1 is corrupt or does not match the architecture"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 is corrupt: its state does not fit the architecture in its 'arch' item "
+        r"\(\d+ leaves differ\): batch_stats/stage1_block0/bn1/mean stored with shape \(8,\), "
+        r"the architecture needs \(16,\)",
+    ):
         checkpoint.restore(tmp_path)
 
 
@@ -274,23 +279,76 @@ def test_restore_train_state_needs_optimizer_state(tmp_path: pathlib.Path) -> No
 
 
 @pytest.mark.parametrize("model", [RESNET, VGG], ids=["resnet", "vgg"])
-def test_grow_from_checkpoint_is_exact(tmp_path: pathlib.Path, model: Any) -> None:
-    checkpoint.save(
-        tmp_path / "teacher", model=model, variables=_perturbed(_init(model), 3), step=9
+def test_grow_checkpoint_is_exact(tmp_path: pathlib.Path, model: Any) -> None:
+    teacher_vars = _perturbed(_init(model), 3)
+    checkpoint.save(tmp_path / "teacher", model=model, variables=teacher_vars, step=9)
+    grown = checkpoint.grow_checkpoint(
+        tmp_path / "teacher",
+        tmp_path / "student",
+        key=jax.random.key(0),
+        widen={"widths": (6, 12), "noise": "split"},
+        deepen={"depths": (2, 2)},
     )
-    teacher = checkpoint.restore(tmp_path / "teacher", model=model)
-    wide_model, wide = jnet2net.widen(
-        teacher.model, teacher.variables, widths=(6, 12), key=jax.random.key(0)
-    )
-    student_model, student = jnet2net.deepen(wide_model, wide, depths=(2, 2), key=jax.random.key(1))
-    checkpoint.save(tmp_path / "student", model=student_model, variables=student, step=0)
+    assert grown.model == model.clone(stage_widths=(6, 12), stage_depths=(2, 2))
+    assert grown.relative_error < 1e-5
+    assert grown.path == (tmp_path / "student").resolve() / "0"
+    _assert_bitwise(grown.teacher.variables, teacher_vars)
 
-    restored = checkpoint.restore(tmp_path / "student", model=student_model)
-    _assert_bitwise(restored.variables, student)
-    xs = jax.random.normal(jax.random.key(5), (2, 4, 8, 8, 1))
-    jnet2net.assert_function_preserved(
-        teacher.model, teacher.variables, restored.model, restored.variables, xs
-    )
+    restored = checkpoint.restore(tmp_path / "student", model=grown.model)
+    _assert_bitwise(restored.variables, grown.variables)
+    assert restored.metadata["grown_from"] == str((tmp_path / "teacher").resolve() / "9")
+    assert restored.metadata["teacher_step"] == 9
+    assert restored.metadata["widen"]["widths"] == [6, 12]
+    xs = jax.random.normal(jax.random.key(5), (2, 4, *IMAGES[1:]))
+    jnet2net.assert_function_preserved(model, teacher_vars, restored.model, restored.variables, xs)
     # The teacher's checkpoint cannot stand in for the student.
     with pytest.raises(ValueError, match="holds another architecture"):
-        checkpoint.restore(tmp_path / "teacher", model=student_model)
+        checkpoint.restore(tmp_path / "teacher", model=grown.model)
+
+
+def test_grow_checkpoint_refusals(tmp_path: pathlib.Path) -> None:
+    checkpoint.save(tmp_path / "teacher", model=RESNET, variables=_init(RESNET), step=1)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="nothing to grow"):
+        checkpoint.grow_checkpoint(tmp_path / "teacher", tmp_path / "s", key=key)
+    with pytest.raises(ValueError, match=r"widen cannot shrink stage1_stream"):
+        checkpoint.grow_checkpoint(
+            tmp_path / "teacher", tmp_path / "s", key=key, widen={"widths": (4, 6)}
+        )
+    assert checkpoint.latest_step(tmp_path / "s") is None
+    checkpoint.save(tmp_path / "teacher", model=RESNET, variables=_init(RESNET), step=0)
+    with pytest.raises(ValueError, match=r"teacher already holds a checkpoint at step 0"):
+        checkpoint.grow_checkpoint(
+            tmp_path / "teacher", tmp_path / "teacher", key=key, deepen={"depths": (2, 1)}
+        )
+
+
+def test_input_shape_is_stored_and_checked(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    checkpoint.save(
+        tmp_path / "a", model=RESNET, variables=variables, step=0, input_shape=(8, 8, 1)
+    )
+    assert checkpoint.checkpoint_info(tmp_path / "a").input_shape == (1, 8, 8, 1)
+    checkpoint.save(tmp_path / "b", model=RESNET, variables=variables, step=0)
+    assert checkpoint.checkpoint_info(tmp_path / "b").input_shape == (1, 32, 32, 1)
+    vgg_vars = _init(VGG)
+    with pytest.raises(
+        ValueError, match=r"input_shape \(1, 16, 16, 1\) does not fit .*hidden0/kernel"
+    ):
+        checkpoint.save(
+            tmp_path / "c", model=VGG, variables=vgg_vars, step=0, input_shape=(16, 16, 1)
+        )
+    with pytest.raises(ValueError, match=r"input_shape must be \(h, w, c\) or \(n, h, w, c\)"):
+        checkpoint.save(tmp_path / "c", model=VGG, variables=vgg_vars, step=0, input_shape=(8, 8))
+
+
+def test_epoch_saver_saves_each_epoch(tmp_path: pathlib.Path) -> None:
+    state = _new_state(RESNET)
+    saver = checkpoint.epoch_saver(tmp_path, RESNET, {"epochs": 2}, input_shape=(8, 8, 1))
+    saver(state.replace(step=jnp.asarray(3, jnp.int32)), {"epoch": 1, "test_acc": 0.5})
+    saver(state.replace(step=jnp.asarray(6, jnp.int32)), {"epoch": 2, "test_acc": None})
+    assert checkpoint.all_steps(tmp_path) == [3, 6]
+    restored = checkpoint.restore(tmp_path)
+    assert restored.metadata == {"record": {"epoch": 2, "test_acc": None}}
+    assert restored.train_config == {"epochs": 2}
+    _assert_bitwise(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
