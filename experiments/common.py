@@ -73,6 +73,22 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def configure_reduced_mode(dataset: str) -> bool:
+    """On CPU with ``digits``: compile with ``jax_disable_most_optimizations``.
+
+    The digits networks are so small that XLA's optimising compile (minutes per network on
+    2 shared cores) dwarfs their training; every run of a reduced experiment compiles the
+    same way, so its seconds compare with each other, not with optimised builds.
+
+    Returns:
+      Whether the setting was applied.
+    """
+    if dataset != "digits" or jax.default_backend() != "cpu":
+        return False
+    jax.config.update("jax_disable_most_optimizations", True)
+    return True
+
+
 # --- timed runs ---------------------------------------------------------------------------
 
 
@@ -193,6 +209,7 @@ def environment(note: str | None = None) -> dict[str, Any]:
         "optax": optax.__version__,
         "jnet2net": jnet2net.__version__,
     }
+    info["jax_disable_most_optimizations"] = bool(jax.config.jax_disable_most_optimizations)
     if note:
         info["note"] = note
     return info

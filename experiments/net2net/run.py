@@ -385,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--changes", nargs="*", default=list(CHANGES))
     parser.add_argument("--noises", nargs="*", default=list(NOISES), help="for 'wider'")
     args = parser.parse_args(argv)
+    common.configure_reduced_mode(args.dataset)
 
     setup = settings(args.dataset, args.tiny)
     budgets = tuple(args.budgets or setup["budgets"])

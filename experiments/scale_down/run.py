@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--archs", nargs="*", default=None)
     parser.add_argument("--mode", default=None, help="scale-down mode: nograd or cache")
     args = parser.parse_args(argv)
+    common.configure_reduced_mode(args.dataset)
 
     setup = settings(args.dataset, args.tiny)
     scale = setup["scale"]

@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     args = parser.parse_args(argv)
+    common.configure_reduced_mode(args.dataset)
 
     setup = settings(args.dataset, args.tiny)
     train, test = common.load_data(
