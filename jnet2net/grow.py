@@ -134,7 +134,7 @@ def _apply_to_member(
     grow: GroupMapping,
     noise: Noise,
     noise_scale: float,
-    key: jax.Array,
+    key: jax.Array | None,
 ) -> jax.Array:
     old_units = grow.counts.shape[0]
     axis = member.axis % leaf.ndim
@@ -178,14 +178,16 @@ def apply_widening(
     ``{'params': moments}``.
     """
     flat = flatten(variables)
-    key = jax.random.key(0) if key is None else key
-    for g, grow in enumerate(plan):
-        for m, member in enumerate(grow.group.members):
-            if member.path in flat:
-                member_key = jax.random.fold_in(jax.random.fold_in(key, g), m)
-                flat[member.path] = _apply_to_member(
-                    flat[member.path], member, grow, noise, noise_scale, member_key
-                )
+    targets = [(grow, m) for grow in plan for m in grow.group.members if m.path in flat]
+    consumers = sum(member.role == "consumer" for _, member in targets)
+    keys: list[jax.Array | None] = [None] * consumers
+    if noise != "none" and consumers:  # one split, not a hash per leaf: compiles fast
+        keys = list(jax.random.split(jax.random.key(0) if key is None else key, consumers))
+    for grow, member in targets:
+        member_key = keys.pop() if member.role == "consumer" else None
+        flat[member.path] = _apply_to_member(
+            flat[member.path], member, grow, noise, noise_scale, member_key
+        )
     return unflatten_like(flat, variables)
 
 

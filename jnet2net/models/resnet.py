@@ -255,5 +255,8 @@ class ResNet(nn.Module):
         try:
             in_channels = variables["params"]["stem"]["conv"]["kernel"].shape[2]
         except (KeyError, TypeError, IndexError) as err:
-            raise ValueError(f"variables do not hold params/stem/conv/kernel of {self!r}") from err
+            raise ValueError(
+                "variables do not hold params/stem/conv/kernel, which every ResNet has (were "
+                "they made for another architecture?)"
+            ) from err
         return jnp.zeros((1, 32, 32, in_channels), jnp.float32)

@@ -174,7 +174,8 @@ class VGG(nn.Module):
         except (KeyError, TypeError, IndexError) as err:
             raise ValueError(
                 f"variables do not hold params/{first}/conv/kernel and params/{dense}/kernel "
-                f"of {self!r}"
+                f"of a VGG with stage_depths={self.stage_depths} and hidden_widths="
+                f"{self.hidden_widths} (were they made for another architecture?)"
             ) from err
         positions, remainder = divmod(flat, self.stage_widths[-1])
         side = round(positions**0.5)

@@ -1,0 +1,99 @@
+"""output_error / assert_function_preserved: vmapped comparison of two networks."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnet2net
+from jnet2net import VGG
+
+MODEL = VGG((1, 1), (3, 4), (5,), num_classes=3)
+XS = np.random.default_rng(0).standard_normal((3, 4, 8, 8, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def variables():
+    trained = MODEL.init(jax.random.key(0), XS[0])
+    # non-trivial running statistics, so eval and train mode differ
+    stats = jax.tree.map(lambda s: s + 0.3, trained["batch_stats"])
+    return {"params": trained["params"], "batch_stats": stats}
+
+
+def _perturbed(variables, scale=0.05):
+    """A copy whose first conv kernel moved by ``scale`` relative to its size."""
+    params = jax.tree.map(lambda p: p, variables["params"])
+    kernel = params["stage0_layer0"]["conv"]["kernel"]
+    noise = np.random.default_rng(1).standard_normal(kernel.shape).astype(np.float32)
+    params["stage0_layer0"]["conv"]["kernel"] = kernel + scale * float(jnp.std(kernel)) * noise
+    return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_identical_networks_have_zero_error(variables, train):
+    err = jnet2net.output_error(MODEL, variables, MODEL, variables, XS, train=train)
+    chex.assert_shape(err, (XS.shape[0],))
+    chex.assert_type(err, jnp.float32)
+    np.testing.assert_array_equal(err, 0.0)
+    jnet2net.assert_function_preserved(MODEL, variables, MODEL, variables, XS, train=train)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_perturbed_copy_is_detected(variables, train):
+    other = _perturbed(variables)
+    err = np.asarray(jnet2net.output_error(MODEL, variables, MODEL, other, XS, train=train))
+    assert np.all(err > 1e-3), err
+    with pytest.raises(
+        AssertionError, match=rf"outputs differ: max relative error .* train={train}"
+    ):
+        jnet2net.assert_function_preserved(MODEL, variables, MODEL, other, XS, train=train)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_errors_are_per_batch_like_a_python_loop(variables, train):
+    """vmap over the stack == one call per batch (train mode: statistics of each batch)."""
+    other = _perturbed(variables, scale=0.2)
+
+    def logits(v, x):
+        if train:
+            return MODEL.apply(v, x, train=True, mutable=["batch_stats"])[0]
+        return MODEL.apply(v, x)
+
+    expected = []
+    for x in XS:
+        a, b = np.asarray(logits(variables, x)), np.asarray(logits(other, x))
+        expected.append(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+    err = jnet2net.output_error(MODEL, variables, MODEL, other, XS, train=train)
+    np.testing.assert_allclose(err, expected, rtol=1e-4)
+
+
+def test_train_and_eval_comparisons_differ(variables):
+    """Same weights, different running statistics: eval mode sees it, train mode does not."""
+    shifted = {
+        "params": variables["params"],
+        "batch_stats": jax.tree.map(lambda s: s * 2.0, variables["batch_stats"]),
+    }
+    assert np.all(np.asarray(jnet2net.output_error(MODEL, variables, MODEL, shifted, XS)) > 1e-3)
+    np.testing.assert_array_equal(
+        jnet2net.output_error(MODEL, variables, MODEL, shifted, XS, train=True), 0.0
+    )
+
+
+def test_works_for_any_flax_module():
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+    a = Tiny().init(jax.random.key(0), XS[0])
+    b = jax.tree.map(lambda p: p * 1.5, a)
+    err = jnet2net.output_error(Tiny(), a, Tiny(), b, XS)
+    assert np.all(np.asarray(err) > 0.1)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8, 3), (2, 3, 4, 8, 8, 3), (8, 3)])
+def test_rejects_inputs_that_are_not_a_stack_of_image_batches(variables, shape):
+    with pytest.raises(ValueError, match=rf"\(n_batches, batch, h, w, c\), got \({shape[0]}, "):
+        jnet2net.output_error(MODEL, variables, MODEL, variables, np.zeros(shape, np.float32))
