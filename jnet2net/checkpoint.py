@@ -684,6 +684,7 @@ def grow_checkpoint(
             f"{error:.2e} >= rtol {rtol:.0e}; nothing saved"
         )
     provenance = {
+        **({"dataset": teacher.metadata["dataset"]} if "dataset" in teacher.metadata else {}),
         "grown_from": str(teacher.path),
         "teacher_step": teacher.step,
         "teacher_model": model_config(teacher.model),

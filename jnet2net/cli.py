@@ -30,9 +30,6 @@ PROG = "jnet2net"
 NOISES = ("split", "none", "paper")
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
 
-Command = Callable[[argparse.Namespace], int]
-
-
 # --- argument parsing helpers ---------------------------------------------------------
 
 
@@ -289,7 +286,9 @@ def cmd_grow(args: argparse.Namespace) -> int:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dataset", default="digits", help="digits (offline), cifar10, cifar100, mnist, ..."
+        "--dataset",
+        default=None,
+        help="digits (offline, the default), cifar10, cifar100, mnist, fashion_mnist",
     )
     p.add_argument("--data-dir", default=None, help="tfds data dir or folder of npz packs")
     p.add_argument("--download", action="store_true", help="let tfds download the dataset")
@@ -378,7 +377,9 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def train_config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+def train_config_from_args(
+    args: argparse.Namespace, dataset: str, saved: dict[str, Any] | None = None
+) -> Any:
     """The ``TrainConfig`` of a run: flags over defaults, or a resumed run's saved config.
 
     Raises:
@@ -394,7 +395,7 @@ def train_config_from_args(args: argparse.Namespace, saved: dict[str, Any] | Non
     }
     log_path = str(pathlib.Path(args.out) / "metrics.jsonl")
     if saved is None:
-        given.setdefault("augment", DEFAULT_AUGMENT.get(args.dataset, TrainConfig.augment))
+        given.setdefault("augment", DEFAULT_AUGMENT.get(dataset, TrainConfig.augment))
         return TrainConfig(**given, log_path=log_path)
     config = TrainConfig.from_dict(saved)
     for field, value in given.items():
@@ -439,8 +440,9 @@ def train_run(args: argparse.Namespace) -> Any:
             "--from takes the architecture from the checkpoint; drop "
             "--arch/--arch-json/--width-mult"
         )
-    train_set = data.load(args.dataset, "train", data_dir=args.data_dir, download=args.download)
-    test_set = data.load(args.dataset, "test", data_dir=args.data_dir, download=args.download)
+    dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
+    train_set = data.load(dataset, "train", data_dir=args.data_dir, download=args.download)
+    test_set = data.load(dataset, "test", data_dir=args.data_dir, download=args.download)
     spe = train.steps_per_epoch(len(train_set), _batch_size(args, out, resuming))
 
     state = variables = None
@@ -449,7 +451,7 @@ def train_run(args: argparse.Namespace) -> Any:
         info = checkpoint.checkpoint_info(out)
         if info.train_config is None:
             raise ValueError(f"{info.path} has no training config to resume with")
-        config = train_config_from_args(args, info.train_config)
+        config = train_config_from_args(args, dataset, info.train_config)
         model = info.model
         metadata.update(info.metadata)
         metadata.pop("record", None)
@@ -461,7 +463,7 @@ def train_run(args: argparse.Namespace) -> Any:
         state, restored = checkpoint.restore_train_state(out, abstract, model=model)
         print(f"resuming {restored.path}: {describe(model)}, step {restored.step}")
     else:
-        config = train_config_from_args(args)
+        config = train_config_from_args(args, dataset)
         if args.source:
             start = checkpoint.restore(args.source)
             model, variables = start.model, start.variables
@@ -493,7 +495,7 @@ def train_run(args: argparse.Namespace) -> Any:
 
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
         save_epoch(state, record)
-        print(format_record(record, config.epochs))
+        print_line(format_record(record, config.epochs), config.progress)
 
     result = train.fit(
         model,
@@ -541,8 +543,8 @@ def _train_scale_down(
     scale_config = scale_down_config(args.scale_json)
 
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
-        trained = record.get("trained_layers")
-        print(format_record(record, config.epochs) + f" cut {record.get('cut')} trained {trained}")
+        line = format_record(record, config.epochs)
+        print_line(f"{line} cut {record.get('cut')}", config.progress)
 
     result = scale_down.fit_scale_down(
         model,
@@ -577,6 +579,25 @@ def _train_scale_down(
     return result
 
 
+def _dataset_name(
+    args: argparse.Namespace, source: str | pathlib.Path | None, *, strict: bool = False
+) -> str:
+    """``--dataset``, else the dataset that checkpoint ``source`` names, else ``digits``.
+
+    ``strict`` (a resumed run): a ``--dataset`` other than the saved one is an error.
+    """
+    from jnet2net import checkpoint
+
+    saved = None
+    if source is not None:
+        saved = checkpoint.checkpoint_info(source).metadata.get("dataset")
+    if strict and args.dataset and saved and args.dataset != saved:
+        raise ValueError(
+            f"--dataset {args.dataset} differs from the resumed run's dataset {saved!r}"
+        )
+    return args.dataset or saved or "digits"
+
+
 def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> int:
     """The batch size the run uses (a resumed run keeps its own)."""
     from jnet2net import checkpoint
@@ -586,6 +607,16 @@ def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> 
         saved = checkpoint.checkpoint_info(out).train_config or {}
         return int(saved.get("batch_size", TrainConfig.batch_size))
     return args.batch_size or TrainConfig.batch_size
+
+
+def print_line(text: str, progress: bool | None) -> None:
+    """Prints ``text``; over the progress bar's line (which redraws below) when it is shown."""
+    from jnet2net.train import progress_enabled
+
+    if progress_enabled(progress):
+        sys.stderr.write("\r" + " " * 100 + "\r")
+        sys.stderr.flush()
+    print(text, flush=True)
 
 
 def format_record(record: dict[str, Any], epochs: int) -> str:
@@ -678,6 +709,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         variables=variables,
         step=0,
         metadata={
+            **(
+                {"dataset": src.metadata["dataset"]}
+                if classes == src.model.num_classes and "dataset" in src.metadata
+                else {}
+            ),
             "transferred_from": str(src.path),
             "source_model": model_config(src.model),
             "reused_fraction": report.reused_fraction,
@@ -713,7 +749,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jnet2net import checkpoint, data, train
 
     restored = checkpoint.restore(args.source, step=args.step)
-    dataset = data.load(args.dataset, args.split, data_dir=args.data_dir, download=args.download)
+    name = _dataset_name(args, restored.path.parent)
+    dataset = data.load(name, args.split, data_dir=args.data_dir, download=args.download)
     loss, accuracy = train.evaluate(
         restored.model, restored.variables, dataset, batch_size=args.batch_size
     )
