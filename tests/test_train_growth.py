@@ -119,6 +119,10 @@ def test_split_noise_changes_params_but_not_the_moment_mapping():
     _, noisy = widen_train_state(state, MODEL, key=key, widths=(5, 4), noise="split")
     _, plain = jnet2net.widen(MODEL, state.variables, key=key, widths=(5, 4), noise="none")
     chex.assert_trees_all_close(noisy.opt_state[0].trace, plain["params"])
+    # The same replicas: producers (not split, so not noisy) match the moved momentum.
+    chex.assert_trees_all_equal(
+        noisy.params["stage0_layer0"], noisy.opt_state[0].trace["stage0_layer0"]
+    )
     consumer = noisy.params["stage1_layer0"]["conv"]["kernel"]
     assert not np.allclose(consumer, plain["params"]["stage1_layer0"]["conv"]["kernel"])
 

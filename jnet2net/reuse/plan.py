@@ -176,7 +176,9 @@ class TransferPlan:
     dst_shapes: FlatVariables
     variables: Variables = None
     report: TransferReport | None = None
-    _compiled: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False)
+    _compiled: dict[Any, Any] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def map_params(self, params: Any) -> Any:
         """Maps a tree shaped like the source's ``params`` the way the params were mapped.
@@ -790,7 +792,9 @@ def transfer(
     of ``src_model`` (every depth and width at least as large, odd kernel sizes at least as
     large, the same stem and classes) and ``noise != 'paper'``, the destination computes
     the source's function in eval mode (< 1e-5 relative), as ``jnet2net.widen`` and
-    ``jnet2net.deepen`` do; ``report.function_preserving`` says whether it does.
+    ``jnet2net.deepen`` do; ``report.function_preserving`` says whether it does. (Hidden
+    Dense layers added to a VGG head without any start as identities of the flattened
+    features, so they are exact when at least that wide.)
 
     Args:
       src_model: the source ``VGG`` or ``ResNet``.

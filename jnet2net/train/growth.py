@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -36,10 +36,8 @@ from flax.core import FrozenDict, unfreeze
 from jnet2net.grow import Noise, deepen, widen
 from jnet2net.reuse import TransferReport, transfer_plan
 from jnet2net.reuse.layout import DepthMap, Fill, Shrink
+from jnet2net.train.state import TrainState, variables_of
 from jnet2net.variables import Variables, flatten, path_str, unflatten_like
-
-if TYPE_CHECKING:
-    from jnet2net.train.state import TrainState
 
 Moments = Literal["map", "reset"]
 MOMENTS = ("map", "reset")
@@ -49,14 +47,6 @@ ParamsMap = Callable[[Any], Any]
 def _check_moments(moments: Any) -> None:
     if moments not in MOMENTS:
         raise ValueError(f"moments must be one of {MOMENTS}, got {moments!r}")
-
-
-def state_variables(state: TrainState) -> dict[str, Any]:
-    """``{'params': ..., 'batch_stats': ...}`` of a train state (no empty ``batch_stats``)."""
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
 
 
 def _check_like(tree: Any, like: Any) -> None:
@@ -146,7 +136,7 @@ def widen_train_state(
       ``(new_model, new_state)``.
     """
     _check_moments(moments)
-    variables = state_variables(state)
+    variables = variables_of(state.params, state.batch_stats)
     sizes = {
         "widths": widths,
         "hidden_widths": hidden_widths,
@@ -184,7 +174,7 @@ def deepen_train_state(
     _check_moments(moments)
     new_model, new_variables = deepen(
         model,
-        state_variables(state),
+        variables_of(state.params, state.batch_stats),
         depths=depths,
         hidden_depths=hidden_depths,
         key=key,
@@ -229,7 +219,7 @@ def transfer_train_state(
     _check_moments(moments)
     plan = transfer_plan(
         src_model,
-        state_variables(state),
+        variables_of(state.params, state.batch_stats),
         dst_model,
         key=key,
         depth_map=depth_map,
