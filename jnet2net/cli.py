@@ -191,24 +191,42 @@ def _add_grow(sub: Any) -> None:
             "function (prints the relative error), and save it as a new checkpoint at step 0."
         ),
     )
-    p.add_argument("--from", dest="source", required=True, help="checkpoint (run) directory")
-    p.add_argument("--step", type=int, default=None, help="step to restore (default: latest)")
+    p.add_argument(
+        "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
+    )
+    p.add_argument(
+        "--step", metavar="N", type=int, default=None, help="step to restore (default: latest)"
+    )
     p.add_argument(
         "--widen",
+        metavar="W1,W2,..|Fx",
         default=None,
         help="new stage widths 'W1,W2,...' or a multiplier like '1.5x' (all width fields)",
     )
-    p.add_argument("--widen-hidden", default=None, help="new VGG hidden widths 'H1,H2,...'")
     p.add_argument(
-        "--deepen", default=None, help="new stage depths 'D1,D2,...' or '+N' (N more per stage)"
+        "--widen-hidden", metavar="H1,H2,..", default=None, help="new VGG hidden widths 'H1,H2,...'"
     )
-    p.add_argument("--deepen-hidden", type=int, default=None, help="new VGG hidden layer count")
+    p.add_argument(
+        "--deepen",
+        metavar="D1,D2,..|+N",
+        default=None,
+        help="new stage depths 'D1,D2,...' or '+N' (N more per stage)",
+    )
+    p.add_argument(
+        "--deepen-hidden", metavar="N", type=int, default=None, help="new VGG hidden layer count"
+    )
     p.add_argument("--noise", choices=NOISES, default="split", help="widening symmetry breaking")
-    p.add_argument("--noise-scale", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0, help="seeds the mappings and new blocks")
-    p.add_argument("--rtol", type=float, default=1e-5, help="largest accepted relative error")
-    p.add_argument("--check-batches", type=int, default=2, help="random batches to compare")
-    p.add_argument("--out", required=True, help="new checkpoint directory")
+    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
+    p.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="seeds the mappings and new blocks"
+    )
+    p.add_argument(
+        "--rtol", metavar="X", type=float, default=1e-5, help="largest accepted relative error"
+    )
+    p.add_argument(
+        "--check-batches", metavar="N", type=int, default=2, help="random batches to compare"
+    )
+    p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_grow)
 
 
@@ -287,10 +305,13 @@ def cmd_grow(args: argparse.Namespace) -> int:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
+        metavar="NAME",
         default=None,
         help="digits (offline, the default), cifar10, cifar100, mnist, fashion_mnist",
     )
-    p.add_argument("--data-dir", default=None, help="tfds data dir or folder of npz packs")
+    p.add_argument(
+        "--data-dir", metavar="DIR", default=None, help="tfds data dir or folder of npz packs"
+    )
     p.add_argument("--download", action="store_true", help="let tfds download the dataset")
 
 
@@ -328,36 +349,45 @@ def _add_train(sub: Any) -> None:
         ),
     )
     arch = p.add_argument_group("network")
-    arch.add_argument("--arch", default=None, help="preset: resnet20, vgg11, resnet18, ...")
+    arch.add_argument(
+        "--arch", metavar="NAME", default=None, help="preset: resnet20, vgg11, resnet18, ..."
+    )
     arch.add_argument(
         "--arch-json",
+        metavar="JSON",
         default=None,
         help="a whole architecture (JSON with 'family') or field overrides of --arch",
     )
-    arch.add_argument("--width-mult", type=float, default=None, help="scale every width field")
     arch.add_argument(
-        "--from", dest="source", default=None, help="start from this checkpoint's variables"
+        "--width-mult", metavar="X", type=float, default=None, help="scale every width field"
+    )
+    arch.add_argument(
+        "--from",
+        dest="source",
+        metavar="CKPT",
+        default=None,
+        help="start from this checkpoint's variables",
     )
     _add_data_args(p)
     t = p.add_argument_group("training (defaults: jnet2net.train.TrainConfig)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--epochs", metavar="N", type=int, default=None)
+    t.add_argument("--batch-size", metavar="N", type=int, default=None)
+    t.add_argument("--lr", metavar="X", type=float, default=None, help="peak learning rate")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
-    t.add_argument("--momentum", type=float, default=None)
-    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--momentum", metavar="X", type=float, default=None)
+    t.add_argument("--weight-decay", metavar="X", type=float, default=None)
     t.add_argument("--schedule", choices=("cosine", "onecycle", "constant"), default=None)
-    t.add_argument("--warmup-epochs", type=float, default=None)
-    t.add_argument("--label-smoothing", type=float, default=None)
+    t.add_argument("--warmup-epochs", metavar="X", type=float, default=None)
+    t.add_argument("--label-smoothing", metavar="X", type=float, default=None)
     t.add_argument(
         "--augment",
         choices=("crop_flip", "flip", "none"),
         default=None,
         help="default: none for digits and mnist, else crop_flip",
     )
-    t.add_argument("--crop-padding", type=int, default=None)
+    t.add_argument("--crop-padding", metavar="N", type=int, default=None)
     t.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--seed", metavar="N", type=int, default=None)
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     sd = p.add_argument_group("training-time scale-down (Learn&Drop)")
     sd.add_argument(
@@ -367,13 +397,18 @@ def _add_train(sub: Any) -> None:
     )
     sd.add_argument(
         "--scale-json",
+        metavar="JSON",
         default=None,
         help='ScaleDownConfig fields as JSON, e.g. \'{"mode": "cache", "check_every": 50}\'',
     )
     run = p.add_argument_group("run")
-    run.add_argument("--out", required=True, help="run directory: checkpoints + metrics.jsonl")
+    run.add_argument(
+        "--out", metavar="DIR", required=True, help="run directory: checkpoints + metrics.jsonl"
+    )
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
-    run.add_argument("--keep", type=int, default=2, help="checkpoints to keep (0: all)")
+    run.add_argument(
+        "--keep", metavar="N", type=int, default=2, help="checkpoints to keep (0: all)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -645,20 +680,32 @@ def _add_transfer(sub: Any) -> None:
             "same function (the relative error is printed)."
         ),
     )
-    p.add_argument("--from", dest="source", required=True, help="checkpoint (run) directory")
-    p.add_argument("--step", type=int, default=None, help="step to restore (default: latest)")
-    p.add_argument("--to", default=None, help="destination preset: resnet32, vgg13, ...")
-    p.add_argument("--arch-json", default=None, help="architecture JSON or --to overrides")
-    p.add_argument("--width-mult", type=float, default=None, help="scale every width field")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the source's")
+    p.add_argument(
+        "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
+    )
+    p.add_argument(
+        "--step", metavar="N", type=int, default=None, help="step to restore (default: latest)"
+    )
+    p.add_argument(
+        "--to", metavar="NAME", default=None, help="destination preset: resnet32, vgg13, ..."
+    )
+    p.add_argument(
+        "--arch-json", metavar="JSON", default=None, help="architecture JSON or --to overrides"
+    )
+    p.add_argument(
+        "--width-mult", metavar="X", type=float, default=None, help="scale every width field"
+    )
+    p.add_argument(
+        "--num-classes", metavar="N", type=int, default=None, help="default: the source's"
+    )
     p.add_argument("--depth-map", choices=("proportional", "append"), default="proportional")
     p.add_argument("--fill", choices=("identity", "repeat"), default="identity")
     p.add_argument("--shrink", choices=("evenly", "first", "last"), default="evenly")
     p.add_argument("--noise", choices=NOISES, default="split")
-    p.add_argument("--noise-scale", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
+    p.add_argument("--seed", metavar="N", type=int, default=0)
     p.add_argument("--report", action="store_true", help="print the per-leaf report")
-    p.add_argument("--out", required=True, help="new checkpoint directory")
+    p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_transfer)
 
 
@@ -735,11 +782,15 @@ def _add_eval(sub: Any) -> None:
         help="loss and accuracy of a checkpoint on a dataset split",
         description="Restore a checkpoint and print its loss and accuracy on a dataset split.",
     )
-    p.add_argument("--from", dest="source", required=True, help="checkpoint (run) directory")
-    p.add_argument("--step", type=int, default=None, help="step to restore (default: latest)")
+    p.add_argument(
+        "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
+    )
+    p.add_argument(
+        "--step", metavar="N", type=int, default=None, help="step to restore (default: latest)"
+    )
     _add_data_args(p)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", metavar="N", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_eval)
 
@@ -779,11 +830,14 @@ def _add_plot(sub: Any) -> None:
     p = sub.add_parser(
         "plot",
         help="plot training curves of runs",
-        description="Plot test accuracy and loss of runs (their metrics.jsonl) into one PNG.",
+        description=(
+            "Plot the test accuracy of runs (their metrics.jsonl) against training steps and "
+            "wall time into one PNG."
+        ),
     )
-    p.add_argument("runs", nargs="+", help="run directories or metrics.jsonl files")
-    p.add_argument("--labels", default=None, help="comma-separated legend labels")
-    p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run directories or metrics.jsonl files")
+    p.add_argument("--labels", metavar="A,B,..", default=None, help="comma-separated legend labels")
+    p.add_argument("--out", metavar="PNG", default="curves.png", help="default: curves.png")
     p.set_defaults(func=cmd_plot)
 
 
@@ -827,9 +881,13 @@ def _add_demo(sub: Any) -> None:
             "training curves. Needs no download."
         ),
     )
-    p.add_argument("--out", default="runs/demo", help="directory for runs and curves.png")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of each training run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", metavar="DIR", default="runs/demo", help="runs, curves.png (default: runs/demo)"
+    )
+    p.add_argument(
+        "--epochs", metavar="N", type=int, default=None, help="epochs of each training run"
+    )
+    p.add_argument("--seed", metavar="N", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
     p.set_defaults(func=cmd_demo)
 

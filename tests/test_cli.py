@@ -45,7 +45,7 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         (["transfer"], ["--from", "--to", "--arch-json", "--depth-map", "--fill", "--out"]),
         (["grow"], ["--from", "--widen", "--deepen", "--noise", "--seed", "--out"]),
         (["eval"], ["--from", "--dataset", "--data-dir"]),
-        (["plot"], ["runs", "--out", "--labels"]),
+        (["plot"], ["RUN", "--out", "--labels"]),
     ],
 )
 def test_help_of_every_command(capsys: pytest.CaptureFixture, command, expected) -> None:
