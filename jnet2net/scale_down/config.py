@@ -43,7 +43,12 @@ class ScaleDownConfig:
     and its mirror image and picks one per example and step (exactly the flip half of the
     usual augmentation); ``'none'`` uses the unaugmented images only.
 
-    Defaults suit CIFAR-10 at batch 128 (~390 steps per epoch) with SGD + momentum.
+    Defaults suit CIFAR-10 at batch 128 (~390 steps per epoch: a check every quarter
+    epoch, five epochs of warm-up) with SGD + momentum and a cosine schedule. Under such a
+    schedule the scores fall with the learning rate, so ``threshold`` mostly sets *when*
+    layers go (a higher one drops them earlier) and the early peak of each layer sets the
+    order; :func:`~jnet2net.scale_down.policy.replay_policy` tries thresholds on the
+    scores of one recorded run (``max_frozen=0`` records every layer and drops none).
 
     Attributes:
       check_every: steps ``K`` between parameter snapshots (score checks).
