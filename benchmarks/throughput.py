@@ -213,11 +213,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name in args.nets:
         row = {"net": name, "batch": batch, "dtype": dtype, "steps": steps}
-        row["jnet2net"] = jax_images_per_s(name, batch, dtype, warmup, steps)
+        row["jnet2net_images_per_s"] = jax_images_per_s(name, batch, dtype, warmup, steps)
         if not args.no_torch:
-            row["torch_eager"] = torch_images_per_s(name, batch, not small, False, warmup, steps)
+            row["torch_eager_images_per_s"] = torch_images_per_s(
+                name, batch, not small, False, warmup, steps
+            )
             if not args.no_compile:
-                row["torch_compile"] = torch_images_per_s(
+                row["torch_compile_images_per_s"] = torch_images_per_s(
                     name, batch, not small, True, warmup, steps
                 )
         rows.append(row)
@@ -226,12 +228,14 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def format_row(row: dict[str, Any]) -> str:
-    """One line of the table: images/s and jnet2net's ratio to each reference."""
+    """One line of the table: images/s and jnet2net's ratio to each reference (x ours/theirs)."""
     parts = [f"{row['net']:<9} batch {row['batch']:<4} {row['dtype']:<8}"]
-    parts.append(f"jnet2net {row['jnet2net']:>9.1f}")
+    ours = row["jnet2net_images_per_s"]
+    parts.append(f"jnet2net {ours:>9.1f}")
     for ref in ("torch_eager", "torch_compile"):
-        if ref in row:
-            parts.append(f"{ref} {row[ref]:>9.1f} (x{row['jnet2net'] / row[ref]:.2f})")
+        value = row.get(f"{ref}_images_per_s")
+        if value:
+            parts.append(f"{ref} {value:>9.1f} (x{ours / value:.2f})")
     return " | ".join(parts)
 
 
