@@ -588,7 +588,7 @@ def fit_scale_down(
                 scores = record_scores(scores, step + 1, raw, scale_config.smoothing)
                 segments.append((run.cut, step + 1 - mark, time.perf_counter() - t_mark))
                 policy = update_policy(policy, scores, step + 1, scale_config)
-                if policy.cut != run.cut:
+                if policy.cut != run.cut and step + 1 < end:  # no compile for no step
                     t_rebuild, old = time.perf_counter(), run.cut
                     state, frozen = move_cut(model, state, frozen, policy.cut)
                     run, build_flops = _prepare(setup, state, frozen, run.cache, policy.cut, order)
