@@ -209,7 +209,7 @@ def environment(note: str | None = None) -> dict[str, Any]:
         "optax": optax.__version__,
         "jnet2net": jnet2net.__version__,
     }
-    info["jax_disable_most_optimizations"] = bool(jax.config.jax_disable_most_optimizations)
+    info["jax_disable_most_optimizations"] = bool(jax.config.read("jax_disable_most_optimizations"))
     if note:
         info["note"] = note
     return info
