@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import chex
@@ -141,7 +143,6 @@ def test_corrupt_checkpoints_raise_value_errors(tmp_path: pathlib.Path) -> None:
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     shutil.copytree(tmp_path / "a", tmp_path / "c")
     shutil.copytree(tmp_path / "a", tmp_path / "d")
-    shutil.copytree(tmp_path / "a", tmp_path / "e")
 
     _arch_file(tmp_path / "a" / "1").write_text("not json {")
     with pytest.raises(ValueError, match=r"a/1 is corrupt: cannot read its 'arch' item"):
@@ -160,12 +161,18 @@ def test_corrupt_checkpoints_raise_value_errors(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match=r"d/1 is corrupt or not a jnet2net checkpoint"):
         checkpoint.restore(tmp_path / "d")
 
-    data = [p for p in (tmp_path / "e" / "1" / "state").rglob("*") if p.is_file()]
-    for p in data:
-        if "ocdbt" in str(p.parent) or p.parent.name == "d":
+
+# Orbax's reader threads report "Event loop is closed" after a failed read of corrupt data.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_array_data_raises_value_error(tmp_path: pathlib.Path) -> None:
+    checkpoint.save(tmp_path, model=RESNET, variables=_init(RESNET), step=1)
+    for p in (tmp_path / "1" / "state").rglob("*"):
+        if p.is_file() and ("ocdbt" in str(p.parent) or p.parent.name == "d"):
             p.write_bytes(b"\0garbage")
-    with pytest.raises(ValueError, match=r"e/1 is corrupt or does not match"):
-        checkpoint.restore(tmp_path / "e")
+    with pytest.raises(ValueError, match=r"/1 is corrupt or does not match the architecture"):
+        checkpoint.restore(tmp_path)
+    gc.collect()
+    time.sleep(0.5)  # let those reports land in this test
 
 
 def test_state_that_lies_about_its_architecture_is_refused(tmp_path: pathlib.Path) -> None:
