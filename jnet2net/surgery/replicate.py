@@ -47,10 +47,15 @@ def split_among_replicas(
     Every replica of old unit ``i`` gets a share ``a`` of ``w[..., i, ...]`` with the shares
     of the replicas of ``i`` summing to one, elementwise. The consumer's output is therefore
     unchanged (replicas carry equal values). Without ``key`` the shares are ``1 / counts[i]``
-    (Net2Net). With ``key`` and ``noise_scale > 0`` each share is
-    ``(1 + e) / counts[i]`` where ``e ~ N(0, noise_scale**2)`` is centred within each replica
-    set: the replicas differ (symmetry is broken) and the function is still exact. Units with
-    one copy get no noise.
+    (Net2Net). With ``key`` and ``noise_scale > 0`` each share is ``(1 + e) / counts[i]``
+    with zero-sum noise ``e`` within each replica set: the replicas differ (symmetry is
+    broken) and the function is still exact. Units with one copy get no noise.
+
+    The noise is rank one, ``e[j, t] = u[j] * v[t]`` for new unit ``j`` and position ``t`` of
+    the other axes, with ``u ~ N(0, 1)`` centred within each replica set and
+    ``v ~ N(0, noise_scale**2)``: replicas of a unit then differ by ``w_i * v`` times a random
+    factor, and only ``new_size + w.size / old_size`` numbers are drawn instead of ``w.size``
+    (random bits dominate the cost of widening a large network on a CPU).
 
     Args:
       w: consumer weight, e.g. a conv kernel ``(kh, kw, c_in, c_out)`` with ``axis=2``.
@@ -69,12 +74,13 @@ def split_among_replicas(
     share = _along(inverse_counts, axis, w.ndim)
     if key is None or noise_scale == 0.0:
         return gathered * share
-    moved = jnp.moveaxis(gathered, axis, 0)
-    noise = noise_scale * jax.random.normal(key, moved.shape, w.dtype)
-    old_size = counts.shape[0]
-    group_sum = jax.ops.segment_sum(noise, mapping, num_segments=old_size)
-    group_mean = group_sum / _along(counts.astype(w.dtype), 0, moved.ndim)
-    centred = noise - group_mean[mapping]
+    moved = jnp.moveaxis(gathered, axis, 0)  # (new_size, *rest)
+    unit_key, rest_key = jax.random.split(key)
+    per_unit = jax.random.normal(unit_key, moved.shape[:1], w.dtype)
+    group_sum = jax.ops.segment_sum(per_unit, mapping, num_segments=counts.shape[0])
+    per_unit = per_unit - (group_sum / counts.astype(w.dtype))[mapping]  # zero-sum per set
+    per_rest = noise_scale * jax.random.normal(rest_key, moved.shape[1:], w.dtype)
+    centred = _along(per_unit, 0, moved.ndim) * per_rest
     split = moved * (1.0 + centred) * _along(inverse_counts, 0, moved.ndim)
     return jnp.moveaxis(split, 0, axis)
 

@@ -1,0 +1,98 @@
+"""Surgery speed: seconds to widen and to deepen ResNet-50 and VGG-16 on the CPU, after compile.
+
+* widen: every stage width x1.5 (ResNet-50 also its stem width; the bottleneck inner widths
+  follow the stage widths), ``noise='split'`` (the default);
+* deepen: one more block (ResNet) or conv layer (VGG) at the end of every stage.
+
+The growth is jitted with the architecture static
+(``jax.jit(jnet2net.widen, static_argnames=('model', 'widths', 'stem_width'))``), compiled by
+one warm-up call, then timed over ``--runs`` calls (``jax.block_until_ready``); the median is
+reported. The networks have CIFAR stems and 10 classes, as the presets do; the variables are
+``init`` on a 32x32 batch. Target: under 1 s each.
+
+Run::
+
+    JAX_PLATFORMS=cpu python benchmarks/bench_surgery.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import jnet2net
+from jnet2net.models import resnet50, vgg16
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def scaled(widths: tuple[int, ...], factor: float) -> tuple[int, ...]:
+    return tuple(round(w * factor) for w in widths)
+
+
+def timed(grow: Callable[[], Any], runs: int) -> tuple[float, float]:
+    """``(compile_and_first_call_s, median_s)`` of ``grow()``, synchronised."""
+    start = time.perf_counter()
+    jax.block_until_ready(grow())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(grow())
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def bench(name: str, model: Any, runs: int) -> list[tuple[str, str, float, float]]:
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    key = jax.random.key(1)
+    widen_kwargs: dict[str, Any] = {"widths": scaled(model.stage_widths, 1.5)}
+    if getattr(model, "stem_width", None) is not None:
+        widen_kwargs["stem_width"] = round(model.stem_width * 1.5)
+    widen = jax.jit(jnet2net.widen, static_argnames=("model", "widths", "stem_width"))
+    depths = tuple(d + 1 for d in model.stage_depths)
+    deepen = jax.jit(jnet2net.deepen, static_argnames=("model", "depths"))
+    rows = []
+    first, median = timed(lambda: widen(model, variables, key=key, **widen_kwargs), runs)
+    rows.append((name, f"widen x1.5 {widen_kwargs}", first, median))
+    first, median = timed(lambda: deepen(model, variables, key=key, depths=depths), runs)
+    rows.append((name, f"deepen {model.stage_depths} -> {depths}", first, median))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed calls after the warm-up")
+    args = parser.parse_args()
+    print(
+        f"# {datetime.date.today()}  {cpu_model()}  {os.cpu_count()} cores  "
+        f"jax {jax.__version__}  backend {jax.default_backend()}  median of {args.runs} runs"
+    )
+    print("| network | growth | compile + first call (s) | median (s) |")
+    print("|---|---|---|---|")
+    for name, model in (("ResNet-50", resnet50()), ("VGG-16", vgg16())):
+        for net, growth, first, median in bench(name, model, args.runs):
+            print(f"| {net} | {growth} | {first:.2f} | {median:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
