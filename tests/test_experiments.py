@@ -125,3 +125,20 @@ def test_scale_down_main_tiny(tmp_path):
     assert item["full"]["epochs"] == item["scale_down"]["epochs"] == 1
     assert "fwd FLOPs saved" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "curves_resnet18.png").stat().st_size > 1000
+
+
+# --- the throughput benchmark's PyTorch twins ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16"])
+def test_torch_reference_has_the_same_parameter_count(name):
+    pytest.importorskip("torch")
+    from benchmarks import throughput
+
+    model = throughput.JAX_MODELS[name]()
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)), train=False)
+    )
+    ours = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
+    theirs = sum(p.numel() for p in throughput.torch_model(name).parameters())
+    assert ours == theirs
