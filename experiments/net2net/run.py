@@ -22,7 +22,8 @@ accuracy per budget), and PNGs: ``curves_<arch>_<change>.png`` (accuracy against
 seconds at the largest budget, grown runs shifted by their teacher) and
 ``budget_<arch>_<change>.png`` (final accuracy against budget and seconds).
 
-GPU, CIFAR-10 (full protocol; about an hour on one H100)::
+GPU, CIFAR-10 (full protocol: about 1,350 epochs of half- and full-width ResNet-20/VGG-11
+in all; not yet timed on a GPU; `--archs resnet` or `--budgets 5 10` run a part)::
 
     python experiments/net2net/run.py --dataset cifar10 --npz data/cifar10_jpeg.npz
 
