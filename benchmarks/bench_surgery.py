@@ -7,7 +7,8 @@
 The growth is jitted with the architecture static
 (``jax.jit(jnet2net.widen, static_argnames=('model', 'widths', 'stem_width'))``), compiled by
 one warm-up call, then timed over ``--runs`` calls (``jax.block_until_ready``); the median is
-reported. The networks have CIFAR stems and 10 classes, as the presets do; the variables are
+reported. For comparison, ``eager`` is one plain (un-jitted) call after a warm-up call.
+The networks have CIFAR stems and 10 classes, as the presets do; the variables are
 ``init`` on a 32x32 batch. Target: under 1 s each.
 
 Run::
@@ -62,7 +63,7 @@ def timed(grow: Callable[[], Any], runs: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def bench(name: str, model: Any, runs: int) -> list[tuple[str, str, float, float]]:
+def bench(name: str, model: Any, runs: int) -> list[tuple[str, str, float, float, float]]:
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     key = jax.random.key(1)
     widen_kwargs: dict[str, Any] = {"widths": scaled(model.stage_widths, 1.5)}
@@ -73,9 +74,11 @@ def bench(name: str, model: Any, runs: int) -> list[tuple[str, str, float, float
     deepen = jax.jit(jnet2net.deepen, static_argnames=("model", "depths"))
     rows = []
     first, median = timed(lambda: widen(model, variables, key=key, **widen_kwargs), runs)
-    rows.append((name, f"widen x1.5 {widen_kwargs}", first, median))
+    _, eager = timed(lambda: jnet2net.widen(model, variables, key=key, **widen_kwargs), 1)
+    rows.append((name, f"widen x1.5 {widen_kwargs}", first, median, eager))
     first, median = timed(lambda: deepen(model, variables, key=key, depths=depths), runs)
-    rows.append((name, f"deepen {model.stage_depths} -> {depths}", first, median))
+    _, eager = timed(lambda: jnet2net.deepen(model, variables, key=key, depths=depths), 1)
+    rows.append((name, f"deepen {model.stage_depths} -> {depths}", first, median, eager))
     return rows
 
 
@@ -87,11 +90,11 @@ def main() -> None:
         f"# {datetime.date.today()}  {cpu_model()}  {os.cpu_count()} cores  "
         f"jax {jax.__version__}  backend {jax.default_backend()}  median of {args.runs} runs"
     )
-    print("| network | growth | compile + first call (s) | median (s) |")
-    print("|---|---|---|---|")
+    print("| network | growth | jit: compile + first call (s) | jit: median (s) | eager (s) |")
+    print("|---|---|---|---|---|")
     for name, model in (("ResNet-50", resnet50()), ("VGG-16", vgg16())):
-        for net, growth, first, median in bench(name, model, args.runs):
-            print(f"| {net} | {growth} | {first:.2f} | {median:.3f} |", flush=True)
+        for net, growth, first, median, eager in bench(name, model, args.runs):
+            print(f"| {net} | {growth} | {first:.2f} | {median:.3f} | {eager:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
