@@ -573,8 +573,8 @@ print(
 )
 for r in result.history:
     print(
-        f"{r['epoch']:>5}{r['cut']:>5}{r['forward_flops'] / 1e6:>11.3f}"
-        f"{r['backward_flops'] / 1e6:>11.3f}{r['epoch_flops'] / r['full_epoch_flops']:>15.1%}"
+        f"{r['epoch']:>5}{r['cut']:>5}{r['forward_flops_per_example'] / 1e6:>11.3f}"
+        f"{r['backward_flops_per_example'] / 1e6:>11.3f}{r['epoch_flops'] / r['full_epoch_flops']:>15.1%}"
         f"{r['epoch_s']:>8.2f}{r['test_acc']:>10.3f}"
     )
 for event in result.summary["events"]:
