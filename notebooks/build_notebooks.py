@@ -359,7 +359,7 @@ REUSE = [
         """\
 # Weight reuse between similar architectures
 
-Net2Net grows a network into a strict superset of itself. `jnet2net.reuse.transfer` is more
+Net2Net grows a network into a strict superset of itself. `jnet2net.transfer` is more
 general: it maps the weights of a trained network onto *any* similar network of the same
 family, deeper or shallower, wider or narrower, and reports what every destination weight
 got. When the destination is a superset (deeper and wider only) the function is preserved
@@ -375,7 +375,7 @@ the reused weights and from a random initialisation.
         "code",
         setup(
             "import matplotlib.pyplot as plt\nimport numpy as np",
-            "from jnet2net import data, models, train\nfrom jnet2net.reuse import transfer",
+            "import jnet2net\nfrom jnet2net import data, models, train",
         ),
     ),
     ("md", DATA_MD),
@@ -424,8 +424,8 @@ destinations = {
 }
 reports, reused = {}, {}
 for name, model in destinations.items():
-    reused[name], reports[name] = transfer(source, source_vars, model, key=jax.random.key(1))
-    report = reports[name]
+    reused[name], report = jnet2net.transfer(source, source_vars, model, key=jax.random.key(1))
+    reports[name] = report
     print(
         f"{name:<10} depths {model.stage_depths} widths {model.stage_widths}: "
         f"{report.reused_fraction:.0%} of the parameters from the source, "
@@ -572,9 +572,10 @@ print(
     f"{'time s':>8}{'test acc':>10}"
 )
 for r in result.history:
+    forward, backward = r["forward_flops_per_example"], r["backward_flops_per_example"]
     print(
-        f"{r['epoch']:>5}{r['cut']:>5}{r['forward_flops_per_example'] / 1e6:>11.3f}"
-        f"{r['backward_flops_per_example'] / 1e6:>11.3f}{r['epoch_flops'] / r['full_epoch_flops']:>15.1%}"
+        f"{r['epoch']:>5}{r['cut']:>5}{forward / 1e6:>11.3f}{backward / 1e6:>11.3f}"
+        f"{r['epoch_flops'] / r['full_epoch_flops']:>15.1%}"
         f"{r['epoch_s']:>8.2f}{r['test_acc']:>10.3f}"
     )
 for event in result.summary["events"]:

@@ -12,8 +12,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-jnet2net-tests")  # never download
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_disable_most_optimizations", True)
 

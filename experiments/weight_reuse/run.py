@@ -34,7 +34,6 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import jnet2net
-import jnet2net.reuse
 from experiments import common
 from jnet2net.models import VGG, ResNet, resnet20, resnet32, resnet56, vgg11, vgg16
 from jnet2net.train import TrainConfig
@@ -48,11 +47,6 @@ SETTINGS = (
     "resnet_shrink",
     "resnet_mixed",
 )
-
-
-def transfer_fn() -> Any:
-    """``jnet2net.transfer`` where the package exports it, else ``jnet2net.reuse.transfer``."""
-    return getattr(jnet2net, "transfer", None) or jnet2net.reuse.transfer
 
 
 def setting_models(dataset: str) -> dict[str, tuple[Any, Any]]:
@@ -105,7 +99,7 @@ def run_setting(
         sources[src_model] = common.train_run(f"{name} source", src_model, train, test, src_config)
     src_run, src_vars = sources[src_model]
     key = jax.random.key(config.seed + 1)
-    dst_vars, report = transfer_fn()(src_model, src_vars, dst_model, key=key)
+    dst_vars, report = jnet2net.transfer(src_model, src_vars, dst_model, key=key)
     random_run, _ = common.train_run(f"{name} random", dst_model, train, test, config)
     reuse_run, _ = common.train_run(
         f"{name} reuse", dst_model, train, test, config, variables=jax.device_get(dst_vars)

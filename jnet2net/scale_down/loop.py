@@ -46,12 +46,12 @@ from jnet2net.scale_down.split import (
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.loop import (
-    _check_inputs,
-    _epoch_means,
-    _nan_error,
-    _run_eval,
+    check_fit_inputs,
+    epoch_means,
     eval_batch_size,
+    nonfinite_loss_error,
     put_eval_set,
+    run_eval,
     steps_per_epoch,
 )
 from jnet2net.train.optim import make_schedule
@@ -490,7 +490,7 @@ def fit_scale_down(
         raise TypeError(
             f"scale_config must be a ScaleDownConfig, got {type(scale_config).__name__}"
         )
-    _check_inputs(model, train, test, train_config)
+    check_fit_inputs(model, train, test, train_config)
     if not hasattr(model, "layer_names"):
         raise TypeError(f"{type(model).__name__} has no layer_names(): it cannot be cut")
     names = tuple(model.layer_names())
@@ -611,18 +611,18 @@ def fit_scale_down(
                         }
                     )
                 t_mark, mark = time.perf_counter(), step + 1
-            means = _epoch_means(step_metrics)
+            means = epoch_means(step_metrics)
             if mark < hi:
                 segments.append((run.cut, hi - mark, time.perf_counter() - t_mark))
             epoch_s = time.perf_counter() - t_epoch
             totals["rebuild_s"] += rebuild_s
             lr = float(schedule(hi - 1))
             if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
-                raise _nan_error(epoch + 1, lo, hi, lr, train_config)
+                raise nonfinite_loss_error(epoch + 1, lo, hi, lr, train_config)
             test_loss = test_acc = None
             if eval_set is not None:
                 merged = merge_variables(frozen, _trained_variables(state))
-                test_loss, test_acc = _run_eval(eval_step, merged, eval_set, mesh)
+                test_loss, test_acc = run_eval(eval_step, merged, eval_set, mesh)
             record: Record = {
                 "epoch": epoch + 1,
                 "step": hi,

@@ -2,10 +2,17 @@
 
 config = TrainConfig(epochs=5, batch_size=128, learning_rate=0.05)
 result = fit(model, train, test, config)     # result.state, result.history
+new_model, state = widen_train_state(result.state, model, key=key, widths=(32, 64, 128))
 """
 
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig
+from jnet2net.train.growth import (
+    deepen_train_state,
+    grow_train_state,
+    transfer_train_state,
+    widen_train_state,
+)
 from jnet2net.train.loop import (
     DeviceEvalSet,
     FitResult,
@@ -65,12 +72,14 @@ __all__ = [
     "cross_entropy_loss",
     "data_mesh",
     "decay_mask",
+    "deepen_train_state",
     "epoch_means",
     "epoch_permutation",
     "eval_batch_size",
     "eval_step_fn",
     "evaluate",
     "fit",
+    "grow_train_state",
     "init_variables",
     "make_eval_step",
     "make_indexed_eval_step",
@@ -89,6 +98,8 @@ __all__ = [
     "steps_per_epoch",
     "stream_key",
     "train_step_fn",
+    "transfer_train_state",
     "variables_of",
+    "widen_train_state",
     "with_compute_dtype",
 ]

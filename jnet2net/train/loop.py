@@ -363,10 +363,3 @@ def _summary(record: Record, epochs: int) -> str:
     if record["test_acc"] is not None:
         text += f" test_acc {record['test_acc']:.3f}"
     return text
-
-
-# Former private names, still imported elsewhere in the package.
-_check_inputs = check_fit_inputs
-_epoch_means = epoch_means
-_nan_error = nonfinite_loss_error
-_run_eval = run_eval
