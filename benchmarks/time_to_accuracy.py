@@ -34,7 +34,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from experiments import common
 from experiments.net2net import run as net2net
-from jnet2net.train import TrainConfig
 
 STEP_RATIO_MAX = 0.5
 ACC_GAP_MAX = 0.003
@@ -72,19 +71,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     setup = net2net.settings(args.dataset, args.tiny)
     digits = args.dataset == "digits"
     epochs = args.epochs or (1 if args.tiny else 5 if digits else 30)
-    train, test = common.load_data(
-        args.dataset, data_dir=args.data_dir, npz=args.npz, train_limit=256 if args.tiny else None
-    )
-    base = TrainConfig(
-        epochs=epochs,
-        batch_size=args.batch_size or setup["batch_size"],
-        learning_rate=args.lr or setup["lr"],
-        augment="crop" if digits else "crop_flip",
-        crop_padding=1 if digits else 4,
-        compute_dtype=args.dtype or common.default_dtype(),
-        seed=args.seed,
-        progress=False,
-    )
+    train, test = common.data_for(args)
+    base = common.base_config(args, setup, epochs)
     spec = net2net.architectures(args.dataset)[args.arch]
     family = net2net.run_family(
         args.arch,

@@ -59,6 +59,32 @@ def load_data(
     return train, test
 
 
+def data_for(args: argparse.Namespace) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+    """:func:`load_data` of the options :func:`add_common_args` added (``--tiny``: 256)."""
+    return load_data(
+        args.dataset, data_dir=args.data_dir, npz=args.npz, train_limit=256 if args.tiny else None
+    )
+
+
+def base_config(args: argparse.Namespace, setup: dict[str, Any], epochs: int) -> TrainConfig:
+    """The scripts' training config: ``--batch-size/--lr/--dtype/--seed`` over ``setup``.
+
+    Digits (8x8) get a 1-pixel random crop and no flip (mirrored digits are other digits);
+    other datasets crop with 4 pixels of padding and flip.
+    """
+    digits = args.dataset == "digits"
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=args.batch_size or setup["batch_size"],
+        learning_rate=args.lr or setup["lr"],
+        augment="crop" if digits else "crop_flip",
+        crop_padding=1 if digits else 4,
+        compute_dtype=args.dtype or default_dtype(),
+        seed=args.seed,
+        progress=False,
+    )
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Adds ``--dataset --data-dir --npz --out --small --tiny --batch-size --seed``."""
     parser.add_argument("--dataset", default="digits", help="digits (CPU) or cifar10 (GPU)")

@@ -391,20 +391,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     setup = settings(args.dataset, args.tiny)
     budgets = tuple(args.budgets or setup["budgets"])
     teacher_epochs = args.teacher_epochs or setup["teacher_epochs"]
-    train, test = common.load_data(
-        args.dataset, data_dir=args.data_dir, npz=args.npz, train_limit=256 if args.tiny else None
-    )
+    train, test = common.data_for(args)
     digits = args.dataset == "digits"
-    base = TrainConfig(
-        epochs=max(budgets),
-        batch_size=args.batch_size or setup["batch_size"],
-        learning_rate=args.lr or setup["lr"],
-        augment="crop" if digits else "crop_flip",
-        crop_padding=1 if digits else 4,
-        compute_dtype=args.dtype or common.default_dtype(),
-        seed=args.seed,
-        progress=False,
-    )
+    base = common.base_config(args, setup, max(budgets))
     env = common.environment(common.REDUCED_NOTE if digits else None)
     families = {}
     specs = architectures(args.dataset)

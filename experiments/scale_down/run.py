@@ -187,20 +187,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     scale = setup["scale"]
     if args.mode:
         scale = ScaleDownConfig(**{**scale.__dict__, "mode": args.mode})
-    train, test = common.load_data(
-        args.dataset, data_dir=args.data_dir, npz=args.npz, train_limit=256 if args.tiny else None
-    )
+    train, test = common.data_for(args)
     digits = args.dataset == "digits"
-    config = TrainConfig(
-        epochs=args.epochs or setup["epochs"],
-        batch_size=args.batch_size or setup["batch_size"],
-        learning_rate=args.lr or setup["lr"],
-        augment="crop" if digits else "crop_flip",
-        crop_padding=1 if digits else 4,
-        compute_dtype=args.dtype or common.default_dtype(),
-        seed=args.seed,
-        progress=False,
-    )
+    config = common.base_config(args, setup, args.epochs or setup["epochs"])
     nets = models(args.dataset, args.tiny)
     archs = {}
     for name in args.archs or list(nets):

@@ -182,20 +182,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.configure_reduced_mode(args.dataset)
 
     setup = settings(args.dataset, args.tiny)
-    train, test = common.load_data(
-        args.dataset, data_dir=args.data_dir, npz=args.npz, train_limit=256 if args.tiny else None
-    )
+    train, test = common.data_for(args)
     digits = args.dataset == "digits"
-    config = TrainConfig(
-        epochs=args.epochs or setup["epochs"],
-        batch_size=args.batch_size or setup["batch_size"],
-        learning_rate=args.lr or setup["lr"],
-        augment="crop" if digits else "crop_flip",
-        crop_padding=1 if digits else 4,
-        compute_dtype=args.dtype or common.default_dtype(),
-        seed=args.seed,
-        progress=False,
-    )
+    config = common.base_config(args, setup, args.epochs or setup["epochs"])
     src_config = config.replace(epochs=args.src_epochs or setup["src_epochs"])
     models = setting_models(args.dataset)
     sources: dict[Any, tuple[Any, Any]] = {}
