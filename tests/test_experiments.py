@@ -11,6 +11,7 @@ import pytest
 
 from experiments import common
 from experiments.net2net import run as net2net
+from experiments.net2net import symmetry
 from experiments.scale_down import run as scale_down
 from experiments.weight_reuse import run as weight_reuse
 from jnet2net.models import ResNet
@@ -108,6 +109,16 @@ def test_net2net_main_tiny(tmp_path):
     assert "steps to 98%" in (tmp_path / "table.md").read_text()
     for name in ("curves_resnet_wider.png", "budget_resnet_wider.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_symmetry_main_tiny(tmp_path):
+    results = symmetry.main(["--tiny", "--out", str(tmp_path), "--archs", "vgg"])
+    family = results["families"]["vgg"]
+    assert [(r["noise"], r["noise_scale"]) for r in family["students"]] == list(symmetry.NOISES)
+    assert all(len(r["test_acc"]) == 1 for r in family["students"])
+    saved = json.loads((tmp_path / "symmetry.json").read_text())
+    assert saved["families"]["vgg"]["student_widths"] == [12, 24]
+    assert "widen, split" in (tmp_path / "symmetry.md").read_text()
 
 
 def test_weight_reuse_main_tiny(tmp_path):
