@@ -584,3 +584,92 @@ def test_fit_scale_down_rejects_bad_arguments():
         ValueError, match=r"variables do not match VGG: .*stage0_layer0.* needs \(4,"
     ):
         fit_scale_down(tiny_vgg(), train, test, train_config(), FORCED, variables=other)
+
+
+# --- review fixes ----------------------------------------------------------------------
+
+
+def test_cached_step_never_flips_when_the_augmentation_has_no_flips():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="crop")  # digits and letters: a flip changes the class
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, 2)
+    labels = jnp.asarray(train.labels)
+    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)
+    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4, "cached": True}
+    cached = make_scaled_train_step(model, config, 2, **common)
+    plain = cache_lib.build_cache(
+        model, frozen, jnp.asarray(train.images), 2, mean=train.mean, std=train.std, flips=False
+    )
+    junk = jnp.concatenate([plain.activations, 1e3 + plain.activations], axis=1)  # 2 views
+    copy = jax.tree.map(jnp.copy, state)
+    state_a, metrics_a = cached(state, plain.activations, labels, order)
+    state_b, metrics_b = cached(copy, junk, labels, order)
+    chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-6)
+    chex.assert_trees_all_close(state_a.params, state_b.params, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def crop_cache_run():
+    """A cache-mode run with crops only, spying on what the loop waits for."""
+    built, blocked = [], []
+    build, block = cache_lib.build_cache, jax.block_until_ready
+
+    def spy_build(*args, **kwargs):
+        cache = build(*args, **kwargs)
+        built.append(cache.activations)
+        return cache
+
+    def spy_block(tree):
+        blocked.extend(jax.tree.leaves(tree))
+        return block(tree)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache_lib, "build_cache", spy_build)
+        patch.setattr(jax, "block_until_ready", spy_block)
+        config = train_config(epochs=2, augment="crop")
+        result, _ = _fit(tiny_resnet(), config, dataclasses.replace(FORCED, mode="cache"))
+    return result, built, blocked
+
+
+def test_cache_mode_stores_no_mirror_view_without_flip_augmentation(crop_cache_run):
+    result, built, _ = crop_cache_run
+    assert result.cut == 2 and [r["mode"] for r in result.history] == ["cache", "cache"]
+    (activations,) = built
+    assert activations.shape[1] == 1  # the plain view only
+    assert result.history[-1]["cache_bytes"] == activations.nbytes
+    assert [r["augment"] for r in result.history] == ["none (cached)"] * 2
+
+
+def test_cut_move_time_includes_the_cache_build(crop_cache_run):
+    _, built, blocked = crop_cache_run
+    (activations,) = built
+    assert any(leaf is activations for leaf in blocked)  # rebuild_s waits for the cache
+
+
+def test_move_cut_rejects_a_cut_before_the_current_one():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    state = create_train_state(model, train_config(), train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, 2)
+    with pytest.raises(
+        ValueError, match=r"cut 1 is before the current cut 2: layer 'stage0_block0' is frozen"
+    ):
+        move_cut(model, state, frozen, 1)
+
+
+def test_prefix_suffix_and_cache_reject_cuts_outside_the_network():
+    model = tiny_vgg()
+    variables, x = init(model)
+    frozen, trained = split_variables(model, variables, 1)
+    with pytest.raises(ValueError, match=r"cut must be in \[0, 3\] .*got -1"):
+        prefix_apply(model, variables, x, -1)
+    with pytest.raises(ValueError, match=r"cut must be in \[0, 3\] .*got 4"):
+        suffix_apply(model, trained["params"], trained["batch_stats"], x, 4, train=False)
+    images = jnp.zeros((2, *IMAGE), jnp.uint8)
+    cache = cache_lib.build_cache(model, frozen, images, 1, mean=(0.0,), std=(1.0,), flips=False)
+    with pytest.raises(ValueError, match=r"cut must be in \[0, 3\] .*got 5"):
+        cache_lib.extend_cache(model, variables, cache, 5)
+    with pytest.raises(ValueError, match=r"cut must be in \[0, 3\] .*got -1"):
+        cache_flops(model, variables, -1, 1, x)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net.data.dataset import normalize
-from jnet2net.scale_down.split import prefix_apply
+from jnet2net.scale_down.split import check_cut, prefix_apply
 from jnet2net.train.sharding import batch_sharding, replicated
 from jnet2net.variables import Variables
 
@@ -214,6 +214,7 @@ def extend_cache(
     Returns:
       the cache at ``cut`` (the old one is left to be freed).
     """
+    check_cut(model, cut)
     if cut < cache.cut:
         raise ValueError(f"a cache only moves forward: cut {cut} < cache.cut {cache.cut}")
     if cut == cache.cut:

@@ -41,7 +41,8 @@ class ScaleDownConfig:
     the newly dropped layers only) and trains the suffix on the stored activations. Cached
     activations see no random crops: ``cache_augment='flip'`` stores them for the image
     and its mirror image and picks one per example and step (exactly the flip half of the
-    usual augmentation); ``'none'`` uses the unaugmented images only.
+    usual augmentation; an augmentation without flips, ``'crop'`` or ``'none'``, gets the
+    plain view only); ``'none'`` uses the unaugmented images only.
 
     Defaults suit CIFAR-10 at batch 128 (~390 steps per epoch: a check every quarter
     epoch, five epochs of warm-up) with SGD + momentum and a cosine schedule. Under such a

@@ -183,6 +183,7 @@ def cache_flops(
     """
     if stop == start:
         return 0.0
+    check_cut(model, start)
     if stop < start:
         raise ValueError(f"a cache only grows: stop={stop} < start={start}")
     check_cut(model, stop)

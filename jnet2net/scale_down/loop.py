@@ -37,6 +37,7 @@ from jnet2net.scale_down.scores import (
     record_scores,
 )
 from jnet2net.scale_down.split import (
+    check_cut,
     merge_variables,
     prefix_apply,
     shrink_opt_state,
@@ -76,6 +77,9 @@ from jnet2net.variables import Variables
 
 Metrics = dict[str, jax.Array]
 Record = dict[str, Any]
+
+#: ``TrainConfig.augment`` values that flip images (only these may read a mirrored view).
+FLIP_AUGMENTS = ("crop_flip", "flip")
 
 # --- steps -------------------------------------------------------------------------------
 
@@ -126,7 +130,8 @@ def make_scaled_train_step(
     ``activations (n, views, ...)`` are an
     :class:`~jnet2net.scale_down.cache.ActivationCache`'s; with two views each example
     takes the mirrored one with probability 1/2 (key ``augment_key(seed, step)``), with
-    one view (or ``config.augment == 'none'``) the plain one.
+    one view (or when ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain
+    one.
 
     Args:
       model: the network in its compute dtype.
@@ -169,7 +174,7 @@ def make_scaled_train_step(
         TRACE_COUNTS["scale_down_step"] += 1
         index = indices(state, permutation)
         view = None
-        if activations.shape[1] > 1 and config.augment != "none":
+        if activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS:
             key = augment_key(config.seed, state.step)
             view = jax.random.bernoulli(key, 0.5, (batch_size,)).astype(jnp.int32)
         h = cache_lib.gather_views(activations, index, view)
@@ -201,7 +206,18 @@ def move_cut(
 
     Returns:
       ``(state of layers [cut, end), variables of layers [0, cut))``.
+
+    Raises:
+      ValueError: ``cut`` is before the old cut (a layer it would train is frozen).
     """
+    check_cut(model, cut)
+    names = model.layer_names()
+    old = next((i for i, name in enumerate(names) if name in state.params), len(names))
+    if cut < old:
+        raise ValueError(
+            f"cut {cut} is before the current cut {old}: layer {names[cut]!r} is frozen and "
+            "is never trained again"
+        )
     trained = {"params": state.params, "batch_stats": state.batch_stats}
     moved, kept = split_variables(model, trained, cut)
     frozen = merge_variables(frozen, moved)
@@ -351,7 +367,7 @@ def _cache_for(
     config, train_config = setup.scale_config, setup.train_config
     if config.mode != "cache" or cut == 0:
         return None, 0.0
-    flips = config.cache_augment == "flip" and train_config.augment != "none"
+    flips = config.cache_augment == "flip" and train_config.augment in FLIP_AUGMENTS
     views = 2 if flips else 1
     spec = cache_lib.cache_spec(setup.model, frozen, setup.images, cut)
     need = cache_lib.cache_nbytes(spec.shape, spec.dtype, views)
@@ -455,9 +471,9 @@ def fit_scale_down(
     function of the image, so it can be cached; the suffix's BatchNorm layers stay in
     training mode) and either every step without gradient (``mode='nograd'``: the usual
     augmentation) or from a cache of its outputs (``mode='cache'``: no random crops; flips
-    only with ``cache_augment='flip'``; a cut whose cache exceeds ``cache_max_bytes`` runs
-    no-grad). The learning-rate schedule continues over the cut moves; the frozen layers'
-    moments are dropped, the others' kept.
+    only with ``cache_augment='flip'`` and an augmentation that flips; a cut whose cache
+    exceeds ``cache_max_bytes`` runs no-grad). The learning-rate schedule continues over
+    the cut moves; the frozen layers' moments are dropped, the others' kept.
 
     Args:
       model: a VGG or ResNet (anything with ``layer_names()`` and ``start``/``stop``).
@@ -595,7 +611,7 @@ def fit_scale_down(
                     totals["cache"] += build_flops
                     totals["flops"] += build_flops
                     totals["forward"] += build_flops
-                    jax.block_until_ready(state)
+                    jax.block_until_ready((state, run.args))  # the cache build included
                     seconds = time.perf_counter() - t_rebuild
                     rebuild_s += seconds
                     frozen_now += names[old : run.cut]

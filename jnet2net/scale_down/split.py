@@ -93,6 +93,7 @@ def prefix_apply(model: nn.Module, frozen: Variables, x: jax.Array, cut: int) ->
     Returns:
       the input of layer ``cut``, e.g. ``(n, h', w', c')``, with ``stop_gradient`` applied.
     """
+    check_cut(model, cut)
     if cut == 0:
         return x
     return jax.lax.stop_gradient(model.apply(frozen, x, train=False, stop=cut))
@@ -122,6 +123,7 @@ def suffix_apply(
       ``(logits (n, classes) float32, new batch_stats)``; the batch_stats are the ones
       passed in when ``train`` is False.
     """
+    check_cut(model, cut)
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
