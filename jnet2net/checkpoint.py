@@ -546,7 +546,11 @@ def restore_train_state(
     Raises:
       ValueError: the checkpoint has no optimizer state, or see :func:`restore`.
     """
-    restored = restore(directory, step=step, model=model, opt_state_like=state.opt_state)
+    info = checkpoint_info(directory, step=step)
+    if model is not None:
+        check_architecture(info, model)
+    _check_state_fits(info, state)
+    restored = restore(directory, step=info.step, model=model, opt_state_like=state.opt_state)
     if restored.opt_state is None:
         raise ValueError(
             f"checkpoint {restored.path} holds no optimizer state, so it cannot resume a "
@@ -567,6 +571,27 @@ def restore_train_state(
     if hasattr(state, "rng") and restored.rng is not None:
         changes["rng"] = restored.rng
     return state.replace(**changes), restored
+
+
+def _check_state_fits(info: CheckpointInfo, state: Any) -> None:
+    """Raises ValueError unless the checkpoint's variables have the state's paths and shapes."""
+    example = jax.ShapeDtypeStruct(info.input_shape, jnp.float32)
+    saved = flatten(_plain(jax.eval_shape(info.model.init, jax.random.key(0), example)))
+    wanted = flatten(
+        _plain({"params": state.params, "batch_stats": getattr(state, "batch_stats", None) or {}})
+    )
+    have = {p: tuple(x.shape) for p, x in saved.items()}
+    want = {p: tuple(np.shape(x)) for p, x in wanted.items()}
+    problems = [
+        f"{path_str(p)}: checkpoint {have.get(p)}, state {want.get(p)}"
+        for p in sorted(set(have) | set(want))
+        if have.get(p) != want.get(p)
+    ]
+    if problems:
+        raise ValueError(
+            f"checkpoint {info.path} holds another architecture than the train state "
+            f"({len(problems)} leaves differ): " + "; ".join(problems[:3])
+        )
 
 
 # --- growth between checkpoints ------------------------------------------------------
@@ -628,7 +653,7 @@ def grow_checkpoint(
 
     Args:
       source: the teacher's checkpoint directory.
-      out: the student's checkpoint directory (must not hold step 0 yet).
+      out: the student's checkpoint directory (must hold no checkpoint yet).
       key: randomness of the widening mappings/noise and of new ResNet blocks.
       widen: keyword arguments of ``jnet2net.widen`` (``widths``, ``hidden_widths``,
         ``inner_widths``, ``stem_width``, ``noise``, ``noise_scale``), or ``None``.
@@ -649,8 +674,13 @@ def grow_checkpoint(
     """
     if not widen and not deepen:
         raise ValueError("grow_checkpoint needs widen and/or deepen sizes: nothing to grow")
-    if 0 in all_steps(out):
-        raise ValueError(f"{_abspath(out)} already holds a checkpoint at step 0")
+    existing = all_steps(out)
+    if existing:  # the student must be the directory's only (hence latest) checkpoint
+        raise ValueError(
+            f"{_abspath(out)} already holds a checkpoint at step {existing[0]}"
+            + (f" (steps {existing})" if len(existing) > 1 else "")
+            + "; save the student into a new directory"
+        )
     teacher = restore(source, step=step)
     info = checkpoint_info(source, step=teacher.step)
     widen_key, deepen_key = jax.random.split(key)

@@ -124,12 +124,18 @@ def widening_sizes(model: Any, text: str) -> dict[str, Any]:
 
 
 def model_from_args(
-    arch: str | None, arch_json: str | None, width_mult: float | None, num_classes: int
+    arch: str | None,
+    arch_json: str | None,
+    width_mult: float | None,
+    num_classes: int,
+    *,
+    arch_flag: str = "--arch",
 ) -> Any:
     """The module that ``--arch``/``--arch-json``/``--width-mult`` name, for ``num_classes``.
 
     ``--arch-json`` is either a whole architecture (``jnet2net.model_config`` output, with
-    ``family``) or field overrides of the ``--arch`` preset.
+    ``family``) or field overrides of the ``--arch`` preset; ``arch_flag`` is the preset
+    flag's name in messages (``--to`` for ``transfer``).
     """
     from jnet2net import models
 
@@ -146,7 +152,7 @@ def model_from_args(
         model = models.model_from_config(config)
     elif arch is None:
         raise ValueError(
-            "name an architecture: --arch NAME (a preset) or --arch-json with 'family'"
+            f"name an architecture: {arch_flag} NAME (a preset) or --arch-json with 'family'"
         )
     else:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
@@ -381,9 +387,9 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--label-smoothing", metavar="X", type=float, default=None)
     t.add_argument(
         "--augment",
-        choices=("crop_flip", "flip", "none"),
+        choices=("crop_flip", "crop", "flip", "none"),
         default=None,
-        help="default: none for digits and mnist, else crop_flip",
+        help="default: none for digits and mnist, else crop_flip ('crop': no flips)",
     )
     t.add_argument("--crop-padding", metavar="N", type=int, default=None)
     t.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype")
@@ -722,7 +728,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     src = checkpoint.restore(args.source, step=args.step)
     info = checkpoint.checkpoint_info(args.source, step=src.step)
     classes = src.model.num_classes if args.num_classes is None else args.num_classes
-    dst_model = model_from_args(args.to, args.arch_json, args.width_mult, classes)
+    dst_model = model_from_args(args.to, args.arch_json, args.width_mult, classes, arch_flag="--to")
     print(f"source {src.path}: {describe(src.model)}")
     variables, report = transfer(
         src.model,

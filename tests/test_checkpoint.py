@@ -282,6 +282,28 @@ def test_restore_train_state_needs_optimizer_state(tmp_path: pathlib.Path) -> No
         checkpoint.restore_train_state(tmp_path, jax.eval_shape(lambda: _new_state(RESNET)))
 
 
+def test_restore_train_state_refuses_a_state_of_another_architecture(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Even when the optimizer state holds no params-shaped trees (plain SGD)."""
+    variables = _init(RESNET)
+    state = _State.create(
+        apply_fn=RESNET.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=optax.sgd(0.1),
+        rng=jax.random.key(4),
+    )
+    checkpoint.save_train_state(tmp_path, RESNET, state)
+    wide = RESNET.clone(stage_widths=(4, 6))
+    wide_vars = _init(wide)
+    wide_state = state.replace(params=wide_vars["params"], batch_stats=wide_vars["batch_stats"])
+    with pytest.raises(ValueError, match=r"another architecture than the train state .*\(8,\)"):
+        checkpoint.restore_train_state(tmp_path, jax.eval_shape(lambda: wide_state))
+    same, _ = checkpoint.restore_train_state(tmp_path, jax.eval_shape(lambda: state))
+    _assert_bitwise(same.params, state.params)
+
+
 # --- growth from a checkpoint --------------------------------------------------------
 
 
@@ -328,6 +350,17 @@ def test_grow_checkpoint_refusals(tmp_path: pathlib.Path) -> None:
         checkpoint.grow_checkpoint(
             tmp_path / "teacher", tmp_path / "teacher", key=key, deepen={"depths": (2, 1)}
         )
+
+
+def test_grow_checkpoint_refuses_a_directory_with_other_steps(tmp_path: pathlib.Path) -> None:
+    """The student at step 0 would not be the latest step there: nothing is written."""
+    checkpoint.save(tmp_path / "teacher", model=RESNET, variables=_init(RESNET), step=1)
+    checkpoint.save(tmp_path / "run", model=RESNET, variables=_init(RESNET), step=7)
+    with pytest.raises(ValueError, match=r"run already holds a checkpoint at step 7; save the"):
+        checkpoint.grow_checkpoint(
+            tmp_path / "teacher", tmp_path / "run", key=jax.random.key(0), deepen={"depths": (2, 1)}
+        )
+    assert checkpoint.all_steps(tmp_path / "run") == [7]
 
 
 def test_input_shape_is_stored_and_checked(tmp_path: pathlib.Path) -> None:

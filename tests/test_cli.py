@@ -102,6 +102,15 @@ def test_parse_depths() -> None:
         cli.parse_depths("+1,2", (1, 2))
 
 
+def test_train_flags_reach_the_config() -> None:
+    args = cli.build_parser().parse_args(
+        ["train", "--out", "r", "--augment", "crop", "--dtype", "bfloat16", "--lr", "0.2"]
+    )
+    config = cli.train_config_from_args(args, "digits")
+    assert (config.augment, config.compute_dtype, config.learning_rate) == ("crop", "bfloat16", 0.2)
+    assert config.log_path == str(pathlib.Path("r") / "metrics.jsonl")
+
+
 def test_model_from_args() -> None:
     model = cli.model_from_args("resnet20", TINY, None, 10)
     assert model == jnet2net.ResNet(stage_depths=(1, 1), stage_widths=(4, 8))
@@ -249,6 +258,9 @@ def test_transfer_to_a_deeper_network(
     assert restored.metadata["approximations"] == []
     assert cli.main([*args, "--out", str(out)]) == 1
     assert "already holds a checkpoint" in capsys.readouterr().err
+    no_arch = ["transfer", "--from", str(teacher_run), "--out", str(tmp_path / "none")]
+    assert cli.main(no_arch) == 1
+    assert "name an architecture: --to NAME (a preset) or --arch-json" in capsys.readouterr().err
 
 
 def test_train_scale_down(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:

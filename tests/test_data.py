@@ -209,6 +209,20 @@ def test_load_npz_errors_name_the_problem(tmp_path, pixels):
         data.load_npz(path, "train")
 
 
+def test_load_npz_refuses_pixels_that_are_not_bytes(tmp_path, pixels):
+    """Float pixels in [0, 1] would truncate to 0 and 1 when cast to uint8."""
+    images, labels = pixels
+    path = tmp_path / "p.npz"
+    np.savez(path, train_images=images / 255.0, train_labels=labels)
+    with pytest.raises(TypeError, match=r"'train_images' must hold pixels 0..255 .* got float64"):
+        data.load_npz(path, "train")
+    np.savez(path, train_images=images.astype(np.int64) * 2, train_labels=labels)
+    with pytest.raises(TypeError, match=r"got int64 in \[0, 5\d\d\]"):
+        data.load_npz(path, "train")
+    np.savez(path, train_images=images.astype(np.int64), train_labels=labels)
+    np.testing.assert_array_equal(data.load_npz(path, "train").images, images)
+
+
 def test_decode_images_keeps_grey_channel():
     from PIL import Image
 
@@ -251,6 +265,9 @@ def test_from_arrays_and_take():
     first = dataset.take(3)
     assert len(first) == 3 and first.mean == dataset.mean
     np.testing.assert_array_equal(dataset.take(np.array([9, 0])).labels, [1, 0])
+    np.testing.assert_array_equal(dataset.take(np.int64(2)).labels, [0, 1])  # a count
+    with pytest.raises(ValueError, match=r"'toy': take\(n\) needs a count n >= 0, got -2"):
+        dataset.take(-2)
 
 
 def test_normalize_per_channel():

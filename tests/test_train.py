@@ -297,6 +297,19 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(digits, full_run, tmp_pat
     assert done.history == [] and int(done.state.step) == 6
 
 
+def test_resume_drops_log_records_after_its_step(digits, tmp_path):
+    """A run stopped after logging epoch 2 but before saving it logs epoch 2 only once."""
+    train_set, _ = digits
+    log = tmp_path / "run.jsonl"
+    config = CONFIG.replace(log_path=str(log))
+    first = train.fit(MODEL, train_set, None, config, max_steps=3)
+    with open(log, "a") as f:
+        f.write('{"epoch": 2, "step": 6, "lost": true}\n{"epoch": 3, "st')  # torn last line
+    train.fit(MODEL, train_set, None, config, state=host_copy(first.state))
+    records = train.read_jsonl(log)
+    assert [r["step"] for r in records] == [3, 6] and "lost" not in records[1]
+
+
 def test_fit_from_variables_stops_at_accuracy(digits, full_run):
     train_set, test_set = digits
     variables = host_copy(full_run[0].state.variables)
@@ -311,6 +324,16 @@ def test_fit_from_variables_stops_at_accuracy(digits, full_run):
         on_epoch_end=lambda state, record: seen.append(record["epoch"]),
     )
     assert seen == [1] and len(result.history) == 1 and int(result.state.step) == 3
+
+
+def test_fit_keeps_the_callers_device_arrays(digits, full_run):
+    """The steps donate the state; variables passed as device arrays must stay valid."""
+    train_set, _ = digits
+    variables = jax.tree.map(jnp.asarray, host_copy(full_run[0].state.variables))
+    before = host_copy(variables)
+    train.fit(MODEL, train_set, None, CONFIG, variables=variables, max_steps=1)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(variables))
+    chex.assert_trees_all_equal(host_copy(variables), before)
 
 
 def test_fit_raises_on_nan_loss(digits, full_run):
@@ -348,6 +371,8 @@ def test_fit_rejects_bad_inputs(digits):
         train.fit(MODEL, train_set, test_set, CONFIG, state=state.variables)
     with pytest.raises(ValueError, match=r"stop_at_accuracy must lie in \(0, 1\]"):
         train.fit(MODEL, train_set, test_set, CONFIG, stop_at_accuracy=50)
+    with pytest.raises(ValueError, match="stop_at_accuracy needs a test set"):
+        train.fit(MODEL, train_set, None, CONFIG, stop_at_accuracy=0.5)
 
 
 # --- evaluate -----------------------------------------------------------------------------
@@ -378,6 +403,12 @@ def test_evaluate_rejects_arrays():
         train.evaluate(MODEL, {}, np.zeros((2, 8, 8, 1)), batch_size=2)
 
 
+def test_evaluate_rejects_an_empty_set(digits):
+    empty = digits[1].take(0)  # e.g. load('digits', 'test[:0]')
+    with pytest.raises(ValueError, match=r"the evaluation set 'digits' is empty"):
+        train.evaluate(MODEL, {}, empty)
+
+
 # --- data order, sharding helpers, progress -----------------------------------------------
 
 
@@ -402,6 +433,8 @@ def test_sharding_helpers():
     copy = train.put_replicated({"a": original}, mesh)["a"]
     assert copy.sharding.is_fully_replicated and copy is not original
     np.testing.assert_array_equal(copy, original)
+    jax.jit(lambda x: x + 1, donate_argnums=0)(copy)  # a donating step consumes the copy only
+    assert copy.is_deleted() and not original.is_deleted()
     with pytest.raises(ValueError, match="batch_size=6 must be a multiple of the 4 devices"):
         train.check_batch_size(6, mesh)
 

@@ -83,8 +83,12 @@ class Dataset:
 
     def take(self, indices: Any) -> Dataset:
         """The examples at ``indices`` (an int array, a slice or a count ``n`` of the first)."""
-        if isinstance(indices, int):
-            indices = slice(0, indices)
+        if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
+            if indices < 0:
+                raise ValueError(
+                    f"Dataset {self.name!r}: take(n) needs a count n >= 0, got {indices}"
+                )
+            indices = slice(0, int(indices))
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
     def __repr__(self) -> str:

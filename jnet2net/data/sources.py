@@ -208,9 +208,25 @@ def _check_name(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
+def _uint8_pixels(images: np.ndarray, key: str) -> np.ndarray:
+    """``images`` as uint8; raises TypeError for floats or ints outside 0..255."""
+    if images.dtype == np.uint8:
+        return images
+    if np.issubdtype(images.dtype, np.integer) and (
+        images.size == 0 or (images.min() >= 0 and images.max() <= 255)
+    ):
+        return images.astype(np.uint8)
+    values = f" in [{images.min()}, {images.max()}]" if images.size else ""
+    raise TypeError(
+        f"npz pack: '{key}' must hold pixels 0..255 as uint8 (or ints), got "
+        f"{images.dtype}{values}; convert floats in [0, 1] with "
+        "np.round(x * 255).astype(np.uint8)"
+    )
+
+
 def _npz_images(pack: Any, split: str, workers: int | None) -> np.ndarray:
     if f"{split}_images" in pack.files:
-        return np.asarray(pack[f"{split}_images"], np.uint8)
+        return _uint8_pixels(pack[f"{split}_images"], f"{split}_images")
     if f"{split}_jpeg" not in pack.files or f"{split}_offsets" not in pack.files:
         raise ValueError(
             f"npz pack lacks '{split}_images' or '{split}_jpeg' + '{split}_offsets'; "

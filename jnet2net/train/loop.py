@@ -6,6 +6,7 @@ Sections: inputs, device data, evaluation, the training loop.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -102,7 +103,9 @@ def eval_batch_size(requested: int, num_examples: int, mesh: Mesh) -> int:
 def put_eval_set(dataset: Dataset, batch_size: int, mesh: Mesh) -> DeviceEvalSet:
     """``dataset`` padded to a multiple of ``batch_size`` and replicated over ``mesh``."""
     n = len(dataset)
-    num_batches = max(1, -(-n // batch_size))
+    if n == 0:
+        raise ValueError(f"the evaluation set {dataset.name!r} is empty: no accuracy to measure")
+    num_batches = -(-n // batch_size)
     pad = num_batches * batch_size - n
     images = np.concatenate([dataset.images, np.zeros((pad, *dataset.image_shape), np.uint8)])
     labels = np.concatenate([dataset.labels, np.full((pad,), -1, np.int32)])
@@ -207,6 +210,28 @@ def epoch_means(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
+def drop_later_records(log_path: str, step: int) -> None:
+    """Rewrites a JSONL log without the records after ``step`` (and unreadable lines).
+
+    A run resumed at ``step`` logs those epochs again; they are left over when it stopped
+    between logging an epoch and saving its checkpoint, or when it resumes an earlier one.
+    """
+    with open(log_path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        later = isinstance(record, dict) and isinstance(record.get("step"), int)
+        if not (later and record["step"] > step):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        with open(log_path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+
 def nonfinite_loss_error(
     epoch: int, lo: int, hi: int, lr: float, config: TrainConfig
 ) -> FloatingPointError:
@@ -256,7 +281,7 @@ def fit(
     Returns:
       :class:`FitResult` with the final state and the per-epoch records, also appended to
       ``config.log_path`` as JSON lines (the file is started afresh when training starts
-      at step 0).
+      at step 0; a resumed run first drops the records after its starting step).
 
     Raises:
       FloatingPointError: the loss became NaN or infinite.
@@ -266,6 +291,8 @@ def fit(
         raise ValueError("pass state (to resume) or variables (to start from them), not both")
     if stop_at_accuracy is not None and not 0.0 < stop_at_accuracy <= 1.0:
         raise ValueError(f"stop_at_accuracy must lie in (0, 1], got {stop_at_accuracy}")
+    if stop_at_accuracy is not None and test is None:
+        raise ValueError("stop_at_accuracy needs a test set to measure the accuracy on")
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(config.batch_size, mesh)
     spe = steps_per_epoch(len(train), config.batch_size)
@@ -280,8 +307,11 @@ def fit(
     state = put_replicated(state, mesh)
     start = int(state.step)
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
-    if config.log_path and start == 0 and os.path.exists(config.log_path):
-        os.remove(config.log_path)
+    if config.log_path and os.path.exists(config.log_path):
+        if start == 0:
+            os.remove(config.log_path)
+        else:
+            drop_later_records(config.log_path, start)
 
     images, labels = put_replicated((train.images, train.labels), mesh)
     permutation = _permutation(mesh)

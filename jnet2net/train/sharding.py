@@ -47,7 +47,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
 
 def _put_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
     if isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable):
-        return jax.device_put(x, sharding, may_alias=False)
+        # device_put(may_alias=False) still shares the buffer on a device that the input
+        # lives on, so a donating step would delete the caller's array: copy first
+        return jax.device_put(x.copy(), sharding)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
