@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax.core import FrozenDict, freeze
 
 import jnet2net
 from jnet2net.models import VGG, ResNet
@@ -199,6 +200,26 @@ def test_resnet_transfer_state_with_sgd():
             assert float(jnp.abs(trace[path]).max()) == 0.0, row.path
         elif row.path.startswith("params/"):
             np.testing.assert_allclose(trace[path], params[path], err_msg=row.path)
+
+
+def test_frozen_params_stay_frozen_and_match_their_moments():
+    tx = optax.adam(1e-3)
+    state = make_state(MODEL, tx, step=2)
+    frozen = state.replace(
+        params=freeze(state.params),
+        batch_stats=freeze(state.batch_stats),
+        opt_state=tx.init(freeze(state.params)),
+    )
+    dst = VGG((1, 1), (4, 4), hidden_widths=(5,), num_classes=4)
+    _, deepened = deepen_train_state(frozen, MODEL, depths=(2, 1))
+    transferred, _ = transfer_train_state(frozen, MODEL, dst, key=jax.random.key(5))
+    _, widened = widen_train_state(frozen, MODEL, key=jax.random.key(5), widths=(4, 4))
+    for grown in (deepened, transferred, widened):
+        assert isinstance(grown.params, FrozenDict)
+        assert isinstance(grown.batch_stats, FrozenDict)
+        assert isinstance(grown.opt_state[0].mu, FrozenDict)
+        updated = grown.apply_gradients(grads=jax.tree.map(jnp.ones_like, grown.params))
+        assert int(updated.step) == 3
 
 
 def test_bad_arguments_are_named():

@@ -379,6 +379,27 @@ def test_smaller_kernel_is_centre_cropped_and_reported():
     print(f"kernel 5 -> 3: relative error {max_error(src, variables, dst, dst_vars):.3f}")
 
 
+def test_padding_a_strided_1x1_kernel_is_reported():
+    """A strided 1x1 conv reads the top-left pixel of each 2x2 window of an even-sized input;
+    a centre-padded 3x3 kernel under 'SAME' padding reads the bottom-right one."""
+    src = ResNet((1, 1), (4, 6), kernel_size=1)
+    variables = init(src)
+    dst = src.clone(kernel_size=3)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(10))
+    check_result(src, variables, dst, dst_vars, report)
+    assert not report.function_preserving
+    assert report.approximations[0].startswith("kernel_size 1 -> 3: kernels padded, but ")
+    assert max_error(src, variables, dst, dst_vars) > 1e-3
+    # Without a strided stage (one stage only) padding a 1x1 kernel is exact.
+    single = ResNet((1,), (4,), kernel_size=1)
+    single_vars = init(single)
+    padded, report = transfer(
+        single, single_vars, single.clone(kernel_size=3), key=jax.random.key(10)
+    )
+    assert report.function_preserving
+    assert max_error(single, single_vars, single.clone(kernel_size=3), padded) < 1e-5
+
+
 def test_repeat_fill_copies_neighbours_and_falls_back_to_new_blocks():
     src = ResNet((2, 1), (4, 6))
     variables = init(src)

@@ -581,8 +581,14 @@ def _model_changes(src: nn.Module, dst: nn.Module, noise: Noise, widens: bool) -
     """Changes of kernel size, stem, classes and noise that alter the function."""
     changes = []
     k_src, k_dst = src.kernel_size, dst.kernel_size
-    if k_src != k_dst and not (k_dst > k_src and k_src % 2 == 1 and k_dst % 2 == 1):
+    odd_pad = k_dst > k_src and k_src % 2 == 1 and k_dst % 2 == 1
+    # A stride-2 'SAME' conv on an even size reads pixel 2i with a 1x1 kernel but centres a
+    # larger odd kernel on 2i + 1: ResNets stride their first block of every stage past 0.
+    strided_1x1 = odd_pad and k_src == 1 and not isinstance(src, VGG) and len(src.stage_depths) > 1
+    if k_src != k_dst and (not odd_pad or strided_1x1):
         how = "centre-cropped" if k_dst < k_src else "padded off-centre (an even size)"
+        if strided_1x1:
+            how = "padded, but a strided conv's centre tap moves from pixel 2i to 2i + 1"
         changes.append(f"kernel_size {k_src} -> {k_dst}: kernels {how}")
     if getattr(src, "stem", None) != getattr(dst, "stem", None):
         changes.append(
@@ -790,11 +796,12 @@ def transfer(
     (larger or smaller), widths (larger or smaller), VGG hidden Dense layers and widths,
     ``num_classes``, ``kernel_size``, the ResNet stem kind. When ``dst_model`` is a superset
     of ``src_model`` (every depth and width at least as large, odd kernel sizes at least as
-    large, the same stem and classes) and ``noise != 'paper'``, the destination computes
-    the source's function in eval mode (< 1e-5 relative), as ``jnet2net.widen`` and
-    ``jnet2net.deepen`` do; ``report.function_preserving`` says whether it does. (Hidden
-    Dense layers added to a VGG head without any start as identities of the flattened
-    features, so they are exact when at least that wide.)
+    large and, for a ResNet with more than one stage, not 1, the same stem and classes) and
+    ``noise != 'paper'``, the destination computes the source's function in eval mode
+    (< 1e-5 relative), as ``jnet2net.widen`` and ``jnet2net.deepen`` do;
+    ``report.function_preserving`` says whether it does. (Hidden Dense layers added to a
+    VGG head without any start as identities of the flattened features, so they are exact
+    when at least that wide.)
 
     Args:
       src_model: the source ``VGG`` or ``ResNet``.

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax.core import FrozenDict, unfreeze
+from flax.core import FrozenDict, freeze, unfreeze
 
 from jnet2net.grow import Noise, deepen, widen
 from jnet2net.reuse import TransferReport, transfer_plan
@@ -85,13 +85,15 @@ def grow_train_state(
 
     Returns:
       The new state; ``step``, ``tx`` and the optimizer's counters (so its schedule) are
-      the old ones.
+      the old ones. Its params, batch_stats and moments are ``FrozenDict`` when
+      ``state.params`` is, plain dicts otherwise.
 
     Raises:
       ValueError: ``moments`` is unknown, or the map's output does not fit the new params.
     """
     _check_moments(moments)
-    new_params = new_variables["params"]
+    like_state = freeze if isinstance(state.params, FrozenDict) else unfreeze
+    new_params = like_state(new_variables["params"])
 
     def map_moments(tree: Any) -> Any:
         dtype = jnp.result_type(*jax.tree.leaves(tree))
@@ -99,7 +101,7 @@ def grow_train_state(
             return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), new_params)
         mapped = params_map(tree)
         _check_like(mapped, new_params)
-        return mapped
+        return like_state(mapped)
 
     opt_state = optax.tree_map_params(
         state.tx, map_moments, state.opt_state, is_leaf=lambda _: True
@@ -107,7 +109,7 @@ def grow_train_state(
     return state.replace(
         apply_fn=new_model.apply,
         params=new_params,
-        batch_stats=new_variables.get("batch_stats", {}),
+        batch_stats=like_state(new_variables.get("batch_stats", {})),
         opt_state=opt_state,
     )
 
