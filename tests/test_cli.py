@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -56,6 +58,14 @@ def test_help_of_every_command(capsys: pytest.CaptureFixture, command, expected)
     assert out.startswith("usage: jnet2net")
     for word in expected:
         assert word in out
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jnet2net", "grow", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: jnet2net grow")
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture) -> None:
