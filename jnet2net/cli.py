@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 import time
@@ -42,7 +43,7 @@ def parse_widths(text: str, current: Sequence[int], *, what: str = "widths") -> 
     text = text.strip()
     factor = _multiplier(text)
     if factor is not None:
-        return tuple(max(1, round(w * factor)) for w in current)
+        return tuple(scale_width(w, factor) for w in current)
     values = _int_list(text, what)
     if len(values) != len(current):
         raise ValueError(
@@ -67,6 +68,11 @@ def parse_depths(text: str, current: Sequence[int], *, what: str = "deepen") -> 
             f"{tuple(current)}), got {text!r}"
         )
     return values
+
+
+def scale_width(width: int, factor: float) -> int:
+    """``width * factor`` rounded half up (``1.5x`` of 3 is 5, of 5 is 8), at least 1."""
+    return max(1, math.floor(width * factor + 0.5))
 
 
 def _multiplier(text: str) -> float | None:
@@ -100,8 +106,8 @@ def scaled_model(model: Any, factor: float) -> Any:
         if widths is None:
             return None
         if isinstance(widths, int):
-            return max(1, round(widths * factor))
-        return tuple(max(1, round(w * factor)) for w in widths)
+            return scale_width(widths, factor)
+        return tuple(scale_width(w, factor) for w in widths)
 
     changes = {"stage_widths": scale(model.stage_widths)}
     for field in ("hidden_widths", "inner_widths", "stem_width"):

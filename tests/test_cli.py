@@ -81,11 +81,18 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture) -> None:
         ("8,16", (4, 8), (8, 16)),
         ("2x", (4, 8), (8, 16)),
         ("1.5x", (4, 6), (6, 9)),
+        ("1.5x", (3, 5, 1), (5, 8, 2)),  # halves round up, not to even
         ("x1", (3,), (3,)),
     ],
 )
 def test_parse_widths(text, current, expected) -> None:
     assert cli.parse_widths(text, current) == expected
+
+
+def test_scaled_model_rounds_halves_up() -> None:
+    model = jnet2net.models.ResNet((1, 1), (3, 5), block="bottleneck", stem_width=1)
+    scaled = cli.scaled_model(model, 1.5)
+    assert (scaled.stage_widths, scaled.stem_width) == ((5, 8), 2)
 
 
 @pytest.mark.parametrize(
