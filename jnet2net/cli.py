@@ -70,6 +70,21 @@ def parse_depths(text: str, current: Sequence[int], *, what: str = "deepen") -> 
     return values
 
 
+def count_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int that is at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def scale_width(width: int, factor: float) -> int:
     """``width * factor`` rounded half up (``1.5x`` of 3 is 5, of 5 is 8), at least 1."""
     return max(1, math.floor(width * factor + 0.5))
@@ -207,7 +222,11 @@ def _add_grow(sub: Any) -> None:
         "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
     )
     p.add_argument(
-        "--step", metavar="N", type=int, default=None, help="step to restore (default: latest)"
+        "--step",
+        metavar="N",
+        type=count_at_least(0),
+        default=None,
+        help="step to restore (default: latest)",
     )
     p.add_argument(
         "--widen",
@@ -236,7 +255,11 @@ def _add_grow(sub: Any) -> None:
         "--rtol", metavar="X", type=float, default=1e-5, help="largest accepted relative error"
     )
     p.add_argument(
-        "--check-batches", metavar="N", type=int, default=2, help="random batches to compare"
+        "--check-batches",
+        metavar="N",
+        type=count_at_least(1),
+        default=2,
+        help="random batches to compare",
     )
     p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_grow)
@@ -419,7 +442,11 @@ def _add_train(sub: Any) -> None:
     )
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
     run.add_argument(
-        "--keep", metavar="N", type=int, default=2, help="checkpoints to keep (0: all)"
+        "--keep",
+        metavar="N",
+        type=count_at_least(0),
+        default=2,
+        help="checkpoints to keep (0: all)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -696,7 +723,11 @@ def _add_transfer(sub: Any) -> None:
         "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
     )
     p.add_argument(
-        "--step", metavar="N", type=int, default=None, help="step to restore (default: latest)"
+        "--step",
+        metavar="N",
+        type=count_at_least(0),
+        default=None,
+        help="step to restore (default: latest)",
     )
     p.add_argument(
         "--to", metavar="NAME", default=None, help="destination preset: resnet32, vgg13, ..."
@@ -798,11 +829,15 @@ def _add_eval(sub: Any) -> None:
         "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
     )
     p.add_argument(
-        "--step", metavar="N", type=int, default=None, help="step to restore (default: latest)"
+        "--step",
+        metavar="N",
+        type=count_at_least(0),
+        default=None,
+        help="step to restore (default: latest)",
     )
     _add_data_args(p)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", metavar="N", type=int, default=256)
+    p.add_argument("--batch-size", metavar="N", type=count_at_least(1), default=256)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_eval)
 

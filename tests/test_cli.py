@@ -76,6 +76,22 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture) -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--keep", "-1", "--out", "x"], "argument --keep: must be >= 0, got -1"),
+        (["grow", "--from", "a", "--out", "b", "--step", "-3"], "argument --step: must be >= 0"),
+        (["grow", "--from", "a", "--out", "b", "--check-batches", "0"], "must be >= 1, got 0"),
+        (["eval", "--from", "a", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    ],
+)
+def test_counts_are_checked_by_the_parser(capsys: pytest.CaptureFixture, argv, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("text", "current", "expected"),
     [
         ("8,16", (4, 8), (8, 16)),
