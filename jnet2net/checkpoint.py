@@ -196,6 +196,13 @@ def _step_directory(directory: pathlib.Path, step: int | None) -> tuple[int, lis
     with _manager(directory) as manager:
         steps = sorted(manager.all_steps())
     if not steps:
+        parent = directory.parent
+        if directory.name.isdigit() and int(directory.name) in all_steps(parent):
+            raise FileNotFoundError(
+                f"{directory} is step {int(directory.name)} of the run {parent}: pass {parent} "
+                f"(and step={int(directory.name)}, on the command line --step "
+                f"{int(directory.name)})"
+            )
         raise FileNotFoundError(
             f"{directory} holds no checkpoint (no finished step directories such as "
             f"{directory}/0); was the run interrupted before its first save?"

@@ -135,6 +135,9 @@ def test_missing_and_empty_directories(tmp_path: pathlib.Path) -> None:
     checkpoint.save(tmp_path / "run", model=RESNET, variables=_init(RESNET), step=2)
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3; it has steps \[2\]"):
         checkpoint.restore(tmp_path / "run", step=3)
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=rf"is step 2 of the run {run}: pass {run}"):
+        checkpoint.restore(run / "2")
 
 
 def test_corrupt_checkpoints_raise_value_errors(tmp_path: pathlib.Path) -> None:
