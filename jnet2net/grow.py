@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
+import functools
+import numbers
 import warnings
 from typing import Any, Literal, NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from jnet2net import surgery
 from jnet2net.coupling import Member, UnitGroup
@@ -88,8 +92,15 @@ def _widened_model(
                     "this ResNet's stem writes stage 0's stream (stem_width=None): widen it "
                     "with widths[0]"
                 )
-            changes["stem_width"] = stem_width
+            changes["stem_width"] = _plain_int(stem_width)
     return model.clone(**changes)
+
+
+def _plain_int(value: Any) -> Any:
+    """``value`` as a Python int when it is an integer (NumPy ints included), else as is."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def _as_tuple(name: str, values: Any, length: int) -> tuple[int, ...]:
@@ -99,7 +110,29 @@ def _as_tuple(name: str, values: Any, length: int) -> tuple[int, ...]:
         raise ValueError(
             f"{name} has {len(values)} entries but the model has {length}: {tuple(values)}"
         )
-    return tuple(values)
+    return tuple(_plain_int(v) for v in values)
+
+
+def _check_key(function: str, key: Any) -> None:
+    """Raises TypeError unless ``key`` is a typed key or a raw uint32 ``PRNGKey``."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return
+    if dtype == jnp.uint32 and shape in ((2,), (4,)):
+        return
+    raise TypeError(
+        f"{function} needs key=jax.random.key(seed) (or a jax.random.PRNGKey), got "
+        f"{type(key).__name__} with shape {shape} and dtype {dtype}"
+    )
+
+
+def _keep_empty_collections(grown: Variables, like: Variables) -> Variables:
+    """Adds back the empty collections of ``like`` (e.g. ``batch_stats={}``) that flattening
+    drops, so the grown tree has the same top-level keys."""
+    missing = {name: jax.tree.map(lambda x: x, like[name]) for name in like if name not in grown}
+    if not missing:
+        return grown
+    return grown.copy(missing) if isinstance(grown, FrozenDict) else {**grown, **missing}
 
 
 def widening_plan(
@@ -188,7 +221,7 @@ def apply_widening(
         flat[member.path] = _apply_to_member(
             flat[member.path], member, grow, noise, noise_scale, member_key
         )
-    return unflatten_like(flat, variables)
+    return _keep_empty_collections(unflatten_like(flat, variables), variables)
 
 
 def widen(
@@ -213,7 +246,8 @@ def widen(
     Args:
       model: a ``VGG`` or ``ResNet``.
       variables: ``{'params': ..., 'batch_stats': ...}`` of ``model``.
-      key: randomness for the mappings and the noise.
+      key: randomness for the mappings and the noise: ``jax.random.key(seed)`` or a raw
+        ``jax.random.PRNGKey(seed)``.
       widths: new ``stage_widths`` (each ``>=`` the old one).
       hidden_widths: new VGG ``hidden_widths``.
       inner_widths: new ResNet ``inner_widths`` (default: they follow ``widths`` when the
@@ -231,6 +265,7 @@ def widen(
     _check_family(model)
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    _check_key("widen", key)
     new_model = _widened_model(model, widths, hidden_widths, inner_widths, stem_width)
     check_variables(model, variables)
     map_key, noise_key = jax.random.split(key)
@@ -258,7 +293,9 @@ def _depth_changes(
     if depths is not None:
         depths = _as_tuple("depths", depths, len(model.stage_depths))
         for s, (old, new) in enumerate(zip(model.stage_depths, depths, strict=True)):
-            if isinstance(new, bool) or not isinstance(new, int) or new <= 0:
+            if isinstance(new, bool) or not isinstance(new, int):
+                raise TypeError(f"depths must hold ints, got {depths}")
+            if new <= 0:
                 raise ValueError(f"depths must be positive ints, got {depths}")
             if new < old:
                 raise ValueError(
@@ -270,6 +307,7 @@ def _depth_changes(
         if not isinstance(model, VGG):
             raise ValueError("hidden_depths applies to VGG dense heads; ResNet has none")
         old = len(model.hidden_widths)
+        hidden_depths = _plain_int(hidden_depths)
         if isinstance(hidden_depths, bool) or not isinstance(hidden_depths, int):
             raise TypeError(f"hidden_depths must be an int, got {hidden_depths!r}")
         if hidden_depths < old:
@@ -301,13 +339,27 @@ def _vgg_new_leaf(model: VGG, path: tuple[str, ...], leaf: jax.Array) -> jax.Arr
     return jnp.zeros_like(leaf)  # biases
 
 
+def _check_calibration_batch(model: nn.Module, variables: Variables, batch: Any) -> jax.Array:
+    """``batch`` as an array; ValueError unless ``model`` runs on it with ``variables``."""
+    batch = jnp.asarray(batch)
+    if batch.ndim != 4:
+        raise ValueError(f"calibration_batch must be images (n, h, w, c), got {batch.shape}")
+    try:
+        jax.eval_shape(functools.partial(model.apply, train=False), variables, batch)
+    except flax.errors.FlaxError as err:
+        raise ValueError(
+            f"calibration_batch of shape {batch.shape} does not fit {type(model).__name__}: {err}"
+        ) from None
+    return batch
+
+
 def _calibrate_norms(
     model: VGG, flat: FlatVariables, new_layers: set[str], batch: jax.Array, like: Variables
 ) -> FlatVariables:
     """Sets inserted BatchNorms to identity at the statistics of ``batch`` at their input."""
     variables = unflatten_like(flat, like)
     _, state = model.apply(
-        variables,
+        {name: variables[name] for name in ("params", "batch_stats")},
         batch,
         capture_intermediates=lambda mdl, method: method == "__call__" and isinstance(mdl, nn.Conv),
         mutable=["intermediates"],
@@ -355,14 +407,19 @@ def deepen(
       hidden_depths: new number of VGG hidden dense layers; the new ones take the width of
         the last hidden layer (or of the flattened features).
       key: randomness for new ResNet blocks (required there).
-      calibration_batch: images ``(n, h, w, c)`` to calibrate inserted VGG BatchNorms.
+      calibration_batch: images ``(n, h, w, c)`` to calibrate inserted VGG BatchNorms
+        (ValueError when ``model`` does not run on them).
 
     Returns:
       ``(new_model, new_variables)``.
     """
     _check_family(model)
+    if key is not None:
+        _check_key("deepen", key)
     changes = _depth_changes(model, depths, hidden_depths)
     check_variables(model, variables)
+    if calibration_batch is not None:
+        calibration_batch = _check_calibration_batch(model, variables, calibration_batch)
     old = flatten(variables)
     extra_hidden = changes.pop("hidden_depths", len(getattr(model, "hidden_widths", ())))
     if isinstance(model, VGG) and extra_hidden > len(model.hidden_widths):
@@ -395,6 +452,9 @@ def deepen(
             new_flat[path] = jnp.zeros_like(leaf)
         else:
             new_flat[path] = leaf
+    for path, leaf in old.items():  # other collections pass through unchanged
+        if path[0] not in ("params", "batch_stats"):
+            new_flat[path] = leaf
     if calibration_batch is not None and isinstance(model, VGG) and model.batch_norm:
         new_flat = _calibrate_norms(new_model, new_flat, new_layers, calibration_batch, variables)
-    return new_model, unflatten_like(new_flat, variables)
+    return new_model, _keep_empty_collections(unflatten_like(new_flat, variables), variables)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,12 +38,41 @@ def _errors(
     return diff / jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
 
 
-def output_error(
+def _diagnose(
     model_a: nn.Module,
     variables_a: Variables,
     model_b: nn.Module,
     variables_b: Variables,
     xs: jax.Array,
+    train: bool,
+) -> None:
+    """Raises a ValueError naming the network that does not run on ``xs`` or the two
+    differing output shapes; returns when it finds neither."""
+    batch = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
+    shapes = []
+    for name, model, variables in (
+        ("model_a", model_a, variables_a),
+        ("model_b", model_b, variables_b),
+    ):
+        try:
+            out = jax.eval_shape(functools.partial(_logits, model, train=train), variables, batch)
+        except (flax.errors.FlaxError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{name} does not run on xs of shape {xs.shape} with its variables: {err}"
+            ) from None
+        shapes.append(getattr(out, "shape", None))
+    if shapes[0] != shapes[1]:
+        raise ValueError(
+            f"the networks give outputs of different shapes: {shapes[0]} and {shapes[1]} per batch"
+        )
+
+
+def output_error(
+    model_a: nn.Module,
+    variables_a: Variables,
+    model_b: nn.Module,
+    variables_b: Variables,
+    xs: Any,
     *,
     train: bool = False,
 ) -> jax.Array:
@@ -50,19 +81,29 @@ def output_error(
     Args:
       model_a, variables_a: the reference network.
       model_b, variables_b: the network to compare.
-      xs: a stack of batches ``(n_batches, batch, h, w, c)``; ``jax.vmap`` maps both networks
-        over the leading axis (in train mode each batch gets its own BatchNorm statistics).
+      xs: a stack of batches ``(n_batches, batch, h, w, c)`` (any array-like); ``jax.vmap``
+        maps both networks over the leading axis (in train mode each batch gets its own
+        BatchNorm statistics).
       train: compare in train mode (batch statistics) instead of eval mode.
 
     Returns:
       ``(n_batches,)`` float32 relative errors.
+
+    Raises:
+      ValueError: ``xs`` is not a stack of batches, a network does not run on it with its
+        variables, or the two networks' outputs differ in shape.
     """
+    xs = xs if isinstance(xs, jax.Array) else jnp.asarray(np.asarray(xs))
     if xs.ndim != 5:
         raise ValueError(
             "output_error needs a stack of image batches (n_batches, batch, h, w, c), got "
             f"{xs.shape}"
         )
-    return _errors(model_a, variables_a, model_b, variables_b, xs, train)
+    try:
+        return _errors(model_a, variables_a, model_b, variables_b, xs, train)
+    except (flax.errors.FlaxError, TypeError, ValueError):
+        _diagnose(model_a, variables_a, model_b, variables_b, xs, train)
+        raise
 
 
 def assert_function_preserved(

@@ -500,7 +500,14 @@ def test_growth_rejects_variables_of_another_architecture(vgg_vars, resnet_vars)
     other = random_variables(SMALL_VGG.clone(stage_widths=(3, 6)), 0)
     with pytest.raises(
         ValueError,
-        match=r"params/hidden0/kernel has 24 inputs, which is not a square feature map of "
+        match=r"batch_stats/stage1_layer0/bn/mean has shape \(6,\), the architecture needs "
+        r"\(4,\)",
+    ):
+        jnet2net.widen(SMALL_VGG, other, key=jax.random.key(0), widths=(4, 5))
+    other = random_variables(SMALL_VGG.clone(stage_widths=(3, 5)), 0, image=(4, 4, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"params/hidden0/kernel has 5 inputs, which is not a feature map of "
         r"stage_widths\[-1\]=4 channels",
     ):
         jnet2net.widen(SMALL_VGG, other, key=jax.random.key(0), widths=(4, 5))

@@ -231,6 +231,14 @@ def test_example_input_fits_the_variables(model):
     jnet2net.check_variables(model, variables)
 
 
+@pytest.mark.parametrize(("image", "expected"), [((8, 24, 3), (8, 24)), ((24, 8, 3), (8, 24))])
+def test_vgg_example_input_fits_rectangular_feature_maps(image, expected):
+    model = VGG((1, 1, 1), (3, 4, 5), num_classes=3)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image)))
+    assert model.example_input(variables).shape == (1, *expected, 3)
+    jnet2net.check_variables(model, variables)
+
+
 def test_example_input_rejects_foreign_variables():
     with pytest.raises(ValueError, match=r"variables do not hold params/stem/conv/kernel"):
         GROUP_MODELS[2].example_input({"params": {}})

@@ -206,6 +206,23 @@ def test_consumer_output_unchanged_on_replicated_inputs(
     chex.assert_trees_all_close(*dense_out, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("mapping", "counts", "match"),
+    [
+        (jnp.array([0, 1, 2, 0]), jnp.array([2, 1], jnp.int32), r"counts of shape \(2,\)"),
+        (jnp.array([[0, 1, 2]]), jnp.ones(3, jnp.int32), r"mapping of shape \(1, 3\)"),
+        (jnp.array([0.0, 1.0, 2.0]), jnp.ones(3, jnp.int32), r"mapping of dtype float32"),
+    ],
+)
+def test_split_and_replicate_reject_mappings_and_counts_of_other_shapes(mapping, counts, match):
+    w = jnp.ones((3, 2))
+    with pytest.raises((ValueError, TypeError), match=match):
+        surgery.split_among_replicas(w, mapping, counts, 0)
+    if "counts" not in match:
+        with pytest.raises((ValueError, TypeError), match=match):
+            surgery.replicate(w, mapping, 0)
+
+
 def test_split_rejects_axis_out_of_range():
     with pytest.raises(ValueError, match=r"axis -3 is out of range for consumer weight"):
         surgery.split_among_replicas(jnp.ones((3, 4)), jnp.arange(3), jnp.ones((3,), jnp.int32), -3)
@@ -281,6 +298,12 @@ def test_identity_batch_norm_is_identity_in_eval_mode(seed, c):
         "batch_stats": {"mean": norm["mean"], "var": norm["var"]},
     }
     chex.assert_trees_all_close(jax.jit(layer.apply)(variables, x), x, atol=1e-5, rtol=1e-5)
+
+
+def test_identity_batch_norm_takes_array_likes():
+    norm = surgery.identity_batch_norm([0.5, -1.0], np.array([4.0, 1.0], np.float32), 0.0)
+    chex.assert_trees_all_close(norm["scale"], jnp.array([2.0, 1.0]))
+    chex.assert_trees_all_close(norm["bias"], jnp.array([0.5, -1.0]))
 
 
 def test_identity_batch_norm_rejects_mismatched_statistics():

@@ -97,3 +97,37 @@ def test_works_for_any_flax_module():
 def test_rejects_inputs_that_are_not_a_stack_of_image_batches(variables, shape):
     with pytest.raises(ValueError, match=rf"\(n_batches, batch, h, w, c\), got \({shape[0]}, "):
         jnet2net.output_error(MODEL, variables, MODEL, variables, np.zeros(shape, np.float32))
+
+
+def test_takes_array_likes_of_any_numeric_dtype(variables):
+    """Nested lists, float64 and integer images are compared like float32 arrays."""
+    reference = jnet2net.output_error(MODEL, variables, MODEL, _perturbed(variables), XS)
+    as_list = jnet2net.output_error(MODEL, variables, MODEL, _perturbed(variables), XS.tolist())
+    as_f64 = jnet2net.output_error(
+        MODEL, variables, MODEL, _perturbed(variables), XS.astype(np.float64)
+    )
+    np.testing.assert_allclose(as_list, reference, rtol=1e-6)
+    np.testing.assert_allclose(as_f64, reference, rtol=1e-6)
+    pixels = np.random.default_rng(2).integers(0, 256, XS.shape).astype(np.uint8)
+    err = jnet2net.output_error(MODEL, variables, MODEL, variables, pixels)
+    chex.assert_type(err, jnp.float32)
+    np.testing.assert_array_equal(err, 0.0)
+
+
+def test_rejects_networks_with_different_output_shapes(variables):
+    other_model = MODEL.clone(num_classes=4)
+    other = other_model.init(jax.random.key(1), XS[0])
+    with pytest.raises(
+        ValueError, match=r"outputs of different shapes: \(4, 3\) and \(4, 4\) per batch"
+    ):
+        jnet2net.output_error(MODEL, variables, other_model, other, XS)
+
+
+def test_rejects_variables_that_do_not_fit_naming_the_network(variables):
+    wider = MODEL.clone(stage_widths=(4, 4))
+    with pytest.raises(
+        ValueError, match=r"model_b does not run on xs of shape .*/stage0_layer0/conv"
+    ):
+        jnet2net.output_error(MODEL, variables, wider, variables, XS)
+    with pytest.raises(ValueError, match=r"model_a does not run on xs of shape \(3, 4, 8, 8, 2\)"):
+        jnet2net.output_error(MODEL, variables, MODEL, variables, XS[..., :2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -163,7 +164,8 @@ class VGG(nn.Module):
         """A zero batch ``(1, h, w, c)`` whose shapes fit ``variables`` (for init/eval_shape).
 
         The spatial size follows from the first dense kernel: ``h * w`` flattened positions
-        of ``stage_widths[-1]`` channels after ``len(stage_depths)`` 2x2 pools.
+        of ``stage_widths[-1]`` channels after ``len(stage_depths)`` 2x2 pools. A square map
+        is taken when ``h * w`` is a square, else the most nearly square ``h <= w``.
         """
         params = variables["params"]
         first = self.conv_layer_names()[0][1]
@@ -178,11 +180,11 @@ class VGG(nn.Module):
                 f"{self.hidden_widths} (were they made for another architecture?)"
             ) from err
         positions, remainder = divmod(flat, self.stage_widths[-1])
-        side = round(positions**0.5)
-        if remainder or side * side != positions:
+        if remainder or positions == 0:
             raise ValueError(
-                f"params/{dense}/kernel has {flat} inputs, which is not a square feature map "
-                f"of stage_widths[-1]={self.stage_widths[-1]} channels"
+                f"params/{dense}/kernel has {flat} inputs, which is not a feature map of "
+                f"stage_widths[-1]={self.stage_widths[-1]} channels"
             )
-        size = side * 2 ** len(self.stage_depths)
-        return jnp.zeros((1, size, size, in_channels), jnp.float32)
+        h = max(d for d in range(1, math.isqrt(positions) + 1) if positions % d == 0)
+        scale = 2 ** len(self.stage_depths)
+        return jnp.zeros((1, h * scale, positions // h * scale, in_channels), jnp.float32)

@@ -54,6 +54,7 @@ def identity_batch_norm(mean: jax.Array, var: jax.Array, epsilon: float) -> dict
     Returns:
       ``{'scale', 'bias', 'mean', 'var'}``, each ``(c,)``.
     """
+    mean, var = jnp.asarray(mean), jnp.asarray(var)
     if mean.shape != var.shape or mean.ndim != 1:
         raise ValueError(
             f"identity_batch_norm needs mean and var of one shape (c,), got {mean.shape} "

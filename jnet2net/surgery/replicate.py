@@ -8,6 +8,16 @@ import jax.numpy as jnp
 from jnet2net.surgery._checks import normalize_axis
 
 
+def _check_mapping(mapping: jax.Array, what: str) -> None:
+    """Raises unless ``mapping`` is a ``(new_size,)`` integer array."""
+    shape = jnp.shape(mapping)
+    if len(shape) != 1:
+        raise ValueError(f"mapping of shape {shape} must be (new_size,) to index {what}")
+    dtype = jnp.result_type(mapping)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"mapping of dtype {dtype} must hold ints to index {what}")
+
+
 def replicate(x: jax.Array, mapping: jax.Array, axis: int) -> jax.Array:
     """Gathers units of ``x`` along ``axis`` by ``mapping``.
 
@@ -23,6 +33,7 @@ def replicate(x: jax.Array, mapping: jax.Array, axis: int) -> jax.Array:
       ``x`` with ``shape[axis] == new_size``; new unit ``j`` is old unit ``mapping[j]``.
     """
     axis = normalize_axis(axis, x.ndim, f"array of shape {x.shape}")
+    _check_mapping(mapping, f"axis {axis} of an array of shape {x.shape}")
     return jnp.take(x, mapping, axis=axis)
 
 
@@ -69,11 +80,17 @@ def split_among_replicas(
       ``w`` with ``shape[axis] == new_size``.
     """
     axis = normalize_axis(axis, w.ndim, f"consumer weight of shape {w.shape}")
+    _check_mapping(mapping, f"axis {axis} of a consumer weight of shape {w.shape}")
+    if jnp.shape(counts) != (w.shape[axis],):
+        raise ValueError(
+            f"counts of shape {jnp.shape(counts)} must have one entry per unit on axis {axis} of "
+            f"a consumer weight of shape {w.shape}"
+        )
     gathered = jnp.take(w, mapping, axis=axis)
     inverse_counts = 1.0 / counts[mapping].astype(w.dtype)
     share = _along(inverse_counts, axis, w.ndim)
-    if key is None or noise_scale == 0.0:
-        return gathered * share
+    if key is None or (isinstance(noise_scale, (int, float)) and noise_scale == 0.0):
+        return gathered * share  # a traced noise_scale (under jit) takes the noisy path
     moved = jnp.moveaxis(gathered, axis, 0)  # (new_size, *rest)
     unit_key, rest_key = jax.random.split(key)
     per_unit = jax.random.normal(unit_key, moved.shape[:1], w.dtype)
