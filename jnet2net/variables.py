@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import traverse_util
 from flax.core import FrozenDict, freeze, unfreeze
 
@@ -74,3 +75,16 @@ def check_variables(model: nn.Module, variables: Variables) -> None:
             f"variables do not match {type(model).__name__}: unexpected {path_str(extra[0])} "
             f"with shape {getattr(given[extra[0]], 'shape', None)} (and {len(extra) - 1} more)"
         )
+
+
+def check_key(function: str, key: Any) -> None:
+    """Raises TypeError unless ``key`` is one typed key or one raw uint32 ``PRNGKey``."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return
+    if dtype == jnp.uint32 and shape in ((2,), (4,)):
+        return
+    raise TypeError(
+        f"{function} needs key=jax.random.key(seed) (or a jax.random.PRNGKey), got "
+        f"{type(key).__name__} with shape {shape} and dtype {dtype}"
+    )

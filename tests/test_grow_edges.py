@@ -85,6 +85,17 @@ def test_widen_under_jit_takes_a_traced_noise_scale(vgg_vars):
     assert leaves_equal(plain, zero)
 
 
+@pytest.mark.parametrize(
+    ("noise_scale", "error"),
+    [(float("nan"), ValueError), (-0.5, ValueError), ("0.1", TypeError), (True, TypeError)],
+)
+def test_widen_rejects_noise_scales_that_are_not_finite_non_negative(vgg_vars, noise_scale, error):
+    with pytest.raises(error, match="noise_scale must be a finite number >= 0"):
+        jnet2net.widen(
+            VGG_SMALL, vgg_vars, key=jax.random.key(0), widths=(5, 7), noise_scale=noise_scale
+        )
+
+
 def test_equal_sizes_are_a_no_op(vgg_vars, resnet_vars):
     model, same = jnet2net.widen(
         VGG_SMALL, vgg_vars, key=jax.random.key(0), widths=(3, 4), hidden_widths=(5,)

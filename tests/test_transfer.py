@@ -198,7 +198,12 @@ def test_bad_inputs_are_named():
         transfer(src, variables, VGG((2, 1), (4, 6)), key=key, input_shape=(1, SIZE, SIZE, 1))
     with pytest.raises(ValueError, match=r"features of 8x8 images but input_shape .* is 16x16"):
         transfer(src, variables, VGG((2, 1), (4, 6)), key=key, input_shape=(1, 16, 16, 3))
+    for shape in (8, (1, 8, 8), (1, 8.0, 8, 3)):
+        with pytest.raises(ValueError, match=r"input_shape must be \(n, h, w, c\) of positive"):
+            transfer(src, variables, src, key=key, input_shape=shape)
     resnet, resnet_vars = small_resnet()
+    _, report = transfer(resnet, resnet_vars, resnet, key=key, input_shape=np.array([2, 8, 8, 3]))
+    assert report.function_preserving
     with pytest.raises(ValueError, match="reads 3 input channels"):
         transfer(resnet, resnet_vars, resnet, key=key, input_shape=(1, 8, 8, 4))
     with pytest.raises(TypeError, match="the destination is a Dense"):
@@ -217,6 +222,11 @@ def test_even_kernel_cannot_take_identity_layers():
     variables = init(src)
     with pytest.raises(ValueError, match="kernel_size=2 is even, so a conv kernel has no centre"):
         transfer(src, variables, VGG((2, 1), (4, 6), kernel_size=2), key=jax.random.key(0))
+    # Stage 0's only layer reads the 3 image channels: no layer of the stage fits its gap.
+    with pytest.raises(ValueError, match=r"no layer of the stage has their shapes to repeat"):
+        transfer(
+            src, variables, VGG((2, 1), (4, 6), kernel_size=2), key=jax.random.key(0), fill="repeat"
+        )
 
 
 # --- function-preserving transfers ---------------------------------------------------------
@@ -419,6 +429,65 @@ def test_repeat_fill_copies_neighbours_and_falls_back_to_new_blocks():
         "stage0_block1",
     )
     print(f"repeat fill: relative error {max_error(src, variables, dst, dst_vars):.3f}")
+
+
+def test_output_dtypes_follow_the_destination_for_bfloat16_source_variables():
+    src, variables = small_vgg()
+    half = jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), variables)
+    dst = VGG((2, 1), (5, 6), num_classes=12)
+    dst_vars, _ = transfer(src, half, dst, key=jax.random.key(0))
+    expected = flatten(jax.eval_shape(dst.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
+    got = flatten(dst_vars)
+    assert {p: (v.shape, v.dtype) for p, v in got.items()} == {
+        p: (v.shape, v.dtype) for p, v in expected.items()
+    }
+
+
+def test_key_must_be_one_prng_key():
+    src, variables = small_vgg()
+    dst = src.clone(stage_widths=(5, 6))
+    batch = jax.random.split(jax.random.key(0), 2)
+    for key in (0, None, jnp.zeros((2, 2), jnp.uint32), batch):
+        with pytest.raises(TypeError, match=r"transfer needs key=jax.random.key\(seed\)"):
+            transfer(src, variables, dst, key=key)
+
+
+def test_compute_dtype_change_is_reported():
+    src, variables = small_resnet()
+    dst = ResNet((2, 1), (6, 8), dtype=jnp.bfloat16)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(0), noise="none")
+    assert report.approximations == (
+        "dtype float32 -> bfloat16: the destination computes at another precision",
+    )
+    assert max_error(src, variables, dst, dst_vars) > 1e-5
+    # The claim is of the weights: computed in float32 the destination is exact.
+    assert max_error(src, variables, dst.clone(dtype=jnp.float32), dst_vars) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "noise_scale, error",
+    [(float("nan"), ValueError), (float("inf"), ValueError), (-1.0, ValueError), ("1", TypeError)],
+)
+def test_noise_scale_must_be_a_finite_non_negative_number(noise_scale, error):
+    src, variables = small_vgg()
+    key = jax.random.key(0)
+    with pytest.raises(error, match=r"noise_scale must be a finite number >= 0, got"):
+        transfer(src, variables, src.clone(stage_widths=(6, 8)), key=key, noise_scale=noise_scale)
+
+
+def test_large_split_noise_is_reported():
+    """Split shares ``(1 + e) / count`` with a large ``e`` cancel only up to float32 rounding."""
+    src, variables = small_resnet()
+    dst = ResNet((1, 1), (8, 12))
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(1), noise_scale=1e4)
+    assert report.approximations == (
+        "noise='split' with noise_scale=10000.0 > 2.0: the replicas' shares are large and "
+        "of both signs, so float32 rounding can exceed 1e-5",
+    )
+    assert max_error(src, variables, dst, dst_vars) > 1e-5
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(1), noise_scale=2.0)
+    assert report.function_preserving
+    assert max_error(src, variables, dst, dst_vars) < 1e-5
 
 
 def test_report_table_and_json():

@@ -31,18 +31,27 @@ moments: linear, without noise, new entries zero.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict, freeze, unfreeze
 
 from jnet2net import surgery
 from jnet2net.coupling import Member, UnitGroup
-from jnet2net.grow import NOISES, GroupMapping, Noise, apply_widening
+from jnet2net.grow import (
+    MAX_EXACT_SPLIT_SCALE,
+    NOISES,
+    GroupMapping,
+    Noise,
+    apply_widening,
+    check_noise_scale,
+)
 from jnet2net.models import VGG
 from jnet2net.models.common import BN_EPSILON
 from jnet2net.models.resnet import LAST_NORM
@@ -63,6 +72,7 @@ from jnet2net.variables import (
     FlatVariables,
     Variables,
     abstract_variables,
+    check_key,
     check_variables,
     flatten,
     path_str,
@@ -347,10 +357,14 @@ def _fill_gaps(
     identities = [name for name, source in layout.items() if source.kind == "identity"]
     convs = [name for name in identities if not name.startswith("hidden")]
     if convs and src.kernel_size % 2 == 0:
+        fix = (
+            "no layer of the stage has their shapes to repeat; use an odd kernel size"
+            if fill == "repeat"
+            else "use fill='repeat' or an odd kernel size"
+        )
         raise ValueError(
             f"cannot insert identity layers {', '.join(convs)} into {describe(src)}: "
-            f"kernel_size={src.kernel_size} is even, so a conv kernel has no centre tap; use "
-            "fill='repeat' or an odd kernel size"
+            f"kernel_size={src.kernel_size} is even, so a conv kernel has no centre tap; {fix}"
         )
     return layout
 
@@ -463,8 +477,9 @@ def _finish(
 ) -> FlatVariables:
     """Destination leaves: kernels resized, head classes matched, the rest from ``fresh``.
 
-    ``mode='moments'``: what ``fresh`` would give is zero, and every leaf is cast to
-    ``dtype``.
+    ``mode='values'``: every leaf has the dtype ``dst_model.init`` gives it (a ``bfloat16``
+    source is cast up). ``mode='moments'``: what ``fresh`` would give is zero, and every leaf
+    is cast to ``dtype``.
     """
     shared = min(plan.src_model.num_classes, plan.dst_model.num_classes)
     out: FlatVariables = {}
@@ -488,7 +503,7 @@ def _finish(
                 f"transfer made {path_str(path)} with shape {value.shape} but "
                 f"{describe(plan.dst_model)} needs {target.shape}"
             )
-        out[path] = value.astype(dtype) if mode == "moments" else value
+        out[path] = value.astype(dtype if mode == "moments" else target.dtype)
     return out
 
 
@@ -577,8 +592,10 @@ def _with_arrays(
     )
 
 
-def _model_changes(src: nn.Module, dst: nn.Module, noise: Noise, widens: bool) -> list[str]:
-    """Changes of kernel size, stem, classes and noise that alter the function."""
+def _model_changes(
+    src: nn.Module, dst: nn.Module, noise: Noise, noise_scale: float, widens: bool
+) -> list[str]:
+    """Changes of kernel size, stem, classes, noise and dtype that alter the function."""
     changes = []
     k_src, k_dst = src.kernel_size, dst.kernel_size
     odd_pad = k_dst > k_src and k_src % 2 == 1 and k_dst % 2 == 1
@@ -604,7 +621,24 @@ def _model_changes(src: nn.Module, dst: nn.Module, noise: Noise, widens: bool) -
         )
     if noise == "paper" and widens:
         changes.append("noise='paper' adds noise to the split consumer weights")
+    if noise == "split" and widens and noise_scale > MAX_EXACT_SPLIT_SCALE:
+        changes.append(
+            f"noise='split' with noise_scale={float(noise_scale)!r} > {MAX_EXACT_SPLIT_SCALE}: "
+            "the replicas' shares are large and of both signs, so float32 rounding can exceed "
+            "1e-5"
+        )
+    src_dtype, dst_dtype = _compute_dtype(src), _compute_dtype(dst)
+    if src_dtype != dst_dtype:
+        changes.append(
+            f"dtype {src_dtype.name} -> {dst_dtype.name}: the destination computes at another "
+            "precision"
+        )
     return changes
+
+
+def _compute_dtype(model: nn.Module) -> jnp.dtype:
+    """The dtype a model computes in (``None``: float32, inferred from its inputs)."""
+    return jnp.dtype(jnp.float32 if model.dtype is None else model.dtype)
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -680,11 +714,12 @@ def _input_shape(
     default = tuple(src.example_input(src_variables).shape)
     if input_shape is None:
         return default
-    shape = tuple(input_shape)
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, np.ndarray)) else ()
     if len(shape) != 4 or any(
-        isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
+        isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in shape
     ):
         raise ValueError(f"input_shape must be (n, h, w, c) of positive ints, got {input_shape!r}")
+    shape = tuple(int(d) for d in shape)
     pair = f"{describe(src)} -> {describe(dst)}"
     if shape[-1] != default[-1]:
         raise ValueError(
@@ -724,6 +759,8 @@ def transfer_plan(
     check_option("fill", fill, FILLS)
     check_option("shrink", shrink, SHRINKS)
     check_option("noise", noise, NOISES)
+    check_key("transfer", key)
+    check_noise_scale(noise_scale)
     check_variables(src_model, src_variables)
     src_flat = flatten(src_variables)
     shape = _input_shape(src_model, dst_model, src_variables, input_shape)
@@ -732,7 +769,8 @@ def transfer_plan(
     mid_shapes = abstract_variables(mid_model, example)
     layout = _fill_gaps(src_model, layout, stages, src_flat, mid_shapes, fill, changes)
     specs = _group_specs(mid_model, dst_model, layout, changes)
-    changes += _model_changes(src_model, dst_model, noise, any(s.new > s.old for s in specs))
+    widens = any(s.new > s.old for s in specs)
+    changes += _model_changes(src_model, dst_model, noise, noise_scale, widens)
     plan = TransferPlan(
         src_model=src_model,
         dst_model=dst_model,
@@ -796,9 +834,10 @@ def transfer(
     (larger or smaller), widths (larger or smaller), VGG hidden Dense layers and widths,
     ``num_classes``, ``kernel_size``, the ResNet stem kind. When ``dst_model`` is a superset
     of ``src_model`` (every depth and width at least as large, odd kernel sizes at least as
-    large and, for a ResNet with more than one stage, not 1, the same stem and classes) and
-    ``noise != 'paper'``, the destination computes the source's function in eval mode
-    (< 1e-5 relative), as ``jnet2net.widen`` and ``jnet2net.deepen`` do;
+    large and, for a ResNet with more than one stage, not 1, the same stem, classes and
+    compute ``dtype``) and ``noise != 'paper'``, the destination computes the source's
+    function in eval mode (< 1e-5 relative; for ``bfloat16`` models, of the weights computed
+    in float32), as ``jnet2net.widen`` and ``jnet2net.deepen`` do;
     ``report.function_preserving`` says whether it does. (Hidden Dense layers added to a
     VGG head without any start as identities of the flattened features, so they are exact
     when at least that wide.)
@@ -821,19 +860,23 @@ def transfer(
         VGG hidden Dense layers are multiplied into the next kept Dense layer.
       noise: how consumers of widened groups are split: ``'split'`` (exact,
         symmetry-breaking), ``'none'`` or ``'paper'`` (not exact), as in ``jnet2net.widen``.
-      noise_scale: scale of that noise.
+      noise_scale: scale of that noise, a finite number ``>= 0``; ``'split'`` with a
+        scale above ``jnet2net.grow.MAX_EXACT_SPLIT_SCALE`` (2.0) is reported as inexact
+        (float32 rounding of the large shares).
       input_shape: ``(n, h, w, c)`` images for the destination (default: the source's
         example input). The channels, and for VGG the image size, must be the source's.
 
     Returns:
-      ``(dst_variables, report)``: ``dst_variables`` fit ``dst_model`` (frozen if
-      ``src_variables`` were); ``report`` is a
+      ``(dst_variables, report)``: ``dst_variables`` fit ``dst_model``, with the leaves and
+      dtypes of ``dst_model.init`` (frozen if ``src_variables`` were); ``report`` is a
       :class:`~jnet2net.reuse.report.TransferReport` with one row per destination leaf.
 
     Raises:
       ValueError: the pair cannot be mapped (the message names both architectures and the
-        problem), an option is unknown, or ``src_variables`` do not fit ``src_model``.
-      TypeError: a model is not a ``VGG`` or ``ResNet``.
+        problem), an option is unknown, ``noise_scale`` is negative or not finite, or
+        ``src_variables`` do not fit ``src_model``.
+      TypeError: a model is not a ``VGG`` or ``ResNet``, ``key`` is not one PRNG key, or
+        ``noise_scale`` is not a number.
     """
     plan = transfer_plan(
         src_model,
