@@ -7,31 +7,48 @@
 #
 # Environment: OUT (results folder), NPZ (CIFAR-10 pack, default .data/cifar10_jpeg.npz),
 # PYTHON (default python3), STEPS (space-separated subset of: throughput resnet20
-# time_to_accuracy scale_down; default all), SMALL=1 (tiny settings, CPU).
+# time_to_accuracy scale_down throughput_more; default all, in that order of priority),
+# SMALL=1 (tiny settings, CPU), BUDGET_S (seconds for the whole run, see below).
 # It needs jax, flax, optax, orbax-checkpoint, chex, pillow and matplotlib (torch for the
 # throughput reference), and runs from the checkout: no install, no tensorflow-datasets.
-# Writes $OUT/suite.log (one line per step: command, exit code, seconds), one log per step
-# and $OUT/results.tgz (every JSON/JSONL/Markdown/PNG result), a handful of files in all.
+# Writes $OUT/suite.log (one line per step: command, exit code, seconds) and
+# $OUT/results.tgz (every step's log and result files), refreshed after each step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}
 NPZ=${NPZ:-.data/cifar10_jpeg.npz}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-throughput resnet20 time_to_accuracy scale_down}
+STEPS=${STEPS:-throughput resnet20 time_to_accuracy scale_down throughput_more}
 SMALL=${SMALL:-0}
-mkdir -p "$OUT/results"
+# Whole-run budget (default 540 s; 3600 s with SMALL=1): a step's limit shrinks to what is
+# left, and a step with under 30 s left is skipped, so the suite ends inside one device call.
+BUDGET_S=${BUDGET_S:-$([ "$SMALL" = 1 ] && echo 3600 || echo 540)}
+DEADLINE=$(($(date +%s) + BUDGET_S))
+mkdir -p "$OUT/results" "$OUT/logs"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="$OUT/suite.log"
 
-run_step() {  # name limit_s command...
-  local name=$1 limit=$(($2 * LIMIT_SCALE)) start rc
+pack() {  # every result so far into $OUT/results.tgz (after each step: a cut-off keeps them)
+  (cd "$OUT" && { find runs -name metrics.jsonl 2>/dev/null; echo results; echo logs; } |
+    tar czf results.tgz -T -)
+}
+
+run_step() {  # name limit_s command... ; the limit shrinks to what the whole budget has left
+  local name=$1 limit=$(($2 * LIMIT_SCALE)) start rc left
   shift 2
+  left=$((DEADLINE - $(date +%s)))
+  if ((left < 30)); then
+    echo "== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"
+    return
+  fi
+  ((limit > left)) && limit=$left
   echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
   start=$(date +%s)
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
   rc=$?
   echo "== $name: rc=$rc, $(($(date +%s) - start)) s" | tee -a "$LOG"
-  tail -n 15 "$OUT/$name.log"
+  tail -n 15 "$OUT/logs/$name.log"
+  pack
 }
 
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -66,11 +83,11 @@ print({s: d.images.shape for s, d in splits.items()})"
   SCALE_JSON='{"mode": "cache", "check_every": 25, "warmup_steps": 300}'
   ARCH=(--arch resnet20)
   EXPERIMENT=(--dataset cifar10 --npz /tmp/cifar10_raw/cifar10.npz)
-  THROUGHPUT=(--nets resnet18 resnet50)
+  THROUGHPUT=(--nets resnet18)
 fi
 
 if wanted throughput; then
-  run_step throughput 170 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" \
+  run_step throughput 120 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" \
     --json "$OUT/results/throughput.jsonl"
 fi
 if wanted resnet20; then  # the reference: ResNet-20, 60 epochs, 88.5% in 23 s of training (H100)
@@ -80,7 +97,7 @@ if wanted resnet20; then  # the reference: ResNet-20, 60 epochs, 88.5% in 23 s o
     "${EPOCHS[@]}" --no-progress --keep 1 --out "$OUT/runs/resnet20"
 fi
 if wanted time_to_accuracy; then  # half-width ResNet-20 -> full width, 10-epoch budget
-  BUDGET=(--epochs 10 --teacher-epochs 15 --batch-size 512)
+  BUDGET=(--epochs 10 --teacher-epochs 15 --batch-size 512 --lr 0.2)
   [ "$SMALL" = 1 ] && BUDGET=()
   run_step time_to_accuracy 150 "$PY" benchmarks/time_to_accuracy.py "${EXPERIMENT[@]}" \
     "${BUDGET[@]}" --out "$OUT/results/time_to_accuracy" --json "$OUT/results/time_to_accuracy.jsonl"
@@ -95,6 +112,10 @@ if wanted scale_down; then  # ResNet-18: full vs scale-down (cache mode), equal 
     --out "$OUT/runs/resnet18_scale_down"
 fi
 
-(cd "$OUT" && find runs -name metrics.jsonl -o -name '*.json' 2>/dev/null | grep -v /checkpoints/ |
-  tar czf results.tgz -T - results)
+if wanted throughput_more && [ "$SMALL" != 1 ]; then  # rows are written as each net finishes
+  run_step throughput_more 200 "$PY" benchmarks/throughput.py --nets resnet50 vgg16 \
+    --json "$OUT/results/throughput.jsonl"
+fi
+
+pack
 echo "results: $OUT/results.tgz" | tee -a "$LOG"

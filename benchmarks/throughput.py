@@ -203,8 +203,11 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every requested (network, implementation) measurement."""
+def measure(
+    args: argparse.Namespace, on_row: Callable[[dict[str, Any]], None] = lambda row: None
+) -> list[dict[str, Any]]:
+    """Every requested (network, implementation) measurement; ``on_row`` gets each network's
+    row as soon as it is measured (so a run stopped by a time limit keeps what it has)."""
     gpu = jax.default_backend() != "cpu"
     small = args.small or not gpu
     batch = args.batch or (32 if small else 512)
@@ -223,6 +226,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                     name, batch, not small, True, warmup, steps
                 )
         rows.append(row)
+        on_row(row)
         print(format_row(row), flush=True)
     return rows
 
@@ -252,11 +256,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     env = environment()
     print(json.dumps(env))
-    rows = measure(args)
-    with open(args.json, "a") as f:
-        for row in rows:
+
+    def append(row: dict[str, Any]) -> None:
+        with open(args.json, "a") as f:
             f.write(json.dumps({**env, **row}) + "\n")
-    return rows
+
+    return measure(args, append)
 
 
 if __name__ == "__main__":
