@@ -234,6 +234,49 @@ def test_decode_images_keeps_grey_channel():
     np.testing.assert_array_equal(decoded[1, ..., 0], grey)
 
 
+def _png(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_decode_images_converts_palette_and_bilevel_images():
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    palette = Image.fromarray(rgb).convert("P")
+    np.testing.assert_array_equal(
+        data.decode_images([_png(palette)])[0], np.asarray(palette.convert("RGB"))
+    )
+    bilevel = Image.fromarray(np.eye(4, dtype=bool))
+    np.testing.assert_array_equal(data.decode_images([_png(bilevel)])[0, ..., 0], np.eye(4) * 255)
+    deep = Image.fromarray(np.full((4, 4), 1000, np.uint16))
+    with pytest.raises(TypeError, match=r"8-bit grey or RGB pixels, got mode 'I"):
+        data.decode_images([_png(deep)])
+
+
+def test_load_npz_gives_grey_raw_images_a_channel(tmp_path, pixels):
+    images, labels = pixels
+    path = tmp_path / "grey.npz"
+    np.savez(path, train_images=images[..., 0], train_labels=labels)
+    loaded = data.load_npz(path, "train")
+    np.testing.assert_array_equal(loaded.images, images[..., :1])
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.array([0.0, 1.5, 2.0, 1.0, 0.0]), r"'train_labels' must hold ints, got float64"),
+        (np.array([0, 1, 2**32 + 1, 1, 0]), r"labels must lie in \[0, 10\), got \[0, 4294967297\]"),
+    ],
+)
+def test_load_npz_refuses_labels_it_would_change(tmp_path, pixels, labels, match):
+    path = tmp_path / "fashion_mnist.npz"
+    np.savez(path, train_images=pixels[0][..., :1], train_labels=labels)
+    with pytest.raises((TypeError, ValueError), match=match):
+        data.load_npz(path, "train")
+
+
 # --- Dataset and normalisation ------------------------------------------------------------
 
 
@@ -253,6 +296,12 @@ def test_dataset_rejects_bad_arrays():
         data.from_arrays(images, [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="need 1 entries"):
         data.from_arrays(images, [0, 1, 2], mean=(1.0, 2.0), std=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"mean \(nan,\) and std \(1.0,\) must be finite"):
+        data.from_arrays(images, [0, 1, 2], mean=(float("nan"),), std=(1.0,))
+    with pytest.raises(ValueError, match=r"std must be positive, got \(inf,\)|must be finite"):
+        data.from_arrays(images, [0, 1, 2], mean=(0.0,), std=(float("inf"),))
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        data.from_arrays(images[:0], np.zeros(0, np.int32), num_classes=0)
 
 
 def test_from_arrays_and_take():
@@ -275,6 +324,8 @@ def test_normalize_per_channel():
     out = data.normalize(images, (10.0, 10.0), (1.0, 5.0), jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32).ravel(), [0.0, 2.0])
+    with pytest.raises(ValueError, match=r"2 channels but mean \(10.0,\) and std \(1.0,\)"):
+        data.normalize(images, (10.0,), (1.0,))  # would broadcast one grey mean over RGB
 
 
 # --- augmentation -------------------------------------------------------------------------

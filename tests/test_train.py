@@ -4,6 +4,7 @@ import io
 import json
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +82,8 @@ def test_config_round_trips_through_json():
         ({"batch_size": 8.0}, TypeError, "batch_size must be an int, got 8.0"),
         ({"learning_rate": 0.0}, ValueError, r"learning_rate must lie in \(0.0, None\]"),
         ({"learning_rate": float("nan")}, ValueError, "learning_rate must lie in"),
+        ({"learning_rate": float("inf")}, ValueError, "learning_rate must be finite, got inf"),
+        ({"weight_decay": float("inf")}, ValueError, "weight_decay must be finite, got inf"),
         ({"momentum": 1.0}, ValueError, r"momentum must lie in \[0.0, 1.0\)"),
         ({"label_smoothing": -0.1}, ValueError, "label_smoothing must lie in"),
         ({"warmup_epochs": 3}, ValueError, r"warmup_epochs must lie in \[0.0, 2\]"),
@@ -122,6 +125,16 @@ def test_constant_and_onecycle_schedules():
     values = np.array([onecycle(i) for i in range(21)])
     assert values.argmax() == 5 and values.max() == pytest.approx(0.05)
     assert values[0] < 0.05 / 20 and values[20] < 1e-5
+
+
+def test_onecycle_peaks_exactly_where_the_warm_up_ends():
+    exact = CONFIG.replace(schedule="onecycle", epochs=1, warmup_epochs=0.29)
+    values = np.array([train.make_schedule(exact, 100)(i) for i in range(101)])
+    assert values.argmax() == 29  # 0.29 * 100 is 28.999...
+    # Warm-up over every step: the rate rises to the peak at the last step.
+    ramp = train.make_schedule(CONFIG.replace(schedule="onecycle", warmup_epochs=2.0), 3)
+    values = np.array([ramp(i) for i in range(6)])
+    assert np.all(np.diff(values) > 0) and values[5] == pytest.approx(0.05)
 
 
 def test_schedule_rejects_bad_steps_per_epoch():
@@ -375,6 +388,51 @@ def test_fit_rejects_bad_inputs(digits):
         train.fit(MODEL, train_set, None, CONFIG, stop_at_accuracy=0.5)
 
 
+class PlainNet(nn.Module):
+    """A Flax model without ``dtype`` or ``num_classes`` fields."""
+
+    outputs: int = 10
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(self.outputs)(x.reshape(x.shape[0], -1))
+
+
+def test_fit_and_evaluate_a_plain_flax_module(digits):
+    train_set, test_set = digits
+    config = CONFIG.replace(epochs=1, warmup_epochs=0.0)
+    result = train.fit(PlainNet(), train_set.take(32), test_set, config)
+    record = result.history[0]
+    # The epoch's only step also compiled: no throughput to report.
+    assert record["step"] == 1 and record["images_per_s"] is None
+    got = train.evaluate(PlainNet(), result.state, test_set)
+    assert got == pytest.approx((record["test_loss"], record["test_acc"]), rel=1e-5)
+    with pytest.raises(
+        TypeError, match=r"PlainNet has no 'dtype' field, so it cannot compute in 'bfloat16'"
+    ):
+        train.fit(PlainNet(), train_set, None, config.replace(compute_dtype="bfloat16"))
+
+
+def test_fit_and_evaluate_reject_too_few_outputs(digits):
+    """Labels past the logits would give a silently wrong (zero-target) loss."""
+    train_set, test_set = digits
+    with pytest.raises(ValueError, match=r"PlainNet gives logits \(1, 5\) .* 'digits' has 10 cl"):
+        train.fit(PlainNet(5), train_set, test_set, CONFIG)
+    variables = PlainNet(5).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"gives logits \(1, 5\) .* 'digits' has 10 classes"):
+        train.evaluate(PlainNet(5), variables, test_set)
+    wider = PlainNet(12).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    assert 0.0 <= train.evaluate(PlainNet(12), wider, test_set)[1] <= 1.0  # more is fine
+
+
+def test_fit_and_evaluate_check_their_counts(digits):
+    train_set, test_set = digits
+    with pytest.raises(ValueError, match=r"max_steps must be an int >= 0, got 1.5"):
+        train.fit(MODEL, train_set, None, CONFIG, max_steps=1.5)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        train.evaluate(MODEL, {}, test_set, batch_size=0)
+
+
 # --- evaluate -----------------------------------------------------------------------------
 
 
@@ -451,6 +509,9 @@ def test_progress_bar_only_on_terminals_outside_ci(monkeypatch):
     assert train.progress_enabled(True, io.StringIO())
     monkeypatch.setenv("CI", "true")
     assert not train.progress_enabled(None, FakeTerminal())
+    for unset in ("", "0", "false", "False", "no"):
+        monkeypatch.setenv("CI", unset)
+        assert train.progress_enabled(None, FakeTerminal()), unset
     stream = FakeTerminal()
     with train.ProgressBar(4, desc="fit", stream=stream) as bar:
         for _ in range(4):

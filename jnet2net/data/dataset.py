@@ -50,6 +50,10 @@ class Dataset:
             )
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
             raise TypeError(f"Dataset {self.name!r}: num_classes must be an int")
+        if self.num_classes < 1:
+            raise ValueError(
+                f"Dataset {self.name!r}: num_classes must be >= 1, got {self.num_classes}"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(
                 f"Dataset {self.name!r}: labels must lie in [0, {self.num_classes}), got "
@@ -65,6 +69,8 @@ class Dataset:
                 f"Dataset {self.name!r}: mean {mean} and std {std} need {channels} entries "
                 f"(images {images.shape})"
             )
+        if not np.all(np.isfinite(mean + std)):
+            raise ValueError(f"Dataset {self.name!r}: mean {mean} and std {std} must be finite")
         if min(std) <= 0:
             raise ValueError(f"Dataset {self.name!r}: std must be positive, got {std}")
         object.__setattr__(self, "images", images)
@@ -153,7 +159,16 @@ def normalize(
 
     Returns:
       ``images``' shape, ``dtype``.
+
+    Raises:
+      ValueError: ``mean`` or ``std`` do not have one entry per channel.
     """
+    channels = images.shape[-1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"normalize: images {tuple(images.shape)} have {channels} channels but mean "
+            f"{tuple(mean)} and std {tuple(std)} have {len(mean)} and {len(std)} entries"
+        )
     mean_arr = jnp.asarray(mean, jnp.float32)
     scale = 1.0 / jnp.asarray(std, jnp.float32)
     return ((images.astype(jnp.float32) - mean_arr) * scale).astype(dtype)

@@ -141,7 +141,8 @@ def load_npz(
     * encoded: ``{split}_jpeg`` (uint8, concatenated encoded images), ``{split}_offsets``
       (int64 ``(n + 1,)``, image ``i`` is ``jpeg[offsets[i]:offsets[i + 1]]``),
       ``{split}_labels``; e.g. the offline ``cifar10_jpeg.npz``;
-    * raw: ``{split}_images`` (uint8 ``(n, h, w, c)``) and ``{split}_labels``.
+    * raw: ``{split}_images`` (uint8 ``(n, h, w, c)``, or ``(n, h, w)`` for grey) and
+      ``{split}_labels``.
 
     An optional ``class_names`` array gives ``num_classes`` (else the known count for
     :data:`DATASETS`, else the largest label + 1).
@@ -165,7 +166,7 @@ def load_npz(
         splits = sorted({k.rsplit("_", 1)[0] for k in keys if k.endswith("_labels")})
         if split not in splits:
             raise ValueError(f"{path} has splits {splits}, got {split!r}")
-        labels = pack[f"{split}_labels"].astype(np.int32)
+        labels = _int_labels(pack[f"{split}_labels"], f"{split}_labels")
         images = _npz_images(pack, split, workers)
         class_names = tuple(str(c) for c in pack["class_names"]) if "class_names" in keys else ()
         if name in NORMALIZATION:
@@ -174,18 +175,24 @@ def load_npz(
             mean, std = channel_stats(_npz_images(pack, "train", workers))
         else:
             mean, std = channel_stats(images)
-        label_max = max(int(pack[f"{s}_labels"].max(initial=0)) for s in splits)
+        label_max = max(
+            int(_int_labels(pack[f"{s}_labels"], f"{s}_labels").max(initial=0)) for s in splits
+        )
     num_classes = len(class_names) or NUM_CLASSES.get(name, label_max + 1)
     return Dataset(images, labels, num_classes, name, mean, std, class_names)
 
 
 def decode_images(encoded: list[bytes], *, workers: int | None = None) -> np.ndarray:
-    """Decodes JPEG/PNG byte strings of equal-size images to uint8 ``(n, h, w, c)``."""
+    """Decodes JPEG/PNG byte strings of equal-size images to uint8 ``(n, h, w, c)``.
+
+    Grey images keep one channel (1-bit ones scale to 0/255); palette, alpha and other
+    colour modes become RGB. Images deeper than 8 bits raise TypeError.
+    """
     from PIL import Image
 
     def decode(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image)
+            array = np.asarray(_grey_or_rgb(image))
         return array[..., None] if array.ndim == 2 else array
 
     workers = workers or os.cpu_count() or 1
@@ -224,9 +231,33 @@ def _uint8_pixels(images: np.ndarray, key: str) -> np.ndarray:
     )
 
 
+GREY_MODES = ("1", "L", "LA", "La")
+HIGH_BIT_MODES = ("I", "F")
+
+
+def _grey_or_rgb(image: Any) -> Any:
+    """A Pillow image as 8-bit grey (``'L'``) or ``'RGB'``; TypeError for deeper pixels."""
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode.startswith(HIGH_BIT_MODES):
+        raise TypeError(
+            f"decode_images needs 8-bit grey or RGB pixels, got mode {image.mode!r} "
+            f"({image.size[0]}x{image.size[1]}); convert the images to 8 bits first"
+        )
+    return image.convert("L" if image.mode in GREY_MODES else "RGB")
+
+
+def _int_labels(labels: np.ndarray, key: str) -> np.ndarray:
+    """``labels`` if they are ints; TypeError otherwise (casting would change them)."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"npz pack: '{key}' must hold ints, got {labels.dtype}")
+    return labels
+
+
 def _npz_images(pack: Any, split: str, workers: int | None) -> np.ndarray:
     if f"{split}_images" in pack.files:
-        return _uint8_pixels(pack[f"{split}_images"], f"{split}_images")
+        images = _uint8_pixels(pack[f"{split}_images"], f"{split}_images")
+        return images[..., None] if images.ndim == 3 else images  # grey (n, h, w)
     if f"{split}_jpeg" not in pack.files or f"{split}_offsets" not in pack.files:
         raise ValueError(
             f"npz pack lacks '{split}_images' or '{split}_jpeg' + '{split}_offsets'; "

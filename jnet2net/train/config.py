@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -145,3 +146,5 @@ def _check_number(
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
         raise ValueError(f"TrainConfig.{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+    if math.isinf(value):
+        raise ValueError(f"TrainConfig.{name} must be finite, got {value}")

@@ -39,8 +39,10 @@ class FitResult(NamedTuple):
       state: the final training state (replicated over the mesh).
       history: one record per epoch run: ``epoch`` (1-based), ``step`` (global step at its
         end), ``wall_s`` (since ``fit`` started, compile and evaluation included),
-        ``epoch_s`` (this epoch's training steps), ``images_per_s``, ``lr`` (of the epoch's
-        last step), ``train_loss``, ``train_acc`` (means over the epoch's augmented batches),
+        ``epoch_s`` (this epoch's training steps), ``images_per_s`` (over those steps, the
+        first step of ``fit`` left out; ``None`` when that was the epoch's only step),
+        ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
+        epoch's augmented batches),
         ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
         ``first_step_s`` (trace, compile and run of the first step).
     """
@@ -80,6 +82,35 @@ def check_fit_inputs(model: nn.Module, train: Any, test: Any, config: Any) -> No
         raise ValueError(
             f"train images {train.image_shape} and test images {test.image_shape} differ in shape"
         )
+
+
+def check_model_outputs(
+    model: nn.Module, variables: Any, dataset: Dataset, what: str, *, exact: bool = True
+) -> None:
+    """Raises ValueError unless ``model`` gives ``(n, dataset.num_classes)`` logits.
+
+    Traces one example's shapes (nothing runs). With ``exact=False`` more logits than
+    classes pass. Labels past the logits would otherwise give a silently wrong loss.
+    """
+    example = jax.ShapeDtypeStruct((1, *dataset.image_shape), jnp.float32)
+    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, example)
+    shape = getattr(logits, "shape", None)
+    classes = dataset.num_classes
+    fits = shape is not None and len(shape) == 2 and shape[0] == 1
+    fits = fits and (shape[1] == classes if exact else shape[1] >= classes)
+    if not fits:
+        need = f"(1, {classes})" if exact else f"(1, k) with k >= {classes}"
+        raise ValueError(
+            f"{type(model).__name__} gives logits {shape} for one {dataset.image_shape} image, "
+            f"but the {what} set {dataset.name!r} has {classes} classes: it needs {need}"
+        )
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int; raises ValueError unless it is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 # --- device data --------------------------------------------------------------------------
@@ -192,8 +223,11 @@ def evaluate(
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a jnet2net.data.Dataset, got {type(dataset).__name__}")
+    batch_size = check_count("batch_size", batch_size, 1)
     if isinstance(variables, TrainState):
         variables = variables.variables
+    if len(dataset):
+        check_model_outputs(model, variables, dataset, "evaluation", exact=False)
     mesh = data_mesh() if mesh is None else mesh
     batch = eval_batch_size(batch_size, len(dataset), mesh)
     data = put_eval_set(dataset, batch, mesh)
@@ -293,6 +327,8 @@ def fit(
         raise ValueError(f"stop_at_accuracy must lie in (0, 1], got {stop_at_accuracy}")
     if stop_at_accuracy is not None and test is None:
         raise ValueError("stop_at_accuracy needs a test set to measure the accuracy on")
+    if max_steps is not None:
+        max_steps = check_count("max_steps", max_steps, 0)
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(config.batch_size, mesh)
     spe = steps_per_epoch(len(train), config.batch_size)
@@ -304,6 +340,9 @@ def fit(
         raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
     elif hasattr(model, "example_input"):
         check_variables(model, state.variables)
+    for what, data in (("train", train), ("test", test)):
+        if data is not None:
+            check_model_outputs(model, state.variables, data, what)
     state = put_replicated(state, mesh)
     start = int(state.step)
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
@@ -364,7 +403,9 @@ def fit(
                 "step": hi,
                 "wall_s": time.perf_counter() - t_start,
                 "epoch_s": epoch_s,
-                "images_per_s": timed_steps * config.batch_size / max(epoch_s, 1e-9),
+                "images_per_s": (
+                    timed_steps * config.batch_size / max(epoch_s, 1e-9) if timed_steps else None
+                ),
                 "lr": lr,
                 "train_loss": means["loss"],
                 "train_acc": means["accuracy"],

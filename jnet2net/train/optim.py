@@ -11,6 +11,8 @@ import optax
 from jnet2net.train.config import TrainConfig, restrict
 
 ONECYCLE_DEFAULT_PCT_START = 0.3
+ONECYCLE_DIV_FACTOR = 25.0
+ONECYCLE_FINAL_DIV = 1e4
 #: The config fields that the optimizer depends on.
 OPTIMIZER_FIELDS = (
     "epochs",
@@ -47,12 +49,25 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
             return optax.linear_schedule(0.0, peak, total)
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
     if config.schedule == "onecycle":
-        pct_start = warmup / total if warmup else ONECYCLE_DEFAULT_PCT_START
-        return optax.cosine_onecycle_schedule(total, peak, pct_start=pct_start)
+        return onecycle_schedule(peak, warmup or round(ONECYCLE_DEFAULT_PCT_START * total), total)
     if warmup == 0:
         return optax.constant_schedule(peak)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+    )
+
+
+def onecycle_schedule(peak: float, peak_step: int, total: int) -> optax.Schedule:
+    """Cosine one-cycle over ``total`` steps that reaches ``peak`` at step ``peak_step``.
+
+    Starts at ``peak / 25`` and ends at ``peak / 2.5e5`` (optax's one-cycle); ``peak_step``
+    is clipped to the last step, so a warm-up over every step still reaches the peak.
+    """
+    peak_step = max(0, min(peak_step, total - 1))
+    return optax.piecewise_interpolate_schedule(
+        "cosine",
+        peak / ONECYCLE_DIV_FACTOR,
+        {peak_step: ONECYCLE_DIV_FACTOR, total: 1.0 / (ONECYCLE_DIV_FACTOR * ONECYCLE_FINAL_DIV)},
     )
 
 

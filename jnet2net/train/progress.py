@@ -8,13 +8,19 @@ import sys
 import time
 from typing import IO, Any
 
+FALSE_VALUES = ("", "0", "false", "no")
+
 
 def progress_enabled(setting: bool | None, stream: IO[str] | None = None) -> bool:
-    """``setting``, or when ``None``: on for a terminal and off when ``$CI`` is set."""
+    """``setting``, or when ``None``: on for a terminal, off when ``$CI`` is set.
+
+    ``$CI`` set to ``''``, ``'0'``, ``'false'`` or ``'no'`` (any case) counts as unset.
+    """
     if setting is not None:
         return setting
     stream = sys.stderr if stream is None else stream
-    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("CI")
+    in_ci = os.environ.get("CI", "").strip().lower() not in FALSE_VALUES
+    return bool(getattr(stream, "isatty", lambda: False)()) and not in_ci
 
 
 class ProgressBar:

@@ -56,10 +56,23 @@ def correct_predictions(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def with_compute_dtype(model: nn.Module, compute_dtype: str | Any | None) -> nn.Module:
-    """``model`` computing in ``compute_dtype`` (``None``: as it is); params stay float32."""
-    if compute_dtype is None or jnp.dtype(model.dtype) == jnp.dtype(compute_dtype):
+    """``model`` computing in ``compute_dtype`` (``None``: as it is); params stay float32.
+
+    A model without a ``dtype`` field computes in float32, and only float32 is asked of it.
+    """
+    if compute_dtype is None:
         return model
-    return model.clone(dtype=jnp.dtype(compute_dtype))
+    wanted = jnp.dtype(compute_dtype)
+    if "dtype" not in getattr(model, "__dataclass_fields__", {}):
+        if wanted == jnp.float32:
+            return model
+        raise TypeError(
+            f"{type(model).__name__} has no 'dtype' field, so it cannot compute in "
+            f"{wanted.name!r}; give it one (as jnet2net's models have) or use 'float32'"
+        )
+    if model.dtype is not None and jnp.dtype(model.dtype) == wanted:
+        return model
+    return model.clone(dtype=wanted)
 
 
 def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array) -> jax.Array:
@@ -186,7 +199,7 @@ def eval_step_fn(
     the results are sums over the unmasked examples (plain cross-entropy, eval mode).
     """
     compute_model = with_compute_dtype(model, compute_dtype)
-    dtype = jnp.dtype(compute_model.dtype)
+    dtype = jnp.dtype(getattr(compute_model, "dtype", None) or jnp.float32)
 
     def step(variables: Any, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
         logits = compute_model.apply(variables, normalize(images, mean, std, dtype), train=False)
