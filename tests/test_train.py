@@ -530,3 +530,15 @@ def test_optimizer_state_holds_params_shaped_trees(digits):
     state = train.create_train_state(MODEL, CONFIG, train_set.images, steps_per_epoch=3)
     doubled = optax.tree_map_params(state.tx, lambda p: p * 2, state.opt_state)
     chex.assert_trees_all_equal_structs(doubled, state.opt_state)
+
+
+def test_jsonl_lines_are_strict_json_with_nulls_for_non_finite_numbers(tmp_path) -> None:
+    path = tmp_path / "log" / "metrics.jsonl"
+    train.append_jsonl(path, {"epoch": 1, "test_loss": float("nan"), "lr": np.float32(0.5)})
+    train.append_jsonl(path, {"epoch": 2, "test_loss": float("inf"), "acc": [1.0, -np.inf]})
+    for line in path.read_text().splitlines():
+        assert "NaN" not in line and "Infinity" not in line, line
+    assert train.read_jsonl(path) == [
+        {"epoch": 1, "test_loss": None, "lr": 0.5},
+        {"epoch": 2, "test_loss": None, "acc": [1.0, None]},
+    ]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from typing import IO, Any
+
+import numpy as np
 
 FALSE_VALUES = ("", "0", "false", "no")
 
@@ -78,11 +81,29 @@ class ProgressBar:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Appends ``record`` as one JSON line to ``path`` (parent folders are created)."""
+    """Appends ``record`` as one strict JSON line to ``path`` (parent folders are created).
+
+    NumPy scalars become Python numbers; NaN and infinities (a diverged loss, say) become
+    ``null``, so every line parses with any JSON reader.
+    """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    line = json.dumps(_strict(record), sort_keys=False, allow_nan=False)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=False) + "\n")
+        f.write(line + "\n")
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NumPy scalars as Python ones and non-finite floats as ``None``."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
