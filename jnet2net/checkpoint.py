@@ -4,7 +4,8 @@ A checkpoint directory is an Orbax ``CheckpointManager`` directory: one sub-dire
 step, each with two items::
 
     DIR/<step>/arch    JSON: {"format": 1, "model": model_config(model),
-                              "input_shape": [1, h, w, c], "train_config": {...} | null,
+                              "input_shape": [1, h, w, c], "input_shape_given": bool,
+                              "train_config": {...} | null,
                               "has_opt_state": bool, "rng_impl": str | null, "metadata": {...}}
     DIR/<step>/state   {"variables": {"params": ..., "batch_stats": ...},
                         "opt_state": ... (optional), "rng": uint32 key data (optional)}
@@ -65,6 +66,9 @@ class CheckpointInfo(NamedTuple):
       rng_impl: PRNG implementation name of a typed key, ``''`` for a raw uint32 key,
         ``None`` when no key was saved.
       metadata: free-form JSON saved with the checkpoint (e.g. where it was grown from).
+      input_shape_given: whether ``input_shape`` was given when saving (the images the
+        network was trained on); ``False``: derived from the variables, whose spatial size
+        a ResNet's do not fix.
     """
 
     path: pathlib.Path
@@ -75,6 +79,7 @@ class CheckpointInfo(NamedTuple):
     has_opt_state: bool
     rng_impl: str | None
     metadata: dict[str, Any]
+    input_shape_given: bool = True
 
 
 class Restored(NamedTuple):
@@ -187,6 +192,34 @@ def _config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list
     ]
 
 
+def _check_not_a_file(directory: pathlib.Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"checkpoint directory {directory} exists and is not a directory")
+
+
+def _check_no_stray_steps(directory: pathlib.Path) -> None:
+    """Raises ValueError when ``directory`` has step-named directories that are not checkpoints.
+
+    Orbax takes every directory named like a step for a checkpoint (and ``max_to_keep``
+    deletes old ones), so a user's ``DIR/100/`` would be lost or shadow the real steps.
+    """
+    if not directory.is_dir():
+        return
+    stray = sorted(
+        int(p.name)
+        for p in directory.iterdir()
+        if p.is_dir()
+        and p.name.isdigit()
+        and not any((p / item).exists() for item in (ARCH, STATE, "_CHECKPOINT_METADATA"))
+    )
+    if stray:
+        raise ValueError(
+            f"{directory} holds directories named like checkpoint steps that are not "
+            f"checkpoints: {', '.join(str(directory / str(n)) for n in stray)}; Orbax would take "
+            "them for steps (and delete them to keep max_to_keep): move them away"
+        )
+
+
 def _step_directory(directory: pathlib.Path, step: int | None) -> tuple[int, list[int]]:
     """Resolves ``step`` (``None``: the latest) and checks that it exists."""
     if not directory.exists():
@@ -269,6 +302,7 @@ def save(
     Raises:
       ValueError: variables that do not fit ``model`` (or ``input_shape``), a negative
         step, or a step that is already saved there.
+      FileExistsError: ``directory`` is a file.
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
@@ -280,13 +314,17 @@ def save(
         raise ValueError(
             f"checkpoints hold the collections {_COLLECTIONS}; variables also have {extra}"
         )
+    input_shape_given = input_shape is not None
     input_shape = _checked_input_shape(model, variables, input_shape)
     path = _abspath(directory)
+    _check_not_a_file(path)
+    _check_no_stray_steps(path)
     rng_data, rng_impl = _split_rng(rng)
     arch = {
         "format": FORMAT,
         "model": model_config(model),
         "input_shape": list(input_shape),
+        "input_shape_given": input_shape_given,
         "train_config": _config_dict(train_config),
         "has_opt_state": opt_state is not None,
         "rng_impl": rng_impl,
@@ -415,6 +453,7 @@ def checkpoint_info(directory: PathLike, *, step: int | None = None) -> Checkpoi
         has_opt_state=bool(arch.get("has_opt_state")),
         rng_impl=arch.get("rng_impl"),
         metadata=arch.get("metadata") or {},
+        input_shape_given=bool(arch.get("input_shape_given", True)),
     )
 
 
@@ -681,6 +720,7 @@ def grow_checkpoint(
     """
     if not widen and not deepen:
         raise ValueError("grow_checkpoint needs widen and/or deepen sizes: nothing to grow")
+    _check_not_a_file(_abspath(out))
     existing = all_steps(out)
     if existing:  # the student must be the directory's only (hence latest) checkpoint
         raise ValueError(
@@ -735,7 +775,7 @@ def grow_checkpoint(
         variables=variables,
         step=0,
         metadata={**provenance, **(metadata or {})},
-        input_shape=info.input_shape,
+        input_shape=info.input_shape if info.input_shape_given else None,
     )
     restored = restore(out, model=model)
     same = jax.tree.all(

@@ -12,7 +12,8 @@ Examples::
     jnet2net plot runs/t runs/student --out curves.png
 
 Every command is a thin layer over the library (``jnet2net.checkpoint``, ``jnet2net.widen`` /
-``deepen``, ``jnet2net.train``, ``jnet2net.demo``); user errors print one line and exit 1.
+``deepen``, ``jnet2net.train``, ``jnet2net.demo``); errors print one line,
+``jnet2net COMMAND: error: ...``, and exit 2 (an interrupt exits 130).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -29,7 +31,11 @@ from typing import Any
 
 PROG = "jnet2net"
 NOISES = ("split", "none", "paper")
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+_USER_ERRORS = (ValueError, TypeError, OSError)
+#: Set to print the traceback of an error instead of one line.
+TRACEBACK_ENV = "JNET2NET_TRACEBACK"
+#: What a run directory may hold besides its checkpoint steps.
+_RUN_FILES = ("metrics.jsonl",)
 
 # --- argument parsing helpers ---------------------------------------------------------
 
@@ -83,6 +89,70 @@ def count_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def check_out(out: str | pathlib.Path) -> pathlib.Path:
+    """``--out`` of ``train``/``grow``/``transfer``: a new or empty directory, or a run directory.
+
+    Raises:
+      FileExistsError: ``out`` is a file.
+      ValueError: ``out`` is a directory with other contents but no checkpoint (a source
+        folder, a checkpoint's step directory, ...), which a run would write into.
+    """
+    from jnet2net import checkpoint
+
+    path = pathlib.Path(out)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--out {path} exists and is not a directory; choose a directory")
+    if path.is_dir() and not checkpoint.all_steps(path):
+        foreign = sorted(
+            p.name
+            for p in path.iterdir()
+            if p.name not in _RUN_FILES
+            and not p.name.startswith(".")
+            and ".orbax-checkpoint-tmp" not in p.name
+        )
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ValueError(
+                f"--out {path} is a directory that holds no run (it has {listed}); choose a "
+                "new or empty directory"
+            )
+    return path
+
+
+def check_dataset_fits(info: Any, dataset: Any, hint: str = "") -> None:
+    """Raises ValueError unless ``dataset`` has the images and classes of checkpoint ``info``.
+
+    Only the channels are compared when the checkpoint does not know its image size.
+    """
+    want_shape = tuple(int(n) for n in info.input_shape[1:])
+    have_shape = tuple(int(n) for n in dataset.image_shape)
+    compared = slice(None) if info.input_shape_given else slice(-1, None)
+    problems = []
+    if have_shape[compared] != want_shape[compared]:
+        problems.append(f"images of shape {have_shape}, the checkpoint's network {want_shape}")
+    if dataset.num_classes != info.model.num_classes:
+        problems.append(
+            f"{dataset.num_classes} classes, the checkpoint's network {info.model.num_classes}"
+        )
+    if problems:
+        raise ValueError(
+            f"dataset {dataset.name!r} does not fit the checkpoint {info.path}: it has "
+            + "; ".join(problems)
+            + hint
+        )
 
 
 def scale_width(width: int, factor: float) -> int:
@@ -176,6 +246,14 @@ def model_from_args(
             f"name an architecture: {arch_flag} NAME (a preset) or --arch-json with 'family'"
         )
     else:
+        base = models.preset(arch)
+        known = set(models.model_config(base)) - {"family"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"--arch-json: unknown {type(base).__name__} fields {unknown}; known: "
+                f"{sorted(known)}"
+            )
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         model = models.preset(arch, **{"num_classes": num_classes, **fields})
     if model.num_classes != num_classes:
@@ -252,7 +330,11 @@ def _add_grow(sub: Any) -> None:
         "--seed", metavar="N", type=int, default=0, help="seeds the mappings and new blocks"
     )
     p.add_argument(
-        "--rtol", metavar="X", type=float, default=1e-5, help="largest accepted relative error"
+        "--rtol",
+        metavar="X",
+        type=positive_float,
+        default=1e-5,
+        help="largest accepted relative error",
     )
     p.add_argument(
         "--check-batches",
@@ -283,6 +365,10 @@ def growth_kwargs(
     if widen is not None or widen_hidden is not None:
         widen_kwargs = {} if widen is None else widening_sizes(model, widen)
         if widen_hidden is not None:
+            if not getattr(model, "hidden_widths", ()):
+                raise ValueError(
+                    f"--widen-hidden applies to VGG hidden layers; {type(model).__name__} has none"
+                )
             widen_kwargs["hidden_widths"] = parse_widths(
                 widen_hidden, getattr(model, "hidden_widths", ()), what="widen-hidden"
             )
@@ -304,6 +390,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
     sizes = (args.widen, args.widen_hidden, args.deepen, args.deepen_hidden)
     if all(size is None for size in sizes):
         raise ValueError("nothing to grow: pass --widen and/or --deepen")
+    check_out(args.out)
     info = checkpoint.checkpoint_info(args.source, step=args.step)
     print(f"teacher {info.path}: {describe(info.model)}, step {info.step}")
     widen, deepen = growth_kwargs(
@@ -394,7 +481,11 @@ def _add_train(sub: Any) -> None:
         help="a whole architecture (JSON with 'family') or field overrides of --arch",
     )
     arch.add_argument(
-        "--width-mult", metavar="X", type=float, default=None, help="scale every width field"
+        "--width-mult",
+        metavar="X",
+        type=positive_float,
+        default=None,
+        help="scale every width field",
     )
     arch.add_argument(
         "--from",
@@ -496,7 +587,7 @@ def train_run(args: argparse.Namespace) -> Any:
 
     from jnet2net import checkpoint, data, train
 
-    out = pathlib.Path(args.out)
+    out = check_out(args.out)
     saved_steps = checkpoint.all_steps(out)
     if saved_steps and not args.resume:
         raise FileExistsError(
@@ -517,6 +608,10 @@ def train_run(args: argparse.Namespace) -> Any:
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
     train_set = data.load(dataset, "train", data_dir=args.data_dir, download=args.download)
     test_set = data.load(dataset, "test", data_dir=args.data_dir, download=args.download)
+    start_dir = out if resuming else args.source
+    if start_dir is not None:
+        hint = "" if resuming else "; for other classes, 'jnet2net transfer --num-classes N' first"
+        check_dataset_fits(checkpoint.checkpoint_info(start_dir), train_set, hint)
     spe = train.steps_per_epoch(len(train_set), _batch_size(args, out, resuming))
 
     state = variables = None
@@ -730,13 +825,20 @@ def _add_transfer(sub: Any) -> None:
         help="step to restore (default: latest)",
     )
     p.add_argument(
-        "--to", metavar="NAME", default=None, help="destination preset: resnet32, vgg13, ..."
+        "--to",
+        metavar="ARCH",
+        default=None,
+        help="destination: a preset (resnet32, vgg13, ...) or a JSON spec with 'family'",
     )
     p.add_argument(
         "--arch-json", metavar="JSON", default=None, help="architecture JSON or --to overrides"
     )
     p.add_argument(
-        "--width-mult", metavar="X", type=float, default=None, help="scale every width field"
+        "--width-mult",
+        metavar="X",
+        type=positive_float,
+        default=None,
+        help="scale every width field",
     )
     p.add_argument(
         "--num-classes", metavar="N", type=int, default=None, help="default: the source's"
@@ -760,12 +862,18 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from jnet2net import checkpoint, model_config, output_error
     from jnet2net.reuse import transfer
 
+    to, arch_json = args.to, args.arch_json
+    if to is not None and to.lstrip().startswith("{"):
+        if arch_json is not None:
+            raise ValueError("--to is a JSON spec: pass the architecture once, drop --arch-json")
+        to, arch_json = None, to
+    check_out(args.out)
     if checkpoint.latest_step(args.out) is not None:
         raise ValueError(f"{args.out} already holds a checkpoint")
     src = checkpoint.restore(args.source, step=args.step)
     info = checkpoint.checkpoint_info(args.source, step=src.step)
     classes = src.model.num_classes if args.num_classes is None else args.num_classes
-    dst_model = model_from_args(args.to, args.arch_json, args.width_mult, classes, arch_flag="--to")
+    dst_model = model_from_args(to, arch_json, args.width_mult, classes, arch_flag="--to")
     print(f"source {src.path}: {describe(src.model)}")
     variables, report = transfer(
         src.model,
@@ -810,7 +918,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
             "approximations": list(report.approximations),
             "relative_error": error,
         },
-        input_shape=info.input_shape,
+        input_shape=info.input_shape if info.input_shape_given else None,
     )
     print(f"saved {path}")
     return 0
@@ -849,6 +957,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     restored = checkpoint.restore(args.source, step=args.step)
     name = _dataset_name(args, restored.path.parent)
     dataset = data.load(name, args.split, data_dir=args.data_dir, download=args.download)
+    check_dataset_fits(checkpoint.checkpoint_info(args.source, step=restored.step), dataset)
     loss, accuracy = train.evaluate(
         restored.model, restored.variables, dataset, batch_size=args.batch_size
     )
@@ -898,17 +1007,27 @@ def run_log(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
+def default_labels(runs: Sequence[str]) -> list[str]:
+    """Legend labels: a run directory's name (``.`` included), else a log's file stem."""
+    return [
+        pathlib.Path(r).resolve().name if pathlib.Path(r).is_dir() else pathlib.Path(r).stem
+        for r in runs
+    ]
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``jnet2net plot``."""
     from jnet2net import plot
 
     if args.labels is None:
-        labels = [pathlib.Path(r).name if pathlib.Path(r).is_dir() else None for r in args.runs]
-        labels = [label or pathlib.Path(r).stem for label, r in zip(labels, args.runs, strict=True)]
+        labels = default_labels(args.runs)
     else:
         labels = [s.strip() for s in args.labels.split(",")]
     if len(labels) != len(args.runs):
         raise ValueError(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+    if pathlib.Path(args.out).is_dir():
+        example = pathlib.Path(args.out) / "curves.png"
+        raise ValueError(f"--out {args.out} is a directory; name the image, e.g. {example}")
     out = plot.plot_runs([run_log(r) for r in args.runs], args.out, labels=labels)
     print(f"wrote {out}")
     return 0
@@ -960,6 +1079,23 @@ COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted ``train`` that saved a checkpoint (else ``''``)."""
+    if args.command != "train" or getattr(args, "scale_down", False):
+        return ""
+    from jnet2net import checkpoint
+
+    try:
+        step = checkpoint.latest_step(args.out)
+    except Exception:  # a hint must not hide the interrupt
+        return ""
+    if step is None:
+        return ""
+    return (
+        f" after the checkpoint at step {step}; resume with: {PROG} train --out {args.out} --resume"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jnet2net`` parser with one sub-parser per command."""
     from jnet2net import __version__
@@ -978,16 +1114,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``jnet2net ARGV``; returns the exit status (1 with a one-line message on errors)."""
+    """Runs ``jnet2net ARGV``; returns the exit status.
+
+    Errors print ``jnet2net COMMAND: error: ...`` and return 2 (argparse's status for bad
+    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         status = args.func(args)
-    except _USER_ERRORS as err:
+    except KeyboardInterrupt:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
         sys.stdout.flush()
-        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        print(f"{PROG} {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        text = (
+            str(err)
+            if isinstance(err, _USER_ERRORS)
+            else f"{type(err).__name__}: {err} ({TRACEBACK_ENV}=1 shows the traceback)"
+        )
+        sys.stdout.flush()
+        print(f"{PROG} {args.command}: error: {text}", file=sys.stderr)
+        return 2
     if args.command != "plot":
         print(f"[{args.command} took {time.perf_counter() - start:.1f} s]")
     return status

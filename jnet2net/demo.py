@@ -157,7 +157,7 @@ def _train_run(
             model,
             state,
             config,
-            metadata={"run": name},
+            metadata={"run": name, "demo": True},
             input_shape=train_set.image_shape,
             max_to_keep=1,
         )
@@ -219,6 +219,29 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_replaceable(out: pathlib.Path) -> None:
+    """Raises FileExistsError when ``out/<run>`` holds something the demo did not write."""
+    for name in (*RUNS, GROWN):
+        path = out / name
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            raise FileExistsError(
+                f"{path} is a file in the way of the demo's {name} run; choose another --out"
+            )
+        if not checkpoint.all_steps(path):
+            continue  # no checkpoint: leftovers of an interrupted demo
+        try:
+            metadata = checkpoint.checkpoint_info(path).metadata
+        except (ValueError, FileNotFoundError):
+            metadata = {}
+        if not (metadata.get("demo") or metadata.get("run") == name):
+            raise FileExistsError(
+                f"{path} holds a run that the demo did not write; the demo replaces "
+                f"{', '.join((*RUNS, GROWN))} in {out}: choose another --out"
+            )
+
+
 def run_demo(
     out_dir: str | pathlib.Path = "runs/demo",
     *,
@@ -232,7 +255,8 @@ def run_demo(
 
     Args:
       out_dir: gets ``teacher/``, ``grown/``, ``student/``, ``scratch/`` (Orbax checkpoints
-        and ``metrics.jsonl``), ``curves.png`` and ``results.json``; those are replaced.
+        and ``metrics.jsonl``), ``curves.png`` and ``results.json``; those are replaced,
+        unless one holds a checkpoint that the demo did not write (FileExistsError).
       quick: tiny networks, a subset of the data and one epoch per run (for tests).
       epochs: epochs of every run (default: 5 for the teacher and 4 for the student and
         the scratch run; 1 with ``quick``).
@@ -249,6 +273,7 @@ def run_demo(
     start = time.perf_counter()
     settings = demo_settings(quick=quick, epochs=epochs, seed=seed)
     out = pathlib.Path(out_dir)
+    _check_replaceable(out)
     for name in (*RUNS, GROWN):
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +300,7 @@ def run_demo(
         key=jax.random.key(seed),
         widen={"widths": settings.widths, "noise": "split"},
         deepen={"depths": settings.depths},
+        metadata={"demo": True},
     )
     grow_s = time.perf_counter() - t_grow
     log(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-
-from jnet2net.train.progress import read_jsonl
 
 
 class Curve(NamedTuple):
@@ -28,12 +27,13 @@ def read_curve(path: str | os.PathLike, label: str | None = None) -> Curve:
     restarts its ``wall_s``; such segments are chained so wall time keeps growing.
 
     Raises:
-      ValueError: the log has no record with ``step``, ``wall_s`` and ``test_acc``.
+      ValueError: a line that is not a JSON object, or the log has no record with
+        ``step``, ``wall_s`` and ``test_acc``.
     """
     path = pathlib.Path(path)
     records = [
         r
-        for r in read_jsonl(path)
+        for r in _read_records(path)
         if r.get("test_acc") is not None and "step" in r and "wall_s" in r
     ]
     if not records:
@@ -52,6 +52,27 @@ def read_curve(path: str | os.PathLike, label: str | None = None) -> Curve:
     )
 
 
+def _read_records(path: pathlib.Path) -> list[dict]:
+    """The JSON objects of a JSONL log; ValueError names the file and line of a bad one."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path} line {number} is not JSON ({err.msg}): {line.strip()[:80]!r}"
+                ) from None
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{path} line {number} is not a JSON object: {line.strip()[:80]!r}"
+                )
+            records.append(record)
+    return records
+
+
 def plot_runs(
     run_paths: Sequence[str | os.PathLike],
     out_png: str | os.PathLike,
@@ -61,12 +82,22 @@ def plot_runs(
 
     Args:
       run_paths: JSONL logs written by ``fit`` (``TrainConfig.log_path``).
-      out_png: the image to write (parent folders are created).
+      out_png: the image to write (parent folders are created; ``.png`` is added to a
+        name without a suffix, another suffix picks another format, e.g. ``.pdf``).
       labels: one legend label per run (default: the file names).
 
     Returns:
-      The path of the written PNG.
+      The path of the written image.
+
+    Raises:
+      ValueError: no runs, a label count that differs, ``out_png`` a directory, or a log
+        without accuracy records (see :func:`read_curve`).
     """
+    out = pathlib.Path(out_png)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; name the image, e.g. {out / 'curves.png'}")
+    if out.suffix == "":
+        out = out.with_name(out.name + ".png")
     if isinstance(run_paths, (str, os.PathLike)):
         run_paths = [run_paths]
     if not run_paths:
@@ -91,7 +122,6 @@ def plot_runs(
     for axes in (by_step, by_time):
         axes.grid(True, alpha=0.3)
     by_time.legend(loc="lower right", fontsize="small")
-    out = pathlib.Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
     return out

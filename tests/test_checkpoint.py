@@ -109,6 +109,26 @@ def test_max_to_keep_and_other_files_are_left_alone(tmp_path: pathlib.Path) -> N
     assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
 
 
+def test_save_refuses_step_like_directories_that_are_not_checkpoints(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Orbax takes any directory named like a step for one, and max_to_keep deletes it."""
+    variables = _init(RESNET)
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=1)
+    (tmp_path / "100").mkdir()
+    (tmp_path / "100" / "notes.txt").write_text("precious")
+    (tmp_path / "plots").mkdir()
+    with pytest.raises(
+        ValueError, match=r"named like checkpoint steps that are not checkpoints: .*100; Orbax"
+    ):
+        checkpoint.save(tmp_path, model=RESNET, variables=variables, step=2, max_to_keep=1)
+    assert (tmp_path / "100" / "notes.txt").read_text() == "precious"
+    assert (tmp_path / "1").is_dir() and not (tmp_path / "2").exists()
+    shutil.rmtree(tmp_path / "100")
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=2, max_to_keep=1)
+    assert checkpoint.all_steps(tmp_path) == [2] and (tmp_path / "plots").is_dir()
+
+
 def test_wrong_expected_architecture_names_path_and_fields(tmp_path: pathlib.Path) -> None:
     checkpoint.save(tmp_path, model=RESNET, variables=_init(RESNET), step=4)
     wider = RESNET.clone(stage_widths=(4, 16))
@@ -395,3 +415,15 @@ def test_epoch_saver_saves_each_epoch(tmp_path: pathlib.Path) -> None:
     assert restored.metadata == {"record": {"epoch": 2, "test_acc": None}}
     assert restored.train_config == {"epochs": 2}
     _assert_bitwise(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
+
+
+def test_grown_checkpoint_keeps_whether_the_input_shape_was_given(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    key = jax.random.key(0)
+    for given, shape in ((True, (8, 8, 1)), (False, None)):
+        teacher, student = tmp_path / f"t{given}", tmp_path / f"s{given}"
+        checkpoint.save(teacher, model=RESNET, variables=variables, step=0, input_shape=shape)
+        checkpoint.grow_checkpoint(teacher, student, key=key, deepen={"depths": (2, 1)})
+        info = checkpoint.checkpoint_info(student)
+        assert info.input_shape_given is given
+        assert info.input_shape == checkpoint.checkpoint_info(teacher).input_shape

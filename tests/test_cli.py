@@ -196,14 +196,14 @@ def test_resume_continues_the_same_run(teacher_run: pathlib.Path, tmp_path: path
 
 def test_train_refusals(teacher_run: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
     base = ["train", "--dataset", "digits", "--out", str(teacher_run)]
-    assert cli.main([*base, "--arch", "resnet20"]) == 1
+    assert cli.main([*base, "--arch", "resnet20"]) == 2
     assert (
         "already holds a run (checkpoint steps [44, 88]); pass --resume" in capsys.readouterr().err
     )
-    assert cli.main([*base, "--resume", "--lr", "0.1"]) == 1
+    assert cli.main([*base, "--resume", "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "--lr 0.1 differs from the resumed run's learning_rate=0.05" in err
-    assert cli.main([*base, "--resume", "--arch", "resnet20"]) == 1
+    assert cli.main([*base, "--resume", "--arch", "resnet20"]) == 2
     assert "--resume continues the run in --out" in capsys.readouterr().err
 
 
@@ -228,7 +228,7 @@ def test_grow_then_train_from_grown(
         teacher.model, teacher.variables, grown.model, grown.variables, xs
     )
 
-    assert cli.main([*args, "--out", str(grown_dir)]) == 1
+    assert cli.main([*args, "--out", str(grown_dir)]) == 2
     assert "already holds a checkpoint at step 0" in capsys.readouterr().err
 
     student_dir = tmp_path / "student"
@@ -241,12 +241,12 @@ def test_grow_then_train_from_grown(
 
 def test_grow_errors(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
     out = str(tmp_path / "grown")
-    assert cli.main(["grow", "--from", str(teacher_run), "--out", out]) == 1
+    assert cli.main(["grow", "--from", str(teacher_run), "--out", out]) == 2
     assert "nothing to grow: pass --widen and/or --deepen" in capsys.readouterr().err
-    assert cli.main(["grow", "--from", str(teacher_run), "--widen", "2,4", "--out", out]) == 1
+    assert cli.main(["grow", "--from", str(teacher_run), "--widen", "2,4", "--out", out]) == 2
     assert "widen cannot shrink stage0_stream" in capsys.readouterr().err
     missing = tmp_path / "missing"
-    assert cli.main(["grow", "--from", str(missing), "--widen", "2x", "--out", out]) == 1
+    assert cli.main(["grow", "--from", str(missing), "--widen", "2x", "--out", out]) == 2
     assert f"{missing} does not exist" in capsys.readouterr().err
 
 
@@ -260,7 +260,7 @@ def test_eval_matches_the_training_log(teacher_run: pathlib.Path, capsys) -> Non
 
     assert cli.main(["eval", "--from", str(teacher_run), "--step", "44"]) == 0
     assert "(step 44) on digits/test:\n  loss: " in capsys.readouterr().out
-    assert cli.main(["eval", "--from", str(teacher_run), "--dataset", "imagenet"]) == 1
+    assert cli.main(["eval", "--from", str(teacher_run), "--dataset", "imagenet"]) == 2
     assert "imagenet" in capsys.readouterr().err
 
 
@@ -270,7 +270,7 @@ def test_plot_runs_and_logs(teacher_run: pathlib.Path, tmp_path: pathlib.Path, c
     assert cli.main(["plot", str(teacher_run), log, "--labels", "a,b", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {png}" in capsys.readouterr().out
-    assert cli.main(["plot", str(teacher_run), "--labels", "a,b", "--out", str(png)]) == 1
+    assert cli.main(["plot", str(teacher_run), "--labels", "a,b", "--out", str(png)]) == 2
     assert "--labels has 2 entries for 1 runs" in capsys.readouterr().err
 
 
@@ -289,10 +289,10 @@ def test_transfer_to_a_deeper_network(
     assert restored.model == jnet2net.ResNet(stage_depths=(2, 1), stage_widths=(4, 8))
     assert restored.metadata["transferred_from"].startswith(str(teacher_run))
     assert restored.metadata["approximations"] == []
-    assert cli.main([*args, "--out", str(out)]) == 1
+    assert cli.main([*args, "--out", str(out)]) == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
     no_arch = ["transfer", "--from", str(teacher_run), "--out", str(tmp_path / "none")]
-    assert cli.main(no_arch) == 1
+    assert cli.main(no_arch) == 2
     assert "name an architecture: --to NAME (a preset) or --arch-json" in capsys.readouterr().err
 
 
@@ -305,8 +305,282 @@ def test_train_scale_down(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture)
     restored = checkpoint.restore(out)
     assert restored.step == STEPS_PER_EPOCH and restored.opt_state is None
     assert restored.metadata["scale_down"]["check_every"] == 5
-    assert cli.main([*args, "--scale-json", "{}", "--out", str(tmp_path / "x")]) == 1
+    assert cli.main([*args, "--scale-json", "{}", "--out", str(tmp_path / "x")]) == 2
     assert "--scale-json configures --scale-down" in capsys.readouterr().err
     bad = ["--scale-down", "--scale-json", '{"every": 3}', "--out", str(tmp_path / "y")]
-    assert cli.main([*args[:-2], *bad]) == 1
+    assert cli.main([*args[:-2], *bad]) == 2
     assert "unknown ScaleDownConfig fields ['every']" in capsys.readouterr().err
+
+
+# --- user errors: one line, exit 2, never a traceback ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A checkpoint of an untrained tiny ResNet for 8x8x1 digits (saved, never trained)."""
+    run = tmp_path_factory.mktemp("untrained") / "run"
+    model = jnet2net.ResNet(stage_depths=(1, 1), stage_widths=(4, 8))
+    variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+    metadata = {"dataset": "digits"}
+    checkpoint.save(
+        run, model=model, variables=variables, step=0, metadata=metadata, input_shape=(8, 8, 1)
+    )
+    return run
+
+
+def _pack(folder: pathlib.Path, name: str, shape: tuple[int, ...], classes: int) -> pathlib.Path:
+    """A raw npz pack ``folder/name.npz`` of 8 random images per split."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split in ("train", "test"):
+        splits[f"{split}_images"] = rng.integers(0, 255, (8, *shape), dtype=np.uint8)
+        splits[f"{split}_labels"] = np.arange(8) % classes
+    names = np.array([str(i) for i in range(classes)])
+    np.savez(folder / f"{name}.npz", class_names=names, **splits)
+    return folder
+
+
+def _error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Runs the CLI and returns its one-line error (exit status 2 checked)."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jnet2net {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("command", ["grow", "transfer"])
+def test_out_that_is_a_file_or_a_step_directory_is_refused(
+    untrained: pathlib.Path, tmp_path: pathlib.Path, capsys, command
+) -> None:
+    size = ["--widen", "2x"] if command == "grow" else ["--to", "resnet20", "--arch-json", TINY]
+    base = [command, "--from", str(untrained), *size, "--out"]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    err = _error_of([*base, str(a_file)], capsys)
+    assert f"--out {a_file} exists and is not a directory" in err
+    assert a_file.read_text() == "keep me"
+    # the teacher's own step directory: saving there would write into the teacher
+    step_dir = untrained / "0"
+    before = sorted(p.name for p in step_dir.iterdir())
+    err = _error_of([*base, str(step_dir)], capsys)
+    assert f"--out {step_dir} is a directory that holds no run" in err
+    assert sorted(p.name for p in step_dir.iterdir()) == before
+    assert checkpoint.all_steps(step_dir) == []
+
+
+def test_train_out_into_a_foreign_directory_is_refused(tmp_path: pathlib.Path, capsys) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "main.py").write_text("print()")
+    (folder / ".hidden").write_text("")
+    argv = ["train", "--arch", "resnet20", "--arch-json", TINY, "--out", str(folder)]
+    err = _error_of(argv, capsys)
+    assert "holds no run (it has main.py)" in err
+    assert sorted(p.name for p in folder.iterdir()) == [".hidden", "main.py"]
+
+
+def test_save_into_a_file_is_refused_before_any_work(
+    untrained: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    restored = checkpoint.restore(untrained)
+    with pytest.raises(FileExistsError, match=r"exists and is not a directory"):
+        checkpoint.save(a_file, model=restored.model, variables=restored.variables, step=0)
+    with pytest.raises(FileExistsError, match=r"exists and is not a directory"):
+        checkpoint.grow_checkpoint(
+            untrained, a_file, key=jax.random.key(0), deepen={"depths": (2, 1)}
+        )
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("inf", "argument --width-mult: must be a positive finite number, got 'inf'"),
+        ("0", "argument --width-mult: must be a positive finite number, got '0'"),
+        ("-1", "argument --width-mult: must be a positive finite number, got '-1'"),
+    ],
+)
+def test_width_mult_is_checked_by_the_parser(capsys, value, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(
+            ["transfer", "--from", "a", "--to", "resnet20", "--width-mult", value, "--out", "b"]
+        )
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "-0.5", "0"])
+def test_rtol_is_checked_by_the_parser(capsys, value) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["grow", "--from", "a", "--widen", "2x", "--rtol", value, "--out", "b"])
+    assert exit_info.value.code == 2
+    assert f"argument --rtol: must be a positive finite number, got '{value}'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_hidden_sizes_of_a_network_without_a_dense_head() -> None:
+    resnet = jnet2net.ResNet(stage_depths=(1, 1), stage_widths=(4, 8))
+    with pytest.raises(ValueError, match=r"--widen-hidden applies to VGG hidden layers; "):
+        cli.growth_kwargs(resnet, widen_hidden="4")
+
+
+def test_default_plot_labels(tmp_path: pathlib.Path, monkeypatch) -> None:
+    run = tmp_path / "teacher"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    assert cli.default_labels([".", str(run) + "/", "../x/log.jsonl"]) == [
+        "teacher",
+        "teacher",
+        "log",
+    ]
+
+
+def test_transfer_to_a_json_spec(untrained: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
+    spec = '{"family": "ResNet", "stage_depths": [2, 1], "stage_widths": [4, 8]}'
+    out = tmp_path / "deeper"
+    assert cli.main(["transfer", "--from", str(untrained), "--to", spec, "--out", str(out)]) == 0
+    assert checkpoint.restore(out).model == jnet2net.ResNet(
+        stage_depths=(2, 1), stage_widths=(4, 8)
+    )
+    assert checkpoint.checkpoint_info(out).input_shape == (1, 8, 8, 1)
+    argv = ["transfer", "--from", str(untrained), "--to", spec, "--arch-json", "{}"]
+    err = _error_of([*argv, "--out", str(tmp_path / "x")], capsys)
+    assert "--to is a JSON spec: pass the architecture once" in err
+    vgg = '{"family": "VGG", "stage_depths": [1, 1], "stage_widths": [4, 8]}'
+    argv = ["transfer", "--from", str(untrained), "--to", vgg, "--out", str(tmp_path / "v")]
+    assert "a ResNet and a VGG have no layers in common" in _error_of(argv, capsys)
+    assert not (tmp_path / "v").exists()
+
+
+def test_arch_json_unknown_fields_are_named() -> None:
+    with pytest.raises(
+        ValueError, match=r"--arch-json: unknown ResNet fields \['stage_widthz'\]; "
+    ):
+        cli.model_from_args("resnet20", '{"stage_widthz": [4, 8]}', None, 10)
+    with pytest.raises(ValueError, match=r"--arch-json: unknown VGG fields \['block'\]; known: "):
+        cli.model_from_args("vgg11", '{"block": "basic"}', None, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes", "message"),
+    [
+        (
+            "mnist",
+            (12, 12, 1),
+            10,
+            r"images of shape (12, 12, 1), the checkpoint's network (8, 8, 1)",
+        ),
+        (
+            "cifar10",
+            (8, 8, 3),
+            10,
+            r"images of shape (8, 8, 3), the checkpoint's network (8, 8, 1)",
+        ),
+        ("mnist", (8, 8, 1), 12, r"12 classes, the checkpoint's network 10"),
+    ],
+)
+def test_eval_and_train_from_on_a_dataset_that_does_not_fit(
+    untrained: pathlib.Path, tmp_path: pathlib.Path, capsys, name, shape, classes, message
+) -> None:
+    folder = _pack(tmp_path / "packs", name, shape, classes)
+    data = ["--dataset", name, "--data-dir", str(folder)]
+    err = _error_of(["eval", "--from", str(untrained), *data], capsys)
+    assert message in err and str(untrained) in err
+    out = tmp_path / "run"
+    err = _error_of(["train", "--from", str(untrained), *data, "--out", str(out)], capsys)
+    assert message in err
+    assert checkpoint.all_steps(out) == []
+
+
+def test_eval_of_a_checkpoint_that_does_not_know_its_image_size(
+    untrained: pathlib.Path, tmp_path: pathlib.Path, capsys
+) -> None:
+    """Saved without input_shape, a ResNet checkpoint records 32x32: only channels count."""
+    restored = checkpoint.restore(untrained)
+    run = tmp_path / "run"
+    checkpoint.save(run, model=restored.model, variables=restored.variables, step=0)
+    assert checkpoint.checkpoint_info(run).input_shape == (1, 32, 32, 1)
+    assert not checkpoint.checkpoint_info(run).input_shape_given
+    assert checkpoint.checkpoint_info(untrained).input_shape_given
+    assert cli.main(["eval", "--from", str(run), "--dataset", "digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["examples"] == 360
+    rgb = _pack(tmp_path / "packs", "cifar10", (8, 8, 3), 10)
+    err = _error_of(
+        ["eval", "--from", str(run), "--dataset", "cifar10", "--data-dir", str(rgb)], capsys
+    )
+    assert "images of shape (8, 8, 3), the checkpoint's network (32, 32, 1)" in err
+
+
+def test_plot_errors(tmp_path: pathlib.Path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "wall_s": 1.0, "test_acc": 0.5}\n{nope\n')
+    err = _error_of(["plot", str(bad), "--out", str(tmp_path / "c.png")], capsys)
+    assert f"{bad} line 2 is not JSON" in err
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"step": 1, "wall_s": 1.0, "test_acc": 0.5}\n')
+    err = _error_of(["plot", str(good), "--out", str(tmp_path)], capsys)
+    assert f"--out {tmp_path} is a directory; name the image, e.g. {tmp_path / 'curves.png'}" in err
+    assert cli.main(["plot", str(good), "--out", str(tmp_path / "curves")]) == 0
+    assert f"wrote {tmp_path / 'curves.png'}" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_demo_out_that_cannot_be_written(tmp_path: pathlib.Path, capsys) -> None:
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    err = _error_of(["demo", "--quick", "--out", str(a_file / "demo")], capsys)
+    assert str(a_file) in err
+
+
+def test_unexpected_errors_and_interrupts_print_one_line(monkeypatch, capsys) -> None:
+    def crash(args):
+        raise RuntimeError("boom")
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    args = ["eval", "--from", "x"]
+    monkeypatch.setattr(cli, "cmd_eval", crash)
+    monkeypatch.setattr(cli, "cmd_plot", interrupt)
+    err = _error_of(args, capsys)
+    assert "RuntimeError: boom (JNET2NET_TRACEBACK=1 shows the traceback)" in err
+    monkeypatch.setenv("JNET2NET_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(args)
+    monkeypatch.delenv("JNET2NET_TRACEBACK")
+    assert cli.main(["plot", "x"]) == 130
+    assert capsys.readouterr().err == "jnet2net plot: interrupted\n"
+
+
+def test_interrupted_train_resumes_to_the_same_run(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys, monkeypatch
+) -> None:
+    """Ctrl-C after the first epoch's checkpoint; --resume then equals the straight run."""
+    real_saver = checkpoint.epoch_saver
+
+    def interrupting_saver(*args, **kwargs):
+        save = real_saver(*args, **kwargs)
+
+        def save_then_interrupt(state, record):
+            save(state, record)
+            raise KeyboardInterrupt
+
+        return save_then_interrupt
+
+    run = tmp_path / "run"
+    argv = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "2", "--out", str(run)]
+    monkeypatch.setattr(checkpoint, "epoch_saver", interrupting_saver)
+    assert cli.main(argv + TRAIN) == 130
+    err = capsys.readouterr().err
+    assert f"resume with: jnet2net train --out {run} --resume" in err
+    monkeypatch.setattr(checkpoint, "epoch_saver", real_saver)
+    assert checkpoint.all_steps(run) == [STEPS_PER_EPOCH]
+    assert cli.main(["train", "--out", str(run), "--resume"]) == 0
+    resumed, straight = checkpoint.restore(run), checkpoint.restore(teacher_run)
+    _assert_bitwise(resumed.variables, straight.variables)
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]

@@ -48,5 +48,28 @@ def test_demo_quick_end_to_end(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert checkpoint.restore(out / "grown").model == checkpoint.restore(out / "student").model
     assert checkpoint.latest_step(out / "scratch") == checkpoint.latest_step(out / "student")
+    demo._check_replaceable(out)  # a second demo may replace what this one wrote
     assert results["table"] in printed
     assert "steps to" in results["table"] and "max relative output error" in results["table"]
+
+
+def test_demo_leaves_runs_it_did_not_write_alone(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    import jax
+    import numpy as np
+
+    import jnet2net
+
+    model = jnet2net.ResNet(stage_depths=(1,), stage_widths=(4,))
+    variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+    teacher = tmp_path / "teacher"
+    checkpoint.save(teacher, model=model, variables=variables, step=3)
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{teacher} holds a run that the demo did not write" in err
+    assert checkpoint.all_steps(teacher) == [3]
+    with pytest.raises(FileExistsError, match=r"scratch is a file in the way"):
+        (tmp_path / "teacher").rename(tmp_path / "elsewhere")
+        (tmp_path / "scratch").write_text("x")
+        demo.run_demo(tmp_path, quick=True)

@@ -60,3 +60,21 @@ def test_plot_runs_rejects_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"empty\.jsonl holds no epoch record with 'step'"):
         plot.plot_runs([run, empty], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_runs_names_bad_lines_and_adds_the_suffix(tmp_path):
+    run = write_run(tmp_path / "a.jsonl", [0.5, 0.6])
+    with open(run, "a") as f:
+        f.write('{"step": 15, "wall_s"\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl line 3 is not JSON \(Expecting"):
+        plot.plot_runs([run], tmp_path / "x.png")
+    with open(run, "w") as f:
+        f.write("[1, 2]\n")
+    with pytest.raises(ValueError, match=r"a\.jsonl line 1 is not a JSON object"):
+        plot.read_curve(run)
+    good = write_run(tmp_path / "b.jsonl", [0.5])
+    assert plot.plot_runs([good], tmp_path / "curves") == tmp_path / "curves.png"
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "figs").mkdir()
+    with pytest.raises(ValueError, match=r"figs is a directory; name the image, e\.g\. "):
+        plot.plot_runs([good], tmp_path / "figs")
