@@ -531,7 +531,12 @@ def _add_train(sub: Any) -> None:
     run.add_argument(
         "--out", metavar="DIR", required=True, help="run directory: checkpoints + metrics.jsonl"
     )
-    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out; starts it when --out holds none yet, so one command "
+        "serves every restart of a preemptible job",
+    )
     run.add_argument(
         "--keep",
         metavar="N",
