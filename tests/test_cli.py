@@ -194,6 +194,16 @@ def test_resume_continues_the_same_run(teacher_run: pathlib.Path, tmp_path: path
     assert records[1]["test_acc"] == read_jsonl(teacher_run / "metrics.jsonl")[1]["test_acc"]
 
 
+def test_resume_into_an_empty_out_starts_the_run(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """One command for every restart of a preemptible job: the first start is a fresh run."""
+    run = tmp_path / "run"
+    argv = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "2", "--out", str(run)]
+    assert cli.main([*argv, "--resume", *TRAIN]) == 0
+    _assert_bitwise(checkpoint.restore(run).variables, checkpoint.restore(teacher_run).variables)
+
+
 def test_train_refusals(teacher_run: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
     base = ["train", "--dataset", "digits", "--out", str(teacher_run)]
     assert cli.main([*base, "--arch", "resnet20"]) == 2
