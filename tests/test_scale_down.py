@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +17,13 @@ import pytest
 
 from jnet2net import widen
 from jnet2net.data import from_arrays
+from jnet2net.data.augment import augment
 from jnet2net.models import VGG, ResNet
 from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down import fit_scale_down, make_scaled_train_step, move_cut
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
+from jnet2net.scale_down.loop import flip_choices
 from jnet2net.scale_down.policy import cut_limit, initial_policy, replay_policy, update_policy
 from jnet2net.scale_down.scores import (
     empty_history,
@@ -36,7 +40,8 @@ from jnet2net.scale_down.split import (
     split_variables,
     suffix_apply,
 )
-from jnet2net.train import TRACE_COUNTS, TrainConfig, create_train_state, read_jsonl
+from jnet2net.train import TRACE_COUNTS, TrainConfig, create_train_state, fit, read_jsonl
+from jnet2net.train.sharding import data_mesh
 
 IMAGE = (8, 8, 1)
 
@@ -193,7 +198,7 @@ def test_policy_rejects_mismatched_history():
     [
         ({"check_every": 0}, ValueError, "check_every must be positive"),
         ({"check_every": 2.5}, TypeError, "check_every must be an int"),
-        ({"patience": -1}, ValueError, "patience must be >= 0"),
+        ({"patience": -1}, ValueError, "patience must be positive, got -1"),
         ({"trend_window": 1}, ValueError, "trend_window must be >= 2"),
         ({"warmup_steps": True}, TypeError, "warmup_steps must be an int"),
         ({"max_frozen": -2}, ValueError, "max_frozen must be >= 0"),
@@ -673,3 +678,223 @@ def test_prefix_suffix_and_cache_reject_cuts_outside_the_network():
         cache_lib.extend_cache(model, variables, cache, 5)
     with pytest.raises(ValueError, match=r"cut must be in \[0, 3\] .*got -1"):
         cache_flops(model, variables, -1, 1, x)
+    with pytest.raises(ValueError, match=r"cut must be in \[0, 3\] .*got 5"):
+        cache_flops(model, variables, 5, 5, x)
+
+
+# --- second review -----------------------------------------------------------------------
+
+
+def tiny_vgg_without_bn() -> VGG:
+    return VGG((1, 1), (4, 8), hidden_widths=(8,), num_classes=3, batch_norm=False)
+
+
+def tiny_bottleneck() -> ResNet:
+    return ResNet((1, 1), (8, 8), num_classes=3, block="bottleneck")
+
+
+@pytest.mark.parametrize("make", [tiny_vgg_without_bn, tiny_bottleneck])
+def test_cache_on_a_mesh_stays_replicated_at_every_cut(make):
+    model = make()
+    variables, _ = init(model)
+    mesh = data_mesh()
+    images = jax.random.randint(jax.random.key(2), (20, *IMAGE), 0, 256).astype(jnp.uint8)
+    stats = {"mean": (120.0,), "std": (60.0,), "flips": False, "mesh": mesh}
+    first = cache_lib.build_cache(model, variables, images, 1, chunk=32, **stats)  # one call
+    for cut in range(1, len(model.layer_names())):
+        built = cache_lib.build_cache(model, variables, images, cut, chunk=32, **stats)
+        moved = cache_lib.extend_cache(model, variables, first, cut, chunk=8, mesh=mesh)  # 3
+        for cache in (built, moved):
+            assert cache.activations.sharding.is_fully_replicated, (cut, cache.activations.sharding)
+        chex.assert_trees_all_close(built.activations, moved.activations, atol=1e-5)
+
+
+def _eval_logits(model, variables, test):
+    x = (jnp.asarray(test.images, jnp.float32) - jnp.asarray(test.mean)) / jnp.asarray(test.std)
+    return model.apply(variables, x, train=False)
+
+
+def test_vgg_without_bn_in_cache_mode_drops_all_but_the_head():
+    model = tiny_vgg_without_bn()
+    train, test = tiny_data()
+    config = train_config(epochs=2, augment="none")
+    scale = dataclasses.replace(FORCED, mode="cache", max_frozen=None)
+    result = fit_scale_down(model, train, test, config, scale)
+    assert result.cut == 3 == len(model.layer_names()) - 1  # the last layer before the head
+    assert [r["mode"] for r in result.history] == ["cache", "cache"]
+    assert set(result.state.params) == {"head"}
+    init_variables, _ = init(model)
+    # The same collections as the model's own variables: no empty batch_stats.
+    assert set(result.variables) == set(init_variables) == {"params"}
+    chex.assert_trees_all_equal_shapes(result.variables, init_variables)
+    # The last evaluation ran the whole network on the returned variables.
+    logits = _eval_logits(model, result.variables, test)
+    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(test.labels)))
+    assert result.history[-1]["test_acc"] == pytest.approx(accuracy)
+
+
+def test_config_accepts_numpy_numbers_and_stores_python_ones():
+    config = ScaleDownConfig(
+        check_every=np.int64(5),
+        max_frozen=np.int32(2),
+        threshold=np.float32(0.25),
+        smoothing=np.float64(0.5),
+        trend_tolerance=np.int64(0),
+    )
+    fields = dataclasses.asdict(config)
+    assert json.loads(json.dumps(fields)) == fields  # e.g. checkpoint metadata
+    assert type(config.check_every) is int and type(config.max_frozen) is int
+    assert type(config.threshold) is float and config.threshold == 0.25
+    assert type(config.trend_tolerance) is float
+    assert config == ScaleDownConfig(
+        check_every=5, max_frozen=2, threshold=0.25, smoothing=0.5, trend_tolerance=0.0
+    )
+    with pytest.raises(TypeError, match=r"check_every must be an int, got (np\.)?True"):
+        ScaleDownConfig(check_every=np.bool_(True))
+    with pytest.raises(ValueError, match="smoothing must be finite"):
+        ScaleDownConfig(smoothing=np.float32("nan"))
+
+
+def test_max_frozen_zero_reproduces_plain_fit_with_augmentation():
+    model = tiny_resnet()
+    train, test = tiny_data()
+    config = train_config(epochs=2)  # crop + flip
+    scale = dataclasses.replace(FORCED, max_frozen=0)
+    baseline = fit(model, train, test, config)
+    result = fit_scale_down(model, train, test, config, scale)
+    assert result.cut == 0 and result.summary["events"] == []
+    chex.assert_trees_all_close(result.variables, baseline.state.variables, rtol=1e-5, atol=1e-6)
+    for a, b in zip(result.history, baseline.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+    assert result.summary["flops_ratio"] == pytest.approx(1.0)
+    assert result.summary["flops_saved"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_summary_arithmetic_against_full_training_at_equal_steps(resnet_runs):
+    for result, _ in (resnet_runs["nograd"], resnet_runs["cache"]):
+        summary, history = result.summary, result.history
+        full_step = history[0]["full_epoch_flops"] / (4 * 16)  # 4 steps of 16 per epoch
+        last = history[-1]
+        cut_step = last["forward_flops_per_example"] + last["backward_flops_per_example"]
+        # 4 full steps, then 8 at cut 2, plus the cache build (0 in no-grad mode).
+        expected = (4 * full_step + 8 * cut_step) * 16 + summary["cache_flops"]
+        assert summary["train_flops"] == pytest.approx(expected, rel=1e-6)
+        assert summary["full_train_flops"] == pytest.approx(12 * 16 * full_step, rel=1e-9)
+        assert summary["full_train_flops"] == pytest.approx(
+            sum(r["full_epoch_flops"] for r in history), rel=1e-9
+        )
+        ratio = summary["train_flops"] / summary["full_train_flops"]
+        assert summary["flops_ratio"] == pytest.approx(ratio)
+        assert summary["flops_saved"] == pytest.approx(1 - ratio)
+        assert summary["full_train_s_estimate"] == pytest.approx(12 * summary["full_step_s"])
+        assert summary["speedup_estimate"] == pytest.approx(
+            summary["full_train_s_estimate"] / summary["train_s"]
+        )
+        assert summary["train_s"] == pytest.approx(sum(r["epoch_s"] for r in history))
+        assert summary["rebuild_s"] == pytest.approx(sum(r["rebuild_s"] for r in history))
+        assert summary["rebuild_s"] > 0
+
+
+def test_fit_scale_down_accepts_frozen_dict_variables_and_leaves_them_alone():
+    model = tiny_resnet()
+    variables, _ = init(model)
+    frozen_dict = flax.core.freeze(variables)
+    train, test = tiny_data()
+    config = train_config(epochs=2)
+    result = fit_scale_down(model, train, test, config, FORCED, variables=frozen_dict)
+    assert result.cut == 2 and result.summary["steps"] == 8
+    assert type(result.variables["params"]) is dict
+    chex.assert_trees_all_equal(flax.core.unfreeze(frozen_dict), variables)  # not donated
+
+
+@pytest.mark.parametrize("max_steps", [2.5, -1, True, "3"])
+def test_fit_scale_down_rejects_bad_max_steps(max_steps):
+    train, test = tiny_data()
+    with pytest.raises(ValueError, match=r"max_steps must be an int >= 0"):
+        fit_scale_down(tiny_vgg(), train, test, train_config(), FORCED, max_steps=max_steps)
+
+
+def test_cached_mirror_views_are_the_flips_the_nograd_step_makes():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="flip")  # flips only: both steps see the same inputs
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, 2)
+    images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
+    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)
+    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4}
+    nograd = make_scaled_train_step(model, config, 2, **common)
+    cached = make_scaled_train_step(model, config, 2, cached=True, **common)
+    cache = cache_lib.build_cache(
+        model, frozen, images, 2, mean=train.mean, std=train.std, flips=True, chunk=64
+    )
+    state_b = jax.tree.map(jnp.copy, state)
+    for _ in range(3):
+        state, metrics_a = nograd(state, frozen, images, labels, order)
+        state_b, metrics_b = cached(state_b, cache.activations, labels, order)
+        chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
+    chex.assert_trees_all_close(state.params, state_b.params, atol=1e-5)
+    # With crops too, the cached step mirrors exactly the examples that the crop step flips.
+    key, x = jax.random.key(7), images[:NUM_TRAIN]
+    flips = flip_choices(key, NUM_TRAIN).astype(bool)
+    cropped = augment(key, x, crop_padding=2, flip=False)
+    expected = jnp.where(flips[:, None, None, None], cropped[:, :, ::-1], cropped)
+    chex.assert_trees_all_equal(augment(key, x, crop_padding=2, flip=True), expected)
+    assert 0 < int(flips.sum()) < NUM_TRAIN
+
+
+class Mlp(flax.linen.Module):
+    """Dense layers, then the head; no ``dtype`` field (it computes in float32)."""
+
+    depth: int
+    num_classes: int = 3
+
+    def layer_names(self) -> tuple[str, ...]:
+        return (*(f"hidden{i}" for i in range(self.depth)), "head")
+
+    @flax.linen.compact
+    def __call__(self, x, train=False, *, start=0, stop=None):
+        names = self.layer_names()
+        for name in names[start : len(names) if stop is None else stop]:
+            x = x.reshape(x.shape[0], -1)
+            if name == "head":
+                return flax.linen.Dense(self.num_classes, name=name)(x)
+            x = flax.linen.relu(flax.linen.Dense(8, name=name)(x))
+        return x
+
+
+def test_fit_scale_down_rejects_a_network_without_layers_before_the_head():
+    train, test = tiny_data()
+    scale = dataclasses.replace(FORCED, check_every=1000)  # no check would ever notice
+    with pytest.raises(ValueError, match="needs at least one layer before the head, got 1"):
+        fit_scale_down(Mlp(0), train, test, train_config(epochs=1), scale)
+
+
+def test_fit_scale_down_runs_a_model_without_a_dtype_field_in_cache_mode():
+    train, test = tiny_data()
+    scale = dataclasses.replace(FORCED, mode="cache", max_frozen=None)
+    result = fit_scale_down(Mlp(2), train, test, train_config(epochs=2, augment="none"), scale)
+    assert result.cut == 2 and [r["mode"] for r in result.history] == ["cache", "cache"]
+    assert set(result.state.params) == {"head"}
+
+
+class HeadOfTwo(flax.linen.Module):
+    """Like ``Mlp(1)`` but without ``num_classes``: its head gives 2 logits, whatever the data."""
+
+    def layer_names(self) -> tuple[str, ...]:
+        return ("hidden0", "head")
+
+    @flax.linen.compact
+    def __call__(self, x, train=False, *, start=0, stop=None):
+        names = self.layer_names()[start:stop]
+        x = x.reshape(x.shape[0], -1)
+        if "hidden0" in names:
+            x = flax.linen.relu(flax.linen.Dense(8, name="hidden0")(x))
+        return flax.linen.Dense(2, name="head")(x) if "head" in names else x
+
+
+def test_fit_scale_down_rejects_logits_that_do_not_fit_the_classes():
+    train, test = tiny_data()  # 3 classes
+    with pytest.raises(ValueError, match=r"HeadOfTwo gives logits \(1, 2\) .* has 3 classes"):
+        fit_scale_down(HeadOfTwo(), train, test, train_config(epochs=1), FORCED)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net.data.dataset import normalize
-from jnet2net.scale_down.split import check_cut, prefix_apply
+from jnet2net.scale_down.split import check_cut, compute_dtype, prefix_apply
 from jnet2net.train.sharding import batch_sharding, replicated
 from jnet2net.variables import Variables
 
@@ -104,14 +104,19 @@ def map_in_chunks(
         if rows < chunk:
             pad = [(0, chunk - rows)] + [(0, 0)] * (piece.ndim - 1)
             piece = np.pad(piece, pad) if isinstance(piece, np.ndarray) else jnp.pad(piece, pad)
-        out = _write(out, jitted(piece), jnp.int32(start), rows)
+        out = _write(out, jitted(piece), jnp.int32(start), rows, sharding)
     return out
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnums=3)
-def _write(out: Any, result: Any, start: jax.Array, rows: int) -> Any:
+@functools.partial(jax.jit, donate_argnums=0, static_argnums=(3, 4))
+def _write(
+    out: Any, result: Any, start: jax.Array, rows: int, sharding: jax.sharding.Sharding | None
+) -> Any:
+    """``result[:rows]`` written into ``out`` at ``start``, kept on ``sharding`` if given."""
+
     def put(o: jax.Array, r: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_update_slice_in_dim(o, r[:rows].astype(o.dtype), start, axis=0)
+        o = jax.lax.dynamic_update_slice_in_dim(o, r[:rows].astype(o.dtype), start, axis=0)
+        return o if sharding is None else jax.lax.with_sharding_constraint(o, sharding)
 
     return jax.tree.map(put, out, result)
 
@@ -177,7 +182,7 @@ def build_cache(
     """
     if cut <= 0:
         raise ValueError(f"a cache holds the output of at least one layer, got cut={cut}")
-    dtype = jnp.dtype(model.dtype)
+    dtype = compute_dtype(model)
 
     def plain(x: jax.Array) -> jax.Array:
         return prefix_apply(model, frozen, normalize(x, mean, std, dtype), cut)
@@ -236,5 +241,5 @@ def cache_spec(
     model: nn.Module, frozen: Variables, images: jax.Array, cut: int
 ) -> jax.ShapeDtypeStruct:
     """Shape ``(n, h', w', c')`` and dtype of one view of the cache at ``cut``."""
-    spec = jax.ShapeDtypeStruct(images.shape, jnp.dtype(model.dtype))
+    spec = jax.ShapeDtypeStruct(images.shape, compute_dtype(model))
     return jax.eval_shape(lambda f, x: prefix_apply(model, f, x, cut), frozen, spec)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Literal
+
+import numpy as np
 
 Mode = Literal["nograd", "cache"]
 CacheAugment = Literal["flip", "none"]
@@ -85,20 +88,20 @@ class ScaleDownConfig:
     flop_count: FlopCount = "compiled"
 
     def __post_init__(self) -> None:
-        _positive_int("check_every", self.check_every)
-        _positive_int("patience", self.patience)
-        _positive_int("trend_window", self.trend_window)
+        self._set("check_every", _positive_int("check_every", self.check_every))
+        self._set("patience", _positive_int("patience", self.patience))
+        self._set("trend_window", _positive_int("trend_window", self.trend_window))
         if self.trend_window < 2:
             raise ValueError(f"ScaleDownConfig.trend_window must be >= 2, got {self.trend_window}")
-        _non_negative_int("warmup_steps", self.warmup_steps)
+        self._set("warmup_steps", _non_negative_int("warmup_steps", self.warmup_steps))
         if self.max_frozen is not None:
-            _non_negative_int("max_frozen", self.max_frozen)
+            self._set("max_frozen", _non_negative_int("max_frozen", self.max_frozen))
         if self.cache_max_bytes is not None:
-            _non_negative_int("cache_max_bytes", self.cache_max_bytes)
-        _real("smoothing", self.smoothing)
+            self._set("cache_max_bytes", _non_negative_int("cache_max_bytes", self.cache_max_bytes))
+        self._set("smoothing", _real("smoothing", self.smoothing))
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"ScaleDownConfig.smoothing must be in [0, 1), got {self.smoothing}")
-        _real("threshold", self.threshold)
+        self._set("threshold", _real("threshold", self.threshold))
         if self.threshold <= 0.0:
             raise ValueError(f"ScaleDownConfig.threshold must be > 0, got {self.threshold}")
         if self.normalize == "peak" and self.threshold > 1.0:
@@ -106,7 +109,7 @@ class ScaleDownConfig:
                 "ScaleDownConfig.threshold must be in (0, 1] with normalize='peak' (the level "
                 f"is the score over its peak), got {self.threshold}"
             )
-        _real("trend_tolerance", self.trend_tolerance)
+        self._set("trend_tolerance", _real("trend_tolerance", self.trend_tolerance))
         if self.trend_tolerance < 0.0:
             raise ValueError(
                 f"ScaleDownConfig.trend_tolerance must be >= 0, got {self.trend_tolerance}"
@@ -116,25 +119,37 @@ class ScaleDownConfig:
         _choice("normalize", self.normalize, NORMALIZES)
         _choice("flop_count", self.flop_count, FLOP_COUNTS)
 
-
-def _positive_int(name: str, value: object) -> None:
-    _non_negative_int(name, value)
-    if value == 0:
-        raise ValueError(f"ScaleDownConfig.{name} must be positive, got 0")
+    def _set(self, name: str, value: object) -> None:
+        """Stores a checked value as its plain Python type (numpy scalars become int/float)."""
+        object.__setattr__(self, name, value)
 
 
-def _non_negative_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _positive_int(name: str, value: object) -> int:
+    value = _int(name, value)
+    if value < 1:
+        raise ValueError(f"ScaleDownConfig.{name} must be positive, got {value}")
+    return value
+
+
+def _int(name: str, value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ScaleDownConfig.{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def _non_negative_int(name: str, value: object) -> int:
+    value = _int(name, value)
     if value < 0:
         raise ValueError(f"ScaleDownConfig.{name} must be >= 0, got {value}")
+    return value
 
 
-def _real(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _real(name: str, value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"ScaleDownConfig.{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"ScaleDownConfig.{name} must be finite, got {value}")
+    return float(value)
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -181,12 +181,12 @@ def cache_flops(
     Returns:
       eval-mode forward FLOPs of layers ``[start, stop)`` per example (0 if equal).
     """
-    if stop == start:
-        return 0.0
     check_cut(model, start)
+    check_cut(model, stop)
     if stop < start:
         raise ValueError(f"a cache only grows: stop={stop} < start={start}")
-    check_cut(model, stop)
+    if stop == start:
+        return 0.0
     n = inputs.shape[0]
     frozen, _ = split_variables(model, abstract(variables), stop)
 

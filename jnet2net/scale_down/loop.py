@@ -23,13 +23,15 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import unfreeze
 from jax.sharding import Mesh
 
+from jnet2net.data.augment import augment
 from jnet2net.data.dataset import Dataset, normalize
 from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import StepFlops, cache_flops, step_flops
-from jnet2net.scale_down.policy import PolicyState, initial_policy, update_policy
+from jnet2net.scale_down.policy import PolicyState, cut_limit, initial_policy, update_policy
 from jnet2net.scale_down.scores import (
     ScoreHistory,
     empty_history,
@@ -38,6 +40,7 @@ from jnet2net.scale_down.scores import (
 )
 from jnet2net.scale_down.split import (
     check_cut,
+    compute_dtype,
     merge_variables,
     prefix_apply,
     shrink_opt_state,
@@ -47,7 +50,9 @@ from jnet2net.scale_down.split import (
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.loop import (
+    check_count,
     check_fit_inputs,
+    check_model_outputs,
     epoch_means,
     eval_batch_size,
     nonfinite_loss_error,
@@ -64,7 +69,7 @@ from jnet2net.train.sharding import (
     put_replicated,
     replicated,
 )
-from jnet2net.train.state import TrainState, create_train_state
+from jnet2net.train.state import TrainState, create_train_state, variables_of
 from jnet2net.train.steps import (
     TRACE_COUNTS,
     augment_batch,
@@ -82,6 +87,17 @@ Record = dict[str, Any]
 FLIP_AUGMENTS = ("crop_flip", "flip")
 
 # --- steps -------------------------------------------------------------------------------
+
+
+def flip_choices(key: jax.Array, n: int) -> jax.Array:
+    """``(n,)`` int32: 1 where :func:`~jnet2net.data.augment` with ``key`` mirrors example i.
+
+    Read off the augmentation itself (on a two-pixel probe, no crop, whose flips are the
+    same as with a crop), so a cached step takes the mirrored view exactly where the
+    no-grad step of the same step number flips the image.
+    """
+    probe = jnp.broadcast_to(jnp.array([0, 1], jnp.uint8).reshape(1, 1, 2, 1), (n, 1, 2, 1))
+    return augment(key, probe, crop_padding=0, flip=True)[:, 0, 0, 0].astype(jnp.int32)
 
 
 def suffix_update_fn(
@@ -129,9 +145,9 @@ def make_scaled_train_step(
     Cached (``cached=True``): ``(state, activations, labels, permutation)`` where
     ``activations (n, views, ...)`` are an
     :class:`~jnet2net.scale_down.cache.ActivationCache`'s; with two views each example
-    takes the mirrored one with probability 1/2 (key ``augment_key(seed, step)``), with
-    one view (or when ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain
-    one.
+    takes the mirrored one where the no-grad step of the same step number flips it
+    (:func:`flip_choices` of ``augment_key(seed, step)``), with one view (or when
+    ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one.
 
     Args:
       model: the network in its compute dtype.
@@ -146,7 +162,7 @@ def make_scaled_train_step(
       the jitted step ``-> (state, {'loss', 'accuracy'})``.
     """
     update = suffix_update_fn(model, config, cut)
-    dtype = jnp.dtype(model.dtype)
+    dtype = compute_dtype(model)
     batch_size = config.batch_size
 
     def indices(state: TrainState, permutation: jax.Array) -> jax.Array:
@@ -175,8 +191,7 @@ def make_scaled_train_step(
         index = indices(state, permutation)
         view = None
         if activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS:
-            key = augment_key(config.seed, state.step)
-            view = jax.random.bernoulli(key, 0.5, (batch_size,)).astype(jnp.int32)
+            view = flip_choices(augment_key(config.seed, state.step), batch_size)
         h = cache_lib.gather_views(activations, index, view)
         return update(state, h, labels[index])
 
@@ -238,7 +253,8 @@ class ScaleDownResult(NamedTuple):
       state: the trained suffix's state (layers ``[cut, end)``; replicated over the mesh).
       frozen: variables of the frozen prefix (layers ``[0, cut)``).
       variables: the whole network's ``{'params', 'batch_stats'}`` (``frozen`` and
-        ``state`` merged), ready for ``model.apply``.
+        ``state`` merged; no ``batch_stats`` without BatchNorm, as ``model.init``), ready
+        for ``model.apply``.
       cut: the final cut.
       history: one record per epoch (see :func:`fit_scale_down`).
       summary: totals of the run against full training for as many steps.
@@ -451,6 +467,12 @@ def _trained_variables(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def _whole_variables(frozen: dict, state: TrainState) -> dict:
+    """The whole network's variables, without an empty ``batch_stats`` (as ``model.init``)."""
+    merged = merge_variables(frozen, _trained_variables(state))
+    return variables_of(merged["params"], merged.get("batch_stats", {}))
+
+
 def fit_scale_down(
     model: nn.Module,
     train: Dataset,
@@ -507,17 +529,24 @@ def fit_scale_down(
             f"scale_config must be a ScaleDownConfig, got {type(scale_config).__name__}"
         )
     check_fit_inputs(model, train, test, train_config)
+    if max_steps is not None:
+        max_steps = check_count("max_steps", max_steps, 0)
     if not hasattr(model, "layer_names"):
         raise TypeError(f"{type(model).__name__} has no layer_names(): it cannot be cut")
     names = tuple(model.layer_names())
+    cut_limit(len(names), scale_config)  # at least one layer before the head
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(train_config.batch_size, mesh)
     spe = steps_per_epoch(len(train), train_config.batch_size)
     if variables is not None:  # put_replicated may alias them, and the step donates
-        variables = jax.tree.map(jnp.copy, variables)
+        # Plain dicts: the steps return dicts, and each cut's step is compiled for one tree.
+        variables = jax.tree.map(jnp.copy, unfreeze(variables))
     state = create_train_state(
         model, train_config, train.images, variables=variables, steps_per_epoch=spe
     )
+    for what, data in (("train", train), ("test", test)):
+        if data is not None:
+            check_model_outputs(model, state.variables, data, what)
     state = put_replicated(state, mesh)
     batch = train_config.batch_size
     end = train_config.epochs * spe
@@ -555,7 +584,7 @@ def fit_scale_down(
         labels,
         mesh,
         spe,
-        jax.ShapeDtypeStruct((batch, *train.image_shape), jnp.dtype(compute_model.dtype)),
+        jax.ShapeDtypeStruct((batch, *train.image_shape), compute_dtype(compute_model)),
         budget,
     )
 
@@ -637,8 +666,8 @@ def fit_scale_down(
                 raise nonfinite_loss_error(epoch + 1, lo, hi, lr, train_config)
             test_loss = test_acc = None
             if eval_set is not None:
-                merged = merge_variables(frozen, _trained_variables(state))
-                test_loss, test_acc = run_eval(eval_step, merged, eval_set, mesh)
+                whole = _whole_variables(frozen, state)
+                test_loss, test_acc = run_eval(eval_step, whole, eval_set, mesh)
             record: Record = {
                 "epoch": epoch + 1,
                 "step": hi,
@@ -677,5 +706,5 @@ def fit_scale_down(
     )
     if log_path:
         append_jsonl(log_path, {"summary": summary})
-    variables_out = merge_variables(frozen, _trained_variables(state))
+    variables_out = _whole_variables(frozen, state)
     return ScaleDownResult(state, frozen, variables_out, run.cut, history, summary, scores)
