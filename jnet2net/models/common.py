@@ -14,6 +14,12 @@ BN_EPSILON = 1e-5
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def compute_dtype(model: nn.Module) -> jnp.dtype:
+    """The dtype ``model`` computes in: its ``dtype`` field, float32 without one (or ``None``)."""
+    dtype = getattr(model, "dtype", None)
+    return jnp.dtype(jnp.float32 if dtype is None else dtype)
+
+
 def batch_norm(train: bool, dtype: Any, name: str, **kwargs: Any) -> nn.BatchNorm:
     """Returns the BatchNorm layer every model uses (momentum 0.9, epsilon 1e-5)."""
     return nn.BatchNorm(

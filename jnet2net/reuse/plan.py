@@ -53,7 +53,7 @@ from jnet2net.grow import (
     check_noise_scale,
 )
 from jnet2net.models import VGG
-from jnet2net.models.common import BN_EPSILON
+from jnet2net.models.common import BN_EPSILON, compute_dtype
 from jnet2net.models.resnet import LAST_NORM
 from jnet2net.reuse.layout import (
     DEPTH_MAPS,
@@ -627,18 +627,13 @@ def _model_changes(
             "the replicas' shares are large and of both signs, so float32 rounding can exceed "
             "1e-5"
         )
-    src_dtype, dst_dtype = _compute_dtype(src), _compute_dtype(dst)
+    src_dtype, dst_dtype = compute_dtype(src), compute_dtype(dst)
     if src_dtype != dst_dtype:
         changes.append(
             f"dtype {src_dtype.name} -> {dst_dtype.name}: the destination computes at another "
             "precision"
         )
     return changes
-
-
-def _compute_dtype(model: nn.Module) -> jnp.dtype:
-    """The dtype a model computes in (``None``: float32, inferred from its inputs)."""
-    return jnp.dtype(jnp.float32 if model.dtype is None else model.dtype)
 
 
 # --- the report ----------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net.data.dataset import normalize
-from jnet2net.scale_down.split import check_cut, compute_dtype, prefix_apply
+from jnet2net.models.common import compute_dtype
+from jnet2net.scale_down.split import check_cut, prefix_apply
 from jnet2net.train.sharding import batch_sharding, replicated
 from jnet2net.variables import Variables
 

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from jnet2net.data.augment import augment
 from jnet2net.data.dataset import Dataset, normalize
+from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import StepFlops, cache_flops, step_flops
@@ -40,7 +41,6 @@ from jnet2net.scale_down.scores import (
 )
 from jnet2net.scale_down.split import (
     check_cut,
-    compute_dtype,
     merge_variables,
     prefix_apply,
     shrink_opt_state,

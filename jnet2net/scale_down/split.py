@@ -14,7 +14,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from flax.core import FrozenDict, unfreeze
 
@@ -23,12 +22,6 @@ from jnet2net.variables import Variables
 
 def _plain(tree: Any) -> Any:
     return unfreeze(tree) if isinstance(tree, FrozenDict) else tree
-
-
-def compute_dtype(model: nn.Module) -> jnp.dtype:
-    """The dtype ``model`` computes in: its ``dtype`` field, float32 without one (or ``None``)."""
-    dtype = getattr(model, "dtype", None)
-    return jnp.dtype(jnp.float32 if dtype is None else dtype)
 
 
 def check_cut(model: nn.Module, cut: int) -> None:
