@@ -542,3 +542,14 @@ def test_jsonl_lines_are_strict_json_with_nulls_for_non_finite_numbers(tmp_path)
         {"epoch": 1, "test_loss": None, "lr": 0.5},
         {"epoch": 2, "test_loss": None, "acc": [1.0, None]},
     ]
+
+
+def test_config_accepts_numpy_numbers_and_stores_python_ones() -> None:
+    config = train.TrainConfig(
+        epochs=np.int64(3), batch_size=np.int32(16), learning_rate=np.float32(0.5)
+    )
+    assert (config.epochs, config.batch_size, config.learning_rate) == (3, 16, 0.5)
+    assert type(config.epochs) is int and type(config.learning_rate) is float
+    json.dumps(config.to_dict())
+    with pytest.raises(TypeError, match=r"TrainConfig\.epochs must be an int"):
+        train.TrainConfig(epochs=np.bool_(True))

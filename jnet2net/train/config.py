@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from typing import Any
+
+import numpy as np
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -85,6 +88,8 @@ class TrainConfig:
                     f"TrainConfig.log_path must be a path or None, got {self.log_path!r}"
                 )
             object.__setattr__(self, "log_path", os.fspath(self.log_path))
+        for name in ("epochs", "batch_size", "eval_batch_size", "crop_padding", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
         for name in (
             "learning_rate",
             "momentum",
@@ -118,7 +123,7 @@ def restrict(config: TrainConfig, fields: tuple[str, ...]) -> TrainConfig:
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"TrainConfig.{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
@@ -138,7 +143,7 @@ def _check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"TrainConfig.{name} must be a number, got {value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
