@@ -86,7 +86,7 @@ def base_config(args: argparse.Namespace, setup: dict[str, Any], epochs: int) ->
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--dataset --data-dir --npz --out --small --tiny --batch-size --seed``."""
+    """Adds ``--dataset --data-dir --npz --out --batch-size --seed --dtype --tiny``."""
     parser.add_argument("--dataset", default="digits", help="digits (CPU) or cifar10 (GPU)")
     parser.add_argument("--data-dir", default=None, help="tfds data dir or folder with the npz")
     parser.add_argument("--npz", default=None, help="an npz pack, e.g. cifar10_jpeg.npz")
@@ -304,12 +304,18 @@ def _figure(ncols: int, width: float = 5.5) -> tuple[Any, Any]:
 
 
 def plot_curves(
-    runs: Sequence[Run], path: str | os.PathLike, *, title: str = "", offsets: Any = None
+    runs: Sequence[Run],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    offsets: Any = None,
+    step_label: str = "training step",
 ) -> pathlib.Path:
     """Test accuracy against steps (left) and training seconds (right).
 
     ``offsets`` maps a run label to ``(steps, seconds)`` added before plotting (e.g. a
-    student's teacher time, so grown runs start where their teacher ended).
+    student's teacher time, so grown runs start where their teacher ended); ``step_label``
+    names the left x axis (e.g. ``'epoch'`` when the runs' ``step`` holds epochs).
     """
     offsets = offsets or {}
     figure, (by_step, by_time) = _figure(2)
@@ -319,7 +325,7 @@ def plot_curves(
         seconds = np.asarray(run.train_s) + d_s
         by_step.plot(steps, run.test_acc, marker="o", markersize=3, label=run.label)
         by_time.plot(seconds, run.test_acc, marker="o", markersize=3, label=run.label)
-    by_step.set_xlabel("training step")
+    by_step.set_xlabel(step_label)
     by_time.set_xlabel("training seconds")
     by_step.set_ylabel("test accuracy")
     for axes in (by_step, by_time):

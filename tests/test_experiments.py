@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
 
 import chex
 import jax
@@ -14,6 +19,7 @@ from experiments.net2net import run as net2net
 from experiments.net2net import symmetry
 from experiments.scale_down import run as scale_down
 from experiments.weight_reuse import run as weight_reuse
+from jnet2net import cli
 from jnet2net.models import ResNet
 from jnet2net.train import init_variables
 
@@ -46,6 +52,17 @@ def test_run_from_history_counts_first_step_at_mean_step_time():
 def test_markdown_table_formats_none_and_floats():
     text = common.markdown_table(["a", "b"], [[None, 0.123456], ["x", 3]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| - | 0.1235 |", "| x | 3 |"]
+
+
+def test_weight_reuse_curves_label_their_x_axis_epochs(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(common, "_save", lambda figure, path: figures.append(figure))
+    entry = {"label": "x", "epochs": 2, "step": [5, 10], "train_s": [1.0, 2.0]}
+    entry.update(test_acc=[0.5, 0.6], config={})
+    weight_reuse.plot_setting(tmp_path, "s", {"random": entry, "reuse": entry})
+    by_step, by_time = figures[0].axes
+    assert by_step.get_xlabel() == "epoch" and by_time.get_xlabel() == "training seconds"
+    assert list(by_step.lines[0].get_xdata()) == [1, 2]
 
 
 def test_random_pad_copies_teacher_into_leading_slices():
@@ -134,11 +151,312 @@ def test_scale_down_main_tiny(tmp_path):
     results = scale_down.main(["--tiny", "--out", str(tmp_path), "--archs", "resnet18"])
     item = results["archs"]["resnet18"]
     assert item["full"]["epochs"] == item["scale_down"]["epochs"] == 1
+    assert item["scale_down"]["total_s"] == pytest.approx(item["summary"]["train_s"])
     assert "fwd FLOPs saved" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "curves_resnet18.png").stat().st_size > 1000
 
 
-# --- the throughput benchmark's PyTorch twins ---------------------------------------------
+# --- tables and verdicts from recorded runs ------------------------------------------------
+
+
+def _entry(start, acc, seconds, teacher_s=0.0, lr=0.1):
+    n = len(acc)
+    return {
+        "label": start,
+        "epochs": n,
+        "step": [10 * (i + 1) for i in range(n)],
+        "train_s": seconds,
+        "test_acc": acc,
+        "config": {"learning_rate": lr, "warmup_epochs": 0.0},
+        "final_acc": acc[-1],
+        "total_s": seconds[-1],
+        "extra": {"start": start, "teacher_s": teacher_s, "teacher_steps": 7},
+    }
+
+
+def _family():
+    scratch = _entry("scratch", [0.5, 0.8, 0.9, 1.0], [1.0, 2.0, 3.0, 4.0])
+    grown = _entry("net2net_split", [0.98, 0.99, 0.99, 0.99], [1.5, 3.0, 4.5, 6.0], 0.5)
+    return {"runs": {"wider": [scratch, grown]}}
+
+
+def test_net2net_summary_reports_scratch_seconds_to_the_target():
+    rows = [
+        dict(zip(net2net.SUMMARY_HEADERS, r, strict=True))
+        for r in net2net.summary_rows(_family(), "resnet")
+    ]
+    scratch, grown = rows
+    assert scratch["steps to 98%"] == 40 and grown["steps to 98%"] == 10
+    assert grown["steps / scratch's"] == pytest.approx(0.25)
+    assert grown["s to 98% (+teacher)"] == pytest.approx(2.0)
+    assert grown["scratch s to 98%"] == scratch["scratch s to 98%"] == pytest.approx(4.0)
+    assert grown["teacher+student s"] == pytest.approx(6.5) and grown["scratch s"] == 4.0
+
+
+def test_time_to_accuracy_verdict_compares_seconds_to_the_target():
+    from benchmarks import time_to_accuracy
+
+    scratch, grown = [time_to_accuracy.verdict(r) for r in net2net.summary_rows(_family(), "r")]
+    # teacher + student reach 98% of scratch's final in 2.0 s, scratch in 4.0 s; the whole
+    # budgets (6.5 s against 4.0 s) are not the question.
+    assert grown["time_ok"] is True and grown["steps_ok"] is True
+    assert scratch["time_ok"] is False and scratch["steps_ok"] is False
+    never = _entry("random_pad", [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4])
+    family = _family()
+    family["runs"]["wider"].append(never)
+    last = time_to_accuracy.verdict(net2net.summary_rows(family, "r")[-1])
+    assert last["time_ok"] is False and last["steps_ok"] is False
+
+
+def test_weight_reuse_table_names_the_run_its_target_comes_from():
+    assert "epochs to 90% of random's final" in weight_reuse.HEADERS
+
+
+def test_scale_down_table_columns_come_from_the_runs_and_summary():
+    full = _entry("full", [0.5, 0.9], [2.0, 4.0])
+    scaled = _entry("scale_down", [0.5, 0.85], [1.0, 1.6])
+    summary = {"forward_flops_saved": 0.25, "train_s": 1.6, "cut": 3}
+    results = {
+        "archs": {
+            "vgg11": {"full": full, "scale_down": scaled, "summary": summary, "layers": [0] * 9}
+        }
+    }
+    (row,) = scale_down.table_rows(results)
+    named = dict(zip(scale_down.HEADERS, row, strict=True))
+    assert named["acc drop (pts)"] == pytest.approx(5.0)
+    assert named["full s"] == 4.0 and named["scale-down s"] == 1.6
+    assert named["speed-up"] == pytest.approx(2.5)
+    assert named["fwd FLOPs saved"] == "25.00%" and named["paper fwd FLOPs saved"] == "17.83%"
+    assert named["frozen layers at end"] == "3/9"
+
+
+def test_time_to_accuracy_main_tiny_writes_its_table_to_out(tmp_path):
+    from benchmarks import time_to_accuracy
+
+    verdicts = time_to_accuracy.main(
+        ["--tiny", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "v.jsonl")]
+    )
+    assert [v["start"] for v in verdicts] == ["scratch", "random_pad", "net2net_split"]
+    assert len((tmp_path / "v.jsonl").read_text().splitlines()) == 3
+    assert "scratch s to 98%" in (tmp_path / "out" / "table.md").read_text()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["family"]["runs"]["wider"][0]["extra"]["start"] == "scratch"
+
+
+# --- the throughput benchmark -------------------------------------------------------------
+
+
+def test_time_steps_leaves_the_warm_up_out():
+    from benchmarks import throughput
+
+    calls, synced = [], []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 1:  # a slow first call (the compile) in the warm-up
+            import time
+
+            time.sleep(0.3)
+        return len(calls)
+
+    seconds = throughput.time_steps(step, synced.append, warmup=2, steps=3)
+    assert len(calls) == 5 and synced == [2, 5]
+    assert seconds < 0.05
+
+
+def test_throughput_without_torch_keeps_the_jnet2net_row(monkeypatch, tmp_path):
+    from benchmarks import throughput
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setattr(throughput, "jax_images_per_s", lambda *a: 123.0)
+    rows = throughput.main(["--small", "--nets", "vgg16", "--json", str(tmp_path / "t.jsonl")])
+    assert rows[0]["jnet2net_images_per_s"] == 123.0
+    assert rows[0]["torch_eager_images_per_s"] is None
+    saved = json.loads((tmp_path / "t.jsonl").read_text())
+    assert saved["jnet2net_images_per_s"] == 123.0 and saved["torch"] is None
+
+
+class _Shape:
+    """A (c, h, w) or (features,) activation shape that the fake layers below propagate."""
+
+    def __init__(self, *dims):
+        self.dims = dims
+
+    def __add__(self, other):
+        assert self.dims == other.dims, (self.dims, other.dims)
+        return self
+
+
+def _fake_torch(log):
+    """Enough of ``torch`` / ``torch.nn`` to build the twins, count parameters, trace shapes."""
+
+    class Module:
+        sizes: tuple = ()
+
+        def parameters(self):
+            yield from (types.SimpleNamespace(numel=lambda n=n: n) for n in self.sizes)
+            for value in vars(self).values():
+                for child in value if isinstance(value, list) else [value]:
+                    if isinstance(child, Module):
+                        yield from child.parameters()
+
+        def __call__(self, x):
+            return self.forward(x)
+
+    class Sequential(Module):
+        def __init__(self, *layers):
+            self.layers = list(layers)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    class Conv2d(Module):
+        def __init__(self, c_in, c_out, k, stride=1, padding=0, bias=True):
+            self.c_in, self.c_out, self.k, self.stride, self.padding = (
+                c_in,
+                c_out,
+                k,
+                stride,
+                padding,
+            )
+            self.sizes = (c_out * c_in * k * k, *((c_out,) if bias else ()))
+
+        def forward(self, x):
+            c, h, w = x.dims
+            assert c == self.c_in
+            log.append(("conv", self.k, self.c_in, self.c_out))
+            size = [(n + 2 * self.padding - self.k) // self.stride + 1 for n in (h, w)]
+            return _Shape(self.c_out, *size)
+
+    class BatchNorm2d(Module):
+        def __init__(self, c):
+            self.c, self.sizes = c, (c, c)
+
+        def forward(self, x):
+            assert x.dims[0] == self.c
+            return x
+
+    class ReLU(Module):
+        def __init__(self, inplace=False):
+            pass
+
+        def forward(self, x):
+            return x
+
+    class MaxPool2d(Module):
+        def __init__(self, k):
+            self.k = k
+
+        def forward(self, x):
+            c, h, w = x.dims
+            return _Shape(c, h // self.k, w // self.k)
+
+    class AdaptiveAvgPool2d(Module):
+        def __init__(self, size):
+            assert size == 1
+
+        def forward(self, x):
+            log.append(("pool", *x.dims))
+            return _Shape(x.dims[0], 1, 1)
+
+    class Flatten(Module):
+        def forward(self, x):
+            return _Shape(int(np.prod(x.dims)))
+
+    class Linear(Module):
+        def __init__(self, n_in, n_out):
+            self.n_in, self.n_out, self.sizes = n_in, n_out, (n_in * n_out, n_out)
+
+        def forward(self, x):
+            assert x.dims == (self.n_in,), (x.dims, self.n_in)
+            return _Shape(self.n_out)
+
+    nn = types.ModuleType("torch.nn")
+    for cls in (Module, Sequential, Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d):
+        setattr(nn, cls.__name__, cls)
+    nn.Flatten, nn.Linear = Flatten, Linear
+    torch = types.ModuleType("torch")
+    torch.nn, torch.relu = nn, lambda x: x
+    return torch, nn
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16"])
+def test_torch_twin_has_our_layers_widths_and_strides(name, monkeypatch):
+    from benchmarks import throughput
+
+    log = []
+    torch, nn = _fake_torch(log)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch.nn", nn)
+    twin = throughput.torch_model(name)
+    assert twin(_Shape(3, 32, 32)).dims == (10,)
+    theirs = sum(p.numel() for p in twin.parameters())
+
+    model = throughput.JAX_MODELS[name]()
+    x = jax.numpy.zeros((1, 32, 32, 3))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    ours = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
+    assert ours == theirs
+    kernels = sorted(
+        (leaf.shape[0], leaf.shape[2], leaf.shape[3])
+        for leaf in jax.tree.leaves(shapes["params"])
+        if leaf.ndim == 4
+    )
+    assert sorted(entry[1:] for entry in log if entry[0] == "conv") == kernels
+    if name.startswith("resnet"):  # spatial size before the global pool: the strides agree
+        stop = len(model.layer_names()) - 1
+        feature = jax.eval_shape(
+            lambda: model.apply(jax.tree.map(jax.numpy.zeros_like, shapes), x, stop=stop)
+        )
+        (pool,) = [entry[1:] for entry in log if entry[0] == "pool"]
+        assert pool == (feature.shape[3], feature.shape[1], feature.shape[2])
+
+
+# --- the GPU suite's wiring ---------------------------------------------------------------
+
+SUITE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh"
+
+
+def test_gpu_suite_is_valid_bash():
+    subprocess.run(["bash", "-n", str(SUITE)], check=True)
+
+
+@pytest.mark.parametrize("small", ["0", "1"])
+def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
+    from benchmarks import throughput, time_to_accuracy
+
+    calls = tmp_path / "calls.jsonl"
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; "
+        f'open("{calls}", "a").write(json.dumps(sys.argv[1:]) + "\\n")\' "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "SMALL": small, "OUT": str(tmp_path / "out"), "PYTHON": str(fake)}
+    subprocess.run(["bash", str(SUITE)], env=env, check=True, capture_output=True, timeout=60)
+    invocations = [json.loads(line) for line in calls.read_text().splitlines()]
+    parsers = {
+        "benchmarks/throughput.py": throughput.build_parser(),
+        "benchmarks/time_to_accuracy.py": time_to_accuracy.build_parser(),
+    }
+    seen = []
+    for argv in invocations:
+        if argv[0] in parsers:
+            parsers[argv[0]].parse_args(argv[1:])
+            seen.append(argv[0])
+        elif argv[:2] == ["-m", "jnet2net"]:
+            cli.build_parser().parse_args(argv[2:])
+            seen.append(argv[2])
+        else:
+            assert argv[0] == "-c", argv
+    expected = ["benchmarks/throughput.py", "train", "benchmarks/time_to_accuracy.py"]
+    expected += ["train", "train"] + (["benchmarks/throughput.py"] if small == "0" else [])
+    assert seen == expected
+
+
+# --- the throughput benchmark's PyTorch twins (real torch) --------------------------------
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16"])

@@ -96,10 +96,9 @@ def run_arch(
     rebuild_s = sum(r["rebuild_s"] for r in result.history)
     scaled = common.run_from_history(f"{name} scale-down", config.epochs, result.history, config)
     # fit_scale_down's epoch_s includes cut moves (compiles, caches); keep them in: they are
-    # part of its cost. Its first epoch has no first-step exclusion, so undo that rescale.
-    steps0 = result.history[0]["step"]
+    # part of its cost. It compiles its first step before timing, so every step is in its
+    # epoch_s already: undo run_from_history's first-step rescale (total = summary train_s).
     scaled.train_s = _cumulative([r["epoch_s"] for r in result.history])
-    del steps0
     summary = result.summary
     print(
         f"  {name + ' scale-down':<28} epochs={config.epochs:<3} acc={scaled.final_acc:.4f} "

@@ -129,7 +129,7 @@ HEADERS = (
     "init",
     "reused params",
     "exact",
-    "epochs to 90%",
+    "epochs to 90% of random's final",
     "final acc",
     "vs random",
     "train s",
@@ -167,7 +167,7 @@ def plot_setting(out: pathlib.Path, name: str, item: dict[str, Any]) -> None:
         run.step = list(range(1, len(run.test_acc) + 1))  # plot against epochs
         runs.append(run)
     path = out / f"curves_{name}.png"
-    common.plot_curves(runs, path, title=f"{name}: random vs reuse init (x: epochs | seconds)")
+    common.plot_curves(runs, path, title=f"{name}: random vs reuse init", step_label="epoch")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
