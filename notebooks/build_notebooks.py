@@ -16,11 +16,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 # --- cells shared by every notebook ---------------------------------------------------------
 
 INSTALL = """\
-# Installs jnet2net (on Colab); skipped when it is already importable.
+# Installs jnet2net (on Colab); skipped when it is already importable. PACKAGE is what pip
+# installs: the release name, the repository as "git+https://...", or an uploaded wheel.
 import importlib.util
 
+PACKAGE = "jnet2net"
 if importlib.util.find_spec("jnet2net") is None:
-    %pip install -q jnet2net
+    %pip install -q {PACKAGE}
 """
 
 SETUP_MD = """\
@@ -43,7 +45,8 @@ import jax
 {ours.strip()}
 
 ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
-SMALL = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1") == "1"
+SMALL_FLAG = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1")
+SMALL = SMALL_FLAG.strip().lower() in ("1", "true", "yes")
 print("devices:", jax.devices())
 print("SMALL mode:", SMALL)
 """
@@ -294,7 +297,8 @@ for name, model, variables in [("wider", wider, wider_vars), ("deeper", deeper, 
 ## 3. Students vs. scratch
 
 Each network trains for the same number of epochs. `run` evaluates the starting point
-(step 0) and returns the test-accuracy curve and the wall time.
+(step 0) and returns its records: step, test accuracy and, after each epoch, the seconds
+so far (`wall_s`).
 """,
     ),
     (
