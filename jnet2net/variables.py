@@ -41,7 +41,8 @@ def abstract_variables(model: nn.Module, example: jax.Array) -> FlatVariables:
 def check_variables(model: nn.Module, variables: Variables) -> None:
     """Raises ValueError/TypeError unless ``variables`` fit ``model`` path for path.
 
-    The message names the first missing, unexpected or mis-shaped leaf and both shapes.
+    The message names the first missing, unexpected, mis-shaped or non-float leaf and both
+    shapes.
     """
     if not hasattr(variables, "keys") or "params" not in variables:
         keys = list(variables.keys()) if hasattr(variables, "keys") else []
@@ -63,7 +64,18 @@ def check_variables(model: nn.Module, variables: Variables) -> None:
                 f"variables do not match {type(model).__name__}: {path_str(path)} with shape "
                 f"{leaf.shape} is missing (were these variables made for another architecture?)"
             )
-        shape = getattr(given[path], "shape", None)
+        value = given[path]
+        shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+        if shape is None or dtype is None:
+            raise TypeError(
+                f"variables do not match {type(model).__name__}: {path_str(path)} is a "
+                f"{type(value).__name__}, not an array (the architecture needs {leaf.shape})"
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"variables do not match {type(model).__name__}: {path_str(path)} has dtype "
+                f"{dtype} and shape {shape}, the architecture needs floats of shape {leaf.shape}"
+            )
         if shape != leaf.shape:
             raise ValueError(
                 f"variables do not match {type(model).__name__}: {path_str(path)} has shape "

@@ -602,3 +602,157 @@ def test_random_vgg_pairs(pair, opts):
 @given(pair=resnet_pairs(), opts=options)
 def test_random_resnet_pairs(pair, opts):
     check_random_pair(pair, opts)
+
+
+# --- stage slots, exhaustively ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth_map", ["proportional", "append"])
+@pytest.mark.parametrize("shrink", ["evenly", "first", "last"])
+def test_stage_slots_exhaustive_small_depths(depth_map, shrink):
+    for n in range(1, 7):
+        for m in range(1, 7):
+            slots = stage_slots(n, m, depth_map=depth_map, shrink=shrink)
+            case = (n, m, depth_map, shrink, slots)
+            assert len(slots) == m and slots[0] == 0, case
+            kept = [j for j in slots if j is not None]
+            assert all(0 <= j < n for j in kept), case
+            gaps = [kept[k + 1] - kept[k] for k in range(len(kept) - 1)]
+            assert all(gap > 0 for gap in gaps), case
+            if m >= n:  # every source layer kept, placed as documented
+                assert kept == list(range(n)), case
+                for i in range(n):
+                    slot = i * m // n if depth_map == "proportional" else i
+                    assert slots[slot] == i, case
+                continue
+            assert None not in slots, case  # a shrink keeps exactly dst_depth layers
+            if shrink == "first":
+                assert kept == list(range(m)), case
+            elif shrink == "last":
+                assert kept == [0, *range(n - m + 1, n)], case
+            elif m > 1:  # evenly: first and last kept, gaps differ by at most one
+                assert kept[-1] == n - 1 and max(gaps) - min(gaps) <= 1, case
+    assert stage_slots(0, 0) == () and stage_slots(3, 0, shrink=shrink) == ()
+
+
+# --- report arithmetic, table and JSON -----------------------------------------------------
+
+
+def _report(rows, approximations=()):
+    from jnet2net.reuse import LeafReport, TransferReport
+
+    return TransferReport(
+        "VGG(a)", "VGG(b)", tuple(LeafReport(*row) for row in rows), tuple(approximations)
+    )
+
+
+REPORT_ROWS = [
+    ("params/l0/conv/kernel", (3, 3, 2, 4), "transformed", 1.0, "params/l0/conv/kernel", "x"),
+    ("params/l0/bn/scale", (4,), "exact", 1.0, "params/l0/bn/scale", ""),
+    ("params/head/kernel", (4, 3), "partial", 2 / 3, "params/head/kernel", "classes 2 -> 3"),
+    ("params/head/bias", (3,), "partial", 0.999, "params/head/bias", ""),
+    ("params/l1/conv/kernel", (1, 1, 4, 4), "fresh", 0.0, None, "identity layer"),
+    ("batch_stats/l0/bn/mean", (4,), "transformed", 1.0, "batch_stats/l0/bn/mean", ""),
+    ("params/scalar", (), "partial", 0.004, "params/scalar", ""),
+]
+
+
+def test_report_arithmetic_and_totals():
+    report = _report(REPORT_ROWS, ["dropped a layer"])
+    params = [row for row in report.rows if row.path.startswith("params/")]
+    assert report.parameter_count == 72 + 4 + 12 + 3 + 16 + 1
+    assert report.reused_parameters == pytest.approx(72 + 4 + 8 + 2.997 + 0.004)
+    assert report.reused_parameters == pytest.approx(sum(r.fraction * r.size for r in params))
+    assert report.reused_fraction == pytest.approx(report.reused_parameters / 108)
+    assert report.totals() == {
+        "exact": (1, 4),
+        "transformed": (2, 76),
+        "partial": (3, 16),
+        "fresh": (1, 16),
+    }
+    assert not report.function_preserving
+    empty = _report([])
+    assert empty.parameter_count == 0 and empty.reused_fraction == 0.0
+    assert empty.totals() == {
+        status: (0, 0) for status in ("exact", "transformed", "partial", "fresh")
+    }
+
+
+def test_report_table_lines_and_totals_line():
+    report = _report(REPORT_ROWS, ["dropped a layer"])
+    lines = str(report).splitlines()
+    assert lines[0] == "transfer VGG(a)" and lines[1] == "      -> VGG(b)"
+    body = {line.split()[0]: line.split() for line in lines[3 : 3 + len(REPORT_ROWS)]}
+    assert set(body) == {row[0] for row in REPORT_ROWS}
+    assert body["params/l0/conv/kernel"][1:4] == ["3x3x2x4", "transformed", "100%"]
+    assert body["params/scalar"][1] == "()"
+    assert body["params/head/kernel"][3] == "67%"
+    # A partial leaf never reads as all or nothing reused.
+    assert body["params/head/bias"][3] == ">99%"
+    assert body["params/scalar"][3] == "<1%"
+    assert (
+        "totals: exact 1 leaves / 4 values, transformed 2 leaves / 76 values, partial 3 leaves"
+        " / 16 values, fresh 1 leaves / 16 values"
+    ) in lines
+    assert "parameters: 87 of 108 from the source (80.6%)" in lines
+    assert lines[-2:] == ["function-preserving: no", "  - dropped a layer"]
+    assert str(_report(REPORT_ROWS[:2])).splitlines()[-1] == "function-preserving: yes"
+
+
+def test_report_json_round_trip():
+    report = _report(REPORT_ROWS, ["dropped a layer"])
+    data = json.loads(report.to_json())
+    assert data == report.to_dict()
+    assert data["totals"]["partial"] == [3, 16]
+    assert data["reused_parameters"] == pytest.approx(report.reused_parameters)
+    assert data["function_preserving"] is False
+    assert data["approximations"] == ["dropped a layer"]
+    for row, original in zip(data["rows"], report.rows, strict=True):
+        assert tuple(row["shape"]) == original.shape and row["size"] == original.size
+        assert (row["path"], row["status"], row["source"], row["note"]) == (
+            original.path,
+            original.status,
+            original.source,
+            original.note,
+        )
+        assert row["fraction"] == original.fraction
+
+
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        (("params/a", (2,), "exact", 0.5, "params/a", ""), "exact.*fraction 1"),
+        (("params/a", (2,), "transformed", 0.5, "params/a", ""), "transformed.*fraction 1"),
+        (("params/a", (2,), "partial", 1.0, "params/a", ""), "partial.*between 0 and 1"),
+        (("params/a", (2,), "partial", 0.0, "params/a", ""), "partial.*between 0 and 1"),
+        (("params/a", (2,), "fresh", 0.5, None, ""), "fresh.*fraction 0"),
+        (("params/a", (2,), "fresh", 0.0, "params/a", ""), "fresh.*no source"),
+        (("params/a", (2,), "exact", 1.0, None, ""), "exact.*needs a source"),
+        (("params/a", (2,), "copied", 1.0, "params/a", ""), "status must be one of"),
+        (("params/a", (2,), "partial", float("nan"), "params/a", ""), "between 0 and 1"),
+    ],
+)
+def test_report_rejects_inconsistent_rows(row, match):
+    with pytest.raises(ValueError, match=match) as info:
+        _report([row])
+    assert "params/a" in str(info.value)
+
+
+def test_report_of_a_real_transfer_adds_up():
+    src = VGG((1,), (2,), (), num_classes=2, kernel_size=3)
+    dst = VGG((2,), (3,), (), num_classes=3, kernel_size=5)
+    variables = init(src)
+    dst_vars, report = transfer(src, variables, dst, key=jax.random.key(0))
+    check_result(src, variables, dst, dst_vars, report)
+    params = {"/".join(p): leaf for p, leaf in flatten(dst_vars).items() if p[0] == "params"}
+    reused = sum(r.fraction * params[r.path].size for r in report.rows if r.path in params)
+    assert report.reused_parameters == pytest.approx(reused)
+    assert {r.status for r in report.rows} >= {"partial", "fresh"}
+    assert json.loads(report.to_json()) == report.to_dict()
+
+
+def test_report_json_accepts_numpy_numbers():
+    row = ("params/a", (np.int64(2), np.int32(3)), "partial", np.float32(0.5), "params/a", "")
+    data = json.loads(_report([row]).to_json())
+    assert data["rows"][0]["shape"] == [2, 3] and data["rows"][0]["size"] == 6
+    assert data["rows"][0]["fraction"] == 0.5 and data["reused_parameters"] == 3.0

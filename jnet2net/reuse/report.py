@@ -40,9 +40,49 @@ class LeafReport(NamedTuple):
         return math.prod(self.shape)
 
 
+def _check_row(row: LeafReport) -> None:
+    """Raises ValueError unless the row's status, fraction and source agree."""
+    where = f"report row {row.path} (shape {tuple(row.shape)})"
+    if row.status not in STATUSES:
+        raise ValueError(f"{where}: status must be one of {STATUSES}, got {row.status!r}")
+    if not 0.0 <= row.fraction <= 1.0:  # also rejects NaN
+        raise ValueError(f"{where}: fraction must be between 0 and 1, got {row.fraction!r}")
+    if row.status == "fresh":
+        if row.fraction != 0.0:
+            raise ValueError(f"{where}: a fresh leaf has fraction 0, got {row.fraction!r}")
+        if row.source is not None:
+            raise ValueError(f"{where}: a fresh leaf has no source, got {row.source!r}")
+        return
+    if row.source is None:
+        raise ValueError(f"{where}: a leaf with status {row.status!r} needs a source")
+    if row.status == "partial" and not 0.0 < row.fraction < 1.0:
+        raise ValueError(
+            f"{where}: a partial leaf has a fraction strictly between 0 and 1, got {row.fraction!r}"
+        )
+    if row.status in ("exact", "transformed") and row.fraction != 1.0:
+        raise ValueError(
+            f"{where}: a leaf with status {row.status!r} has fraction 1, got {row.fraction!r}"
+        )
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` as a whole percentage; a fraction strictly between 0 and 1 never shows as
+    ``0%`` or ``100%``."""
+    text = f"{100 * fraction:.0f}%"
+    if 0.0 < fraction < 1.0 and text == "0%":
+        return "<1%"
+    if 0.0 < fraction < 1.0 and text == "100%":
+        return ">99%"
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class TransferReport:
     """The report of one transfer; ``str(report)`` is a table.
+
+    Raises ValueError (naming the leaf) for a row whose status, fraction and source disagree:
+    ``exact``/``transformed`` need fraction 1, ``partial`` one in ``(0, 1)``, ``fresh`` 0 and
+    no source.
 
     Attributes:
       src: the source architecture, one line.
@@ -56,6 +96,10 @@ class TransferReport:
     dst: str
     rows: tuple[LeafReport, ...]
     approximations: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            _check_row(row)
 
     @property
     def function_preserving(self) -> bool:
@@ -82,7 +126,7 @@ class TransferReport:
         totals = {status: (0, 0) for status in STATUSES}
         for row in self.rows:
             leaves, values = totals[row.status]
-            totals[row.status] = (leaves + 1, values + row.size)
+            totals[row.status] = (leaves + 1, values + int(row.size))
         return totals
 
     def table(self) -> str:
@@ -93,7 +137,7 @@ class TransferReport:
                 row.path,
                 "x".join(map(str, row.shape)) or "()",
                 row.status,
-                f"{100 * row.fraction:.0f}%",
+                _percent(row.fraction),
                 "; ".join(part for part in (row.source, row.note) if part),
             )
             for row in self.rows
@@ -130,11 +174,17 @@ class TransferReport:
             "function_preserving": self.function_preserving,
             "approximations": list(self.approximations),
             "totals": {status: list(pair) for status, pair in self.totals().items()},
-            "parameter_count": self.parameter_count,
-            "reused_parameters": self.reused_parameters,
-            "reused_fraction": self.reused_fraction,
+            "parameter_count": int(self.parameter_count),
+            "reused_parameters": float(self.reused_parameters),
+            "reused_fraction": float(self.reused_fraction),
             "rows": [
-                {**row._asdict(), "shape": list(row.shape), "size": row.size} for row in self.rows
+                {
+                    **row._asdict(),
+                    "shape": [int(d) for d in row.shape],
+                    "fraction": float(row.fraction),
+                    "size": int(row.size),
+                }
+                for row in self.rows
             ],
         }
 
