@@ -286,16 +286,8 @@ def count_params(variables: Any) -> int:
 # --- grow ------------------------------------------------------------------------------
 
 
-def _add_grow(sub: Any) -> None:
-    p = sub.add_parser(
-        "grow",
-        help="widen/deepen a checkpointed network, check it computes the same function, save it",
-        description=(
-            "Restore a checkpoint, grow it with Net2WiderNet (--widen) and/or Net2DeeperNet "
-            "(--deepen), check on random inputs that the grown network computes the same "
-            "function (prints the relative error), and save it as a new checkpoint at step 0."
-        ),
-    )
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """``--from CKPT`` (into ``args.source``) and ``--step N`` of a command that restores."""
     p.add_argument(
         "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
     )
@@ -306,6 +298,19 @@ def _add_grow(sub: Any) -> None:
         default=None,
         help="step to restore (default: latest)",
     )
+
+
+def _add_grow(sub: Any) -> None:
+    p = sub.add_parser(
+        "grow",
+        help="widen/deepen a checkpointed network, check it computes the same function, save it",
+        description=(
+            "Restore a checkpoint, grow it with Net2WiderNet (--widen) and/or Net2DeeperNet "
+            "(--deepen), check on random inputs that the grown network computes the same "
+            "function (prints the relative error), and save it as a new checkpoint at step 0."
+        ),
+    )
+    _add_source_args(p)
     p.add_argument(
         "--widen",
         metavar="W1,W2,..|Fx",
@@ -819,16 +824,7 @@ def _add_transfer(sub: Any) -> None:
             "same function (the relative error is printed)."
         ),
     )
-    p.add_argument(
-        "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
-    )
-    p.add_argument(
-        "--step",
-        metavar="N",
-        type=count_at_least(0),
-        default=None,
-        help="step to restore (default: latest)",
-    )
+    _add_source_args(p)
     p.add_argument(
         "--to",
         metavar="ARCH",
@@ -938,16 +934,7 @@ def _add_eval(sub: Any) -> None:
         help="loss and accuracy of a checkpoint on a dataset split",
         description="Restore a checkpoint and print its loss and accuracy on a dataset split.",
     )
-    p.add_argument(
-        "--from", dest="source", metavar="CKPT", required=True, help="checkpoint (run) directory"
-    )
-    p.add_argument(
-        "--step",
-        metavar="N",
-        type=count_at_least(0),
-        default=None,
-        help="step to restore (default: latest)",
-    )
+    _add_source_args(p)
     _add_data_args(p)
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", metavar="N", type=count_at_least(1), default=256)

@@ -52,7 +52,7 @@ from jnet2net.train.config import TrainConfig
 from jnet2net.train.loop import (
     check_count,
     check_fit_inputs,
-    check_model_outputs,
+    check_outputs_fit,
     epoch_means,
     eval_batch_size,
     nonfinite_loss_error,
@@ -544,9 +544,7 @@ def fit_scale_down(
     state = create_train_state(
         model, train_config, train.images, variables=variables, steps_per_epoch=spe
     )
-    for what, data in (("train", train), ("test", test)):
-        if data is not None:
-            check_model_outputs(model, state.variables, data, what)
+    check_outputs_fit(model, state.variables, train, test)
     state = put_replicated(state, mesh)
     batch = train_config.batch_size
     end = train_config.epochs * spe

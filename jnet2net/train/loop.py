@@ -106,6 +106,13 @@ def check_model_outputs(
         )
 
 
+def check_outputs_fit(model: nn.Module, variables: Any, train: Dataset, test: Any) -> None:
+    """:func:`check_model_outputs` for the train set and, when given, the test set."""
+    for what, data in (("train", train), ("test", test)):
+        if data is not None:
+            check_model_outputs(model, variables, data, what)
+
+
 def check_count(name: str, value: Any, minimum: int) -> int:
     """``value`` as an int; raises ValueError unless it is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -340,9 +347,7 @@ def fit(
         raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
     elif hasattr(model, "example_input"):
         check_variables(model, state.variables)
-    for what, data in (("train", train), ("test", test)):
-        if data is not None:
-            check_model_outputs(model, state.variables, data, what)
+    check_outputs_fit(model, state.variables, train, test)
     state = put_replicated(state, mesh)
     start = int(state.step)
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)

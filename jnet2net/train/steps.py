@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from jnet2net.data.augment import augment
 from jnet2net.data.dataset import normalize
+from jnet2net.models.common import compute_dtype as dtype_of
 from jnet2net.train.batches import batch_indices, stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.sharding import batch_sharding, replicated
@@ -199,7 +200,7 @@ def eval_step_fn(
     the results are sums over the unmasked examples (plain cross-entropy, eval mode).
     """
     compute_model = with_compute_dtype(model, compute_dtype)
-    dtype = jnp.dtype(getattr(compute_model, "dtype", None) or jnp.float32)
+    dtype = dtype_of(compute_model)
 
     def step(variables: Any, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
         logits = compute_model.apply(variables, normalize(images, mean, std, dtype), train=False)
