@@ -246,9 +246,10 @@ def evaluate(
 
 
 def epoch_means(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
-    """Means over an epoch of per-step scalar metrics (fetched from device once)."""
-    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *metrics))
-    return {k: float(np.mean(v)) for k, v in stacked.items()}
+    """Means over an epoch of per-step scalar metrics (fetched from device once, stacked on
+    the host: no eager device op per epoch)."""
+    host = jax.device_get(metrics)
+    return {k: float(np.mean(np.stack([m[k] for m in host]))) for k in host[0]}
 
 
 def drop_later_records(log_path: str, step: int) -> None:
