@@ -12,7 +12,7 @@ program), some backends ``None``: :func:`flops_from_cost` reads all of them and 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jnet2net.scale_down.split import check_cut, prefix_apply, split_variables, suffix_apply
+from jnet2net.train.cost import flops_from_cost
 from jnet2net.variables import Variables
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits (n, k), labels (n,)) -> ()
@@ -29,28 +30,6 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits (n, k), labels (
 def mean_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of ``logits (n, k)`` against int ``labels (n,)``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def flops_from_cost(cost: Any) -> float:
-    """The ``'flops'`` of a cost analysis: a dict, a list of dicts (summed), or ``None``.
-
-    Returns:
-      the count as a float; ``nan`` when nothing (or a negative, i.e. unknown, count) is
-      reported.
-    """
-    if cost is None:
-        return math.nan
-    if isinstance(cost, Mapping):
-        value = cost.get("flops")
-        if value is None:
-            return math.nan
-        value = float(value)
-        return value if value >= 0 else math.nan
-    if isinstance(cost, Sequence) and not isinstance(cost, (str, bytes)):
-        if not cost:
-            return math.nan
-        return sum(flops_from_cost(c) for c in cost)
-    raise TypeError(f"cost analysis must be a dict, a list of dicts or None, got {type(cost)}")
 
 
 def abstract(tree: Any) -> Any:

@@ -3,10 +3,13 @@
 config = TrainConfig(epochs=5, batch_size=128, learning_rate=0.05)
 result = fit(model, train, test, config)     # result.state, result.history
 new_model, state = widen_train_state(result.state, model, key=key, widths=(32, 64, 128))
+result = fit(narrow, train, test, config, growth=(Grow(3, widths=(32, 64, 128)),))
 """
 
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig
+from jnet2net.train.cost import CompiledStep, compile_step, flops_from_cost
+from jnet2net.train.events import Grow, grow_at_event, planned_models
 from jnet2net.train.growth import (
     deepen_train_state,
     grow_train_state,
@@ -56,7 +59,9 @@ __all__ = [
     "DATA_AXIS",
     "DeviceEvalSet",
     "TRACE_COUNTS",
+    "CompiledStep",
     "FitResult",
+    "Grow",
     "ProgressBar",
     "TrainConfig",
     "TrainState",
@@ -66,6 +71,7 @@ __all__ = [
     "batch_indices",
     "batch_sharding",
     "check_fit_inputs",
+    "compile_step",
     "check_batch_size",
     "correct_predictions",
     "create_train_state",
@@ -79,6 +85,8 @@ __all__ = [
     "eval_step_fn",
     "evaluate",
     "fit",
+    "flops_from_cost",
+    "grow_at_event",
     "grow_train_state",
     "init_variables",
     "make_eval_step",
@@ -89,6 +97,7 @@ __all__ = [
     "make_train_step",
     "nonfinite_loss_error",
     "progress_enabled",
+    "planned_models",
     "put_batch",
     "put_eval_set",
     "put_replicated",

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -19,15 +19,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jnet2net.data.dataset import Dataset
-from jnet2net.train.batches import epoch_permutation
+from jnet2net.data.dataset import Dataset, normalize
+from jnet2net.models.config import model_config
+from jnet2net.train.batches import epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig, restrict
-from jnet2net.train.optim import make_schedule
+from jnet2net.train.cost import CompiledStep, compile_step, is_compiled
+from jnet2net.train.events import (
+    Grow,
+    check_growth,
+    event_key,
+    grow_at_event,
+    planned_models,
+    relative_output_error,
+    rewarm_windows,
+)
+from jnet2net.train.optim import make_optimizer, make_schedule
 from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
 from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
 from jnet2net.train.state import TrainState, cached_call, create_train_state
 from jnet2net.train.steps import make_indexed_eval_step, make_indexed_train_step
-from jnet2net.variables import check_variables
+from jnet2net.variables import check_key, check_variables
 
 Record = dict[str, Any]
 
@@ -44,11 +55,15 @@ class FitResult(NamedTuple):
         ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
         epoch's augmented batches),
         ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
-        ``first_step_s`` (trace, compile and run of the first step).
+        ``first_step_s`` (compile and run of the first step). Every record also counts
+        compute (``step_flops``, cumulative ``train_flops``, ``train_s``, ``compile_s``);
+        growth events add ``{"event": "grow", ...}`` records to the history.
+      model: the final module (the grown one after growth events).
     """
 
     state: TrainState
     history: list[Record]
+    model: nn.Module | None = None
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -253,7 +268,8 @@ def epoch_means(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 
 def drop_later_records(log_path: str, step: int) -> None:
-    """Rewrites a JSONL log without the records after ``step`` (and unreadable lines).
+    """Rewrites a JSONL log without the records after ``step``, event records at ``step``
+    (the resumed run makes them again) and unreadable lines.
 
     A run resumed at ``step`` logs those epochs again; they are left over when it stopped
     between logging an epoch and saving its checkpoint, or when it resumes an earlier one.
@@ -267,7 +283,9 @@ def drop_later_records(log_path: str, step: int) -> None:
         except json.JSONDecodeError:
             continue
         later = isinstance(record, dict) and isinstance(record.get("step"), int)
-        if not (later and record["step"] > step):
+        # An event at the starting step happens again when the run resumes there.
+        later = later and (record["step"] > step or ("event" in record and record["step"] == step))
+        if not later:
             kept.append(line if line.endswith("\n") else line + "\n")
     if len(kept) != len(lines):
         with open(log_path, "w", encoding="utf-8") as f:
@@ -298,32 +316,54 @@ def fit(
     on_epoch_end: Callable[[TrainState, Record], None] | None = None,
     stop_at_accuracy: float | None = None,
     max_steps: int | None = None,
+    growth: Sequence[Grow] | None = None,
+    growth_key: jax.Array | None = None,
+    on_grow: Callable[[nn.Module, TrainState, Record], None] | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``train`` for ``config.epochs``, evaluating on ``test`` each epoch.
 
     Both sets live on device whole; every step gathers its batch from the epoch's
-    permutation on device, augments it and takes an optimizer step (one compile). Data
-    order and augmentation depend only on ``(config.seed, step)``, so resuming from a state
-    saved at step ``N`` reproduces an uninterrupted run.
+    permutation on device, augments it and takes an optimizer step (one compile per
+    architecture, ahead of time). Data order and augmentation depend only on
+    ``(config.seed, step)``, so resuming from a state saved at step ``N`` reproduces an
+    uninterrupted run.
+
+    With ``growth``, the network grows inside the run: before the step of each
+    :class:`~jnet2net.train.Grow` event the model and the whole train state grow exactly
+    (params, batch_stats, optimizer moments mapped; step and schedule continue), the new
+    step is compiled once, and a record ``{"event": "grow", "epoch", "step", "model",
+    "output_error", ...}`` is logged, where ``output_error`` is the relative eval-mode
+    output change on a held batch (the test set's first images).
 
     Args:
-      model: the network; ``config.compute_dtype`` overrides its ``dtype``.
+      model: the network (when resuming: the architecture at ``state.step``);
+        ``config.compute_dtype`` overrides its ``dtype``.
       train: training set; its ``mean``/``std`` normalise both sets.
       test: evaluation set, or ``None``.
       config: the training config.
       state: resume from this state (e.g. restored from a checkpoint): training continues
-        at ``state.step`` with ``state.tx``. The caller's arrays stay valid.
+        at ``state.step``. The caller's arrays stay valid.
       variables: start a fresh state (step 0) from these variables (e.g. a grown student).
       mesh: devices to train on (default: every device, axis ``'data'``).
       on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch, e.g. to save
         a checkpoint (copy what you keep: the next step donates ``state``'s buffers).
       stop_at_accuracy: stop after the first epoch whose test accuracy reaches this.
       max_steps: stop at this global step (may be mid-epoch) instead of the end.
+      growth: :class:`~jnet2net.train.Grow` events; a resumed run passes the same
+        schedule (events before ``state.step`` have already happened).
+      growth_key: randomness of the growth events (default: from ``config.seed``); event
+        ``i`` (in time order) uses ``fold_in(growth_key, i)``.
+      on_grow: called as ``on_grow(new_model, state, record)`` after each growth event.
 
     Returns:
-      :class:`FitResult` with the final state and the per-epoch records, also appended to
-      ``config.log_path`` as JSON lines (the file is started afresh when training starts
-      at step 0; a resumed run first drops the records after its starting step).
+      :class:`FitResult` with the final state and module and the per-epoch records, also
+      appended to ``config.log_path`` as JSON lines (the file is started afresh when
+      training starts at step 0; a resumed run first drops the records after its starting
+      step). Records count compute: ``step_flops`` (one step of the current architecture,
+      XLA's cost analysis), ``train_flops`` and ``train_s`` (cumulative over the run's
+      training steps; a resumed run continues the totals of its log), ``compile_s``
+      (cumulative compile seconds), ``grow_s`` (cumulative seconds of growth events,
+      compiles excluded) and ``wall_s``.
 
     Raises:
       FloatingPointError: the loss became NaN or infinite.
@@ -340,64 +380,129 @@ def fit(
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(config.batch_size, mesh)
     spe = steps_per_epoch(len(train), config.batch_size)
+    events = check_growth(growth, config.epochs, spe)
+    growth_key = stream_key(config.seed, "growth") if growth_key is None else growth_key
+    if events:
+        check_key("fit", growth_key)
+    windows = rewarm_windows(events, spe)
+    tx = make_optimizer(config, spe, rewarm=windows)
     if state is None:
         state = create_train_state(
-            model, config, train.images, variables=variables, steps_per_epoch=spe
+            model, config, train.images, variables=variables, steps_per_epoch=spe, tx=tx
         )
     elif not isinstance(state, TrainState):
         raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
-    elif hasattr(model, "example_input"):
-        check_variables(model, state.variables)
+    else:
+        if hasattr(model, "example_input"):
+            check_variables(model, state.variables)
+        if windows:
+            state = state.replace(tx=tx)
     check_outputs_fit(model, state.variables, train, test)
     state = put_replicated(state, mesh)
     start = int(state.step)
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
+    pending = [(i, e) for i, e in enumerate(events) if e.at_step(spe) >= start]
+    planned_models(model, [e for _, e in pending], train.image_shape)  # fails before training
+    totals = {"train_flops": 0.0, "train_s": 0.0, "compile_s": 0.0, "grow_s": 0.0}
     if config.log_path and os.path.exists(config.log_path):
         if start == 0:
             os.remove(config.log_path)
         else:
             drop_later_records(config.log_path, start)
+            totals.update(logged_totals(config.log_path, start))
 
     images, labels = put_replicated((train.images, train.labels), mesh)
     permutation = _permutation(mesh)
     step_config = restrict(config, STEP_FIELDS)
-    train_step = cached_call(_train_step, model, step_config, train.mean, train.std, spe, mesh)
-    eval_set, eval_step = None, None
+    eval_set = None
     if test is not None:
-        batch = eval_batch_size(config.eval_batch_size, len(test), mesh)
-        eval_set = put_eval_set(test, batch, mesh)
-        eval_step = cached_call(
-            _eval_step, model, train.mean, train.std, batch, config.compute_dtype, mesh
+        eval_set = put_eval_set(
+            test, eval_batch_size(config.eval_batch_size, len(test), mesh), mesh
         )
-    schedule = make_schedule(config, spe)
+    held = held_batch(test if test is not None else train, train.mean, train.std)
+    schedule = make_schedule(config, spe, rewarm=windows)
     history: list[Record] = []
     if start >= end:
-        return FitResult(state, history)
+        return FitResult(state, history, model)
+
+    def compiled_for(model: nn.Module, state: TrainState, order: jax.Array) -> CompiledStep:
+        jitted = cached_call(_train_step, model, step_config, train.mean, train.std, spe, mesh)
+        fresh = not is_compiled(jitted, state, images, labels, order, devices=mesh.size)
+        step = compile_step(jitted, state, images, labels, order, devices=mesh.size)
+        if fresh:
+            totals["compile_s"] += step.compile_s
+        return step
+
+    def eval_step_for(model: nn.Module) -> Any:
+        if eval_set is None:
+            return None
+        return cached_call(
+            _eval_step,
+            model,
+            train.mean,
+            train.std,
+            eval_set.batch_size,
+            config.compute_dtype,
+            mesh,
+        )
 
     t_start = time.perf_counter()
     first_step_s = None
+    eval_step = eval_step_for(model)
     progress = ProgressBar(
         end - start, desc=f"train {type(model).__name__}", enabled=progress_enabled(config.progress)
     )
+    step_fn: CompiledStep | None = None
     with progress:
         for epoch in range(start // spe, config.epochs):
             lo, hi = max(start, epoch * spe), min(end, (epoch + 1) * spe)
             if lo >= hi:
                 break
             order = permutation(config.seed, epoch, len(train))
+            if step_fn is None:
+                step_fn = compiled_for(model, state, order)
             t_epoch = time.perf_counter()
             step_metrics = []
             timed_steps = hi - lo
-            for _ in range(lo, hi):
-                state, metrics = train_step(state, images, labels, order)
+            epoch_s = 0.0
+            for step in range(lo, hi):
+                if pending and pending[0][1].at_step(spe) == step:
+                    jax.block_until_ready(state)
+                    epoch_s += time.perf_counter() - t_epoch
+                    index, event = pending.pop(0)
+                    t_grow = time.perf_counter()
+                    model, state, grow_record = _grow(
+                        model, state, event, event_key(growth_key, index), held, mesh
+                    )
+                    grow_s = time.perf_counter() - t_grow
+                    totals["grow_s"] += grow_s
+                    step_fn = compiled_for(model, state, order)
+                    eval_step = eval_step_for(model)
+                    grow_record.update(
+                        epoch=event.at_epoch,
+                        step=step,
+                        event_s=grow_s,
+                        step_flops=step_fn.flops,
+                        **_rounded(totals),
+                    )
+                    history.append(grow_record)
+                    if config.log_path:
+                        append_jsonl(config.log_path, grow_record)
+                    if on_grow is not None:
+                        on_grow(model, state, grow_record)
+                    t_epoch = time.perf_counter()
+                state, metrics = step_fn.call(state, images, labels, order)
                 step_metrics.append(metrics)
-                if first_step_s is None:  # trace, compile and run: kept out of the rates
+                totals["train_flops"] += step_fn.flops
+                if first_step_s is None:  # kept out of the rates
                     jax.block_until_ready(metrics)
                     first_step_s = time.perf_counter() - t_start
+                    totals["train_s"] += time.perf_counter() - t_epoch
                     t_epoch, timed_steps = time.perf_counter(), hi - lo - 1
                 progress.update()
             means = epoch_means(step_metrics)
-            epoch_s = time.perf_counter() - t_epoch
+            epoch_s += time.perf_counter() - t_epoch
+            totals["train_s"] += epoch_s
             lr = float(schedule(hi - 1))
             if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
                 raise nonfinite_loss_error(epoch + 1, lo, hi, lr, config)
@@ -417,8 +522,10 @@ def fit(
                 "train_acc": means["accuracy"],
                 "test_loss": test_loss,
                 "test_acc": test_acc,
+                "step_flops": step_fn.flops,
+                **_rounded(totals),
             }
-            if not history:
+            if not any("epoch_s" in r for r in history):
                 record["first_step_s"] = first_step_s
             history.append(record)
             progress.update(0, note=_summary(record, config.epochs))
@@ -432,7 +539,70 @@ def fit(
                 and test_acc >= stop_at_accuracy
             ):
                 break
-    return FitResult(state, history)
+    return FitResult(state, history, model)
+
+
+def _rounded(totals: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in totals.items()}
+
+
+#: Images of the held batch on which a growth event's output change is measured.
+HELD_BATCH = 64
+
+
+def held_batch(dataset: Dataset, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
+    """The first :data:`HELD_BATCH` images of ``dataset`` normalised by ``mean``/``std``:
+    ``(min(n, 64), h, w, c)`` float32."""
+    return normalize(jnp.asarray(dataset.images[:HELD_BATCH]), mean, std)
+
+
+def _grow(
+    model: nn.Module,
+    state: TrainState,
+    event: Grow,
+    key: jax.Array,
+    held: jax.Array,
+    mesh: Mesh,
+) -> tuple[nn.Module, TrainState, Record]:
+    """One growth event: the grown model and state (replicated), and the event's record."""
+    before = model.apply(state.variables, held, train=False)
+    new_model, new_state = grow_at_event(model, state, event, key)
+    new_state = put_replicated(new_state, mesh)
+    after = new_model.apply(new_state.variables, held, train=False)
+    record: Record = {
+        "event": "grow",
+        "grow": event.to_dict(),
+        "model": _architecture(new_model),
+        "output_error": relative_output_error(before, after),
+    }
+    return new_model, new_state, record
+
+
+def _architecture(model: nn.Module) -> Any:
+    try:
+        return model_config(model)
+    except TypeError:
+        return repr(model)
+
+
+def logged_totals(log_path: str, step: int) -> dict[str, float]:
+    """The compute totals of the last record at or before ``step`` in a JSONL log."""
+    totals: dict[str, float] = {}
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                continue
+            if record["step"] <= step and "train_flops" in record:
+                totals = {
+                    k: float(record[k])
+                    for k in ("train_flops", "train_s", "compile_s", "grow_s")
+                    if isinstance(record.get(k), (int, float))
+                }
+    return totals
 
 
 def _summary(record: Record, epochs: int) -> str:

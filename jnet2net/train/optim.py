@@ -26,17 +26,53 @@ OPTIMIZER_FIELDS = (
 )
 
 
-def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+Rewarm = tuple[tuple[int, int], ...]
+
+
+def make_schedule(
+    config: TrainConfig, steps_per_epoch: int, *, rewarm: Rewarm = ()
+) -> optax.Schedule:
     """The learning rate at each step: warm-up, then ``config.schedule``.
 
     Args:
       config: uses ``schedule``, ``learning_rate``, ``epochs``, ``warmup_epochs``.
       steps_per_epoch: optimizer steps per epoch.
+      rewarm: ``(start_step, length)`` windows (e.g. after growth events) in which the
+        learning rate ramps linearly from ``1 / length`` of the schedule's value at
+        ``start_step`` to all of it at ``start_step + length``.
 
     Returns:
       ``step -> learning rate``; the schedule spans ``epochs * steps_per_epoch`` steps and
       stays at its final value after them.
     """
+    base = _base_schedule(config, steps_per_epoch)
+    if not rewarm:
+        return base
+    windows = check_rewarm(rewarm)
+
+    def schedule(step: Any) -> Any:
+        factor = 1.0
+        for start, length in windows:
+            ramp = jax.numpy.clip((step - start + 1) / length, 0.0, 1.0)
+            factor = factor * jax.numpy.where(step >= start, ramp, 1.0)
+        return base(step) * factor
+
+    return schedule
+
+
+def check_rewarm(rewarm: Any) -> Rewarm:
+    """``rewarm`` as a tuple of ``(start_step >= 0, length >= 1)`` int pairs."""
+    try:
+        windows = tuple((int(start), int(length)) for start, length in rewarm)
+    except (TypeError, ValueError):
+        raise ValueError(f"rewarm must be (start_step, length) pairs, got {rewarm!r}") from None
+    for start, length in windows:
+        if start < 0 or length < 1:
+            raise ValueError(f"rewarm windows need start >= 0 and length >= 1, got {rewarm!r}")
+    return windows
+
+
+def _base_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
         raise TypeError(f"steps_per_epoch must be an int, got {steps_per_epoch!r}")
     if steps_per_epoch < 1:
@@ -76,7 +112,9 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainConfig, steps_per_epoch: int, *, rewarm: Rewarm = ()
+) -> optax.GradientTransformation:
     """SGD (momentum, Nesterov) or AdamW with ``make_schedule``'s learning rate.
 
     Weight decay applies to kernels only (:func:`decay_mask`): added to the gradient
@@ -85,6 +123,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     Args:
       config: the training config.
       steps_per_epoch: optimizer steps per epoch (sets the schedule's length).
+      rewarm: learning-rate re-warm windows (:func:`make_schedule`); they change the
+        schedule only, not the optimizer state's structure.
 
     Returns:
       The optax transformation (the same object for equal optimizer settings); its state
@@ -92,14 +132,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
       ``optax.tree_map_params`` can map.
     """
     make_schedule(config, steps_per_epoch)  # checks steps_per_epoch
-    return _optimizer(restrict(config, OPTIMIZER_FIELDS), steps_per_epoch)
+    return _optimizer(restrict(config, OPTIMIZER_FIELDS), steps_per_epoch, check_rewarm(rewarm))
 
 
 @functools.lru_cache(maxsize=64)
-def _optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def _optimizer(
+    config: TrainConfig, steps_per_epoch: int, rewarm: Rewarm = ()
+) -> optax.GradientTransformation:
     # Cached: equal configs give the same (immutable) transformation, so train states built
     # from them have equal tree structures and share compiled steps.
-    schedule = make_schedule(config, steps_per_epoch)
+    schedule = make_schedule(config, steps_per_epoch, rewarm=rewarm)
     if config.optimizer == "adamw":
         return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
     sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)

@@ -1,0 +1,293 @@
+"""Growth schedules: ``Grow`` events that widen and deepen a network inside one ``fit``.
+
+A growth schedule is a sequence of :class:`Grow` events, each at a (possibly fractional)
+epoch. At an event's step the model and the whole train state grow exactly
+(:func:`grow_at_event`): params and BatchNorm statistics by ``jnet2net.widen`` /
+``jnet2net.deepen``, optimizer moments mapped like their parameters, and ``step`` and the
+learning-rate schedule carried on, so the schedule spans the whole run.
+
+Example::
+
+    growth = (Grow(3, widths=(16, 32, 64)), Grow(6, widths=(32, 64, 128), depths=(4, 4, 4)))
+    result = fit(narrow, train, test, config, growth=growth, growth_key=jax.random.key(0))
+    result.model  # the final, grown module
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnet2net.grow import NOISES, Noise, check_noise_scale
+from jnet2net.train.growth import MOMENTS, Moments, deepen_train_state, widen_train_state
+from jnet2net.train.state import TrainState
+
+#: The sizes a :class:`Grow` event may set, in the order they are applied (widen first).
+WIDEN_FIELDS = ("widths", "hidden_widths", "inner_widths", "stem_width")
+DEEPEN_FIELDS = ("depths", "hidden_depths")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grow:
+    """One growth event of a training run.
+
+    Attributes:
+      at_epoch: when to grow, in epochs from the start of the run (fractional allowed);
+        the event happens before step ``round(at_epoch * steps_per_epoch)``.
+      widths: new ``stage_widths`` (``jnet2net.widen``).
+      hidden_widths: new VGG ``hidden_widths``.
+      inner_widths: new ResNet ``inner_widths``.
+      stem_width: new ResNet ``stem_width``.
+      depths: new ``stage_depths`` (``jnet2net.deepen``; applied after widening).
+      hidden_depths: new VGG hidden layer count.
+      noise: ``widen``'s new-unit initialisation (``'split'``, ``'fresh'``, ``'none'``,
+        ``'paper'``).
+      noise_scale: ``widen``'s ``noise_scale``.
+      moments: ``'map'`` (optimizer moments follow their parameters) or ``'reset'``.
+      rewarm_epochs: after the event, ramp the learning rate linearly from 0 back to the
+        schedule's value over this many epochs (0: the schedule simply continues).
+    """
+
+    at_epoch: float
+    widths: tuple[int, ...] | None = None
+    hidden_widths: tuple[int, ...] | None = None
+    inner_widths: tuple[int, ...] | None = None
+    stem_width: int | None = None
+    depths: tuple[int, ...] | None = None
+    hidden_depths: int | None = None
+    noise: Noise = "split"
+    noise_scale: float = 0.1
+    moments: Moments = "map"
+    rewarm_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_real("at_epoch", self.at_epoch, positive=True)
+        _check_real("rewarm_epochs", self.rewarm_epochs, positive=False)
+        object.__setattr__(self, "at_epoch", float(self.at_epoch))
+        object.__setattr__(self, "rewarm_epochs", float(self.rewarm_epochs))
+        for name in ("widths", "hidden_widths", "inner_widths", "depths"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _int_tuple(name, value))
+        for name in ("stem_width", "hidden_depths"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _int(name, value))
+        if self.noise not in NOISES:
+            raise ValueError(f"Grow.noise must be one of {NOISES}, got {self.noise!r}")
+        check_noise_scale(self.noise_scale)
+        if self.moments not in MOMENTS:
+            raise ValueError(f"Grow.moments must be one of {MOMENTS}, got {self.moments!r}")
+        if not (self.widens or self.deepens):
+            raise ValueError(
+                f"Grow(at_epoch={self.at_epoch}) changes nothing: give widths, hidden_widths, "
+                "inner_widths, stem_width, depths or hidden_depths"
+            )
+
+    @property
+    def widens(self) -> bool:
+        """Whether the event sets any width."""
+        return any(getattr(self, name) is not None for name in WIDEN_FIELDS)
+
+    @property
+    def deepens(self) -> bool:
+        """Whether the event sets any depth."""
+        return any(getattr(self, name) is not None for name in DEEPEN_FIELDS)
+
+    def at_step(self, steps_per_epoch: int) -> int:
+        """The global step before which the event happens."""
+        return round(self.at_epoch * steps_per_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's non-default fields as JSON values."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "at_epoch" or value != field.default:
+                out[field.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _check_real(name: str, value: Any, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Grow.{name} must be a number, got {value!r}")
+    bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
+    if bad:
+        raise ValueError(
+            f"Grow.{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}"
+        )
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Grow.{name} must hold ints >= 1, got {value!r}")
+    return int(value)
+
+
+def _int_tuple(name: str, values: Any) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)):
+        raise TypeError(f"Grow.{name} must be a tuple of ints, got {values!r}")
+    return tuple(_int(name, v) for v in values)
+
+
+# --- a schedule of events -----------------------------------------------------------------
+
+
+def check_growth(growth: Any, epochs: int, steps_per_epoch: int) -> tuple[Grow, ...]:
+    """The events of ``growth`` in order; raises unless each lies inside the run.
+
+    Raises:
+      TypeError: ``growth`` is not a sequence of :class:`Grow`.
+      ValueError: an event at or past the last epoch, at step 0, or two at one step.
+    """
+    if growth is None:
+        return ()
+    if not isinstance(growth, Sequence) or not all(isinstance(g, Grow) for g in growth):
+        raise TypeError(f"growth must be a sequence of train.Grow events, got {growth!r}")
+    events = tuple(sorted(growth, key=lambda g: g.at_epoch))
+    total = epochs * steps_per_epoch
+    steps = []
+    for event in events:
+        step = event.at_step(steps_per_epoch)
+        if not 0 < step < total:
+            raise ValueError(
+                f"Grow(at_epoch={event.at_epoch}) lies at step {step}, outside the run's steps "
+                f"1..{total - 1} ({epochs} epochs of {steps_per_epoch} steps): grow after the "
+                "first step and before the last epoch ends"
+            )
+        if step in steps:
+            raise ValueError(
+                f"two growth events fall on step {step}; merge them into one Grow event"
+            )
+        steps.append(step)
+    return events
+
+
+def event_key(growth_key: jax.Array, index: int) -> jax.Array:
+    """The key of the ``index``-th event of a schedule (its place in time order)."""
+    return jax.random.fold_in(growth_key, index)
+
+
+def planned_models(
+    model: nn.Module, events: Sequence[Grow], example_shape: tuple[int, ...]
+) -> tuple[nn.Module, ...]:
+    """The modules after each event of ``events``, grown from ``model`` in turn.
+
+    Only shapes are traced (``jax.eval_shape``), so a schedule that shrinks a size or does
+    not fit the model fails here, before any training.
+
+    Args:
+      model: the module before the first event.
+      events: the events, in time order.
+      example_shape: ``(h, w, c)`` of one input image.
+
+    Raises:
+      ValueError: an event does not fit the module it would grow (naming the event).
+    """
+    example = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), example)
+    models = []
+    for event in events:
+        model, abstract = _planned_step(model, abstract, event)
+        models.append(model)
+    return tuple(models)
+
+
+def _describe(model: nn.Module) -> str:
+    fields = [f"stage_widths={getattr(model, 'stage_widths', None)}"]
+    if hasattr(model, "stage_depths"):
+        fields.append(f"stage_depths={model.stage_depths}")
+    return f"{type(model).__name__}({', '.join(fields)})"
+
+
+def _planned_step(model: nn.Module, abstract: Any, event: Grow) -> tuple[nn.Module, Any]:
+    """``(grown module, abstract grown variables)`` of one event, traced on shapes only."""
+    captured: list[nn.Module] = []
+
+    def grow(variables: Any) -> Any:
+        new_model, new_variables = grow_variables(model, variables, event, jax.random.key(0))
+        captured.append(new_model)
+        return new_variables
+
+    try:
+        abstract = jax.eval_shape(grow, abstract)
+    except (ValueError, TypeError) as err:
+        where = f"Grow(at_epoch={event.at_epoch}) on {_describe(model)}"
+        raise type(err)(f"{where}: {err}") from None
+    return captured[0], abstract
+
+
+def _sizes(event: Grow, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in fields if getattr(event, name) is not None}
+
+
+def grow_variables(
+    model: nn.Module, variables: Any, event: Grow, key: jax.Array
+) -> tuple[nn.Module, Any]:
+    """``(new_model, new_variables)``: ``event``'s widening, then its deepening."""
+    from jnet2net.grow import deepen, widen
+
+    widen_key, deepen_key = jax.random.split(key)
+    if event.widens:
+        model, variables = widen(
+            model,
+            variables,
+            key=widen_key,
+            noise=event.noise,
+            noise_scale=event.noise_scale,
+            **_sizes(event, WIDEN_FIELDS),
+        )
+    if event.deepens:
+        model, variables = deepen(model, variables, key=deepen_key, **_sizes(event, DEEPEN_FIELDS))
+    return model, variables
+
+
+def grow_at_event(
+    model: nn.Module, state: TrainState, event: Grow, key: jax.Array
+) -> tuple[nn.Module, TrainState]:
+    """The grown ``(model, state)`` of one event: params, batch_stats and moments.
+
+    ``step``, ``tx`` and the optimizer's counters are kept, so the schedule continues.
+    With the same ``key`` the params equal :func:`grow_variables`'s.
+    """
+    widen_key, deepen_key = jax.random.split(key)
+    if event.widens:
+        model, state = widen_train_state(
+            state,
+            model,
+            key=widen_key,
+            noise=event.noise,
+            noise_scale=event.noise_scale,
+            moments=event.moments,
+            **_sizes(event, WIDEN_FIELDS),
+        )
+    if event.deepens:
+        model, state = deepen_train_state(
+            state, model, key=deepen_key, moments=event.moments, **_sizes(event, DEEPEN_FIELDS)
+        )
+    return model, state
+
+
+def rewarm_windows(events: Sequence[Grow], steps_per_epoch: int) -> tuple[tuple[int, int], ...]:
+    """``(start_step, length)`` of each event's learning-rate re-warm (length >= 1)."""
+    windows = []
+    for event in events:
+        length = round(event.rewarm_epochs * steps_per_epoch)
+        if length >= 1:
+            windows.append((event.at_step(steps_per_epoch), length))
+    return tuple(windows)
+
+
+def relative_output_error(old: Any, new: Any) -> float:
+    """``max |new - old| / max |old|`` of two logit arrays, as a Python float."""
+    old, new = np.asarray(old, np.float64), np.asarray(new, np.float64)
+    scale = max(float(np.max(np.abs(old))), 1e-30)
+    return float(np.max(np.abs(new - old)) / scale)
