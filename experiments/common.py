@@ -39,21 +39,41 @@ def load_data(
     data_dir: str | None = None,
     npz: str | None = None,
     train_limit: int | None = None,
+    resolution: int | None = None,
+    train_subset: int | None = None,
+    subset_seed: int = 0,
 ) -> tuple[data_lib.Dataset, data_lib.Dataset]:
     """``(train, test)`` of dataset ``name`` (``'digits'``, ``'cifar10'``, ...).
+
+    Both sets carry the training set's ``mean``/``std`` (``jnet2net.data.load_protocol``).
 
     Args:
       name: a name known to ``jnet2net.data.load``.
       data_dir: a tfds data dir or a folder with ``<name>_jpeg.npz`` (``None``: tfds' default).
       npz: an ``.npz`` pack to read instead (``jnet2net.data.load_npz``).
-      train_limit: keep only the first ``n`` training examples (smoke tests).
+      train_limit: keep only the first ``n`` training examples (smoke tests; taken after
+        ``train_subset``).
+      resolution: downsample both sets to this height (``jnet2net.data.downsample``).
+      train_subset: train on a seeded stratified subset of this many examples.
+      subset_seed: seed of the subset.
     """
     if npz:
-        train = data_lib.load_npz(npz, "train", name=name)
-        test = data_lib.load_npz(npz, "test", name=name)
+        train = data_lib.shrink(
+            data_lib.load_npz(npz, "train", name=name),
+            resolution=resolution,
+            subset=train_subset,
+            seed=subset_seed,
+        )
+        test = data_lib.shrink(data_lib.load_npz(npz, "test", name=name), resolution=resolution)
+        test = dataclasses.replace(test, mean=train.mean, std=train.std)
     else:
-        train = data_lib.load(name, "train", data_dir=data_dir)
-        test = data_lib.load(name, "test", data_dir=data_dir)
+        train, test = data_lib.load_protocol(
+            name,
+            data_dir=data_dir,
+            resolution=resolution,
+            train_subset=train_subset,
+            seed=subset_seed,
+        )
     if train_limit:
         train = train.take(int(train_limit))
     return train, test
@@ -62,7 +82,13 @@ def load_data(
 def data_for(args: argparse.Namespace) -> tuple[data_lib.Dataset, data_lib.Dataset]:
     """:func:`load_data` of the options :func:`add_common_args` added (``--tiny``: 256)."""
     return load_data(
-        args.dataset, data_dir=args.data_dir, npz=args.npz, train_limit=256 if args.tiny else None
+        args.dataset,
+        data_dir=args.data_dir,
+        npz=args.npz,
+        train_limit=256 if args.tiny else None,
+        resolution=args.resolution,
+        train_subset=args.train_subset,
+        subset_seed=args.subset_seed,
     )
 
 
@@ -86,10 +112,27 @@ def base_config(args: argparse.Namespace, setup: dict[str, Any], epochs: int) ->
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--dataset --data-dir --npz --out --batch-size --seed --dtype --tiny``."""
+    """Adds the scripts' shared options.
+
+    ``--dataset --data-dir --npz --resolution --train-subset --subset-seed --tiny`` pick the
+    data (:func:`data_for`); ``--out --batch-size --seed --dtype`` set up the run.
+    """
     parser.add_argument("--dataset", default="digits", help="digits (CPU) or cifar10 (GPU)")
     parser.add_argument("--data-dir", default=None, help="tfds data dir or folder with the npz")
     parser.add_argument("--npz", default=None, help="an npz pack, e.g. cifar10_jpeg.npz")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="downsample images to N x N by k x k means (CIFAR-10 on CPU: 16)",
+    )
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="train on a seeded stratified subset of N examples (CIFAR-10 on CPU: 10000)",
+    )
+    parser.add_argument("--subset-seed", type=int, default=0, help="seed of --train-subset")
     parser.add_argument("--out", default=None, help="output folder (default results/<dataset>)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

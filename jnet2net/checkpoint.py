@@ -49,6 +49,8 @@ FORMAT = 1
 ARCH = "arch"
 STATE = "state"
 _COLLECTIONS = ("params", "batch_stats")
+#: Metadata naming a run's data (``jnet2net train``); a grown checkpoint keeps its teacher's.
+DATA_METADATA = ("dataset", "resolution", "train_subset", "subset_seed")
 
 PathLike = str | os.PathLike
 
@@ -761,7 +763,7 @@ def grow_checkpoint(
             f"{error:.2e} >= rtol {rtol:.0e}; nothing saved"
         )
     provenance = {
-        **({"dataset": teacher.metadata["dataset"]} if "dataset" in teacher.metadata else {}),
+        **{k: teacher.metadata[k] for k in DATA_METADATA if k in teacher.metadata},
         "grown_from": str(teacher.path),
         "teacher_step": teacher.step,
         "teacher_model": model_config(teacher.model),

@@ -440,6 +440,27 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "--data-dir", metavar="DIR", default=None, help="tfds data dir or folder of npz packs"
     )
     p.add_argument("--download", action="store_true", help="let tfds download the dataset")
+    p.add_argument(
+        "--resolution",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="downsample images to N x N by k x k means (e.g. 16 for CIFAR-10 on CPU)",
+    )
+    p.add_argument(
+        "--train-subset",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="train on a seeded stratified subset of N training examples",
+    )
+    p.add_argument(
+        "--subset-seed",
+        metavar="N",
+        type=count_at_least(0),
+        default=None,
+        help="seed of --train-subset (default 0)",
+    )
 
 
 #: ``--flag`` dest -> ``TrainConfig`` field, for the flags that set the training config.
@@ -616,8 +637,15 @@ def train_run(args: argparse.Namespace) -> Any:
             "--arch/--arch-json/--width-mult"
         )
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
-    train_set = data.load(dataset, "train", data_dir=args.data_dir, download=args.download)
-    test_set = data.load(dataset, "test", data_dir=args.data_dir, download=args.download)
+    flags = _data_flags(args, out if resuming else args.source, strict=resuming)
+    train_set, test_set = data.load_protocol(
+        dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        resolution=flags["resolution"],
+        train_subset=flags["train_subset"],
+        seed=flags["subset_seed"],
+    )
     start_dir = out if resuming else args.source
     if start_dir is not None:
         hint = "" if resuming else "; for other classes, 'jnet2net transfer --num-classes N' first"
@@ -625,7 +653,7 @@ def train_run(args: argparse.Namespace) -> Any:
     spe = train.steps_per_epoch(len(train_set), _batch_size(args, out, resuming))
 
     state = variables = None
-    metadata: dict[str, Any] = {"dataset": train_set.name}
+    metadata: dict[str, Any] = {"dataset": train_set.name, **data_metadata(flags)}
     if resuming:
         info = checkpoint.checkpoint_info(out)
         if info.train_config is None:
@@ -775,6 +803,65 @@ def _dataset_name(
             f"--dataset {args.dataset} differs from the resumed run's dataset {saved!r}"
         )
     return args.dataset or saved or "digits"
+
+
+#: ``--flag`` dest -> its value when neither given nor saved with the checkpoint.
+DATA_FLAGS = {"resolution": None, "train_subset": None, "subset_seed": 0}
+
+
+def _data_flags(
+    args: argparse.Namespace, source: str | pathlib.Path | None, *, strict: bool = False
+) -> dict[str, int | None]:
+    """``--resolution/--train-subset/--subset-seed``, else checkpoint ``source``'s, else defaults.
+
+    ``strict`` (a resumed run): a flag other than the run's saved value is an error.
+    """
+    from jnet2net import checkpoint
+
+    saved = {} if source is None else checkpoint.checkpoint_info(source).metadata
+    flags: dict[str, int | None] = {}
+    for key, default in DATA_FLAGS.items():
+        given, kept = getattr(args, key), saved.get(key, default)
+        if strict and given is not None and given != kept:
+            raise ValueError(
+                f"--{key.replace('_', '-')} {given} differs from the resumed run's {key}={kept!r}; "
+                "a resumed run keeps its data"
+            )
+        flags[key] = given if given is not None else kept
+    return flags
+
+
+def data_metadata(flags: dict[str, int | None]) -> dict[str, int]:
+    """The checkpoint metadata of a run's data flags: only those that change the data."""
+    if flags["train_subset"] is None:
+        return {} if flags["resolution"] is None else {"resolution": flags["resolution"]}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def load_eval_split(
+    name: str, split: str, flags: dict[str, int | None], *, data_dir: Any, download: bool
+) -> Any:
+    """The split ``jnet2net eval`` measures, normalised as its training run's data was.
+
+    With ``flags['train_subset']``, ``split='train'`` is that subset and every other split
+    carries the subset's ``mean``/``std`` (as ``fit`` normalised the test set).
+    """
+    from jnet2net import data
+
+    common = {"data_dir": data_dir, "download": download, "resolution": flags["resolution"]}
+    if flags["train_subset"] is None:
+        return data.load(name, split, **common)
+    train_set = data.load(
+        name,
+        "train",
+        train_subset=flags["train_subset"],
+        subset_seed=flags["subset_seed"],
+        **common,
+    )
+    if split == "train":
+        return train_set
+    dataset = data.load(name, split, **common)
+    return dataclasses.replace(dataset, mean=train_set.mean, std=train_set.std)
 
 
 def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> int:
@@ -944,11 +1031,14 @@ def _add_eval(sub: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``jnet2net eval``."""
-    from jnet2net import checkpoint, data, train
+    from jnet2net import checkpoint, train
 
     restored = checkpoint.restore(args.source, step=args.step)
     name = _dataset_name(args, restored.path.parent)
-    dataset = data.load(name, args.split, data_dir=args.data_dir, download=args.download)
+    flags = _data_flags(args, restored.path.parent)
+    dataset = load_eval_split(
+        name, args.split, flags, data_dir=args.data_dir, download=args.download
+    )
     check_dataset_fits(checkpoint.checkpoint_info(args.source, step=restored.step), dataset)
     loss, accuracy = train.evaluate(
         restored.model, restored.variables, dataset, batch_size=args.batch_size
@@ -979,14 +1069,38 @@ def _add_plot(sub: Any) -> None:
         "plot",
         help="plot training curves of runs",
         description=(
-            "Plot the test accuracy of runs (their metrics.jsonl) against training steps and "
-            "wall time into one PNG."
+            "Plot the test accuracy of runs (their metrics.jsonl) against training steps, "
+            "epochs, training FLOPs or seconds into one PNG, one panel per --x axis; growth "
+            "events are dotted vertical lines."
         ),
     )
     p.add_argument("runs", metavar="RUN", nargs="+", help="run directories or metrics.jsonl files")
     p.add_argument("--labels", metavar="A,B,..", default=None, help="comma-separated legend labels")
+    p.add_argument(
+        "--x",
+        metavar="AXES",
+        type=x_axes,
+        default=("steps", "seconds"),
+        help=(
+            "comma-separated x axes among steps, epochs, flops (train_flops), seconds "
+            "(train_s, else wall time); default: steps,seconds"
+        ),
+    )
     p.add_argument("--out", metavar="PNG", default="curves.png", help="default: curves.png")
     p.set_defaults(func=cmd_plot)
+
+
+def x_axes(text: str) -> tuple[str, ...]:
+    """``--x``: ``'flops,epochs'`` -> ``('flops', 'epochs')``; argparse error for others."""
+    from jnet2net.plot import X_AXES
+
+    axes = tuple(a.strip() for a in text.split(","))
+    for axis in axes:
+        if axis not in X_AXES:
+            raise argparse.ArgumentTypeError(
+                f"unknown axis {axis!r}; choose from {', '.join(X_AXES)}"
+            )
+    return axes
 
 
 def run_log(path: str | pathlib.Path) -> pathlib.Path:
@@ -1020,7 +1134,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if pathlib.Path(args.out).is_dir():
         example = pathlib.Path(args.out) / "curves.png"
         raise ValueError(f"--out {args.out} is a directory; name the image, e.g. {example}")
-    out = plot.plot_runs([run_log(r) for r in args.runs], args.out, labels=labels)
+    out = plot.plot_runs([run_log(r) for r in args.runs], args.out, labels=labels, x=args.x)
     print(f"wrote {out}")
     return 0
 

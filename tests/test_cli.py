@@ -44,10 +44,11 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         ([], ["demo", "train", "grow", "transfer", "eval", "plot"]),
         (["demo"], ["--quick", "--epochs", "--out"]),
         (["train"], ["--arch", "--arch-json", "--from", "--resume", "--dtype", "--scale-down"]),
+        (["train"], ["--resolution", "--train-subset", "--subset-seed"]),
         (["transfer"], ["--from", "--to", "--arch-json", "--depth-map", "--fill", "--out"]),
         (["grow"], ["--from", "--widen", "--deepen", "--noise", "--seed", "--out"]),
-        (["eval"], ["--from", "--dataset", "--data-dir"]),
-        (["plot"], ["RUN", "--out", "--labels"]),
+        (["eval"], ["--from", "--dataset", "--data-dir", "--resolution", "--train-subset"]),
+        (["plot"], ["RUN", "--out", "--labels", "--x"]),
     ],
 )
 def test_help_of_every_command(capsys: pytest.CaptureFixture, command, expected) -> None:
@@ -82,6 +83,9 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture) -> None:
         (["grow", "--from", "a", "--out", "b", "--step", "-3"], "argument --step: must be >= 0"),
         (["grow", "--from", "a", "--out", "b", "--check-batches", "0"], "must be >= 1, got 0"),
         (["eval", "--from", "a", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+        (["train", "--out", "x", "--resolution", "0"], "argument --resolution: must be >= 1"),
+        (["eval", "--from", "a", "--train-subset", "-5"], "argument --train-subset: must be >="),
+        (["train", "--out", "x", "--subset-seed", "-1"], "argument --subset-seed: must be >= 0"),
     ],
 )
 def test_counts_are_checked_by_the_parser(capsys: pytest.CaptureFixture, argv, message) -> None:
@@ -272,6 +276,62 @@ def test_eval_matches_the_training_log(teacher_run: pathlib.Path, capsys) -> Non
     assert "(step 44) on digits/test:\n  loss: " in capsys.readouterr().out
     assert cli.main(["eval", "--from", str(teacher_run), "--dataset", "imagenet"]) == 2
     assert "imagenet" in capsys.readouterr().err
+
+
+def test_train_eval_and_resume_on_a_reduced_protocol(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Digits at 4x4 from a stratified 500-example subset; eval and resume reuse the flags."""
+    run = tmp_path / "run"
+    argv = ["train", "--arch", "resnet20", "--arch-json", TINY, "--out", str(run), *TRAIN]
+    data_flags = ["--resolution", "4", "--train-subset", "500", "--subset-seed", "1"]
+    assert cli.main([*argv, "--epochs", "1", *data_flags]) == 0
+    steps = 500 // 32
+    assert checkpoint.all_steps(run) == [steps]
+    info = checkpoint.checkpoint_info(run)
+    assert info.input_shape == (1, 4, 4, 1)
+    expected = {"dataset": "digits", "resolution": 4, "train_subset": 500, "subset_seed": 1}
+    assert expected.items() <= info.metadata.items()
+
+    capsys.readouterr()
+    assert cli.main(["eval", "--from", str(run), "--json"]) == 0  # flags from the checkpoint
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    last = read_jsonl(run / "metrics.jsonl")[-1]
+    assert result["examples"] == 360
+    assert result["accuracy"] == pytest.approx(last["test_acc"], abs=1e-9)
+    assert result["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+    assert cli.main(["eval", "--from", str(run), "--split", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["examples"] == 500
+
+    err = _error_of(["train", "--out", str(run), "--resume", "--resolution", "8"], capsys)
+    assert "--resolution 8 differs from the resumed run's resolution=4" in err
+    err = _error_of(["train", "--out", str(run), "--resume", "--subset-seed", "0"], capsys)
+    assert "--subset-seed 0 differs from the resumed run's subset_seed=1" in err
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert checkpoint.all_steps(run) == [steps, 2 * steps]
+    assert expected.items() <= checkpoint.checkpoint_info(run).metadata.items()
+
+    grown = tmp_path / "grown"  # a grown checkpoint keeps its teacher's data flags
+    assert cli.main(["grow", "--from", str(run), "--widen", "2x", "--out", str(grown)]) == 0
+    assert expected.items() <= checkpoint.checkpoint_info(grown).metadata.items()
+    capsys.readouterr()
+    assert cli.main(["eval", "--from", str(grown), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["examples"] == 360
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resolution", "3"], "resolution 3 does not divide the image height 8"),
+        (["--train-subset", "5"], "train_subset 5 is smaller than the number of classes 10"),
+    ],
+)
+def test_reduced_protocol_data_errors(
+    flags: list[str], message: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    assert message in _error_of(["train", "--arch", "resnet20", "--out", str(run), *flags], capsys)
+    assert checkpoint.all_steps(run) == []
 
 
 def test_plot_runs_and_logs(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:

@@ -328,6 +328,173 @@ def test_normalize_per_channel():
         data.normalize(images, (10.0,), (1.0,))  # would broadcast one grey mean over RGB
 
 
+# --- reduced protocols: resolution and stratified subsets --------------------------------
+
+
+def test_downsample_takes_block_means_rounded_half_up():
+    images = np.array(
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 255]], np.uint8
+    ).reshape(1, 4, 4, 1)
+    out = data.downsample(images, 2)
+    assert out.dtype == np.uint8
+    # Block sums 10, 18, 42, 290: means 2.5, 4.5, 10.5, 72.5 round up.
+    np.testing.assert_array_equal(out[0, ..., 0], [[3, 5], [11, 73]])
+    assert data.downsample(images, 4) is images  # factor 1: the images themselves
+    np.testing.assert_array_equal(data.downsample(images, 1)[0, 0, 0], [23])  # 360 / 16
+
+
+def test_downsample_keeps_channels_and_downsamples_width_by_the_same_factor():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 12, 2), dtype=np.uint8)
+    out = data.downsample(images, 4)
+    chex.assert_shape(out, (3, 4, 6, 2))
+    blocks = images.reshape(3, 4, 2, 6, 2, 2).astype(np.float64).mean(axis=(2, 4))
+    np.testing.assert_array_equal(out, np.floor(blocks + 0.5).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("shape", "resolution", "error", "match"),
+    [
+        ((2, 8, 8, 1), 3, ValueError, r"resolution 3 does not divide the image height 8 \(8x8"),
+        ((2, 8, 8, 1), 16, ValueError, r"resolution 16 is larger than the image height 8 \(8x8"),
+        ((2, 8, 6, 1), 2, ValueError, r"image width 6 .* factor 4"),
+        ((2, 8, 8, 1), 0, ValueError, "resolution must be >= 1, got 0"),
+        ((2, 8, 8, 1), 2.0, TypeError, "resolution must be an int, got 2.0"),
+        ((2, 8, 8, 1), True, TypeError, "resolution must be an int, got True"),
+        ((8, 8, 1), 4, ValueError, r"needs images \(n, h, w, c\), got shape \(8, 8, 1\)"),
+    ],
+)
+def test_downsample_rejects_bad_resolutions(shape, resolution, error, match):
+    with pytest.raises(error, match=match):
+        data.downsample(np.zeros(shape, np.uint8), resolution)
+
+
+def test_stratified_subset_is_balanced_sorted_and_seeded():
+    labels = np.repeat(np.arange(4), [2, 10, 10, 30])
+    chosen = data.stratified_subset(labels, 20, seed=1)
+    assert chosen.dtype == np.int64 and len(np.unique(chosen)) == 20
+    assert np.all(np.diff(chosen) > 0)  # sorted ascending
+    # Class 0 has only 2 examples; the other 18 split evenly over the rest.
+    np.testing.assert_array_equal(np.bincount(labels[chosen], minlength=4), [2, 6, 6, 6])
+    np.testing.assert_array_equal(chosen, data.stratified_subset(labels, 20, seed=1))
+    assert not np.array_equal(chosen, data.stratified_subset(labels, 20, seed=2))
+    # A remainder goes one example each to some classes: counts differ by at most one.
+    counts = np.bincount(labels[data.stratified_subset(labels, 23, seed=0)], minlength=4)
+    assert counts.sum() == 23 and counts[0] == 2 and counts[1:].max() - counts[1:].min() <= 1
+    everything = data.stratified_subset(labels, len(labels))
+    np.testing.assert_array_equal(everything, np.arange(len(labels)))
+
+
+@pytest.mark.parametrize(
+    ("n", "kwargs", "error", "match"),
+    [
+        (53, {}, ValueError, "train_subset 53 is larger than the 52 examples"),
+        (3, {}, ValueError, r"train_subset 3 is smaller than the number of classes 4"),
+        (5, {"num_classes": 10}, ValueError, r"smaller than the number of classes 10"),
+        (5.0, {}, TypeError, "train_subset must be an int, got 5.0"),
+        (5, {"seed": "a"}, TypeError, "subset seed must be an int, got 'a'"),
+    ],
+)
+def test_stratified_subset_rejects_bad_sizes(n, kwargs, error, match):
+    labels = np.repeat(np.arange(4), 13)
+    with pytest.raises(error, match=match):
+        data.stratified_subset(labels, n, what="train_subset", **kwargs)
+
+
+def test_load_digits_at_a_lower_resolution_with_a_stratified_subset():
+    full = data.load("digits", "train")
+    train = data.load("digits", "train", resolution=4, train_subset=500, subset_seed=3)
+    chex.assert_shape(train.images, (500, 4, 4, 1))
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [50] * 10)
+    chosen = data.stratified_subset(full.labels, 500, seed=3)
+    np.testing.assert_array_equal(train.images, data.downsample(full.images[chosen], 4))
+    np.testing.assert_array_equal(train.labels, full.labels[chosen])
+    # The subset's own statistics, after downsampling.
+    assert train.mean == data.channel_stats(train.images)[0]
+    assert train.std == data.channel_stats(train.images)[1]
+    assert train.std[0] < full.std[0]  # 2x2 means are smoother
+    again = data.load("digits", "train", resolution=4, train_subset=500, subset_seed=3)
+    np.testing.assert_array_equal(again.images, train.images)
+    # Resolution alone keeps every example and the full-resolution training statistics.
+    test = data.load("digits", "test", resolution=4)
+    chex.assert_shape(test.images, (360, 4, 4, 1))
+    assert test.mean == full.mean and test.std == full.std
+    assert data.load("digits", "train", resolution=8).images.shape == full.images.shape
+
+
+def test_load_refuses_a_subset_of_another_split_or_of_bad_size():
+    with pytest.raises(ValueError, match=r"train_subset is for the 'train' split, got 'test'"):
+        data.load("digits", "test", train_subset=100)
+    with pytest.raises(ValueError, match="train_subset 2000 is larger than the 1437 examples"):
+        data.load("digits", "train", train_subset=2000)
+    with pytest.raises(ValueError, match="train_subset 9 is smaller than the number of classes 10"):
+        data.load("digits", "train", train_subset=9)
+    with pytest.raises(ValueError, match="train_subset 200 is larger than the 100 examples"):
+        data.load("digits", "train[:100]", train_subset=200)
+    with pytest.raises(ValueError, match="resolution 3 does not divide the image height 8"):
+        data.load("digits", "test", resolution=3)
+
+
+def test_shrink_without_a_subset_keeps_the_statistics():
+    train = data.load("digits", "train")
+    small = data.shrink(train, resolution=2)
+    chex.assert_shape(small.images, (1437, 2, 2, 1))
+    assert small.mean == train.mean and small.name == "digits"
+    assert data.shrink(train) is train
+
+
+def test_load_protocol_on_digits_normalises_both_splits_with_the_subset():
+    train, test = data.load_protocol("digits", resolution=4, train_subset=500, seed=1)
+    chex.assert_shape(train.images, (500, 4, 4, 1))
+    chex.assert_shape(test.images, (360, 4, 4, 1))
+    assert (test.mean, test.std) == (train.mean, train.std) == data.channel_stats(train.images)
+    plain_train, plain_test = data.load_protocol("digits", resolution=None, train_subset=None)
+    assert len(plain_train) == 1437 and plain_train.image_shape == (8, 8, 1)
+    assert plain_test.mean == plain_train.mean == data.load("digits", "test").mean
+
+
+def test_load_protocol_on_a_tiny_npz_pack(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 10
+    np.savez(
+        tmp_path / "cifar10.npz",
+        train_images=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+        train_labels=labels,
+        test_images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+        test_labels=labels[:12],
+    )
+    train, test = data.load_protocol(data_dir=tmp_path, resolution=4, train_subset=20)
+    assert train.name == test.name == "cifar10"
+    chex.assert_shape(train.images, (20, 4, 4, 3))
+    chex.assert_shape(test.images, (12, 4, 4, 3))
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [2] * 10)
+    assert train.mean == data.channel_stats(train.images)[0] != data.NORMALIZATION["cifar10"][0]
+    assert (test.mean, test.std) == (train.mean, train.std)
+    with pytest.raises(ValueError, match="resolution 16 is larger than the image height 8"):
+        data.load_protocol(data_dir=tmp_path, train_subset=20)  # default resolution 16
+    with pytest.raises(ValueError, match="train_subset 10000 is larger than the 40 examples"):
+        data.load_protocol(data_dir=tmp_path, resolution=4)  # default subset 10k
+
+
+def _shared_cifar10_pack():
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    for folder in (pathlib.Path("/work/shared/data"), repo.parent / "shared" / "data"):
+        if (folder / "cifar10_jpeg.npz").is_file():
+            return folder
+    return None
+
+
+@pytest.mark.skipif(_shared_cifar10_pack() is None, reason="no cifar10_jpeg.npz here")
+def test_cifar10_cpu_protocol_from_the_shared_pack():
+    """Decodes the 60k JPEGs once (about 15 s): 16x16, 1,000 per class, the full test set."""
+    train, test = data.load_protocol("cifar10", data_dir=_shared_cifar10_pack())
+    chex.assert_shape(train.images, (10000, 16, 16, 3))
+    chex.assert_shape(test.images, (10000, 16, 16, 3))
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [1000] * 10)
+    assert train.mean == data.channel_stats(train.images)[0] and test.mean == train.mean
+    assert train.num_classes == 10 and train.class_names[0] == "airplane"
+
+
 # --- augmentation -------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ from experiments.net2net import run as net2net
 from experiments.net2net import symmetry
 from experiments.scale_down import run as scale_down
 from experiments.weight_reuse import run as weight_reuse
-from jnet2net import cli
+from jnet2net import cli, data
 from jnet2net.models import ResNet
 from jnet2net.train import init_variables
 
@@ -47,6 +48,35 @@ def test_run_from_history_counts_first_step_at_mean_step_time():
     run = common.run_from_history("x", 2, history, net2net.TrainConfig(epochs=2))
     np.testing.assert_allclose(run.train_s, [1.1, 3.1])
     assert run.final_acc == 0.6
+
+
+def test_data_for_takes_the_reduced_protocol_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    common.add_common_args(parser)
+    args = parser.parse_args(["--resolution", "4", "--train-subset", "500", "--subset-seed", "2"])
+    train, test = common.data_for(args)
+    chex.assert_shape(train.images, (500, 4, 4, 1))
+    chex.assert_shape(test.images, (360, 4, 4, 1))
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [50] * 10)
+    assert (test.mean, test.std) == (train.mean, train.std)
+    tiny, _ = common.data_for(parser.parse_args(["--tiny", "--train-subset", "500"]))
+    assert len(tiny) == 256 and tiny.image_shape == (8, 8, 1)
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "mine.npz"
+    np.savez(
+        npz,
+        train_images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+        train_labels=np.arange(12) % 3,
+        test_images=rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8),
+        test_labels=np.arange(5) % 3,
+    )
+    argv = ["--dataset", "mine", "--npz", str(npz), "--resolution", "2", "--train-subset", "6"]
+    train, test = common.data_for(parser.parse_args(argv))
+    chex.assert_shape(train.images, (6, 2, 2, 3))
+    chex.assert_shape(test.images, (5, 2, 2, 3))
+    np.testing.assert_array_equal(np.bincount(train.labels), [2, 2, 2])
+    assert (test.mean, test.std) == (train.mean, train.std) == data.channel_stats(train.images)
 
 
 def test_markdown_table_formats_none_and_floats():

@@ -78,3 +78,126 @@ def test_plot_runs_names_bad_lines_and_adds_the_suffix(tmp_path):
     (tmp_path / "figs").mkdir()
     with pytest.raises(ValueError, match=r"figs is a directory; name the image, e\.g\. "):
         plot.plot_runs([good], tmp_path / "figs")
+
+
+# --- x axes: steps, epochs, FLOPs, seconds; growth events ---------------------------------
+
+
+def write_log(path, records):
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def epoch_record(epoch, acc, **extra):
+    return {
+        "epoch": epoch,
+        "step": 10 * epoch,
+        "wall_s": 5.0 * epoch + 3.0,
+        "train_s": 4.0 * epoch,
+        "train_flops": 1e9 * epoch,
+        "test_acc": acc,
+        **extra,
+    }
+
+
+GROW = {
+    "event": "grow",
+    "epoch": 2,
+    "step": 20,
+    "model": {"name": "ResNet"},
+    "output_error": 1e-7,
+    "train_s": 8.0,
+    "train_flops": 2e9,
+}
+
+
+@pytest.fixture
+def grown_log(tmp_path):
+    records = [epoch_record(1, 0.3), epoch_record(2, 0.5), GROW, epoch_record(3, 0.7)]
+    return write_log(tmp_path / "grown.jsonl", records)
+
+
+def test_read_curve_keeps_every_x_axis_and_the_growth_events(grown_log):
+    curve = plot.read_curve(grown_log)
+    np.testing.assert_array_equal(curve.epoch, [1, 2, 3])
+    np.testing.assert_allclose(curve.train_flops, [1e9, 2e9, 3e9])
+    np.testing.assert_allclose(curve.train_s, [4.0, 8.0, 12.0])
+    np.testing.assert_allclose(curve.test_acc, [0.3, 0.5, 0.7])  # the event is no point
+    assert len(curve.events) == 1 and curve.events[0]["output_error"] == 1e-7
+    assert curve.source == str(grown_log)
+    expected = {
+        "steps": [10, 20, 30],
+        "epochs": [1, 2, 3],
+        "flops": [1e9, 2e9, 3e9],
+        "seconds": [4.0, 8.0, 12.0],  # train_s: training steps only
+    }
+    for x, values in expected.items():
+        np.testing.assert_allclose(plot.x_values(curve, x), values)
+    events = {"steps": [20], "epochs": [2], "flops": [2e9], "seconds": [8.0]}
+    for x, values in events.items():
+        np.testing.assert_allclose(plot.event_x(curve, x), values)
+
+
+def test_old_logs_plot_seconds_from_wall_time_and_refuse_flops(tmp_path):
+    path = write_run(tmp_path / "old.jsonl", [0.1, 0.3, 0.4], wall=[10.0, 20.0, 12.0])
+    curve = plot.read_curve(path)
+    assert curve.train_flops is None and curve.train_s is None and curve.events == ()
+    np.testing.assert_allclose(plot.x_values(curve, "seconds"), [10.0, 20.0, 32.0])
+    np.testing.assert_array_equal(plot.x_values(curve, "epochs"), [1, 2, 3])
+    with pytest.raises(ValueError, match=r"old\.jsonl: an epoch record has no 'train_flops'"):
+        plot.x_values(curve, "flops")
+    with pytest.raises(ValueError, match=r"old\.jsonl: an epoch record has no 'train_flops'"):
+        plot.plot_runs([path], tmp_path / "x.png", x="flops")
+    assert not (tmp_path / "x.png").exists()
+    # Some records without train_s (a log continued by a newer version): wall time.
+    mixed = write_log(tmp_path / "mixed.jsonl", [{**epoch_record(1, 0.2), "train_s": None}])
+    mixed_curve = plot.read_curve(mixed)
+    np.testing.assert_allclose(plot.x_values(mixed_curve, "seconds"), [8.0])
+    assert plot.event_x(mixed_curve, "seconds").size == 0
+
+
+def test_a_resumed_flag_restarts_the_wall_clock(tmp_path):
+    records = [
+        epoch_record(1, 0.1, wall_s=10.0),
+        epoch_record(2, 0.2, wall_s=20.0),
+        epoch_record(3, 0.3, wall_s=25.0, resumed=True),  # a fast restart: no decrease
+        epoch_record(4, 0.4, wall_s=30.0),
+        epoch_record(5, 0.5, wall_s=4.0),  # another restart, seen by the decrease
+    ]
+    curve = plot.read_curve(write_log(tmp_path / "run.jsonl", records))
+    np.testing.assert_allclose(curve.wall_s, [10.0, 20.0, 45.0, 50.0, 54.0])
+
+
+def test_plot_runs_on_chosen_x_axes(grown_log, tmp_path):
+    old = write_run(tmp_path / "old.jsonl", [0.2, 0.4])
+    out = plot.plot_runs([grown_log, old], tmp_path / "by.png", x=("epochs", "seconds"))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one = plot.plot_runs([grown_log], tmp_path / "flops.png", x="flops")
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(one).shape
+    wide_height, wide_width, _ = matplotlib.image.imread(out).shape
+    assert wide_height == height and wide_width > 1.5 * width
+    with pytest.raises(ValueError, match=r"x must be among \('steps', 'epochs', 'flops', 'sec"):
+        plot.plot_runs([grown_log], tmp_path / "x.png", x="time")
+    with pytest.raises(ValueError, match="x names no axis"):
+        plot.plot_runs([grown_log], tmp_path / "x.png", x=())
+
+
+def test_cli_plot_takes_x_axes(grown_log, tmp_path, capsys):
+    from jnet2net import cli
+
+    png = tmp_path / "c.png"
+    assert cli.main(["plot", str(grown_log), "--x", "flops,epochs", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["plot", str(grown_log), "--x", "seconds", "--out", str(png)]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", str(grown_log), "--x", "steps,time"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --x: unknown axis 'time'; choose from steps, epochs, flops, seconds" in err
+    old = write_run(tmp_path / "old.jsonl", [0.5])
+    assert cli.main(["plot", str(old), "--x", "flops", "--out", str(png)]) == 2
+    assert f"{old}: an epoch record has no 'train_flops'" in capsys.readouterr().err

@@ -2,10 +2,12 @@
 
 train = jnet2net.data.load("digits", "train")          # no download needed
 test = jnet2net.data.load("cifar10", "test", data_dir="/path/to/tfds")
+train, test = jnet2net.data.load_protocol(data_dir=...)  # CIFAR-10 16x16, 10k subset (CPU)
 """
 
 from jnet2net.data.augment import augment, crop_at, flip_where, random_crop, random_flip
 from jnet2net.data.dataset import Dataset, channel_stats, from_arrays, normalize
+from jnet2net.data.reduce import downsample, shrink, stratified_subset
 from jnet2net.data.sources import (
     DATASETS,
     NORMALIZATION,
@@ -14,6 +16,7 @@ from jnet2net.data.sources import (
     load,
     load_digits,
     load_npz,
+    load_protocol,
     parse_split,
 )
 
@@ -26,13 +29,17 @@ __all__ = [
     "channel_stats",
     "crop_at",
     "decode_images",
+    "downsample",
     "flip_where",
     "from_arrays",
     "load",
     "load_digits",
     "load_npz",
+    "load_protocol",
     "normalize",
     "parse_split",
     "random_crop",
     "random_flip",
+    "shrink",
+    "stratified_subset",
 ]

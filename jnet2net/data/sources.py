@@ -7,6 +7,7 @@ dataset is asked for, so training code runs on machines without it.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import io
 import os
 import pathlib
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jnet2net.data.dataset import Dataset, channel_stats
+from jnet2net.data.reduce import shrink
 
 #: Per-channel mean and std (0..255 units) of each training split.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -48,6 +50,9 @@ def load(
     *,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
+    resolution: int | None = None,
+    train_subset: int | None = None,
+    subset_seed: int = 0,
 ) -> Dataset:
     """Loads a whole split into memory as uint8 NHWC images and int32 labels.
 
@@ -62,27 +67,87 @@ def load(
         (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). Ignored by ``digits``.
       download: let tensorflow-datasets download and prepare a missing dataset (needs
         internet and TensorFlow).
+      resolution: downsample the images to this height by an integer factor, each pixel
+        the mean of a k x k block (:func:`downsample`; CIFAR-10 at 16: 2x2 means).
+        ``None``: full size.
+      train_subset: keep a seeded stratified subset of this many examples (equally many
+        per class as far as possible; :func:`stratified_subset`), in the source's order.
+        ``'train'`` split only (taken from the slice, if sliced).
+      subset_seed: seed of the subset.
 
     Returns:
-      The :class:`Dataset`; its ``mean``/``std`` are the training split's statistics.
+      The :class:`Dataset`. Its ``mean``/``std`` are the full-resolution training split's
+      statistics (known constants for tfds datasets), except with ``train_subset``: then
+      they are the statistics of the returned, downsampled subset. ``jnet2net.train.fit``
+      normalises both sets with the training set's ``mean``/``std``; to evaluate a test
+      set on its own like that, use :func:`load_protocol`, which gives it the training
+      subset's statistics.
 
     Raises:
-      ValueError: an unknown name or split.
+      ValueError: an unknown name or split, ``train_subset`` with a split other than
+        ``'train'`` or of a bad size, or a ``resolution`` that does not divide the images.
       DatasetNotFoundError: the dataset is not prepared and ``download`` is False.
     """
     name = _check_name(name)
     if not isinstance(split, str):
         raise TypeError(f"split must be a string like 'train' or 'test', got {split!r}")
+    if train_subset is not None and split.split("[", 1)[0] != "train":
+        raise ValueError(
+            f"train_subset is for the 'train' split, got {split!r}; load other splits without "
+            "it (jnet2net.data.load_protocol gives them the subset's statistics)"
+        )
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_VARIABLE) or None
     if name != "digits" and _npz_path(name, data_dir) is None:
-        return _load_tfds(name, split, data_dir=data_dir, download=download)
-    base, rows = parse_split(split)
-    if name == "digits":
-        dataset = load_digits(base)
+        dataset = _load_tfds(name, split, data_dir=data_dir, download=download)
     else:
-        dataset = load_npz(_npz_path(name, data_dir), base, name=name)
-    return dataset if rows is None else dataset.take(rows)
+        base, rows = parse_split(split)
+        if name == "digits":
+            dataset = load_digits(base)
+        else:
+            dataset = load_npz(_npz_path(name, data_dir), base, name=name)
+        dataset = dataset if rows is None else dataset.take(rows)
+    return shrink(dataset, resolution=resolution, subset=train_subset, seed=subset_seed)
+
+
+def load_protocol(
+    name: str = "cifar10",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    resolution: int | None = 16,
+    train_subset: int | None = 10000,
+    seed: int = 0,
+) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` of the reduced CPU protocol.
+
+    With the defaults: CIFAR-10 downsampled (2x2 mean) to 16x16, a seeded stratified 10k
+    train subset (1,000 per class), the full 10k test set, normalised with the subset's
+    statistics. Both sets carry the training set's ``mean``/``std``, so
+    ``jnet2net.train.evaluate`` of the test set alone normalises it as ``fit`` does.
+
+    Args:
+      name: a dataset :func:`load` knows.
+      data_dir: as for :func:`load` (e.g. a folder holding ``cifar10_jpeg.npz``).
+      download: as for :func:`load`.
+      resolution: image height of both sets (``None``: full size).
+      train_subset: training examples kept (``None``: the whole training split).
+      seed: seed of the subset.
+
+    Returns:
+      ``(train, test)`` :class:`Dataset` s.
+    """
+    train = load(
+        name,
+        "train",
+        data_dir=data_dir,
+        download=download,
+        resolution=resolution,
+        train_subset=train_subset,
+        subset_seed=seed,
+    )
+    test = load(name, "test", data_dir=data_dir, download=download, resolution=resolution)
+    return train, dataclasses.replace(test, mean=train.mean, std=train.std)
 
 
 def parse_split(split: str) -> tuple[str, slice | None]:
