@@ -19,10 +19,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import FrozenDict
 
 from jnet2net import surgery
-from jnet2net.coupling import Member, UnitGroup
+from jnet2net.coupling import Member, Path, Role, UnitGroup
 from jnet2net.models.common import BN_EPSILON
 from jnet2net.models.resnet import LAST_NORM, ResNet
 from jnet2net.models.vgg import VGG
@@ -36,8 +37,11 @@ from jnet2net.variables import (
     unflatten_like,
 )
 
-Noise = Literal["none", "split", "paper"]
-NOISES = ("none", "split", "paper")
+Noise = Literal["none", "split", "paper", "fresh"]
+NOISES = ("none", "split", "paper", "fresh")
+# The noises that replay a replica mapping (``apply_widening``); 'fresh' keeps old units in
+# place and initialises new ones instead (``fresh_widening``).
+REPLICA_NOISES = ("none", "split", "paper")
 # Zero-sum split shares of scale ``s`` cancel up to float32 rounding that grows with ``s``:
 # measured relative errors ~1e-6 at s = 4, 3e-4 at s = 100 (ResNet widened x4). Up to this
 # scale a split widening is called exact.
@@ -141,6 +145,19 @@ def _keep_empty_collections(grown: Variables, like: Variables) -> Variables:
     return grown.copy(missing) if isinstance(grown, FrozenDict) else {**grown, **missing}
 
 
+def _group_sizes(model: nn.Module, new_model: nn.Module, group: UnitGroup) -> tuple[int, int]:
+    """``(old, new)`` size of ``group``; ValueError when it would shrink."""
+    old, new = model.width_of(group.field), new_model.width_of(group.field)
+    if new < old:
+        name, index = group.field
+        field = name if index is None else f"{name}[{index}]"
+        raise ValueError(
+            f"widen cannot shrink {group.name} ({field}) from {old} to {new} units; "
+            "use jnet2net.transfer to make a network narrower"
+        )
+    return old, new
+
+
 def widening_plan(
     model: nn.Module, new_model: nn.Module, key: jax.Array
 ) -> tuple[GroupMapping, ...]:
@@ -153,14 +170,7 @@ def widening_plan(
     groups = model.unit_groups()
     keys = jax.random.split(key, max(len(groups), 1))
     for group, group_key in zip(groups, keys, strict=False):
-        old, new = model.width_of(group.field), new_model.width_of(group.field)
-        if new < old:
-            name, index = group.field
-            field = name if index is None else f"{name}[{index}]"
-            raise ValueError(
-                f"widen cannot shrink {group.name} ({field}) from {old} to {new} units; "
-                "use jnet2net.transfer to make a network narrower"
-            )
+        old, new = _group_sizes(model, new_model, group)
         if new > old:
             mapping = surgery.random_mapping(group_key, old, new)
             plan.append(GroupMapping(group, mapping, surgery.replication_counts(mapping, old)))
@@ -215,7 +225,16 @@ def apply_widening(
 
     The same plan grows variables, and (with ``noise='none'``) optimizer moments wrapped as
     ``{'params': moments}``.
+
+    Raises:
+      ValueError: ``noise`` is not one of ``REPLICA_NOISES`` (``'fresh'`` maps no replicas:
+        use :func:`fresh_widening`).
     """
+    if noise not in REPLICA_NOISES:
+        raise ValueError(
+            f"apply_widening replays replica mappings with noise in {REPLICA_NOISES}, got "
+            f"noise={noise!r}; noise='fresh' widening is fresh_widening (or widen)"
+        )
     flat = flatten(variables)
     targets = [(grow, m) for grow in plan for m in grow.group.members if m.path in flat]
     consumers = sum(member.role == "consumer" for _, member in targets)
@@ -228,6 +247,183 @@ def apply_widening(
             flat[member.path], member, grow, noise, noise_scale, member_key
         )
     return _keep_empty_collections(unflatten_like(flat, variables), variables)
+
+
+# --- fresh widening: old units in place, new units freshly initialised ----------------
+
+
+class GroupGrowth(NamedTuple):
+    """How one unit group grows with ``noise='fresh'``: old units keep ``0..old-1``, units
+    ``old..new-1`` are new.
+
+    Attributes:
+      group: the unit group.
+      old: its size before.
+      new: its size after (``> old``).
+    """
+
+    group: UnitGroup
+    old: int
+    new: int
+
+
+class _AxisGrowth(NamedTuple):
+    """One grown axis of one leaf (``axis >= 0``)."""
+
+    axis: int
+    role: Role
+    old: int
+    new: int
+    flattened: bool
+
+
+def grown_groups(model: nn.Module, new_model: nn.Module) -> tuple[GroupGrowth, ...]:
+    """The unit groups that grow from ``model`` to ``new_model``, with both sizes.
+
+    Raises:
+      ValueError: a group would shrink (naming it, its field and both sizes).
+    """
+    growths = []
+    for group in model.unit_groups():
+        old, new = _group_sizes(model, new_model, group)
+        if new > old:
+            growths.append(GroupGrowth(group, old, new))
+    return tuple(growths)
+
+
+def _leaf_growths(
+    flat: FlatVariables, growths: tuple[GroupGrowth, ...]
+) -> dict[Path, tuple[_AxisGrowth, ...]]:
+    """Every leaf of ``flat`` that a grown group touches -> its grown axes."""
+    touched: dict[Path, list[_AxisGrowth]] = {}
+    for growth in growths:
+        for member in growth.group.members:
+            if member.path not in flat:
+                continue
+            ndim = jnp.ndim(flat[member.path])
+            axis_growth = _AxisGrowth(
+                member.axis % ndim, member.role, growth.old, growth.new, member.flattened
+            )
+            touched.setdefault(member.path, []).append(axis_growth)
+    return {path: tuple(axes) for path, axes in touched.items()}
+
+
+def _pad_axis(leaf: jax.Array, path: Path, grown: _AxisGrowth) -> jax.Array:
+    """Zero-pads the units of ``grown.axis`` from ``old`` to ``new`` (at the end; for a
+    flattened axis ``(positions * old,)``, at the end of every position's channels)."""
+    shape, axis = leaf.shape, grown.axis
+    size = shape[axis]
+    positions, remainder = divmod(size, grown.old)
+    if remainder or positions == 0 or (not grown.flattened and size != grown.old):
+        what = f"a multiple of {grown.old}" if grown.flattened else str(grown.old)
+        raise ValueError(
+            f"{path_str(path)} of shape {shape} has {size} entries on axis {axis}, but its "
+            f"unit group has {grown.old} units (expected {what})"
+        )
+    split = leaf.reshape((*shape[:axis], positions, grown.old, *shape[axis + 1 :]))
+    pad = [(0, 0)] * split.ndim
+    pad[axis + 1] = (0, grown.new - grown.old)
+    padded = jnp.pad(split, pad)
+    return padded.reshape((*shape[:axis], positions * grown.new, *shape[axis + 1 :]))
+
+
+def _new_units_mask(
+    shape: tuple[int, ...], axes: tuple[_AxisGrowth, ...], role: Role
+) -> np.ndarray | None:
+    """Boolean mask broadcastable to ``shape``: entries on a new unit of some ``role`` axis
+    (``None`` when no axis has that role). Static, so a constant under ``jax.jit``."""
+    mask = None
+    for grown in axes:
+        if grown.role != role:
+            continue
+        index = np.arange(shape[grown.axis])
+        if grown.flattened:  # channels-last flatten: unit = index mod channels
+            index = index % grown.new
+        along = (index >= grown.old).reshape(
+            [-1 if a == grown.axis else 1 for a in range(len(shape))]
+        )
+        mask = along if mask is None else mask | along
+    return mask
+
+
+def embed_widening(variables: Variables, growths: tuple[GroupGrowth, ...]) -> Variables:
+    """The old units embedded in the wide shapes, every new entry zero.
+
+    Each grown axis is zero-padded from ``old`` to ``new`` units (a flattened conv->dense
+    axis ``(positions * old,)`` becomes ``(positions * new,)``, channel ``c`` of position
+    ``p`` at ``p * new + c``). Linear and key-free: with ``variables={'params': moments}`` it
+    maps optimizer moments for ``noise='fresh'`` (old units keep theirs, new entries are 0).
+    Leaves no grown group touches (or absent from the tree) are kept as they are.
+
+    Args:
+      variables: a (possibly partial) variables tree of the narrow network.
+      growths: :func:`grown_groups` of the narrow and the wide network.
+
+    Returns:
+      The tree with the wide shapes (frozen if ``variables`` was).
+
+    Raises:
+      ValueError: a leaf's unit axis does not have its group's old size.
+    """
+    flat = flatten(variables)
+    for path, axes in _leaf_growths(flat, growths).items():
+        leaf = flat[path]
+        for grown in axes:
+            leaf = _pad_axis(leaf, path, grown)
+        flat[path] = leaf
+    return _keep_empty_collections(unflatten_like(flat, variables), variables)
+
+
+def fresh_widening(
+    variables: Variables, fresh: Variables, growths: tuple[GroupGrowth, ...]
+) -> Variables:
+    """Old units in place, new units' incoming weights from ``fresh``, outgoing ones zero.
+
+    Per touched leaf: an entry on a new unit of a *producer* axis (kernel output axis, bias,
+    BatchNorm scale/bias/mean/var) takes ``fresh``'s value; else an entry on a new unit of a
+    *consumer* axis (a kernel's input axis) is zero; else it is the old value. So a kernel
+    that consumes group A and produces group B holds: old A -> old B old, new A -> old B
+    zero, any A -> new B fresh. New units never reach an old one: the wide network computes
+    the old function exactly, in eval and train mode.
+
+    Args:
+      variables: the narrow network's variables.
+      fresh: variables of the wide network (its ``init``); only touched leaves are read.
+      growths: :func:`grown_groups` of the narrow and the wide network.
+
+    Returns:
+      The wide network's variables (frozen if ``variables`` was).
+
+    Raises:
+      ValueError: ``fresh`` lacks a touched leaf or has another shape than the embedded one.
+    """
+    flat, fresh_flat = flatten(variables), flatten(fresh)
+    embedded = flatten(embed_widening(variables, growths))
+    for path, axes in _leaf_growths(flat, growths).items():
+        leaf = embedded[path]
+        if path not in fresh_flat or jnp.shape(fresh_flat[path]) != leaf.shape:
+            got = jnp.shape(fresh_flat[path]) if path in fresh_flat else "nothing"
+            raise ValueError(
+                f"fresh variables hold {got} at {path_str(path)}, the widened leaf has shape "
+                f"{leaf.shape} (was fresh made by the wide network's init?)"
+            )
+        # entries on new consumer units (new_in) are already zero: embedding pads with zeros
+        new_out = _new_units_mask(leaf.shape, axes, "producer")
+        if new_out is not None:
+            leaf = jnp.where(new_out, fresh_flat[path].astype(leaf.dtype), leaf)
+        flat[path] = leaf
+    return _keep_empty_collections(unflatten_like(flat, variables), variables)
+
+
+def _widen_fresh(
+    model: nn.Module, new_model: nn.Module, variables: Variables, init_key: jax.Array
+) -> Variables:
+    """``widen(noise='fresh')``'s variables: ``new_model.init(init_key)`` for new units."""
+    growths = grown_groups(model, new_model)
+    fresh: Variables = {}
+    if growths:
+        fresh = new_model.init(init_key, model.example_input(variables), train=False)
+    return fresh_widening(variables, fresh, growths)
 
 
 def widen(
@@ -262,10 +458,16 @@ def widen(
       noise: ``'split'`` (default): replicas share the consumer weight unequally
         (``(1 + e) / count`` with zero-sum ``e``), exact and symmetry-breaking; ``'none'``:
         plain ``1 / count``, exact, replicas stay tied under SGD; ``'paper'``: plain split plus
-        Gaussian noise on the consumer weights, as in Net2Net -- NOT exact.
+        Gaussian noise on the consumer weights, as in Net2Net -- NOT exact; ``'fresh'``: no
+        replicas: old units keep their positions and weights, new units (the last of each
+        grown group) get the wide network's own initial incoming weights and BatchNorm
+        (``new_model.init``, running mean 0 / var 1) and zero weights to old units (see
+        :func:`fresh_widening`), exact in eval and train mode; new units are fully diverse
+        and their outgoing weights learn at once (their gradient is not zero).
       noise_scale: std of ``e`` (split) or of the noise relative to the weights (paper); a
         finite number ``>= 0``. Split shares cancel up to float32 rounding that grows with
         the scale: exact (< 1e-5) up to ``MAX_EXACT_SPLIT_SCALE`` (2.0), ~3e-4 at 100.
+        Ignored by ``'fresh'``: new units take the initialiser's own scale.
 
     Returns:
       ``(new_model, new_variables)``.
@@ -277,7 +479,11 @@ def widen(
     check_noise_scale(noise_scale)
     new_model = _widened_model(model, widths, hidden_widths, inner_widths, stem_width)
     check_variables(model, variables)
+    # Two independent keys: the mapping's and the noise's ('fresh': the wide init's; its
+    # mapping is the identity on old units and draws nothing).
     map_key, noise_key = jax.random.split(key)
+    if noise == "fresh":
+        return new_model, _widen_fresh(model, new_model, variables, noise_key)
     plan = widening_plan(model, new_model, map_key)
     if noise == "paper" and plan:
         warnings.warn(

@@ -31,9 +31,11 @@ MODEL = VGG((1, 1), (3, 4), hidden_widths=(5,), num_classes=4)
 
 @functools.cache
 def batch() -> tuple[jax.Array, jax.Array]:
-    """Eight random ``(SIZE, SIZE, 3)`` images and their labels."""
-    images = jax.random.normal(jax.random.key(7), (8, SIZE, SIZE, 3))
-    return images, jnp.arange(8) % MODEL.num_classes
+    """Eight random ``(SIZE, SIZE, 3)`` images and their labels (concrete arrays even when
+    first called under ``jax.jit``, so the cache never holds a tracer)."""
+    with jax.ensure_compile_time_eval():
+        images = jax.random.normal(jax.random.key(7), (8, SIZE, SIZE, 3))
+        return images, jnp.arange(8) % MODEL.num_classes
 
 
 def make_state(model, tx, *, step: int = 0, seed: int = 0) -> TrainState:
@@ -230,3 +232,57 @@ def test_bad_arguments_are_named():
     wrong = lambda tree: {**tree, "head": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(4)}}  # noqa: E731
     with pytest.raises(ValueError, match=r"made head/kernel with shape \(2, 2\), the new params"):
         grow_train_state(state, MODEL, state.variables, wrong)
+
+
+def _old_block(new: np.ndarray, old_shape: tuple[int, ...], flat_units: tuple[int, int] | None):
+    """The entries of ``new`` that hold old units: the leading corner of every axis; for a
+    flattened first axis (``flat_units=(old, new)`` channels), the first ``old`` channels at
+    every position. Returns ``(old block, mask)``."""
+    mask = np.zeros(new.shape, bool)
+    if flat_units is None:
+        mask[tuple(slice(0, s) for s in old_shape)] = True
+        return new[mask].reshape(old_shape), mask
+    old_c, new_c = flat_units
+    positions = new.shape[0] // new_c
+    view = mask.reshape(positions, new_c, *new.shape[1:])
+    view[(slice(None), slice(0, old_c), *(slice(0, s) for s in old_shape[1:]))] = True
+    return new[mask].reshape(old_shape), mask
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fresh_widening_keeps_old_moments_and_zeroes_new_ones(optimizer):
+    if optimizer == "sgd":
+        tx = optax.sgd(0.1, momentum=0.9)
+    else:
+        tx = make_optimizer(TrainConfig(optimizer="adamw", learning_rate=1e-3, epochs=2), 10)
+    state = make_state(MODEL, tx, step=3)
+    old_params = flatten(state.params)  # make_state: every moment equals the params ...
+    expected_moments = [old_params]
+    if optimizer == "adamw":  # ... but Adam's nu must be >= 0 to train on
+        adam = state.opt_state[0]
+        nu = jax.tree.map(jnp.square, state.params)
+        state = state.replace(opt_state=(adam._replace(nu=nu), *state.opt_state[1:]))
+        expected_moments.append(flatten(nu))
+    key = jax.random.key(6)
+    sizes = {"widths": (6, 7), "hidden_widths": (8,)}
+    new_model, grown = widen_train_state(state, MODEL, key=key, noise="fresh", **sizes)
+    _, expected = jnet2net.widen(MODEL, state.variables, key=key, noise="fresh", **sizes)
+    chex.assert_trees_all_equal(grown.params, expected["params"])
+    chex.assert_trees_all_equal(grown.batch_stats, expected["batch_stats"])
+    jnet2net.check_variables(new_model, grown.variables)
+    trees = [grown.opt_state[0].trace] if optimizer == "sgd" else [grown.opt_state[0].mu]
+    if optimizer == "adamw":
+        trees.append(grown.opt_state[0].nu)
+    for tree, old_moments in zip(trees, expected_moments, strict=True):
+        for path, leaf in flatten(tree).items():
+            flat_units = (4, 7) if path == ("hidden0", "kernel") else None
+            block, mask = _old_block(np.asarray(leaf), old_params[path].shape, flat_units)
+            np.testing.assert_array_equal(block, old_moments[path], err_msg=str(path))
+            np.testing.assert_array_equal(np.asarray(leaf)[~mask], 0.0, err_msg=str(path))
+            params_block, _ = _old_block(
+                np.asarray(flatten(grown.params)[path]), old_params[path].shape, flat_units
+            )
+            np.testing.assert_array_equal(params_block, old_params[path], err_msg=str(path))
+    assert int(grown.step) == 3
+    trained = sgd_steps(grown)
+    chex.assert_tree_all_finite(trained.params)

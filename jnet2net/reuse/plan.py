@@ -46,7 +46,7 @@ from jnet2net import surgery
 from jnet2net.coupling import Member, UnitGroup
 from jnet2net.grow import (
     MAX_EXACT_SPLIT_SCALE,
-    NOISES,
+    REPLICA_NOISES,
     GroupMapping,
     Noise,
     apply_widening,
@@ -753,7 +753,9 @@ def transfer_plan(
     check_option("depth_map", depth_map, DEPTH_MAPS)
     check_option("fill", fill, FILLS)
     check_option("shrink", shrink, SHRINKS)
-    check_option("noise", noise, NOISES)
+    if noise == "fresh":
+        raise ValueError("noise='fresh' is supported by widen/widen_train_state, not transfer")
+    check_option("noise", noise, REPLICA_NOISES)
     check_key("transfer", key)
     check_noise_scale(noise_scale)
     check_variables(src_model, src_variables)
@@ -854,7 +856,8 @@ def transfer(
         spaced (the last included), the ``'first'`` ones or the ``'last'`` ones. Dropped
         VGG hidden Dense layers are multiplied into the next kept Dense layer.
       noise: how consumers of widened groups are split: ``'split'`` (exact,
-        symmetry-breaking), ``'none'`` or ``'paper'`` (not exact), as in ``jnet2net.widen``.
+        symmetry-breaking), ``'none'`` or ``'paper'`` (not exact), as in ``jnet2net.widen``;
+        ``widen``'s ``'fresh'`` is not supported here (ValueError).
       noise_scale: scale of that noise, a finite number ``>= 0``; ``'split'`` with a
         scale above ``jnet2net.grow.MAX_EXACT_SPLIT_SCALE`` (2.0) is reported as inexact
         (float32 rounding of the large shares).

@@ -12,7 +12,8 @@ The three ways to grow give their params maps:
 
 * :func:`widen_train_state`: ``jnet2net.widen``'s mapping (the same key draws the same
   replicas) replayed with ``noise='none'``: replicated units copy their moments, split
-  consumers get ``1 / count`` of them;
+  consumers get ``1 / count`` of them; with ``noise='fresh'``, ``embed_widening``: old units
+  keep their moments, every entry of a new unit is zero;
 * :func:`deepen_train_state`: every existing leaf keeps its moments, new layers get zeros;
 * :func:`transfer_train_state`: ``TransferPlan.map_params`` of ``jnet2net.reuse``.
 
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax.core import FrozenDict, freeze, unfreeze
 
-from jnet2net.grow import Noise, deepen, widen
+from jnet2net.grow import Noise, deepen, embed_widening, grown_groups, widen
 from jnet2net.reuse import TransferReport, transfer_plan
 from jnet2net.reuse.layout import DepthMap, Fill, Shrink
 from jnet2net.train.state import TrainState, variables_of
@@ -132,7 +133,9 @@ def widen_train_state(
     The params are exactly ``widen(model, variables, key=key, ...)``'s. The moments follow
     the same mapping without noise: a replica's moments equal its original's, a split
     consumer's are ``1 / count`` of them, so (with ``noise='none'``) replicas stay equal
-    under further SGD-momentum or Adam steps.
+    under further SGD-momentum or Adam steps. With ``noise='fresh'`` old units keep their
+    moments in place and every entry of a new unit (incoming or outgoing) is zero
+    (``jnet2net.grow.embed_widening``; no second init).
 
     Returns:
       ``(new_model, new_state)``.
@@ -150,6 +153,8 @@ def widen_train_state(
     )
 
     def params_map(tree: Any) -> Any:
+        if noise == "fresh":
+            return embed_widening({"params": tree}, grown_groups(model, new_model))["params"]
         _, grown = widen(model, {**variables, "params": tree}, key=key, noise="none", **sizes)
         return grown["params"]
 
