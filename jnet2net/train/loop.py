@@ -564,11 +564,14 @@ def _grow(
     held: jax.Array,
     mesh: Mesh,
 ) -> tuple[nn.Module, TrainState, Record]:
-    """One growth event: the grown model and state (replicated), and the event's record."""
-    before = model.apply(state.variables, held, train=False)
-    new_model, new_state = grow_at_event(model, state, event, key)
+    """One growth event: the grown model and state (replicated), and the event's record.
+
+    The growth and both networks' outputs on ``held`` run as one compiled program (op by op,
+    growing a ResNet-20 state takes tens of seconds on a CPU).
+    """
+    (new_model,) = planned_models(model, [event], held.shape[1:])
+    new_state, before, after = _jitted_growth(model, event)(state, key, held)
     new_state = put_replicated(new_state, mesh)
-    after = new_model.apply(new_state.variables, held, train=False)
     record: Record = {
         "event": "grow",
         "grow": event.to_dict(),
@@ -576,6 +579,19 @@ def _grow(
         "output_error": relative_output_error(before, after),
     }
     return new_model, new_state, record
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_growth(model: nn.Module, event: Grow) -> Callable[..., Any]:
+    """``(state, key, held) -> (grown state, logits before, logits after)``, jitted."""
+
+    def grow(state: TrainState, key: jax.Array, held: jax.Array) -> Any:
+        new_model, new_state = grow_at_event(model, state, event, key)
+        before = model.apply(state.variables, held, train=False)
+        after = new_model.apply(new_state.variables, held, train=False)
+        return new_state, before, after
+
+    return jax.jit(grow)
 
 
 def _architecture(model: nn.Module) -> Any:
