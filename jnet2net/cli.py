@@ -164,7 +164,7 @@ def _multiplier(text: str) -> float | None:
     lowered = text.lower()
     if not (lowered.endswith("x") or lowered.startswith("x")):
         return None
-    number = lowered.strip("x")
+    number = lowered[:-1] if lowered.endswith("x") else lowered[1:]
     try:
         factor = float(number)
     except ValueError:
@@ -176,7 +176,7 @@ def _multiplier(text: str) -> float | None:
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--{what} takes comma-separated ints, got {text!r}") from None
     if not values or min(values) <= 0:
@@ -212,6 +212,107 @@ def widening_sizes(model: Any, text: str) -> dict[str, Any]:
         if getattr(model, field, None):
             sizes[field] = getattr(scaled, field)
     return sizes
+
+
+GROW_KEYS = (
+    "widen",
+    "deepen",
+    "widen_hidden",
+    "deepen_hidden",
+    "noise",
+    "noise_scale",
+    "moments",
+    "rewarm",
+)
+
+
+def parse_grow_at(text: str) -> tuple[float, dict[str, str]]:
+    """``'6:widen=2x,deepen=+1'`` -> ``(6.0, {'widen': '2x', 'deepen': '+1'})``.
+
+    A comma-separated token without ``=`` continues the previous value, so explicit widths
+    read naturally: ``'3:widen=16,32,64,noise=fresh'``.
+
+    Raises:
+      ValueError: a malformed event, naming the text.
+    """
+    usage = "--grow-at takes EPOCH:KEY=VALUE[,KEY=VALUE...], e.g. '3:widen=2x,deepen=+1'"
+    epoch_text, sep, changes = text.partition(":")
+    if not sep or not changes.strip():
+        raise ValueError(f"{usage}; got {text!r}")
+    try:
+        epoch = float(epoch_text)
+    except ValueError:
+        raise ValueError(f"{usage}; {epoch_text!r} is not an epoch number in {text!r}") from None
+    if not (math.isfinite(epoch) and epoch > 0):
+        raise ValueError(f"--grow-at needs an epoch > 0, got {epoch_text!r} in {text!r}")
+    fields: dict[str, str] = {}
+    last = None
+    for token in changes.split(","):
+        token = token.strip()
+        if "=" in token:
+            key, _, value = token.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in GROW_KEYS:
+                raise ValueError(f"--grow-at: unknown key {key!r} in {text!r}; keys: {GROW_KEYS}")
+            if key in fields:
+                raise ValueError(f"--grow-at: {key!r} given twice in {text!r}")
+            fields[key], last = value.strip(), key
+        elif token and last is not None:
+            fields[last] += "," + token
+        else:
+            raise ValueError(f"{usage}; got {text!r}")
+        if not fields[last]:
+            raise ValueError(f"--grow-at: {last!r} has no value in {text!r}")
+    if not set(fields) & {"widen", "deepen", "widen_hidden", "deepen_hidden"}:
+        raise ValueError(f"--grow-at {text!r} changes nothing: give widen= and/or deepen=")
+    return epoch, fields
+
+
+def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]) -> tuple:
+    """The ``train.Grow`` events of ``--grow-at`` flags, with sizes resolved against the
+    network each event grows (multipliers and ``+N`` are relative to it).
+
+    Raises:
+      ValueError: a malformed flag, or an event that does not fit its network.
+    """
+    from jnet2net import train
+
+    parsed = sorted((parse_grow_at(text) for text in texts), key=lambda item: item[0])
+    events = []
+    current = model
+    for epoch, fields in parsed:
+        sizes: dict[str, Any] = {}
+        if "widen" in fields:
+            sizes.update(widening_sizes(current, fields["widen"]))
+        if "widen_hidden" in fields:
+            if not getattr(current, "hidden_widths", None):
+                raise ValueError(f"widen_hidden applies to VGG hidden layers; {describe(current)}")
+            sizes["hidden_widths"] = parse_widths(
+                fields["widen_hidden"], current.hidden_widths, what="grow-at widen_hidden"
+            )
+        if "deepen" in fields:
+            sizes["depths"] = parse_depths(
+                fields["deepen"], current.stage_depths, what="grow-at deepen"
+            )
+        if "deepen_hidden" in fields:
+            sizes["hidden_depths"] = _int_list(fields["deepen_hidden"], "grow-at deepen_hidden")[0]
+        options: dict[str, Any] = {}
+        if "noise" in fields:
+            options["noise"] = fields["noise"]
+        for key, name in (("noise_scale", "noise_scale"), ("rewarm", "rewarm_epochs")):
+            if key in fields:
+                try:
+                    options[name] = float(fields[key])
+                except ValueError:
+                    raise ValueError(
+                        f"--grow-at {key}= takes a number, got {fields[key]!r}"
+                    ) from None
+        if "moments" in fields:
+            options["moments"] = fields["moments"]
+        event = train.Grow(epoch, **sizes, **options)
+        (current,) = train.planned_models(current, [event], image_shape)
+        events.append(event)
+    return tuple(events)
 
 
 def model_from_args(
@@ -553,6 +654,17 @@ def _add_train(sub: Any) -> None:
         default=None,
         help='ScaleDownConfig fields as JSON, e.g. \'{"mode": "cache", "check_every": 50}\'',
     )
+    g = p.add_argument_group("growth schedule (Net2Net growth inside the run)")
+    g.add_argument(
+        "--grow-at",
+        metavar="EPOCH:CHANGES",
+        action="append",
+        default=None,
+        help="grow the network at EPOCH (fractional allowed), e.g. '3:widen=2x', "
+        "'6:widen=2x,deepen=+1', '4.5:widen=16,32,64,noise=fresh,rewarm=0.5'; keys: widen "
+        "(multiplier or widths), deepen (+N or depths), widen_hidden, deepen_hidden, noise, "
+        "noise_scale, moments (map/reset), rewarm (epochs); repeat for more events",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--out", metavar="DIR", required=True, help="run directory: checkpoints + metrics.jsonl"
@@ -681,6 +793,23 @@ def train_run(args: argparse.Namespace) -> Any:
                 args.arch, args.arch_json, args.width_mult, train_set.num_classes
             )
             print(f"new network: {describe(model)}")
+    growth = ()
+    if resuming and "growth" in metadata:
+        if args.grow_at:
+            raise ValueError(
+                "a resumed run keeps its growth schedule; drop --grow-at (saved: "
+                f"{metadata['growth']})"
+            )
+        growth = tuple(train.Grow(**fields) for fields in metadata["growth"])
+    elif args.grow_at:
+        if resuming:
+            raise ValueError("--grow-at starts a growth schedule; a resumed run keeps its own")
+        if args.scale_down:
+            raise ValueError("--grow-at and --scale-down do not combine yet; pick one")
+        growth = growth_events(model, args.grow_at, train_set.image_shape)
+        metadata["growth"] = [event.to_dict() for event in growth]
+        for event in growth:
+            print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
     if args.scale_down:
         if resuming:
             raise ValueError(
@@ -700,9 +829,28 @@ def train_run(args: argparse.Namespace) -> Any:
         max_to_keep=keep,
     )
 
+    savers = [save_epoch]
+
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
-        save_epoch(state, record)
+        savers[-1](state, record)
         print_line(format_record(record, config.epochs), config.progress)
+
+    def on_grow(new_model: Any, state: Any, record: dict[str, Any]) -> None:
+        savers.append(
+            checkpoint.epoch_saver(
+                out,
+                new_model,
+                config,
+                input_shape=train_set.image_shape,
+                metadata=metadata,
+                max_to_keep=keep,
+            )
+        )
+        print_line(
+            f"grew at epoch {record['epoch']:g} (step {record['step']}): {describe(new_model)}, "
+            f"output error {record['output_error']:.1e}",
+            config.progress,
+        )
 
     result = train.fit(
         model,
@@ -712,6 +860,8 @@ def train_run(args: argparse.Namespace) -> Any:
         state=state,
         variables=variables,
         on_epoch_end=on_epoch_end,
+        growth=growth,
+        on_grow=on_grow,
     )
     final = checkpoint.latest_step(out)
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")

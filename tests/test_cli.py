@@ -123,6 +123,8 @@ def test_scaled_model_rounds_halves_up() -> None:
         ("0,4", r"--widths takes positive comma-separated ints"),
         ("-2x", r"a width multiplier must be positive, got '-2x'"),
         ("twox", r"a width multiplier looks like '1.5x', got 'twox'"),
+        ("xx2x", r"a width multiplier looks like '1.5x', got 'xx2x'"),
+        ("4,,8", r"--widths takes comma-separated ints, got '4,,8'"),
     ],
 )
 def test_parse_widths_errors(text, message) -> None:
@@ -654,3 +656,80 @@ def test_interrupted_train_resumes_to_the_same_run(
     resumed, straight = checkpoint.restore(run), checkpoint.restore(teacher_run)
     _assert_bitwise(resumed.variables, straight.variables)
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+# --- growth schedules ---------------------------------------------------------------------
+
+GROW_TRAIN = ["--dataset", "digits", "--train-subset", "320", "--batch-size", "32", "--keep", "0"]
+GROW_STEPS = 10  # 320 digits in batches of 32
+
+
+@pytest.fixture(scope="module")
+def grown_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Three epochs of a tiny ResNet that widens after epoch 1 and deepens after epoch 2."""
+    run = tmp_path_factory.mktemp("cli") / "grown"
+    args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "3", "--out", str(run)]
+    grow = ["--grow-at", "2:deepen=+1", "--grow-at", "1:widen=2x,noise=fresh"]
+    assert cli.main(args + GROW_TRAIN + grow) == 0
+    return run
+
+
+def test_grow_at_grows_the_run_and_its_checkpoints(grown_run: pathlib.Path) -> None:
+    final = checkpoint.restore(grown_run)
+    assert final.model.stage_widths == (8, 16) and final.model.stage_depths == (2, 2)
+    first = checkpoint.restore(grown_run, step=GROW_STEPS)
+    assert first.model.stage_widths == (4, 8)  # saved before the event at its step
+    second = checkpoint.restore(grown_run, step=2 * GROW_STEPS)
+    assert second.model.stage_widths == (8, 16) and second.model.stage_depths == (1, 1)
+    records = read_jsonl(grown_run / "metrics.jsonl")
+    events = [r for r in records if r.get("event") == "grow"]
+    assert [e["step"] for e in events] == [GROW_STEPS, 2 * GROW_STEPS]
+    assert all(e["output_error"] < 1e-5 for e in events)
+    assert events[0]["grow"] == {"at_epoch": 1.0, "widths": [8, 16], "noise": "fresh"}
+    assert final.metadata["growth"][1] == {"at_epoch": 2.0, "depths": [2, 2]}
+
+
+@pytest.mark.parametrize("kept", [1, 2])
+def test_resume_across_growth_events_is_bitwise(
+    grown_run: pathlib.Path, tmp_path: pathlib.Path, kept: int
+) -> None:
+    """Stopped after epoch ``kept`` (the event at that step still to come), then resumed."""
+    run = tmp_path / "run"
+    shutil.copytree(grown_run, run)
+    for epoch in range(kept + 1, 4):
+        shutil.rmtree(run / str(epoch * GROW_STEPS))
+    assert cli.main(["train", "--out", str(run), "--resume", *GROW_TRAIN[:4]]) == 0
+    resumed, straight = checkpoint.restore(run), checkpoint.restore(grown_run)
+    assert resumed.model == straight.model
+    _assert_bitwise(resumed.variables, straight.variables)
+    _assert_bitwise(resumed.opt_state, straight.opt_state)
+    steps = [(r.get("event"), r["step"]) for r in read_jsonl(run / "metrics.jsonl")]
+    assert steps == [(None, 10), ("grow", 10), (None, 20), ("grow", 20), (None, 30)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("3", "--grow-at takes EPOCH:KEY=VALUE"),
+        ("x:widen=2x", "'x' is not an epoch number"),
+        ("0:widen=2x", "needs an epoch > 0"),
+        ("1:grow=2x", "unknown key 'grow'"),
+        ("1:noise=fresh", "changes nothing"),
+        ("1:widen=2x,widen=3x", "'widen' given twice"),
+        ("1:widen=", "'widen' has no value"),
+        ("1:widen=xx2x", "a width multiplier looks like '1.5x'"),
+        ("1:deepen=4,,4", "got '1:deepen=4,,4'"),
+        ("1:widen=0.5x", "cannot shrink"),
+        ("1:widen=2x,noise_scale=big", "noise_scale= takes a number"),
+        ("1:widen=2x,moments=keep", "moments must be one of"),
+        ("5:widen=2x", "outside the run's steps"),
+    ],
+)
+def test_bad_grow_at_gets_a_one_line_error(
+    capsys: pytest.CaptureFixture, tmp_path: pathlib.Path, text: str, message: str
+) -> None:
+    args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "3"]
+    code = cli.main([*args, "--out", str(tmp_path / "r"), *GROW_TRAIN, "--grow-at", text])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
