@@ -7,7 +7,8 @@
 #
 # Environment: OUT (results folder), NPZ (CIFAR-10 pack, default .data/cifar10_jpeg.npz),
 # PYTHON (default python3), STEPS (space-separated subset of: throughput resnet20
-# time_to_accuracy scale_down throughput_more; default all, in that order of priority),
+# progressive time_to_accuracy scale_down throughput_more; default all, in that order of
+# priority),
 # SMALL=1 (tiny settings, CPU), BUDGET_S (seconds for the whole run, see below).
 # It needs jax, flax, optax, orbax-checkpoint, chex, pillow and matplotlib (torch for the
 # throughput reference), and runs from the checkout: no install, no tensorflow-datasets.
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}
 NPZ=${NPZ:-.data/cifar10_jpeg.npz}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-throughput resnet20 time_to_accuracy scale_down throughput_more}
+STEPS=${STEPS:-throughput resnet20 progressive time_to_accuracy scale_down throughput_more}
 SMALL=${SMALL:-0}
 # Whole-run budget (default 540 s; 3600 s with SMALL=1): a step's limit shrinks to what is
 # left, and a step with under 30 s left is skipped, so the suite ends inside one device call.
@@ -95,6 +96,11 @@ if wanted resnet20; then  # the reference: ResNet-20, 60 epochs, 88.5% in 23 s o
   [ "$SMALL" = 1 ] && EPOCHS=()
   run_step resnet20 150 "$PY" -m jnet2net train "${ARCH[@]}" "${DATA[@]}" "${TRAIN[@]}" \
     "${EPOCHS[@]}" --no-progress --keep 1 --out "$OUT/runs/resnet20"
+fi
+if wanted progressive && [ "$SMALL" != 1 ]; then  # quarter -> half -> full ResNet-20 vs scratch
+  run_step progressive 150 "$PY" experiments/progressive/run.py --protocol full \
+    --npz /tmp/cifar10_raw/cifar10.npz --epochs 15 --batch-size 512 --lr 0.2 \
+    --arms scratch fresh scratch_eq split0.1 --seeds 0 1 2 --out "$OUT/results/progressive"
 fi
 if wanted time_to_accuracy; then  # half-width ResNet-20 -> full width, 10-epoch budget
   BUDGET=(--epochs 10 --teacher-epochs 15 --batch-size 512 --lr 0.2)

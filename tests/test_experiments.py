@@ -456,6 +456,7 @@ def test_gpu_suite_is_valid_bash():
 @pytest.mark.parametrize("small", ["0", "1"])
 def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
     from benchmarks import throughput, time_to_accuracy
+    from experiments.progressive import run as progressive
 
     calls = tmp_path / "calls.jsonl"
     fake = tmp_path / "python"
@@ -470,6 +471,7 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
     parsers = {
         "benchmarks/throughput.py": throughput.build_parser(),
         "benchmarks/time_to_accuracy.py": time_to_accuracy.build_parser(),
+        "experiments/progressive/run.py": progressive.build_parser(),
     }
     seen = []
     for argv in invocations:
@@ -481,7 +483,9 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
             seen.append(argv[2])
         else:
             assert argv[0] == "-c", argv
-    expected = ["benchmarks/throughput.py", "train", "benchmarks/time_to_accuracy.py"]
+    expected = ["benchmarks/throughput.py", "train"]
+    expected += ["experiments/progressive/run.py"] if small == "0" else []
+    expected += ["benchmarks/time_to_accuracy.py"]
     expected += ["train", "train"] + (["benchmarks/throughput.py"] if small == "0" else [])
     assert seen == expected
 
@@ -501,3 +505,50 @@ def test_torch_reference_has_the_same_parameter_count(name):
     ours = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
     theirs = sum(p.numel() for p in throughput.torch_model(name).parameters())
     assert ours == theirs
+
+
+# --- the progressive-growth study's summary -----------------------------------------------
+
+
+def _write_log(path, accs, flops_per_epoch, seconds_per_epoch, events=()):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, acc in enumerate(accs, 1):
+        lines.append(
+            {
+                "epoch": i,
+                "step": 10 * i,
+                "test_acc": acc,
+                "train_flops": flops_per_epoch * i,
+                "train_s": seconds_per_epoch * i,
+                "compile_s": 1.0,
+                "grow_s": 0.5 * len(events),
+            }
+        )
+    for step in events:
+        lines.append({"event": "grow", "step": step, "epoch": step / 10, "output_error": 1e-7})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_progressive_summary_ratios_to_target(tmp_path):
+    from experiments.progressive import run as progressive
+
+    runs = tmp_path / "runs"
+    _write_log(runs / "scratch_s0.jsonl", [0.3, 0.5, 0.6, 0.7], 10.0, 2.0)
+    _write_log(runs / "fresh_s0.jsonl", [0.2, 0.4, 0.65, 0.698], 5.0, 1.0, events=(10, 20))
+    _write_log(runs / "scratch_eq_s0.jsonl", [0.4, 0.62], 10.0, 2.0)
+    _write_log(runs / "none_s0.jsonl", [0.1, 0.2, 0.3, 0.4], 5.0, 1.0)
+    summary = progressive.summarize(tmp_path, 4, "fresh")
+    fresh = summary["arms"]["fresh"]["per_seed"][0]
+    assert fresh["target_acc"] == pytest.approx(0.697)
+    # fresh reaches 0.697 at epoch 4 (20 FLOPs, 4 + 1 + 1 s); scratch at epoch 4 (40, 8 + 1 s).
+    assert fresh["flops_ratio_to_target"] == pytest.approx(20 / 40)
+    assert fresh["seconds_ratio_to_target"] == pytest.approx(6 / 9)
+    assert fresh["acc_before_after_events"] == [[0.2, 0.4], [0.4, 0.65]]
+    gain = summary["arms"]["fresh"]["mean"]["points_over_scratch_at_equal_flops"]
+    assert gain["mean"] == pytest.approx((0.698 - 0.62) * 100)
+    none = summary["arms"]["none"]
+    assert none["per_seed"][0]["flops_ratio_to_target"] is None
+    assert none["mean"]["flops_ratio_to_target"]["missing"] == 1
+    progressive.write_table(tmp_path, summary)
+    assert "| fresh | 1 | 69.8 |" in (tmp_path / "table.md").read_text()

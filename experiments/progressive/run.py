@@ -380,7 +380,8 @@ def plot(out: pathlib.Path, summary: dict[str, Any], arms: Sequence[str]) -> Non
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--protocol", choices=("cpu", "full"), default="cpu")
     parser.add_argument("--data-dir", default=None, help="folder with cifar10_jpeg.npz or tfds")
@@ -396,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     default_out = "cifar10-16px" if args.protocol == "cpu" else "cifar10-32px"
     out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
