@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import pathlib
 import platform
@@ -24,7 +25,7 @@ import numpy as np
 
 import jnet2net
 from jnet2net import data as data_lib
-from jnet2net.train import TrainConfig, fit
+from jnet2net.train import TrainConfig, fit, read_jsonl
 
 #: The label every result of a CPU run on the digits set carries.
 REDUCED_NOTE = "reduced run on digits, CPU (2 cores), not the CIFAR-10 protocol"
@@ -156,6 +157,45 @@ def configure_reduced_mode(dataset: str) -> bool:
         return False
     jax.config.update("jax_disable_most_optimizations", True)
     return True
+
+
+# --- logged runs (JSONL logs of train.fit) ------------------------------------------------
+
+
+def finished(path: pathlib.Path, epochs: int) -> bool:
+    """Whether the log holds the run's last epoch."""
+    if not path.exists():
+        return False
+    epochs_logged = [r["epoch"] for r in read_jsonl(path) if "event" not in r]
+    return bool(epochs_logged) and epochs_logged[-1] == epochs
+
+
+def epoch_records(path: pathlib.Path) -> list[dict[str, Any]]:
+    return [r for r in read_jsonl(path) if "event" not in r and r.get("test_acc") is not None]
+
+
+def run_seconds(record: dict[str, Any]) -> float:
+    """Training seconds with compiles and growth (evaluation excluded)."""
+    return record["train_s"] + record.get("compile_s", 0.0) + record.get("grow_s", 0.0)
+
+
+def to_target(records: list[dict[str, Any]], target: float) -> tuple[float, float] | None:
+    """``(flops, seconds)`` at the first epoch reaching ``target``."""
+    for record in records:
+        if record["test_acc"] >= target:
+            return record["train_flops"], run_seconds(record)
+    return None
+
+
+def mean_spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds (``None`` values left out and counted)."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": float(np.mean(known)) if known else None,
+        "std": float(np.std(known)) if len(known) > 1 else None,
+        "n": len(known),
+        "missing": len(values) - len(known),
+    }
 
 
 # --- timed runs ---------------------------------------------------------------------------

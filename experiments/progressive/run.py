@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import pathlib
 import sys
 import time
@@ -55,11 +54,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from experiments import common
+from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
 from jnet2net import data as data_lib
 from jnet2net.models import ResNet
 from jnet2net.train import Grow, TrainConfig, fit, read_jsonl
@@ -149,18 +148,6 @@ def log_path(out: pathlib.Path, arm: str, seed: int) -> pathlib.Path:
     return out / "runs" / f"{arm}_s{seed}.jsonl"
 
 
-def finished(path: pathlib.Path, epochs: int) -> bool:
-    """Whether the log holds the run's last epoch."""
-    if not path.exists():
-        return False
-    epochs_logged = [r["epoch"] for r in read_jsonl(path) if "event" not in r]
-    return bool(epochs_logged) and epochs_logged[-1] == epochs
-
-
-def epoch_records(path: pathlib.Path) -> list[dict[str, Any]]:
-    return [r for r in read_jsonl(path) if "event" not in r and r.get("test_acc") is not None]
-
-
 def equal_flops_epochs(out: pathlib.Path, headline: str, seed: int, epochs: int) -> int | None:
     """Epochs of full-width scratch whose FLOPs match the headline arm's run (``None``: not
     run yet)."""
@@ -209,30 +196,6 @@ def run_arm(
 
 
 # --- summary ------------------------------------------------------------------------------
-
-
-def run_seconds(record: dict[str, Any]) -> float:
-    """Training seconds with compiles and growth (evaluation excluded)."""
-    return record["train_s"] + record.get("compile_s", 0.0) + record.get("grow_s", 0.0)
-
-
-def to_target(records: list[dict[str, Any]], target: float) -> tuple[float, float] | None:
-    """``(flops, seconds)`` at the first epoch reaching ``target``."""
-    for record in records:
-        if record["test_acc"] >= target:
-            return record["train_flops"], run_seconds(record)
-    return None
-
-
-def mean_spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds (``None`` values left out and counted)."""
-    known = [v for v in values if v is not None and math.isfinite(v)]
-    return {
-        "mean": float(np.mean(known)) if known else None,
-        "std": float(np.std(known)) if len(known) > 1 else None,
-        "n": len(known),
-        "missing": len(values) - len(known),
-    }
 
 
 def summarize(out: pathlib.Path, epochs: int, headline: str) -> dict[str, Any]:

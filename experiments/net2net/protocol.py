@@ -1,0 +1,323 @@
+"""The Net2Net protocol on real data: teacher -> wider / deeper / both students vs scratch.
+
+Protocol (CPU, ``--protocol cpu``, the default): CIFAR-10 (JPEG q75) downsampled (2x2 mean)
+to 16x16, a seeded stratified 10k train subset, the full 10k test set
+(``jnet2net.data.load_protocol``); batch 128, SGD-Nesterov, cosine, weight decay 5e-4, random
+crop (2 px padding) and flip, float32. GPU (``--protocol full``): 32x32, all 50k images.
+
+For each architecture (``--archs``: ``resnet``, a half-width ResNet-20 teacher (8, 16, 32);
+``vgg``, a half-width VGG-11) and seed, the teacher trains ``--teacher-epochs`` (lr
+``--lr``). Its students, for each change (``--changes``: ``wider`` to full width, ``deeper``
+to ResNet-32 / VGG-13 depths, ``both``) and epoch budget (``--budgets``), train with their
+own cosine schedule of that many epochs from the teacher's weights (``jnet2net.widen`` /
+``deepen``, exact; ``--noise`` sets widen's new units), at peak learning rate
+``--student-lr`` without warm-up; the same architecture trains from scratch at ``--lr``
+with the same budget.
+
+Every run's JSONL log (per-epoch test accuracy, cumulative training FLOPs from XLA's cost
+analysis, step/compile/growth seconds) is kept in ``runs/``; finished runs are skipped when
+the script runs again, so a study longer than one sitting resumes; teachers are cached as
+msgpack files under ``--cache``. ``summary.json`` and ``table.md`` give, per change and
+budget, means over seeds of: final accuracies; ``flops_ratio_to_target`` and
+``seconds_ratio_to_target`` (the student's FLOPs / seconds to first reach scratch's final
+accuracy minus 0.3 points, over scratch's own; the teacher's cost is reported beside it,
+not counted); ``dip_pts`` (teacher's accuracy minus the student's lowest test accuracy
+after growth, in points).
+
+CPU::
+
+    python experiments/net2net/protocol.py --data-dir ../shared/data --archs resnet \\
+        --changes wider --budgets 3 10 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.serialization
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+import jnet2net
+from experiments import common
+from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
+from jnet2net import data as data_lib
+from jnet2net.models import resnet20, vgg11
+from jnet2net.train import TrainConfig, fit
+
+TARGET_MARGIN = 0.003
+CHANGES = ("wider", "deeper", "both")
+
+
+def architectures() -> dict[str, dict[str, Any]]:
+    """Per family: the half-width teacher and each change's target sizes."""
+    return {
+        "resnet": {
+            "teacher": resnet20(stage_widths=(8, 16, 32)),
+            "widths": (16, 32, 64),
+            "depths": (5, 5, 5),
+        },
+        "vgg": {
+            "teacher": vgg11(stage_widths=(32, 64, 128, 256, 256)),
+            "widths": (64, 128, 256, 512, 512),
+            "depths": (2, 2, 2, 2, 2),
+        },
+    }
+
+
+def config_for(args: argparse.Namespace, epochs: int, lr: float, seed: int, log: Any) -> Any:
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=args.batch_size,
+        learning_rate=lr,
+        weight_decay=5e-4,
+        augment="crop_flip",
+        crop_padding=2 if args.protocol == "cpu" else 4,
+        compute_dtype=args.dtype or common.default_dtype(),
+        seed=seed,
+        progress=False,
+        log_path=str(log),
+    )
+
+
+def grown(
+    change: str, spec: dict[str, Any], teacher: Any, variables: Any, key: jax.Array, noise: str
+) -> tuple[Any, Any]:
+    """The Net2Net student of ``change``: deepen, then widen (both exact)."""
+    model, new = teacher, variables
+    deep_key, wide_key = jax.random.split(key)
+    if change in ("deeper", "both"):
+        model, new = jnet2net.deepen(model, new, depths=spec["depths"], key=deep_key)
+    if change in ("wider", "both"):
+        model, new = jnet2net.widen(model, new, widths=spec["widths"], key=wide_key, noise=noise)
+    return model, new
+
+
+def student_model(change: str, spec: dict[str, Any], teacher: Any) -> Any:
+    """The architecture of ``change``'s student, without weights."""
+    fields: dict[str, Any] = {}
+    if change in ("deeper", "both"):
+        fields["stage_depths"] = spec["depths"]
+    if change in ("wider", "both"):
+        fields["stage_widths"] = spec["widths"]
+        if getattr(teacher, "inner_widths", None) is not None:
+            fields["inner_widths"] = None
+    return teacher.clone(**fields)
+
+
+def teacher_variables(args: argparse.Namespace, arch: str, seed: int, train: Any, test: Any) -> Any:
+    """Trains (or reads from ``--cache``) the teacher of ``arch`` for ``seed``."""
+    spec = architectures()[arch]
+    out = pathlib.Path(args.out)
+    log = out / "runs" / f"{arch}_teacher_s{seed}.jsonl"
+    cache = pathlib.Path(args.cache) / f"{args.protocol}_{arch}_teacher_s{seed}.msgpack"
+    model = spec["teacher"]
+    if cache.exists() and finished(log, args.teacher_epochs):
+        template = jax.eval_shape(
+            lambda: model.init(jax.random.key(0), train.images[:1].astype("float32"), train=False)
+        )
+        return flax.serialization.from_bytes(template, cache.read_bytes())
+    log.parent.mkdir(parents=True, exist_ok=True)
+    config = config_for(args, args.teacher_epochs, args.lr, seed, log)
+    result = fit(model, train, test, config)
+    variables = jax.device_get(result.state.variables)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(flax.serialization.to_bytes(variables))
+    print(f"  {arch} teacher s{seed}: acc={result.history[-1]['test_acc']:.4f}", flush=True)
+    return variables
+
+
+def run_pair(
+    args: argparse.Namespace,
+    arch: str,
+    change: str,
+    budget: int,
+    seed: int,
+    data: tuple[Any, Any],
+    teacher: Any,
+) -> None:
+    """The student and the scratch run of one change and budget (each skipped when done)."""
+    spec = architectures()[arch]
+    out = pathlib.Path(args.out) / "runs"
+    train, test = data
+    for init in ("student", "scratch"):
+        log = out / f"{arch}_{change}_{init}_b{budget}_s{seed}.jsonl"
+        if finished(log, budget):
+            continue
+        start = time.perf_counter()
+        if init == "student":
+            key = jax.random.key(2000 + seed)
+            model, variables = grown(change, spec, spec["teacher"], teacher, key, args.noise)
+            lr = args.student_lr
+        else:
+            model, variables, lr = student_model(change, spec, spec["teacher"]), None, args.lr
+        result = fit(
+            model, train, test, config_for(args, budget, lr, seed, log), variables=variables
+        )
+        last = result.history[-1]
+        print(
+            f"  {arch} {change:<6} {init:<7} b{budget:<3} s{seed} acc={last['test_acc']:.4f} "
+            f"flops={last['train_flops']:.3g} wall={time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
+
+
+def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
+    """Means over seeds per (arch, change, budget) from the finished logs."""
+    rows: dict[str, Any] = {}
+    for log in sorted((out / "runs").glob("*_student_b*_s*.jsonl")):
+        arch, change, _, budget_text, seed_text = log.stem.split("_")
+        budget, seed = int(budget_text[1:]), int(seed_text[1:])
+        scratch_log = out / "runs" / f"{arch}_{change}_scratch_b{budget}_s{seed}.jsonl"
+        teacher_log = out / "runs" / f"{arch}_teacher_s{seed}.jsonl"
+        if not (finished(log, budget) and finished(scratch_log, budget)):
+            continue
+        student, scratch = epoch_records(log), epoch_records(scratch_log)
+        teacher = epoch_records(teacher_log) if finished(teacher_log, teacher_epochs) else []
+        target = scratch[-1]["test_acc"] - TARGET_MARGIN
+        mine, theirs = to_target(student, target), to_target(scratch, target)
+        teacher_acc = teacher[-1]["test_acc"] if teacher else None
+        row = {
+            "seed": seed,
+            "student_acc": student[-1]["test_acc"],
+            "scratch_acc": scratch[-1]["test_acc"],
+            "teacher_acc": teacher_acc,
+            "target_acc": target,
+            "flops_ratio_to_target": mine[0] / theirs[0] if mine and theirs else None,
+            "seconds_ratio_to_target": mine[1] / theirs[1] if mine and theirs else None,
+            "teacher_flops_over_scratch": (
+                teacher[-1]["train_flops"] / scratch[-1]["train_flops"] if teacher else None
+            ),
+            "teacher_seconds": run_seconds(teacher[-1]) if teacher else None,
+            "dip_pts": (
+                100 * (teacher_acc - min(r["test_acc"] for r in student)) if teacher else None
+            ),
+        }
+        rows.setdefault(f"{arch}/{change}/b{budget}", []).append(row)
+    keys = (
+        "student_acc",
+        "scratch_acc",
+        "teacher_acc",
+        "flops_ratio_to_target",
+        "seconds_ratio_to_target",
+        "teacher_flops_over_scratch",
+        "dip_pts",
+    )
+    return {
+        name: {"per_seed": seeds, "mean": {k: mean_spread([r[k] for r in seeds]) for k in keys}}
+        for name, seeds in rows.items()
+    }
+
+
+def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
+    def cell(stats: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+        if stats["mean"] is None:
+            return "never" if stats["missing"] else "-"
+        text = f"{scale * stats['mean']:.{digits}f}"
+        if stats["std"] is not None:
+            text += f" ± {scale * stats['std']:.{digits}f}"
+        return text + (f" ({stats['missing']} never)" if stats["missing"] else "")
+
+    rows = []
+    for name, entry in summary.items():
+        mean = entry["mean"]
+        rows.append(
+            [
+                name,
+                len(entry["per_seed"]),
+                cell(mean["teacher_acc"], 100, 1),
+                cell(mean["student_acc"], 100, 1),
+                cell(mean["scratch_acc"], 100, 1),
+                cell(mean["flops_ratio_to_target"]),
+                cell(mean["seconds_ratio_to_target"]),
+                cell(mean["teacher_flops_over_scratch"]),
+                cell(mean["dip_pts"], 1, 1),
+            ]
+        )
+    headers = [
+        "arch/change/budget",
+        "seeds",
+        "teacher %",
+        "student %",
+        "scratch %",
+        "student FLOPs to target / scratch's",
+        "seconds to target / scratch's",
+        "teacher FLOPs / scratch run",
+        "dip below teacher (pts)",
+    ]
+    (out / "table.md").write_text(
+        "# Net2Net students vs scratch (target: scratch's final accuracy - 0.3 points; the "
+        "teacher's cost is not counted in the ratios)\n\n"
+        + common.markdown_table(headers, rows)
+        + "\n"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--protocol", choices=("cpu", "full"), default="cpu")
+    parser.add_argument("--data-dir", default=None, help="folder with cifar10_jpeg.npz or tfds")
+    parser.add_argument("--npz", default=None, help="the cifar10_jpeg.npz pack (or raw npz)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--cache", default="/tmp/jnet2net_teachers", help="teacher weights")
+    parser.add_argument("--archs", nargs="+", default=["resnet"], choices=("resnet", "vgg"))
+    parser.add_argument("--changes", nargs="+", default=list(CHANGES), choices=CHANGES)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[3, 10, 20])
+    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--noise", default="split", help="widen's noise for the students")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--student-lr", type=float, default=0.05)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--train-subset", type=int, default=10000, help="cpu protocol only")
+    parser.add_argument("--summarize", action="store_true", help="only write the summary")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    default_out = "cifar10-16px" if args.protocol == "cpu" else "cifar10-32px"
+    out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
+    args.out = str(out)
+    if not args.summarize:
+        source = args.npz or args.data_dir
+        if args.protocol == "cpu":
+            data = data_lib.load_protocol(
+                "cifar10", data_dir=source, train_subset=args.train_subset
+            )
+        else:
+            data = data_lib.load_protocol(
+                "cifar10", data_dir=source, resolution=None, train_subset=None
+            )
+        for seed in args.seeds:
+            for arch in args.archs:
+                teacher = teacher_variables(args, arch, seed, *data)
+                for change in args.changes:
+                    for budget in args.budgets:
+                        run_pair(args, arch, change, budget, seed, data, teacher)
+    summary = summarize(out, args.teacher_epochs)
+    payload = {
+        "rows": summary,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("summarize",)},
+        "environment": common.environment(
+            "CIFAR-10 (JPEG q75) 16x16, 10k stratified train subset, full test set"
+            if args.protocol == "cpu"
+            else "CIFAR-10 (JPEG q75) 32x32, full"
+        ),
+    }
+    common.write_json(out / "summary.json", payload)
+    write_table(out, summary)
+    print((out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
