@@ -11,13 +11,18 @@ Arms (one ``fit`` each; ``--arms`` picks them, ``--seeds`` the training seeds):
 * ``scratch``: the final architecture (widths 16, 32, 64) from random init, ``--epochs``;
 * ``scratch_eq``: the same with fewer epochs (its own schedule), so its training FLOPs equal
   the ``--headline`` progressive arm's (measured from that arm's log for the seed);
-* ``<recipe>``: quarter -> half -> full width (4, 8, 16) -> (8, 16, 32) -> (16, 32, 64) at
-  epochs ``--grow-at`` (default 0.3 and 0.6 of the run) in one cosine schedule; the recipe
-  sets how new units start (:data:`RECIPES`): replicas with zero-sum split noise of
-  scale s (``split<s>``), plain replicas (``none``), replicas with the paper's (inexact)
-  noise (``paper``), fresh units with zero outgoing weights (``fresh``), with a learning
-  rate re-warm after each event (``..._rewarm``) or with reset optimizer moments
-  (``..._reset``); ``depth_fresh`` grows depth too (1 -> 2 -> 3 blocks per stage).
+* ``<recipe>`` (``<recipe>@<epochs>`` for another budget, e.g. ``fresh@14``; targets stay
+  scratch's at ``--epochs``): quarter -> half -> full width (4, 8, 16) -> (8, 16, 32) ->
+  (16, 32, 64) at epochs ``--grow-at`` (default 0.3 and 0.6 of the run) in one cosine
+  schedule; the recipe sets how new units start (:data:`RECIPES`): replicas with
+  zero-sum split noise of scale s (``split<s>``), plain replicas (``none``), replicas with
+  the paper's (inexact) noise (``paper``), fresh units with zero outgoing weights
+  (``fresh``), with a learning rate re-warm after each event (``..._rewarm``) or with reset
+  optimizer moments (``..._reset``); ``depth_fresh`` grows depth too (1 -> 2 -> 3 blocks per stage);
+  ``fresh_half`` starts at half width and grows once, at the first ``--grow-at``;
+* ``scratch@<epochs>``: scratch with another budget; with ``scratch`` and ``scratch_eq`` these
+  make the budget curve against which each grown run's final accuracy is compared at its
+  own training FLOPs (linear interpolation).
 
 Every run's per-epoch log (test accuracy, cumulative training FLOPs from XLA's cost
 analysis, step seconds, compile and growth seconds) goes to ``runs/<arm>_s<seed>.jsonl``;
@@ -30,7 +35,8 @@ resumes. ``--summarize`` (after the runs, or alone) writes ``summary.json``,
   (training steps + compiles + growth; evaluation excluded) at its first epoch with
   ``test_acc >= target_acc``, over scratch's at its own first such epoch (``null`` where
   never reached);
-* at equal FLOPs: the grown run's final accuracy minus ``scratch_eq``'s.
+* at equal FLOPs: the grown run's final accuracy minus scratch's at the same FLOPs,
+  interpolated over the scratch budgets run (``scratch_eq``, ``scratch@E``, ``scratch``).
 
 CPU (2 cores, about 6 CPU-minutes per scratch run, 3 per grown run)::
 
@@ -54,6 +60,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
@@ -78,6 +85,7 @@ class Recipe:
     moments: str = "map"
     rewarm_epochs: float = 0.0
     depth: bool = False
+    start: int = 0  # index into STAGE_WIDTHS of the starting width
 
 
 RECIPES: dict[str, Recipe] = {
@@ -91,6 +99,7 @@ RECIPES: dict[str, Recipe] = {
     "split1.0_rewarm": Recipe("split", 1.0, rewarm_epochs=0.5),
     "fresh_reset": Recipe("fresh", moments="reset"),
     "depth_fresh": Recipe("fresh", depth=True),
+    "fresh_half": Recipe("fresh", start=1),
 }
 
 
@@ -126,13 +135,15 @@ def arm_plan(arm: str, grow_at: Sequence[float]) -> tuple[ResNet, tuple[Grow, ..
     """The starting ResNet-20-family module and growth events of an arm."""
     if arm.startswith("scratch"):
         return ResNet((3, 3, 3), FINAL_WIDTHS, num_classes=10), ()
-    recipe = RECIPES[arm]
+    recipe = RECIPES[arm.split("@")[0]]
     depths = DEPTH_SCHEDULE if recipe.depth else ((3, 3, 3),) * 3
-    model = ResNet(depths[0], STAGE_WIDTHS[0], num_classes=10)
+    widths = STAGE_WIDTHS[recipe.start :]
+    grow_at = grow_at[: len(widths) - 1]
+    model = ResNet(depths[0], widths[0], num_classes=10)
     events = tuple(
         Grow(
             at,
-            widths=STAGE_WIDTHS[i + 1],
+            widths=widths[i + 1],
             depths=depths[i + 1] if recipe.depth else None,
             noise=recipe.noise,
             noise_scale=recipe.noise_scale,
@@ -142,6 +153,12 @@ def arm_plan(arm: str, grow_at: Sequence[float]) -> tuple[ResNet, tuple[Grow, ..
         for i, at in enumerate(grow_at)
     )
     return model, events
+
+
+def arm_epochs(arm: str, default: int) -> int:
+    """``'fresh@14'`` trains 14 epochs (growing at the same fractions); others ``default``."""
+    _, _, epochs = arm.partition("@")
+    return int(epochs) if epochs else default
 
 
 def log_path(out: pathlib.Path, arm: str, seed: int) -> pathlib.Path:
@@ -171,7 +188,7 @@ def run_arm(
     """Trains one arm for one seed unless its log is already complete."""
     out = pathlib.Path(args.out)
     path = log_path(out, arm, seed)
-    epochs = args.epochs
+    epochs = arm_epochs(arm, args.epochs)
     if arm == "scratch_eq":
         epochs = equal_flops_epochs(out, args.headline, seed, args.epochs)
         if epochs is None:
@@ -181,7 +198,7 @@ def run_arm(
         print(f"  {arm} s{seed}: done")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    grow_at = [f * args.epochs for f in args.grow_at]
+    grow_at = [f * epochs for f in args.grow_at]
     model, events = arm_plan(arm, grow_at)
     config = train_config(args, epochs, seed, path)
     start = time.perf_counter()
@@ -215,7 +232,9 @@ def summarize(out: pathlib.Path, epochs: int, headline: str) -> dict[str, Any]:
                 continue
             records = epoch_records(path)
             run_epochs = (
-                equal_flops_epochs(out, headline, seed, epochs) if arm == "scratch_eq" else epochs
+                equal_flops_epochs(out, headline, seed, epochs)
+                if arm == "scratch_eq"
+                else arm_epochs(arm, epochs)
             )
             if not records or records[-1]["epoch"] != run_epochs:
                 continue
@@ -253,15 +272,23 @@ def summarize(out: pathlib.Path, epochs: int, headline: str) -> dict[str, Any]:
                     )
                 },
             }
-    eq = {row["seed"]: row["final_acc"] for row in arms.get("scratch_eq", {}).get("per_seed", [])}
     for arm, entry in arms.items():
         if arm.startswith("scratch"):
             continue
-        gains = [
-            (row["final_acc"] - eq[row["seed"]]) * 100
-            for row in entry["per_seed"]
-            if row["seed"] in eq
-        ]
+        gains = []
+        for row in entry["per_seed"]:
+            budget_curve = sorted(
+                (r["flops"], r["final_acc"])
+                for name, other in arms.items()
+                if name.startswith("scratch")
+                for r in other["per_seed"]
+                if r["seed"] == row["seed"]
+            )
+            flops = [f for f, _ in budget_curve]
+            if len(flops) > 1 and flops[0] <= row["flops"] * 1.02 and row["flops"] <= flops[-1]:
+                at_equal = float(np.interp(row["flops"], flops, [a for _, a in budget_curve]))
+                row["scratch_acc_at_equal_flops"] = at_equal
+                gains.append((row["final_acc"] - at_equal) * 100)
         entry["mean"]["points_over_scratch_at_equal_flops"] = mean_spread(gains) if gains else None
     return {"epochs": epochs, "headline": headline, "seeds": seeds, "arms": arms}
 
@@ -369,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_out = "cifar10-16px" if args.protocol == "cpu" else "cifar10-32px"
     out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
     args.out = str(out)
-    unknown = [a for a in args.arms if not a.startswith("scratch") and a not in RECIPES]
+    unknown = [
+        a for a in args.arms if not a.startswith("scratch") and a.split("@")[0] not in RECIPES
+    ]
     if unknown:
         parser.error(f"unknown arms {unknown}; known: scratch, scratch_eq, {sorted(RECIPES)}")
     if not args.summarize:
