@@ -220,3 +220,17 @@ def test_bad_growth_schedules_fail_before_training(digits, growth, error, match)
 def test_bad_grow_events_are_refused(fields, error, match):
     with pytest.raises(error, match=match):
         train.Grow(**fields)
+
+
+def test_precompiled_events_train_the_same_run(digits, grown_run):
+    """Compiling the events in the background changes no number and compiles nothing twice."""
+    train_set, test_set = digits
+    traces = train.TRACE_COUNTS["indexed_train_step"]
+    plain = train.fit(
+        MODEL, train_set, test_set, CONFIG, growth=GROWTH, growth_key=KEY, precompile=False
+    )
+    assert train.TRACE_COUNTS["indexed_train_step"] == traces  # all three were cached
+    chex.assert_trees_all_equal(plain.state.params, grown_run[0].state.params)
+    chex.assert_trees_all_equal(plain.state.opt_state, grown_run[0].state.opt_state)
+    logged = train.read_jsonl(grown_run[1])
+    assert logged[-1]["background_compile_s"] > 0  # the grown run compiled its events aside

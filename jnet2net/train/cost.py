@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -55,6 +56,7 @@ class CompiledStep(NamedTuple):
 
 _CACHE: collections.OrderedDict[Any, CompiledStep] = collections.OrderedDict()
 _CACHE_SIZE = 16
+_LOCK = threading.Lock()  # one compile at a time per signature, from any thread
 
 
 def signature(args: Any) -> Any:
@@ -85,20 +87,24 @@ def compile_step(jitted: Any, *args: Any, devices: int = 1) -> CompiledStep:
       (:func:`is_compiled`).
     """
     key = (jitted, signature(args), devices)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    flops = flops_from_cost(compiled.cost_analysis()) * devices
-    entry = CompiledStep(compiled, compile_s, flops)
-    _CACHE[key] = entry
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return entry
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        start = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        flops = flops_from_cost(compiled.cost_analysis()) * devices
+        entry = CompiledStep(compiled, compile_s, flops)
+        _CACHE[key] = entry
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return entry
 
 
 def is_compiled(jitted: Any, *args: Any, devices: int = 1) -> bool:
-    """Whether :func:`compile_step` holds an executable for these arguments."""
-    return (jitted, signature(args), devices) in _CACHE
+    """Whether :func:`compile_step` holds an executable for these arguments (waits for a
+    compile in progress)."""
+    key = (jitted, signature(args), devices)
+    with _LOCK:
+        return key in _CACHE

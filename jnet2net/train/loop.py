@@ -5,6 +5,7 @@ Sections: inputs, device data, evaluation, the training loop.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import math
@@ -319,6 +320,7 @@ def fit(
     growth: Sequence[Grow] | None = None,
     growth_key: jax.Array | None = None,
     on_grow: Callable[[nn.Module, TrainState, Record], None] | None = None,
+    precompile: bool = True,
 ) -> FitResult:
     """Trains ``model`` on ``train`` for ``config.epochs``, evaluating on ``test`` each epoch.
 
@@ -354,6 +356,9 @@ def fit(
       growth_key: randomness of the growth events (default: from ``config.seed``); event
         ``i`` (in time order) uses ``fold_in(growth_key, i)``.
       on_grow: called as ``on_grow(new_model, state, record)`` after each growth event.
+      precompile: compile every growth event's program and grown step in a background
+        thread while training runs (on a zero copy of the state), so the events do not wait
+        for compiles; ``False`` compiles each at its event.
 
     Returns:
       :class:`FitResult` with the final state and module and the per-epoch records, also
@@ -362,8 +367,9 @@ def fit(
       step). Records count compute: ``step_flops`` (one step of the current architecture,
       XLA's cost analysis), ``train_flops`` and ``train_s`` (cumulative over the run's
       training steps; a resumed run continues the totals of its log), ``compile_s``
-      (cumulative compile seconds), ``grow_s`` (cumulative seconds of growth events,
-      compiles excluded) and ``wall_s``.
+      (cumulative compile seconds the run waited for), ``grow_s`` (cumulative seconds of
+      growth events), ``background_compile_s`` (compiles overlapped with training) and
+      ``wall_s``.
 
     Raises:
       FloatingPointError: the loss became NaN or infinite.
@@ -403,7 +409,13 @@ def fit(
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
     pending = [(i, e) for i, e in enumerate(events) if e.at_step(spe) >= start]
     planned_models(model, [e for _, e in pending], train.image_shape)  # fails before training
-    totals = {"train_flops": 0.0, "train_s": 0.0, "compile_s": 0.0, "grow_s": 0.0}
+    totals = {
+        "train_flops": 0.0,
+        "train_s": 0.0,
+        "compile_s": 0.0,
+        "grow_s": 0.0,
+        "background_compile_s": 0.0,
+    }
     if config.log_path and os.path.exists(config.log_path):
         if start == 0:
             os.remove(config.log_path)
@@ -425,13 +437,27 @@ def fit(
     if start >= end:
         return FitResult(state, history, model)
 
-    def compiled_for(model: nn.Module, state: TrainState, order: jax.Array) -> CompiledStep:
+    def compiled_for(
+        model: nn.Module, state: TrainState, order: jax.Array, *, total: str = "compile_s"
+    ) -> CompiledStep:
         jitted = cached_call(_train_step, model, step_config, train.mean, train.std, spe, mesh)
         fresh = not is_compiled(jitted, state, images, labels, order, devices=mesh.size)
         step = compile_step(jitted, state, images, labels, order, devices=mesh.size)
         if fresh:
-            totals["compile_s"] += step.compile_s
+            totals[total] += step.compile_s
         return step
+
+    def precompile_events(model: nn.Module, zero_state: TrainState, order: jax.Array) -> None:
+        """Runs every pending event on a zero state and compiles the grown steps, so the
+        real events find their programs compiled (a background thread, during training)."""
+        for index, event in pending:
+            (new_model,) = planned_models(model, [event], train.image_shape)
+            zero_state, _, _ = _jitted_growth(model, event)(
+                zero_state, event_key(growth_key, index), held
+            )
+            zero_state = put_replicated(zero_state, mesh)
+            compiled_for(new_model, zero_state, order, total="background_compile_s")
+            model = new_model
 
     def eval_step_for(model: nn.Module) -> Any:
         if eval_set is None:
@@ -453,6 +479,10 @@ def fit(
         end - start, desc=f"train {type(model).__name__}", enabled=progress_enabled(config.progress)
     )
     step_fn: CompiledStep | None = None
+    background = None
+    zero_state = None  # made before the first step donates the state's buffers
+    if pending and precompile:
+        zero_state = put_replicated(jax.tree.map(jnp.zeros_like, state), mesh)
     with progress:
         for epoch in range(start // spe, config.epochs):
             lo, hi = max(start, epoch * spe), min(end, (epoch + 1) * spe)
@@ -461,6 +491,11 @@ def fit(
             order = permutation(config.seed, epoch, len(train))
             if step_fn is None:
                 step_fn = compiled_for(model, state, order)
+                if zero_state is not None:  # the events' compiles overlap training
+                    pool = concurrent.futures.ThreadPoolExecutor(1)
+                    background = pool.submit(precompile_events, model, zero_state, order)
+                    pool.shutdown(wait=False)
+                    zero_state = None
             t_epoch = time.perf_counter()
             step_metrics = []
             timed_steps = hi - lo
@@ -471,6 +506,8 @@ def fit(
                     epoch_s += time.perf_counter() - t_epoch
                     index, event = pending.pop(0)
                     t_grow = time.perf_counter()
+                    if background is not None:
+                        background.result()  # re-raises what went wrong there
                     model, state, grow_record = _grow(
                         model, state, event, event_key(growth_key, index), held, mesh
                     )
@@ -619,7 +656,13 @@ def logged_totals(log_path: str, step: int) -> dict[str, float]:
             if record["step"] <= step and "train_flops" in record:
                 totals = {
                     k: float(record[k])
-                    for k in ("train_flops", "train_s", "compile_s", "grow_s")
+                    for k in (
+                        "train_flops",
+                        "train_s",
+                        "compile_s",
+                        "grow_s",
+                        "background_compile_s",
+                    )
                     if isinstance(record.get(k), (int, float))
                 }
     return totals
