@@ -370,7 +370,7 @@ def test_transfer_to_a_deeper_network(
 
 def test_train_scale_down(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "learn_drop"
-    scale = '{"check_every": 5, "warmup_steps": 0, "patience": 1, "flop_count": "off"}'
+    scale = '{"check_every": 5, "target_compute": 1.0, "patience": 1}'
     args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "1", "--out", str(out)]
     assert cli.main([*args, *TRAIN, "--scale-down", "--scale-json", scale]) == 0
     assert "scale-down: cut " in capsys.readouterr().out
@@ -669,7 +669,7 @@ def grown_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Three epochs of a tiny ResNet that widens after epoch 1 and deepens after epoch 2."""
     run = tmp_path_factory.mktemp("cli") / "grown"
     args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "3", "--out", str(run)]
-    grow = ["--grow-at", "2:deepen=+1", "--grow-at", "1:widen=2x,noise=fresh"]
+    grow = ["--grow-at", "2:deepen=+1", "--grow-at", "1:widen=2x,noise=fresh"]  # explicit
     assert cli.main(args + GROW_TRAIN + grow) == 0
     return run
 
@@ -685,7 +685,7 @@ def test_grow_at_grows_the_run_and_its_checkpoints(grown_run: pathlib.Path) -> N
     events = [r for r in records if r.get("event") == "grow"]
     assert [e["step"] for e in events] == [GROW_STEPS, 2 * GROW_STEPS]
     assert all(e["output_error"] < 1e-5 for e in events)
-    assert events[0]["grow"] == {"at_epoch": 1.0, "widths": [8, 16], "noise": "fresh"}
+    assert events[0]["grow"] == {"at_epoch": 1.0, "widths": [8, 16]}  # fresh: the default
     assert final.metadata["growth"][1] == {"at_epoch": 2.0, "depths": [2, 2]}
 
 

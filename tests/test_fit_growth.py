@@ -80,7 +80,7 @@ def test_event_records_and_compute_totals_are_logged(grown_run):
     ]
     grow = records[1]
     assert grow["model"]["stage_widths"] == [5, 7] and grow["epoch"] == 1.0
-    assert grow["grow"] == {"at_epoch": 1.0, "widths": [5, 7], "noise_scale": 0.5}
+    assert grow["grow"] == {"at_epoch": 1.0, "widths": [5, 7], "noise": "split", "noise_scale": 0.5}
     epochs = [r for r in records if "event" not in r]
     flops = [r["train_flops"] for r in epochs]
     assert all(np.diff(flops) > 0) and all(r["step_flops"] > 0 for r in epochs)
