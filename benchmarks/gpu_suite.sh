@@ -7,8 +7,8 @@
 #
 # Environment: OUT (results folder), NPZ (CIFAR-10 pack, default .data/cifar10_jpeg.npz),
 # PYTHON (default python3), STEPS (space-separated subset of: throughput resnet20
-# progressive time_to_accuracy scale_down throughput_more; default all, in that order of
-# priority),
+# progressive net2net time_to_accuracy scale_down throughput_more; default all, in that
+# order of priority),
 # SMALL=1 (tiny settings, CPU), BUDGET_S (seconds for the whole run, see below).
 # It needs jax, flax, optax, orbax-checkpoint, chex, pillow and matplotlib (torch for the
 # throughput reference), and runs from the checkout: no install, no tensorflow-datasets.
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}
 NPZ=${NPZ:-.data/cifar10_jpeg.npz}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-throughput resnet20 progressive time_to_accuracy scale_down throughput_more}
+STEPS=${STEPS:-throughput resnet20 progressive net2net time_to_accuracy scale_down throughput_more}
 SMALL=${SMALL:-0}
 # Whole-run budget (default 540 s; 3600 s with SMALL=1): a step's limit shrinks to what is
 # left, and a step with under 30 s left is skipped, so the suite ends inside one device call.
@@ -66,7 +66,7 @@ if [ "$SMALL" = 1 ]; then
   LIMIT_SCALE=5  # CPU compiles dominate the tiny settings
   DATA=(--dataset digits)
   TRAIN=(--epochs 1 --batch-size 64 --dtype float32)
-  SCALE_JSON='{"mode": "cache", "check_every": 5, "warmup_steps": 5, "patience": 1}'
+  SCALE_JSON='{"mode": "cache", "check_every": 5, "target_compute": 1.0, "patience": 1}'
   ARCH=(--arch resnet20 --arch-json '{"stage_depths": [1, 1], "stage_widths": [4, 8]}')
   EXPERIMENT=(--dataset digits --tiny)
   THROUGHPUT=(--small --nets resnet18 --steps 1 --no-torch)
@@ -81,7 +81,7 @@ np.savez('/tmp/cifar10_raw/cifar10.npz', **{f'{s}_{k}': getattr(d, k) for s, d i
 print({s: d.images.shape for s, d in splits.items()})"
   DATA=(--dataset cifar10 --data-dir /tmp/cifar10_raw)
   TRAIN=(--batch-size 512 --dtype bfloat16 --lr 0.2 --warmup-epochs 2 --weight-decay 5e-4)
-  SCALE_JSON='{"mode": "cache", "check_every": 25, "warmup_steps": 300}'
+  SCALE_JSON='{"mode": "cache", "check_every": 25, "target_compute": 0.6}'
   ARCH=(--arch resnet20)
   EXPERIMENT=(--dataset cifar10 --npz /tmp/cifar10_raw/cifar10.npz)
   THROUGHPUT=(--nets resnet18)
@@ -101,6 +101,12 @@ if wanted progressive && [ "$SMALL" != 1 ]; then  # quarter -> half -> full ResN
   run_step progressive 150 "$PY" experiments/progressive/run.py --protocol full \
     --npz /tmp/cifar10_raw/cifar10.npz --epochs 15 --batch-size 512 --lr 0.2 \
     --arms scratch fresh scratch_eq split0.1 --seeds 0 1 2 --out "$OUT/results/progressive"
+fi
+if wanted net2net && [ "$SMALL" != 1 ]; then  # half-width teacher -> wider student vs scratch
+  run_step net2net 150 "$PY" experiments/net2net/protocol.py --protocol full \
+    --npz /tmp/cifar10_raw/cifar10.npz --archs resnet --changes wider deeper both \
+    --budgets 3 10 20 --teacher-epochs 10 --batch-size 512 --lr 0.2 --student-lr 0.1 \
+    --seeds 0 1 2 --out "$OUT/results/net2net" --cache /tmp/net2net_teachers
 fi
 if wanted time_to_accuracy; then  # half-width ResNet-20 -> full width, 10-epoch budget
   BUDGET=(--epochs 10 --teacher-epochs 15 --batch-size 512 --lr 0.2)

@@ -927,10 +927,10 @@ def _train_scale_down(
         },
         input_shape=train_set.image_shape,
     )
-    saved = summary.get("forward_flops_saved")
+    saved = summary.get("flops_saved")
     saved_text = "n/a" if saved is None else f"{saved:.1%}"
     print(
-        f"scale-down: cut {result.cut} (frozen {summary.get('frozen')}), forward FLOPs saved "
+        f"scale-down: cut {result.cut} (frozen {summary.get('frozen')}), training FLOPs saved "
         f"{saved_text}; saved {path} (variables only: not resumable)"
     )
     return result

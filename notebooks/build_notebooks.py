@@ -498,11 +498,11 @@ SCALE_DOWN = [
         """\
 # Training-time scale-down (Learn&Drop)
 
-Early layers of a CNN tend to stop changing long before training ends. Scale-down measures,
-every few steps, how much each layer's weights still change, and drops the layers that
-stopped learning from training, always a contiguous prefix from the input. The dropped
-prefix needs no backward pass and no optimizer state; in `cache` mode even its forward pass
-is computed once and its outputs are reused. Fewer FLOPs per step, shorter epochs.
+Early stages of a CNN settle long before training ends. Scale-down freezes a growing prefix
+of stages (never the last stage or the head) so that the run's training FLOPs come to a
+target fraction of full training's. The frozen prefix needs no backward pass and no
+optimizer state; in `cache` mode even its forward pass is computed once and its outputs are
+reused. Fewer FLOPs per step, shorter epochs.
 
 We train a ResNet with `jnet2net.scale_down.fit_scale_down`, look at each epoch's cut,
 FLOPs and time, and compare with ordinary training for the same number of epochs.
@@ -525,12 +525,14 @@ FLOPs and time, and compare with ordinary training for the same number of epochs
         """\
 ## 1. Scale-down settings
 
-Every `check_every` steps each layer gets a score: the relative change of its weights since
-the last check, smoothed. A layer is *quiet* when its score has fallen below `threshold`
-times its peak (and is not rising) for `patience` checks in a row; the cut then moves past
-it. No layer is dropped during `warmup_steps`, nor more than `max_frozen` layers.
-`mode='cache'` stores the frozen prefix's outputs (without random crops; mirror images with
-`cache_augment='flip'`), `'nograd'` recomputes them every step with the usual augmentation.
+Cuts sit at stage boundaries. Before training, every candidate cut's step is compiled and its
+FLOPs read from the executable; the freezes are then placed `min_spacing` apart, none before
+`not_before`, as late as `target_compute` (training FLOPs over full training's) allows. Every
+`check_every` steps a stage whose relative update is below `ready_ratio` times the median of
+the deeper stages' may freeze earlier. A freezing stage's learning rate ramps to zero over
+`ramp`, and its BatchNorm statistics are recalibrated. `mode='cache'` stores the frozen
+prefix's outputs (without random crops; mirror images with `cache_augment='flip'`),
+`'nograd'` recomputes them every step with the usual augmentation.
 """,
     ),
     (
@@ -539,20 +541,13 @@ it. No layer is dropped during `warmup_steps`, nor more than `max_frozen` layers
 if SMALL:
     model = models.ResNet(stage_depths=(2, 2), stage_widths=(8, 16))
     scale_config = scale_down.ScaleDownConfig(
-        check_every=5,
-        warmup_steps=20,
-        patience=2,
-        trend_window=3,
-        smoothing=0.5,
-        max_frozen=3,
-        mode="cache",
-        cache_augment="none",
-        flop_count="lowered",
+        target_compute=0.85, check_every=5, mode="cache", cache_augment="none"
     )
 else:
     model = models.preset("resnet20")
-    scale_config = scale_down.ScaleDownConfig(mode="cache", cache_augment="flip")
+    scale_config = scale_down.ScaleDownConfig(target_compute=0.7, mode="cache")
 print("layers:", model.layer_names())
+print("candidate cuts:", scale_down.candidate_cuts(model, scale_config.max_stages))
 print(scale_config)
 """,
     ),
@@ -561,9 +556,9 @@ print(scale_config)
         """\
 ## 2. Train with scale-down
 
-Each epoch record says how many layers were still trained (`cut` is the number of frozen
-layers from the input), the forward and backward FLOPs per example of the step in use
-(from XLA's cost analysis), this epoch's FLOPs against full training's, and the time.
+Each epoch record says how many layers were frozen (`cut`, counted from the input), the
+FLOPs of one step in use (from XLA's cost analysis of its executable), this epoch's FLOPs
+against full training's, and the time.
 """,
     ),
     (
@@ -571,19 +566,16 @@ layers from the input), the forward and backward FLOPs per example of the step i
         """\
 result = scale_down.fit_scale_down(model, train_set, test_set, config, scale_config)
 
-print(
-    f"{'epoch':>5}{'cut':>5}{'fwd MFLOP':>11}{'bwd MFLOP':>11}{'FLOPs vs full':>15}"
-    f"{'time s':>8}{'test acc':>10}"
-)
+print(f"{'epoch':>5}{'cut':>5}{'step MFLOP':>12}{'FLOPs vs full':>15}{'time s':>8}{'test acc':>10}")
 for r in result.history:
-    forward, backward = r["forward_flops_per_example"], r["backward_flops_per_example"]
     print(
-        f"{r['epoch']:>5}{r['cut']:>5}{forward / 1e6:>11.3f}{backward / 1e6:>11.3f}"
+        f"{r['epoch']:>5}{r['cut']:>5}{r['step_flops'] / 1e6:>12.2f}"
         f"{r['epoch_flops'] / r['full_epoch_flops']:>15.1%}"
         f"{r['epoch_s']:>8.2f}{r['test_acc']:>10.3f}"
     )
+print("deadlines:", result.summary["deadlines"], "freezes:", result.summary["freeze_steps"])
 for event in result.summary["events"]:
-    print(f"step {event['step']}: froze {event['layers']}")
+    print(f"step {event['step']}: froze {event['layers']} (early: {event['early']})")
 """,
     ),
     (
@@ -592,10 +584,10 @@ for event in result.summary["events"]:
 ## 3. Against full training
 
 The same network and config trained the usual way for as many epochs. The summary of the
-scale-down run gives the training FLOPs saved (cache builds included) and its time. Moving
-the cut compiles a new training step and builds the cache once: in SMALL mode, where an
-epoch takes well under a second, that cost outweighs the saving; on CIFAR-10 with an
-accelerator the shorter steps of the later epochs win.
+scale-down run gives the training FLOPs saved (cache builds and recalibrations included), its
+time, and the seconds spent compiling every candidate cut's step before training: in SMALL
+mode, where an epoch takes well under a second, those compiles outweigh the saving; on
+CIFAR-10 with an accelerator the shorter steps of the later epochs win.
 """,
     ),
     (
@@ -605,11 +597,10 @@ full = train.fit(model, train_set, test_set, config)
 summary = result.summary
 print(f"frozen at the end:     {summary['frozen']}")
 print(f"training FLOPs saved:  {summary['flops_saved']:.1%}")
-print(f"forward FLOPs saved:   {summary['forward_flops_saved']:.1%}")
 print(f"time, full training:   {sum(r['epoch_s'] for r in full.history):.1f} s")
 print(
-    f"time, scale-down:      {summary['train_s']:.1f} s, of which {summary['rebuild_s']:.1f} s "
-    "moving the cut (compiles, caches)"
+    f"time, scale-down:      {summary['train_s']:.1f} s, of which {summary['move_s']:.1f} s "
+    f"freezing (recalibration, caches); {summary['compile_s']:.1f} s compiling before"
 )
 print(
     f"test accuracy:         {summary['test_acc']:.3f} scale-down, "

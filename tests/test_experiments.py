@@ -178,12 +178,16 @@ def test_weight_reuse_main_tiny(tmp_path):
 
 
 def test_scale_down_main_tiny(tmp_path):
-    results = scale_down.main(["--tiny", "--out", str(tmp_path), "--archs", "resnet18"])
-    item = results["archs"]["resnet18"]
-    assert item["full"]["epochs"] == item["scale_down"]["epochs"] == 1
-    assert item["scale_down"]["total_s"] == pytest.approx(item["summary"]["train_s"])
-    assert "fwd FLOPs saved" in (tmp_path / "table.md").read_text()
-    assert (tmp_path / "curves_resnet18.png").stat().st_size > 1000
+    argv = ["--tiny", "--out", str(tmp_path), "--nets", "resnet18", "--seeds", "0"]
+    summary = scale_down.main(argv)
+    entry = summary["networks"]["resnet18"]
+    assert set(entry["arms"]) == set(scale_down.ARMS)
+    assert entry["speedup"] > 0 and entry["acc_drop_pts"] is not None
+    (row,) = entry["per_seed"]
+    assert row["scale_down"]["candidate_cuts"] == [2, 3, 4]  # stem + stage 0, stages 1, 2
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["networks"]["resnet18"]["speedup"] == pytest.approx(entry["speedup"])
+    assert "| resnet18 | scale_down |" in (tmp_path / "table.md").read_text()
 
 
 # --- tables and verdicts from recorded runs ------------------------------------------------
@@ -242,22 +246,26 @@ def test_weight_reuse_table_names_the_run_its_target_comes_from():
     assert "epochs to 90% of random's final" in weight_reuse.HEADERS
 
 
-def test_scale_down_table_columns_come_from_the_runs_and_summary():
-    full = _entry("full", [0.5, 0.9], [2.0, 4.0])
-    scaled = _entry("scale_down", [0.5, 0.85], [1.0, 1.6])
-    summary = {"forward_flops_saved": 0.25, "train_s": 1.6, "cut": 3}
-    results = {
-        "archs": {
-            "vgg11": {"full": full, "scale_down": scaled, "summary": summary, "layers": [0] * 9}
-        }
-    }
-    (row,) = scale_down.table_rows(results)
-    named = dict(zip(scale_down.HEADERS, row, strict=True))
-    assert named["acc drop (pts)"] == pytest.approx(5.0)
-    assert named["full s"] == 4.0 and named["scale-down s"] == 1.6
-    assert named["speed-up"] == pytest.approx(2.5)
-    assert named["fwd FLOPs saved"] == "25.00%" and named["paper fwd FLOPs saved"] == "17.83%"
-    assert named["frozen layers at end"] == "3/9"
+def test_scale_down_summary_compares_every_arm_with_full_training(tmp_path):
+    runs = tmp_path / "runs"
+    _write_log(runs / "resnet18_full_s0.jsonl", [0.5, 0.8], 10.0, 4.0)  # 20 FLOPs, 8 + 1 s
+    _write_log(runs / "resnet18_scale_down_s0.jsonl", [0.5, 0.79], 6.0, 2.0)  # 12, 4 + 1 s
+    _write_log(runs / "resnet18_freezeout_s0.jsonl", [0.5, 0.77], 6.0, 2.0)
+    _write_log(runs / "resnet18_full_eq_flops_s0.jsonl", [0.75], 10.0, 4.0)
+    _write_log(runs / "vgg11_full_s0.jsonl", [0.5, 0.8], 10.0, 4.0)  # no scale-down run yet
+    summary = scale_down.summarize(tmp_path, ["resnet18", "vgg11"], 2)
+    assert set(summary["networks"]) == {"resnet18"}
+    entry = summary["networks"]["resnet18"]
+    assert entry["speedup"] == pytest.approx(9 / 5)
+    assert entry["acc_drop_pts"] == pytest.approx(1.0)
+    points = entry["per_seed"][0]["points_over"]
+    assert points == {"freezeout": pytest.approx(2.0), "full_eq_flops": pytest.approx(4.0)}
+    assert entry["arms"]["full_eq_flops"]["flops_ratio"]["mean"] == pytest.approx(0.5)
+    scale_down.write_table(tmp_path, summary)
+    assert (
+        "| resnet18 | scale_down | 79.0 | 1.00 | 0.60 | 1.80 |"
+        in (tmp_path / "table.md").read_text()
+    )
 
 
 def test_time_to_accuracy_main_tiny_writes_its_table_to_out(tmp_path):
@@ -456,6 +464,7 @@ def test_gpu_suite_is_valid_bash():
 @pytest.mark.parametrize("small", ["0", "1"])
 def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
     from benchmarks import throughput, time_to_accuracy
+    from experiments.net2net import protocol as net2net_protocol
     from experiments.progressive import run as progressive
 
     calls = tmp_path / "calls.jsonl"
@@ -472,6 +481,7 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
         "benchmarks/throughput.py": throughput.build_parser(),
         "benchmarks/time_to_accuracy.py": time_to_accuracy.build_parser(),
         "experiments/progressive/run.py": progressive.build_parser(),
+        "experiments/net2net/protocol.py": net2net_protocol.build_parser(),
     }
     seen = []
     for argv in invocations:
@@ -484,7 +494,11 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
         else:
             assert argv[0] == "-c", argv
     expected = ["benchmarks/throughput.py", "train"]
-    expected += ["experiments/progressive/run.py"] if small == "0" else []
+    expected += (
+        ["experiments/progressive/run.py", "experiments/net2net/protocol.py"]
+        if small == "0"
+        else []
+    )
     expected += ["benchmarks/time_to_accuracy.py"]
     expected += ["train", "train"] + (["benchmarks/throughput.py"] if small == "0" else [])
     assert seen == expected
@@ -552,3 +566,22 @@ def test_progressive_summary_ratios_to_target(tmp_path):
     assert none["mean"]["flops_ratio_to_target"]["missing"] == 1
     progressive.write_table(tmp_path, summary)
     assert "| fresh | 1 | 69.8 |" in (tmp_path / "table.md").read_text()
+
+
+def test_net2net_protocol_summary_ratios_and_dip(tmp_path):
+    from experiments.net2net import protocol
+
+    runs = tmp_path / "runs"
+    _write_log(runs / "resnet_teacher_s0.jsonl", [0.4, 0.5], 2.0, 1.0)
+    _write_log(runs / "resnet_wider_student_b3_s0.jsonl", [0.47, 0.60, 0.62], 4.0, 1.0)
+    _write_log(runs / "resnet_wider_scratch_b3_s0.jsonl", [0.3, 0.5, 0.6], 4.0, 1.0)
+    summary = protocol.summarize(tmp_path, teacher_epochs=2)
+    row = summary["resnet/wider/b3"]["per_seed"][0]
+    assert row["target_acc"] == pytest.approx(0.597)
+    assert row["flops_ratio_to_target"] == pytest.approx(8 / 12)  # epoch 2 against epoch 3
+    assert row["teacher_flops_over_scratch"] == pytest.approx(4 / 12)
+    assert row["dip_pts"] == pytest.approx(100 * (0.5 - 0.47))
+    protocol.write_table(tmp_path, summary)
+    assert (
+        "| resnet/wider/b3 | 1 | 50.0 | 62.0 | 60.0 | 0.67 |" in (tmp_path / "table.md").read_text()
+    )

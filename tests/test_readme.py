@@ -78,4 +78,4 @@ def test_training_block_learns_saves_and_scales_down(tour):
     assert tour["cwd_files"] == ["student"]
     summary = tour["result"].summary
     assert summary["epochs"] == 8
-    assert summary["forward_flops_saved"] is not None
+    assert summary["flops_saved"] is not None

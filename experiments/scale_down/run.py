@@ -1,23 +1,38 @@
-"""Training-time scale-down against full training at equal epochs.
+"""Budgeted scale-down against full training at equal epochs, FLOPs and seconds.
 
-For VGG-11, VGG-16, ResNet-18 and ResNet-50 (CIFAR stems) the same schedule is run twice:
-full training (``jnet2net.train.fit``) and scale-down (``jnet2net.scale_down.fit_scale_down``,
-which drops from training the prefix of layers that stopped learning). Reported per network:
-training seconds of both and their ratio, forward FLOPs saved (XLA cost analysis, per
-example over the run), final test accuracy of both, and the paper's figures beside ours
-(Learn&Drop: > 2x shorter training, forward FLOPs -17.83% for VGG-11 up to -83.74% for
-ResNet-152, accuracy within 0.26-2.38 points for VGGs and 0.4-3.2 points for ResNets).
+Protocol (CPU, the default): CIFAR-10 (JPEG q75) downsampled (2x2 mean) to 16x16, a seeded
+stratified 10k train subset, the full 10k test set (``jnet2net.data.load_protocol``);
+ResNet-18 and VGG-11 at reduced width (``resnet18(stage_widths=(16, 32, 64, 128))``,
+``vgg11(stage_widths=(16, 32, 64, 128, 128))``), batch 128, SGD-Nesterov lr 0.1, cosine,
+weight decay 5e-4, random crop (2 px padding) and flip, float32.
 
-Outputs in ``experiments/scale_down/results/<dataset>/``: ``results.json``, ``table.md``
-and ``curves_<arch>.png`` (test accuracy against steps and seconds, full vs scale-down).
+Arms, per network and seed (``--arms``, ``--seeds``):
 
-GPU, CIFAR-10 (full widths, 30 epochs each)::
+* ``full``: ``jnet2net.train.fit`` for ``--epochs``;
+* ``scale_down``: ``jnet2net.scale_down.fit_scale_down`` for ``--epochs`` with
+  ``ScaleDownConfig(target_compute=--target, mode=--mode)``: stages freeze on the budget's
+  deadlines or earlier when ready (relative update below half the deeper stages' median);
+* ``freezeout``: the same budget on a fixed schedule (no readiness) whose learning-rate ramps
+  last ``--freezeout-ramp`` of training (FreezeOut-style per-stage annealing);
+* ``full_eq_flops`` / ``full_eq_seconds``: full training for ``round(epochs * r)`` epochs
+  (its own schedule), ``r`` the ``scale_down`` run's training FLOPs / seconds (compiles
+  included) over ``full``'s, for the same seed.
 
-    python experiments/scale_down/run.py --dataset cifar10 --npz data/cifar10_jpeg.npz
+Each run logs per epoch (test accuracy, cumulative training FLOPs from XLA's cost analysis
+of the compiled steps, training and compile seconds) to ``runs/<net>_<arm>_s<seed>.jsonl``
+(scale-down logs end with a summary: freeze steps, seconds per step of each cut, compile
+seconds). A finished run is skipped when the script runs again, so the study resumes.
+``summary.json`` then holds, per network, means over seeds of ``speedup`` (full training's
+seconds at equal epochs over scale-down's, compiles included; evaluation excluded) and
+``acc_drop_pts`` (full's final test accuracy minus scale-down's, in points), and every
+arm's accuracy, FLOPs and seconds against ``full``; ``table.md`` shows them.
 
-CPU, reduced run on digits (width-reduced networks, few epochs; a few minutes)::
+CPU (2 cores; about ten CPU-minutes per full run)::
 
-    python experiments/scale_down/run.py --dataset digits
+    python experiments/scale_down/run.py --data-dir ../shared/data --seeds 0 1 2
+
+Smoke runs (minutes): ``--tiny`` (digits, tiny networks, 2 epochs) or ``--train-limit 512
+--epochs 1``.
 """
 
 from __future__ import annotations
@@ -25,200 +40,340 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-import jnet2net
 from experiments import common
-from jnet2net.models import resnet18, resnet50, vgg11, vgg16
+from experiments.common import mean_spread, run_seconds
+from jnet2net import data as data_lib
+from jnet2net.models import resnet18, vgg11
 from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
-from jnet2net.train import TrainConfig
+from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 
-ARCHS = ("vgg11", "vgg16", "resnet18", "resnet50")
+ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds")
 
-#: The paper's figures per network (forward FLOPs saved; accuracy loss range of the family).
-PAPER = {
-    "vgg11": {"forward_flops_saved": 0.1783, "acc_drop": "0.26-2.38"},
-    "vgg16": {"forward_flops_saved": None, "acc_drop": "0.26-2.38"},
-    "resnet18": {"forward_flops_saved": None, "acc_drop": "0.4-3.2"},
-    "resnet50": {"forward_flops_saved": None, "acc_drop": "0.4-3.2"},
+NETWORKS: dict[str, Callable[[], Any]] = {
+    "resnet18": lambda: resnet18(stage_widths=(16, 32, 64, 128), num_classes=10),
+    "vgg11": lambda: vgg11(stage_widths=(16, 32, 64, 128, 128), num_classes=10),
 }
-PAPER_SPEEDUP = "> 2x"
+TINY_NETWORKS: dict[str, Callable[[], Any]] = {
+    "resnet18": lambda: resnet18(
+        stage_widths=(4, 4, 8, 8), stage_depths=(1, 1, 1, 1), num_classes=10
+    ),
+    "vgg11": lambda: vgg11(stage_widths=(4, 4, 8, 8, 8), num_classes=10),
+}
 
 
-def models(dataset: str, tiny: bool = False) -> dict[str, Any]:
-    """The four networks; width-reduced for digits (8x8 images)."""
-    if dataset != "digits":
-        return {"vgg11": vgg11(), "vgg16": vgg16(), "resnet18": resnet18(), "resnet50": resnet50()}
-    if tiny:
-        return {
-            "vgg11": vgg11(stage_widths=(2, 4, 4, 4, 4)),
-            "resnet18": resnet18(stage_widths=(2, 4, 4, 4), stage_depths=(1, 1, 1, 1)),
-        }
-    return {
-        "vgg11": vgg11(stage_widths=(4, 8, 8, 16, 16)),
-        "vgg16": vgg16(stage_widths=(4, 8, 8, 16, 16)),
-        "resnet18": resnet18(stage_widths=(4, 8, 8, 16)),
-        "resnet50": resnet50(stage_widths=(8, 16, 16, 32), stem_width=4),
+# --- set-up -------------------------------------------------------------------------------
+
+
+def protocol_data(args: argparse.Namespace) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+    """The CPU protocol (16x16, 10k subset), or digits with ``--tiny``."""
+    if args.tiny:
+        return common.load_data("digits", train_limit=256)
+    return common.load_data(
+        "cifar10",
+        data_dir=args.data_dir,
+        npz=args.npz,
+        resolution=16,
+        train_subset=10000,
+        train_limit=args.train_limit,
+    )
+
+
+def train_config(
+    args: argparse.Namespace, epochs: int, seed: int, log: pathlib.Path
+) -> TrainConfig:
+    """The arms' training config (digits: 1-pixel crops and no flips)."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=32 if args.tiny else args.batch_size,
+        learning_rate=0.05 if args.tiny else args.lr,
+        weight_decay=5e-4,
+        augment="crop" if args.tiny else "crop_flip",
+        crop_padding=1 if args.tiny else 2,
+        compute_dtype=args.dtype or common.default_dtype(),
+        seed=seed,
+        progress=False,
+        log_path=str(log),
+    )
+
+
+def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfig:
+    """The budgeted policy (``scale_down``) or its fixed FreezeOut-style twin (``freezeout``)."""
+    fields: dict[str, Any] = {
+        "target_compute": 1.0 if args.tiny else args.target,
+        "not_before": args.not_before,
+        "min_spacing": args.min_spacing,
+        "ramp": args.ramp,
+        "check_every": max(1, spe // 4),
+        "mode": args.mode,
+        "cache_augment": "none" if args.tiny else "flip",
     }
+    if arm == "freezeout":
+        fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
+    return ScaleDownConfig(**fields)
 
 
-def settings(dataset: str, tiny: bool) -> dict[str, Any]:
-    """Epochs, batch, learning rate and scale-down config of a dataset's protocol."""
-    if tiny:
-        scale = ScaleDownConfig(check_every=2, warmup_steps=2, patience=1, trend_window=2)
-        return {"epochs": 1, "batch_size": 32, "lr": 0.05, "scale": scale}
-    if dataset == "digits":
-        # digits are not flipped and cached activations see no crops: cache the plain images.
-        scale = ScaleDownConfig(
-            check_every=11,
-            warmup_steps=132,
-            patience=3,
-            trend_window=3,
-            threshold=0.3,
-            mode="cache",
-            cache_augment="none",
-        )
-        return {"epochs": 8, "batch_size": 32, "lr": 0.05, "scale": scale}
-    # The frozen prefix is served from a cache (forward FLOPs saved, flips kept, no crops);
-    # --mode nograd keeps every augmentation and saves backward work only.
-    return {"epochs": 30, "batch_size": 128, "lr": 0.1, "scale": ScaleDownConfig(mode="cache")}
+def log_path(out: pathlib.Path, net: str, arm: str, seed: int) -> pathlib.Path:
+    return out / "runs" / f"{net}_{arm}_s{seed}.jsonl"
 
 
-def run_arch(
-    name: str, model: Any, train: Any, test: Any, config: TrainConfig, scale: ScaleDownConfig
-) -> dict[str, Any]:
-    """Full and scale-down training of one network; JSON-ready results."""
-    full_run, _ = common.train_run(f"{name} full", model, train, test, config)
-    result = fit_scale_down(model, train, test, config, scale)
-    rebuild_s = sum(r["rebuild_s"] for r in result.history)
-    scaled = common.run_from_history(f"{name} scale-down", config.epochs, result.history, config)
-    # fit_scale_down's epoch_s includes cut moves (compiles, caches); keep them in: they are
-    # part of its cost. It compiles its first step before timing, so every step is in its
-    # epoch_s already: undo run_from_history's first-step rescale (total = summary train_s).
-    scaled.train_s = _cumulative([r["epoch_s"] for r in result.history])
-    summary = result.summary
+def epoch_records(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a log (growth events and the summary line left out)."""
+    if not path.exists():
+        return []
+    return [r for r in read_jsonl(path) if "epoch" in r and "event" not in r]
+
+
+def run_summary(path: pathlib.Path) -> dict[str, Any] | None:
+    """The ``{"summary": ...}`` line a scale-down log ends with (``None``: none)."""
+    if not path.exists():
+        return None
+    lines = [r["summary"] for r in read_jsonl(path) if "summary" in r]
+    return lines[-1] if lines else None
+
+
+def finished(path: pathlib.Path, epochs: int) -> bool:
+    records = epoch_records(path)
+    return bool(records) and records[-1]["epoch"] == epochs
+
+
+def equal_epochs(out: pathlib.Path, net: str, arm: str, seed: int, epochs: int) -> int | None:
+    """Epochs of a ``full_eq_*`` arm: ``epochs`` times scale-down's FLOPs or seconds over
+    full training's (``None``: those runs are not finished yet)."""
+    full, scaled = log_path(out, net, "full", seed), log_path(out, net, "scale_down", seed)
+    if not (finished(full, epochs) and finished(scaled, epochs)):
+        return None
+    a, b = epoch_records(scaled)[-1], epoch_records(full)[-1]
+    if arm == "full_eq_flops":
+        ratio = a["train_flops"] / b["train_flops"]
+    else:
+        ratio = run_seconds(a) / run_seconds(b)
+    return max(1, round(ratio * epochs))
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def run_arm(
+    args: argparse.Namespace,
+    net: str,
+    arm: str,
+    seed: int,
+    train: data_lib.Dataset,
+    test: data_lib.Dataset,
+) -> None:
+    """Trains one arm of one network for one seed unless its log is already complete."""
+    out = pathlib.Path(args.out)
+    path = log_path(out, net, arm, seed)
+    epochs = args.epochs
+    if arm.startswith("full_eq"):
+        epochs = equal_epochs(out, net, arm, seed, args.epochs)
+        if epochs is None:
+            print(f"  {net} {arm} s{seed}: needs full and scale_down first; skipped")
+            return
+    if finished(path, epochs):
+        print(f"  {net} {arm} s{seed}: done")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = (TINY_NETWORKS if args.tiny else NETWORKS)[net]()
+    config = train_config(args, epochs, seed, path)
+    start = time.perf_counter()
+    if arm in ("scale_down", "freezeout"):
+        spe = steps_per_epoch(len(train), config.batch_size)
+        fit_scale_down(model, train, test, config, scale_config(args, arm, spe))
+    else:
+        fit(model, train, test, config)
+    last = epoch_records(path)[-1]
     print(
-        f"  {name + ' scale-down':<28} epochs={config.epochs:<3} acc={scaled.final_acc:.4f} "
-        f"train_s={scaled.total_s:.1f} cut={result.cut} "
-        f"fwd_saved={summary.get('forward_flops_saved')}",
+        f"  {net:<9} {arm:<16} s{seed} epochs={epochs:<3} acc={last['test_acc']:.4f} "
+        f"flops={last['train_flops']:.3g} seconds={run_seconds(last):.0f} "
+        f"wall={time.perf_counter() - start:.0f}s",
         flush=True,
     )
-    return {
-        "model": jnet2net.model_config(model),
-        "layers": list(model.layer_names()),
-        "full": full_run.to_dict(),
-        "scale_down": scaled.to_dict(),
-        "rebuild_s": rebuild_s,
-        "summary": summary,
-        "per_epoch": [
-            {k: r.get(k) for k in ("epoch", "cut", "trained_layers", "forward_flops", "mode")}
-            for r in result.history
-        ],
+
+
+# --- summary ------------------------------------------------------------------------------
+
+
+def _seed_row(out: pathlib.Path, net: str, seed: int, epochs: int) -> dict[str, Any] | None:
+    """One seed's arms against ``full`` (``None`` unless full and scale-down finished)."""
+    full = epoch_records(log_path(out, net, "full", seed))
+    if not finished(log_path(out, net, "full", seed), epochs):
+        return None
+    if not finished(log_path(out, net, "scale_down", seed), epochs):
+        return None
+    base = full[-1]
+    arms = {}
+    for arm in ARMS:
+        records = epoch_records(log_path(out, net, arm, seed))
+        if not records:
+            continue
+        last = records[-1]
+        arms[arm] = {
+            "epochs": last["epoch"],
+            "final_acc": last["test_acc"],
+            "flops_ratio": last["train_flops"] / base["train_flops"],
+            "seconds": run_seconds(last),
+            "speedup": run_seconds(base) / run_seconds(last),
+            "acc_drop_pts": 100 * (base["test_acc"] - last["test_acc"]),
+        }
+    scaled = arms["scale_down"]
+    row: dict[str, Any] = {
+        "seed": seed,
+        "speedup": scaled["speedup"],
+        "acc_drop_pts": scaled["acc_drop_pts"],
+        "arms": arms,
     }
+    summary = run_summary(log_path(out, net, "scale_down", seed))
+    if summary:
+        row["scale_down"] = {
+            key: summary.get(key)
+            for key in (
+                "candidate_cuts",
+                "deadlines",
+                "freeze_steps",
+                "early",
+                "planned_compute",
+                "flops_ratio",
+                "cut_step_s",
+                "cut_step_flops",
+                "compile_s",
+                "move_s",
+                "train_s",
+            )
+        }
+    row["points_over"] = {
+        arm: 100 * (scaled["final_acc"] - arms[arm]["final_acc"])
+        for arm in ("freezeout", "full_eq_flops", "full_eq_seconds")
+        if arm in arms
+    }
+    return row
 
 
-def _cumulative(values: Sequence[float]) -> list[float]:
-    out, total = [], 0.0
-    for value in values:
-        total += value
-        out.append(total)
-    return out
-
-
-HEADERS = (
-    "network",
-    "full acc",
-    "scale-down acc",
-    "acc drop (pts)",
-    "paper acc drop (pts)",
-    "full s",
-    "scale-down s",
-    "speed-up",
-    "paper speed-up",
-    "fwd FLOPs saved",
-    "paper fwd FLOPs saved",
-    "frozen layers at end",
-)
-
-
-def table_rows(results: dict[str, Any]) -> list[list[Any]]:
-    """One row per network: ours beside the paper's figures."""
-    rows = []
-    for name, item in results["archs"].items():
-        full, scaled, summary = item["full"], item["scale_down"], item["summary"]
-        saved = summary.get("forward_flops_saved")
-        paper = PAPER.get(name, {})
-        paper_saved = paper.get("forward_flops_saved")
-        rows.append(
-            [
-                name,
-                full["final_acc"],
-                scaled["final_acc"],
-                100 * (full["final_acc"] - scaled["final_acc"]),
-                paper.get("acc_drop"),
-                full["total_s"],
-                scaled["total_s"],
-                full["total_s"] / scaled["total_s"] if scaled["total_s"] else None,
-                PAPER_SPEEDUP,
-                None if saved is None else f"{saved:.2%}",
-                None if paper_saved is None else f"{paper_saved:.2%}",
-                f"{summary['cut']}/{len(item['layers'])}",
-            ]
+def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, Any]:
+    """``summary.json``'s content from the finished logs under ``out/runs``."""
+    networks = {}
+    for net in nets:
+        seeds = sorted(
+            {int(p.stem.rsplit("_s", 1)[1]) for p in (out / "runs").glob(f"{net}_full_s*.jsonl")}
         )
-    return rows
+        rows = [row for s in seeds if (row := _seed_row(out, net, s, epochs)) is not None]
+        if not rows:
+            continue
+        speedup = mean_spread([r["speedup"] for r in rows])
+        drop = mean_spread([r["acc_drop_pts"] for r in rows])
+        arms = {
+            arm: {
+                key: mean_spread([r["arms"][arm][key] for r in rows if arm in r["arms"]])
+                for key in ("final_acc", "flops_ratio", "speedup", "acc_drop_pts")
+            }
+            for arm in ARMS
+            if any(arm in r["arms"] for r in rows)
+        }
+        networks[net] = {
+            "speedup": speedup["mean"],
+            "acc_drop_pts": drop["mean"],
+            "speedup_spread": speedup,
+            "acc_drop_spread": drop,
+            "seeds": [r["seed"] for r in rows],
+            "arms": arms,
+            "points_over": {
+                arm: mean_spread([r["points_over"][arm] for r in rows if arm in r["points_over"]])
+                for arm in ("freezeout", "full_eq_flops", "full_eq_seconds")
+            },
+            "per_seed": rows,
+        }
+    return {"epochs": epochs, "networks": networks}
+
+
+def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
+    """``table.md``: each network's arms against full training at equal epochs."""
+
+    def stat(entry: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
+        value = entry.get(key, {}).get("mean")
+        return "-" if value is None else f"{scale * value:.{digits}f}"
+
+    rows = []
+    for net, entry in summary["networks"].items():
+        for arm, stats in entry["arms"].items():
+            rows.append(
+                [
+                    net,
+                    arm,
+                    stat(stats, "final_acc", 100, 1),
+                    stat(stats, "acc_drop_pts", 1, 2),
+                    stat(stats, "flops_ratio"),
+                    stat(stats, "speedup"),
+                ]
+            )
+    headers = ["network", "arm", "final acc %", "drop vs full (pts)", "FLOPs / full", "speed-up"]
+    text = (
+        f"# Budgeted scale-down, {summary['epochs']} epochs (means over seeds; seconds include"
+        " compiles, exclude evaluation)\n\n" + common.markdown_table(headers, rows) + "\n"
+    )
+    (out / "table.md").write_text(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=None, help="folder with cifar10_jpeg.npz or tfds")
+    parser.add_argument("--npz", default=None, help="the cifar10_jpeg.npz pack")
+    parser.add_argument("--train-limit", type=int, default=None, help="smoke: first N examples")
+    parser.add_argument("--tiny", action="store_true", help="smoke: digits, tiny networks")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="default 15 (--tiny: 2)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--mode", choices=("cache", "nograd"), default="cache")
+    parser.add_argument("--target", type=float, default=0.6, help="target_compute")
+    parser.add_argument("--not-before", type=float, default=0.3)
+    parser.add_argument("--min-spacing", type=float, default=0.1)
+    parser.add_argument("--ramp", type=float, default=0.05)
+    parser.add_argument("--freezeout-ramp", type=float, default=0.3)
+    parser.add_argument("--summarize", action="store_true", help="only write the summary")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs full and scale-down training per network and writes the outputs."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_common_args(parser)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--archs", nargs="*", default=None)
-    parser.add_argument("--mode", default=None, help="scale-down mode: nograd or cache")
-    args = parser.parse_args(argv)
-    common.configure_reduced_mode(args.dataset)
-
-    setup = settings(args.dataset, args.tiny)
-    scale = setup["scale"]
-    if args.mode:
-        scale = ScaleDownConfig(**{**scale.__dict__, "mode": args.mode})
-    train, test = common.data_for(args)
-    digits = args.dataset == "digits"
-    config = common.base_config(args, setup, args.epochs or setup["epochs"])
-    nets = models(args.dataset, args.tiny)
-    archs = {}
-    for name in args.archs or list(nets):
-        print(f"[{name}]", flush=True)
-        archs[name] = run_arch(name, nets[name], train, test, config, scale)
-    results = {
-        "dataset": args.dataset,
-        "environment": common.environment(common.REDUCED_NOTE if digits else None),
-        "config": config.to_dict(),
-        "scale_config": dict(scale.__dict__),
-        "archs": archs,
+    """Runs the arms (unless ``--summarize``) and writes ``summary.json`` and ``table.md``."""
+    args = build_parser().parse_args(argv)
+    args.epochs = args.epochs or (2 if args.tiny else 15)
+    default_out = "digits-tiny" if args.tiny else "cifar10-16px"
+    out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
+    args.out = str(out)
+    if args.tiny:
+        common.configure_reduced_mode("digits")
+    if not args.summarize:
+        train, test = protocol_data(args)
+        print(f"data: train {train.images.shape}, test {test.images.shape}", flush=True)
+        for seed in args.seeds:
+            for net in args.nets:
+                for arm in (a for a in ARMS if a in args.arms):
+                    run_arm(args, net, arm, seed, train, test)
+    summary = summarize(out, args.nets, args.epochs)
+    summary["environment"] = common.environment(
+        common.REDUCED_NOTE
+        if args.tiny
+        else "CIFAR-10 (JPEG q75) 16x16, 10k stratified train subset, full test set"
+    )
+    summary["settings"] = {
+        k: getattr(args, k)
+        for k in ("mode", "target", "not_before", "min_spacing", "ramp", "freezeout_ramp")
     }
-    out = common.out_dir(__file__, args.dataset, args.out)
-    common.write_json(out / "results.json", results)
-    text = [
-        f"# Training-time scale-down vs full training ({args.dataset})\n\n",
-        common.provenance_md(results["environment"]),
-        f"\nEqual epochs ({config.epochs}), lr {config.learning_rate}, batch "
-        f"{config.batch_size}, scale-down mode `{scale.mode}`. Seconds: training steps only "
-        "for full training; steps plus cut moves (compiles, caches) for scale-down. The "
-        "paper's accuracy drops are its ranges over the VGG / ResNet family.\n\n",
-        common.markdown_table(HEADERS, table_rows(results)),
-    ]
-    (out / "table.md").write_text("".join(text))
-    for name, item in archs.items():
-        keys = ("label", "epochs", "step", "train_s", "test_acc", "config")
-        runs = [common.Run(**{k: item[m][k] for k in keys}) for m in ("full", "scale_down")]
-        common.plot_curves(runs, out / f"curves_{name}.png", title=f"{name}: full vs scale-down")
-    print(f"wrote {out}", flush=True)
-    return results
+    common.write_json(out / "summary.json", summary)
+    write_table(out, summary)
+    print((out / "table.md").read_text())
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,44 +1,59 @@
-"""Training-time scale-down (our reading of Learn&Drop): drop layers that stopped learning.
+"""Training-time scale-down: freeze a growing prefix of stages within a compute budget.
 
-Scores say how much each layer's parameters still change; a policy drops a contiguous
-prefix from training; the dropped prefix runs without gradient (or from a cache of its
-outputs) and only the suffix is differentiated and optimised::
+Candidate cuts sit at stage boundaries; the last stage and the head keep training. The
+user states a compute target (the run's training FLOPs over full training's); every
+candidate cut's step is compiled before training and its FLOPs read from the executable,
+which gives each stage's latest freeze step. A readiness score, relative across stages,
+may only bring a freeze earlier. A freezing stage's learning rate ramps to zero first
+(FreezeOut) and its BatchNorm statistics are recalibrated; then it runs without gradient,
+or from a cache of its outputs sharded over the devices::
 
     from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
 
     result = fit_scale_down(model, train, test, TrainConfig(epochs=30),
-                            ScaleDownConfig(mode="cache"), variables=grown_variables)
+                            ScaleDownConfig(target_compute=0.6, mode="cache"))
     result.variables                  # the whole network, for model.apply
-    result.history[-1]["cut"]         # layers dropped from training
-    result.summary["flops_saved"], result.summary["speedup_estimate"]
+    result.summary["freeze_steps"]    # when each candidate stage froze
+    result.summary["flops_ratio"], result.summary["total_s"]
+    # a run stopped by max_steps continues bitwise: fit_scale_down(..., resume=result.checkpoint)
 
-``ScaleDownConfig(max_frozen=0)`` trains the full network with the same loop and log:
-the baseline to compare with.
+``ScaleDownConfig(max_stages=0, target_compute=1.0)`` trains the full network with the same
+loop and log: the baseline to compare with.
 """
 
-from jnet2net.scale_down.cache import ActivationCache
+from jnet2net.scale_down.cache import ActivationCache, build_cache, cache_fn, extend_cache
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import StepFlops, cache_flops, flops_from_cost, step_flops
 from jnet2net.scale_down.loop import (
+    CutRunner,
+    ScaleDownCheckpoint,
     ScaleDownResult,
     fit_scale_down,
     make_scaled_train_step,
     move_cut,
+    rebuild_cache,
     suffix_update_fn,
+    whole_variables,
 )
 from jnet2net.scale_down.policy import (
-    PolicyState,
-    cut_limit,
-    initial_policy,
-    replay_policy,
-    update_policy,
+    NEVER,
+    FreezePlan,
+    compute_fraction,
+    cut_at,
+    layer_freeze_steps,
+    plan_freezes,
+    ramp_multipliers,
+    step_times,
+    update_plan,
 )
+from jnet2net.scale_down.recalibrate import recalibration_fn
 from jnet2net.scale_down.scores import (
     ScoreHistory,
+    change_norms,
     empty_history,
-    layer_change_scores,
+    group_changes,
+    readiness,
     record_scores,
-    still_learning,
 )
 from jnet2net.scale_down.split import (
     merge_variables,
@@ -47,32 +62,50 @@ from jnet2net.scale_down.split import (
     split_variables,
     suffix_apply,
 )
+from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
 
 __all__ = [
+    "NEVER",
     "ActivationCache",
-    "PolicyState",
+    "CutRunner",
+    "FreezePlan",
+    "ScaleDownCheckpoint",
     "ScaleDownConfig",
     "ScaleDownResult",
     "ScoreHistory",
+    "Stage",
     "StepFlops",
+    "build_cache",
     "cache_flops",
-    "cut_limit",
+    "cache_fn",
+    "candidate_cuts",
+    "change_norms",
+    "compute_fraction",
+    "cut_at",
     "empty_history",
+    "extend_cache",
     "fit_scale_down",
     "flops_from_cost",
-    "initial_policy",
-    "layer_change_scores",
+    "group_changes",
+    "layer_freeze_steps",
     "make_scaled_train_step",
     "merge_variables",
+    "model_stages",
     "move_cut",
+    "plan_freezes",
     "prefix_apply",
+    "ramp_multipliers",
+    "readiness",
+    "rebuild_cache",
+    "recalibration_fn",
     "record_scores",
-    "replay_policy",
+    "score_groups",
     "shrink_opt_state",
     "split_variables",
     "step_flops",
-    "still_learning",
+    "step_times",
     "suffix_apply",
     "suffix_update_fn",
-    "update_policy",
+    "update_plan",
+    "whole_variables",
 ]

@@ -1,15 +1,19 @@
-"""Stored outputs of the dropped prefix, computed once per example and extended as the cut moves.
+"""Stored outputs of the frozen prefix, one row per training example, sharded over devices.
 
 A cache holds the input of layer ``cut`` for every training example, for one or two
 *views*: the image as it is and, with flips, its mirror image, as one array
-``(n, views, h', w', c')`` so that a batch is a single gather. When the cut moves from
-``a`` to ``b`` only the newly dropped layers ``[a, b)`` run, on the stored activations:
-the prefix forward of every earlier layer is never paid again.
+``(n_pad, views, h', w', c')`` so that a batch is a single gather. Rows are sharded over
+the mesh's ``'data'`` axis (each device computes and keeps its own examples, nothing is
+replicated); ``n_pad`` is the number of examples rounded up to a multiple of the devices,
+and the padding rows (of black images) are never read. When the cut moves from ``a`` to
+``b`` only the newly frozen layers ``[a, b)`` run, on the stored activations.
+
+:func:`cache_fn` gives the jitted function of one such move, so that it can be compiled
+ahead of time; :func:`build_cache` and :func:`extend_cache` call it once.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -18,12 +22,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from jnet2net.data.dataset import normalize
 from jnet2net.models.common import compute_dtype
-from jnet2net.scale_down.split import check_cut, prefix_apply
-from jnet2net.train.sharding import batch_sharding, replicated
+from jnet2net.scale_down.split import check_cut
+from jnet2net.train.sharding import DATA_AXIS, batch_sharding, data_mesh, replicated
+from jnet2net.train.steps import TRACE_COUNTS
 from jnet2net.variables import Variables
 
 
@@ -32,8 +37,9 @@ class ActivationCache(NamedTuple):
 
     Attributes:
       cut: the layer these activations feed.
-      activations: ``(n, views, h', w', c')``; view 0 is the image as it is, view 1 (if
-        any) its mirror image.
+      activations: ``(n_pad, views, h', w', c')`` sharded by row over ``'data'``; view 0
+        is the image as it is, view 1 (if any) its mirror image; rows from the number of
+        examples on are padding.
     """
 
     cut: int
@@ -46,13 +52,18 @@ class ActivationCache(NamedTuple):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held on the device."""
+        """Bytes held over all devices."""
         return int(self.activations.size) * self.activations.dtype.itemsize
 
 
 def cache_nbytes(shape: tuple[int, ...], dtype: Any, num_views: int) -> int:
     """Bytes of a cache of ``num_views`` views of ``shape`` and ``dtype`` each."""
     return num_views * math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def padded_rows(num_examples: int, mesh: Mesh) -> int:
+    """``num_examples`` rounded up to a multiple of the mesh's devices."""
+    return -(-num_examples // mesh.size) * mesh.size
 
 
 def device_cache_budget(device: jax.Device | None = None) -> int | None:
@@ -65,61 +76,6 @@ def device_cache_budget(device: jax.Device | None = None) -> int | None:
     if not stats or "bytes_limit" not in stats:
         return None
     return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))) // 2
-
-
-def map_in_chunks(
-    fn: Callable[[jax.Array], Any],
-    xs: jax.Array | np.ndarray,
-    chunk: int,
-    *,
-    sharding: jax.sharding.Sharding | None = None,
-) -> Any:
-    """``fn`` over the leading axis of ``xs``, ``chunk`` examples at a time, into one array.
-
-    The outputs are allocated once and written in place, so the peak memory is the output
-    plus one chunk. The last chunk is padded to ``chunk`` examples (one compile).
-
-    Args:
-      fn: jax-traceable ``(chunk, ...) -> array or pytree of arrays``, each with one row
-        per input row.
-      xs: ``(n, ...)`` inputs (host or device).
-      chunk: examples per call.
-      sharding: placement of the outputs (e.g. replicated over a mesh).
-
-    Returns:
-      ``fn``'s structure with ``(n, ...)`` arrays.
-    """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    n = xs.shape[0]
-    chunk = min(chunk, n)
-    jitted = jax.jit(fn)
-    spec = jax.eval_shape(jitted, jax.ShapeDtypeStruct((chunk, *xs.shape[1:]), xs.dtype))
-    for leaf in jax.tree.leaves(spec):
-        if leaf.shape[:1] != (chunk,):
-            raise ValueError(f"fn must keep the leading axis: {chunk} rows in, {leaf.shape} out")
-    out = jax.tree.map(lambda s: jnp.zeros((n, *s.shape[1:]), s.dtype, device=sharding), spec)
-    for start in range(0, n, chunk):
-        piece = xs[start : start + chunk]
-        rows = piece.shape[0]
-        if rows < chunk:
-            pad = [(0, chunk - rows)] + [(0, 0)] * (piece.ndim - 1)
-            piece = np.pad(piece, pad) if isinstance(piece, np.ndarray) else jnp.pad(piece, pad)
-        out = _write(out, jitted(piece), jnp.int32(start), rows, sharding)
-    return out
-
-
-@functools.partial(jax.jit, donate_argnums=0, static_argnums=(3, 4))
-def _write(
-    out: Any, result: Any, start: jax.Array, rows: int, sharding: jax.sharding.Sharding | None
-) -> Any:
-    """``result[:rows]`` written into ``out`` at ``start``, kept on ``sharding`` if given."""
-
-    def put(o: jax.Array, r: jax.Array) -> jax.Array:
-        o = jax.lax.dynamic_update_slice_in_dim(o, r[:rows].astype(o.dtype), start, axis=0)
-        return o if sharding is None else jax.lax.with_sharding_constraint(o, sharding)
-
-    return jax.tree.map(put, out, result)
 
 
 def mirrored(images: jax.Array) -> jax.Array:
@@ -143,21 +99,102 @@ def gather_views(activations: jax.Array, indices: jax.Array, view: jax.Array | N
     return activations[indices, view]
 
 
-def _constrained(fn: Callable[[jax.Array], jax.Array], mesh: Mesh | None) -> Callable:
-    if mesh is None:
-        return fn
-    return lambda x: fn(jax.lax.with_sharding_constraint(x, batch_sharding(mesh)))
+def _in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
+    """``fn`` over the rows of ``x``, ``chunk`` at a time (the last chunk zero-padded)."""
+    rows = x.shape[0]
+    chunk = max(1, min(chunk, rows))
+    count = -(-rows // chunk)
+    x = jnp.pad(x, [(0, count * chunk - rows)] + [(0, 0)] * (x.ndim - 1))
+    if count == 1:
+        return fn(x)[:rows]
+    out = jax.lax.map(fn, x.reshape(count, chunk, *x.shape[1:]))
+    return out.reshape(count * chunk, *out.shape[2:])[:rows]
 
 
-def _chunk_size(chunk: int, mesh: Mesh | None) -> int:
-    size = 1 if mesh is None else mesh.size
-    return max(size, chunk // size * size)
+def cache_fn(
+    model: nn.Module,
+    start: int,
+    stop: int,
+    *,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+    flips: bool = False,
+    chunk: int = 512,
+    mesh: Mesh,
+) -> Callable[[Variables, jax.Array], jax.Array]:
+    """The jitted move of a cache from cut ``start`` to cut ``stop`` (eval mode).
+
+    ``start == 0``: ``(frozen, images (n, h, w, c) uint8) -> (n_pad, views, ...)``, the
+    images normalised with ``mean``/``std`` (and mirrored for view 1 when ``flips``).
+    ``start > 0``: ``(frozen, activations (n_pad, views, ...)) -> (n_pad, views, ...)``.
+    Each device runs its own rows (``shard_map`` over ``'data'``, no communication),
+    ``chunk // devices`` at a time; the result is sharded by row.
+
+    Args:
+      model: the network in its compute dtype.
+      start: the cut the input feeds (0: images).
+      stop: the new cut, ``> start``.
+      mean, std: normalisation of the images (``start == 0`` only).
+      flips: store the mirror images' activations too (``start == 0`` only).
+      chunk: examples per call over the whole mesh.
+      mesh: the devices.
+
+    Returns:
+      the jitted function (the frozen variables of at least layers ``[start, stop)``,
+      replicated, then the input).
+    """
+    check_cut(model, stop)
+    if not 0 <= start < stop:
+        raise ValueError(f"a cache moves forward by at least one layer: {start} -> {stop}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    dtype = compute_dtype(model)
+    local_chunk = max(1, chunk // mesh.size)
+
+    def layers(frozen: Variables, h: jax.Array) -> jax.Array:
+        return model.apply(frozen, h, train=False, start=start, stop=stop)
+
+    def from_images(frozen: Variables, x: jax.Array) -> jax.Array:
+        def prefix(images: jax.Array) -> jax.Array:
+            return layers(frozen, normalize(images, mean, std, dtype))
+
+        def views(images: jax.Array) -> jax.Array:
+            if not flips:
+                return prefix(images)[:, None]
+            return jnp.stack([prefix(images), prefix(mirrored(images))], axis=1)
+
+        return _in_chunks(views, x, local_chunk)
+
+    def from_cache(frozen: Variables, h: jax.Array) -> jax.Array:
+        def run(rows: jax.Array) -> jax.Array:
+            n, v = rows.shape[:2]
+            out = layers(frozen, rows.reshape(n * v, *rows.shape[2:]))
+            return out.reshape(n, v, *out.shape[1:])
+
+        return _in_chunks(run, h, local_chunk)
+
+    local = from_images if start == 0 else from_cache
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+        out_specs=PartitionSpec(DATA_AXIS),
+    )
+
+    def move(frozen: Variables, x: jax.Array) -> jax.Array:
+        TRACE_COUNTS["scale_down_cache"] += 1
+        if start == 0:
+            pad = padded_rows(x.shape[0], mesh) - x.shape[0]
+            x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        return sharded(frozen, x)
+
+    return jax.jit(move, in_shardings=(replicated(mesh), None), out_shardings=batch_sharding(mesh))
 
 
 def build_cache(
     model: nn.Module,
     frozen: Variables,
-    images: jax.Array,
+    images: jax.Array | np.ndarray,
     cut: int,
     *,
     mean: tuple[float, ...],
@@ -175,27 +212,17 @@ def build_cache(
       cut: the first trained layer (> 0).
       mean, std: per-channel normalisation (:func:`jnet2net.data.normalize`).
       flips: also store the mirror images' activations (second view).
-      chunk: examples per prefix call (rounded to a multiple of the mesh's devices).
-      mesh: shard each chunk's work over ``'data'``; the cache itself is replicated.
+      chunk: examples per call over the whole mesh.
+      mesh: the devices the rows are sharded over (default: all, axis ``'data'``).
 
     Returns:
       the cache at ``cut``.
     """
     if cut <= 0:
         raise ValueError(f"a cache holds the output of at least one layer, got cut={cut}")
-    dtype = compute_dtype(model)
-
-    def plain(x: jax.Array) -> jax.Array:
-        return prefix_apply(model, frozen, normalize(x, mean, std, dtype), cut)
-
-    def views(x: jax.Array) -> jax.Array:
-        return jnp.stack([plain(x), plain(mirrored(x))] if flips else [plain(x)], axis=1)
-
-    out = None if mesh is None else replicated(mesh)
-    size = _chunk_size(chunk, mesh)
-    return ActivationCache(
-        cut, map_in_chunks(_constrained(views, mesh), images, size, sharding=out)
-    )
+    mesh = data_mesh() if mesh is None else mesh
+    fn = cache_fn(model, 0, cut, mean=mean, std=std, flips=flips, chunk=chunk, mesh=mesh)
+    return ActivationCache(cut, fn(frozen, images))
 
 
 def extend_cache(
@@ -207,14 +234,14 @@ def extend_cache(
     chunk: int = 512,
     mesh: Mesh | None = None,
 ) -> ActivationCache:
-    """``cache`` moved on to ``cut``: only the newly dropped layers ``[cache.cut, cut)`` run.
+    """``cache`` moved on to ``cut``: only the newly frozen layers ``[cache.cut, cut)`` run.
 
     Args:
       model: the network in its compute dtype.
       frozen: variables of (at least) the layers ``[cache.cut, cut)``.
       cache: the cache so far.
       cut: the new cut (>= ``cache.cut``).
-      chunk: examples per call.
+      chunk: examples per call over the whole mesh.
       mesh: as in :func:`build_cache`.
 
     Returns:
@@ -225,22 +252,6 @@ def extend_cache(
         raise ValueError(f"a cache only moves forward: cut {cut} < cache.cut {cache.cut}")
     if cut == cache.cut:
         return cache
-
-    def layers(h: jax.Array) -> jax.Array:
-        rows, views = h.shape[:2]
-        flat = h.reshape(rows * views, *h.shape[2:])
-        out = model.apply(frozen, flat, train=False, start=cache.cut, stop=cut)
-        return out.reshape(rows, views, *out.shape[1:])
-
-    out = None if mesh is None else replicated(mesh)
-    size = _chunk_size(chunk, mesh)
-    fn = _constrained(layers, mesh)
-    return ActivationCache(cut, map_in_chunks(fn, cache.activations, size, sharding=out))
-
-
-def cache_spec(
-    model: nn.Module, frozen: Variables, images: jax.Array, cut: int
-) -> jax.ShapeDtypeStruct:
-    """Shape ``(n, h', w', c')`` and dtype of one view of the cache at ``cut``."""
-    spec = jax.ShapeDtypeStruct(images.shape, compute_dtype(model))
-    return jax.eval_shape(lambda f, x: prefix_apply(model, f, x, cut), frozen, spec)
+    mesh = data_mesh() if mesh is None else mesh
+    fn = cache_fn(model, cache.cut, cut, chunk=chunk, mesh=mesh)
+    return ActivationCache(cut, fn(frozen, cache.activations))

@@ -11,113 +11,109 @@ import numpy as np
 
 Mode = Literal["nograd", "cache"]
 CacheAugment = Literal["flip", "none"]
-Normalize = Literal["peak", "none"]
-FlopCount = Literal["compiled", "lowered", "off"]
 
 MODES = ("nograd", "cache")
 CACHE_AUGMENTS = ("flip", "none")
-NORMALIZES = ("peak", "none")
-FLOP_COUNTS = ("compiled", "lowered", "off")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScaleDownConfig:
-    """How layers are scored, when the next one stops training and how the rest runs.
+    """Which stages freeze, by when, and how the frozen prefix runs.
 
-    Scores (every ``check_every`` steps, per layer ``l`` still training):
-    ``s_l = ||theta_l(t) - theta_l(t - K)|| / ||theta_l(t - K)||`` over all parameters of
-    the layer, smoothed by an exponential moving average with factor ``smoothing``. The
-    *level* compared with ``threshold`` is the smoothed score divided by its largest value
-    so far (``normalize='peak'``, free of the learning rate's scale) or the smoothed score
-    itself (``'none'``). The *trend* is the least-squares slope of the last
-    ``trend_window`` smoothed scores, per check, divided by their mean.
+    Candidate cuts sit at stage boundaries only (a ResNet's stem with stage 0, then each
+    further stage; a VGG's pooling blocks). By default the last stage and the head always
+    train (``max_stages``). Times are fractions of the run's ``epochs * steps_per_epoch``
+    steps.
 
-    Policy: a layer is *still learning* while its level is at or above ``threshold`` or its
-    trend is above ``trend_tolerance`` (its change rate is rising again). A layer that is
-    not still learning for ``patience`` checks in a row (counted after ``warmup_steps``) is
-    *quiet*. The cut (number of layers dropped from training, counted from the input)
-    advances over every quiet layer directly after it, never past ``max_frozen`` layers and
-    never into the head.
+    Budget: every candidate cut's training step is compiled before training starts and
+    its FLOPs read from XLA's cost analysis of that executable. The run's training FLOPs
+    (steps, cache builds and BatchNorm recalibrations) over full training's must come to at
+    most ``target_compute``. The policy places the candidate freezes ``min_spacing`` apart,
+    the first no earlier than ``not_before``, and as late as that budget allows: these are
+    the *deadlines* (:func:`~jnet2net.scale_down.policy.plan_freezes`).
 
-    Execution: ``mode='nograd'`` runs the dropped prefix every step in eval mode without
-    gradient; ``mode='cache'`` computes the prefix once per example (once per cut move, for
-    the newly dropped layers only) and trains the suffix on the stored activations. Cached
-    activations see no random crops: ``cache_augment='flip'`` stores them for the image
-    and its mirror image and picks one per example and step (exactly the flip half of the
-    usual augmentation; an augmentation without flips, ``'crop'`` or ``'none'``, gets the
-    plain view only); ``'none'`` uses the unaugmented images only.
+    Readiness (``ready_ratio``): every ``check_every`` steps each stage's relative update
+    ``||theta(t) - theta(t - K)|| / ||theta(t - K)||`` is measured. The next stage to
+    freeze is *ready* when its update is below ``ready_ratio`` times the median update of
+    the deeper stages still training (the head left out); all of them share the learning
+    rate, so the ratio is the ratio of updates per unit learning rate. After ``patience``
+    ready checks in a row the stage freezes as soon as its ramp allows, never before
+    ``not_before`` nor closer than ``min_spacing`` to the previous freeze: a score only
+    ever brings a freeze earlier than its deadline. ``ready_ratio=None`` keeps the fixed
+    schedule of deadlines.
 
-    Defaults suit CIFAR-10 at batch 128 (~390 steps per epoch: a check every quarter
-    epoch, five epochs of warm-up) with SGD + momentum and a cosine schedule. Under such a
-    schedule the scores fall with the learning rate, so ``threshold`` mostly sets *when*
-    layers go (a higher one drops them earlier) and the early peak of each layer sets the
-    order; :func:`~jnet2net.scale_down.policy.replay_policy` tries thresholds on the
-    scores of one recorded run (``max_frozen=0`` records every layer and drops none).
+    Freezing a stage (FreezeOut): its learning rate ramps to zero over the ``ramp``
+    before its freeze step (a per-stage multiplier on the optimizer's updates, half a
+    cosine), then its BatchNorm running statistics are recalibrated from ``bn_batches``
+    training batches (train-mode forward passes, the mean of their batch statistics) and it
+    joins the frozen prefix, which runs in eval mode: without gradient every step
+    (``mode='nograd'``, the usual augmentation) or from a cache of its outputs computed
+    once per example (``mode='cache'``; cached activations see no random crops: with
+    ``cache_augment='flip'`` and an augmentation that flips, the cache holds each image and
+    its mirror image and each step picks the view the augmentation would have flipped).
 
     Attributes:
-      check_every: steps ``K`` between parameter snapshots (score checks).
-      smoothing: EMA factor in ``[0, 1)`` of the scores (0: no smoothing).
-      normalize: ``'peak'`` or ``'none'`` (see above).
-      threshold: level below which a layer may be quiet (in ``(0, 1]`` with ``'peak'``).
-      trend_window: smoothed scores (>= 2) in the trend's line fit.
-      trend_tolerance: relative rise per check above which a layer is still learning.
-      patience: consecutive not-learning checks that make a layer quiet.
-      warmup_steps: steps before any check counts toward patience.
-      max_frozen: most layers ever dropped (``None``: every layer but the head).
+      target_compute: the run's training FLOPs over full training's, in ``(0, 1]``.
+      not_before: earliest freeze, in ``[0, 1)``.
+      min_spacing: least time between two freezes, in ``[0, 1)``.
+      ramp: length of the learning-rate ramp to zero before a freeze, in ``[0, 1)``.
+      max_stages: most stages that may freeze (``None``: every stage but the last; the
+        head never freezes).
+      check_every: steps ``K`` between readiness checks.
+      ready_ratio: readiness threshold, > 0, or ``None`` (fixed schedule).
+      patience: ready checks in a row that bring a freeze forward.
+      bn_batches: training batches that recalibrate a freezing stage's BatchNorm
+        statistics (0: keep its running averages).
       mode: ``'nograd'`` or ``'cache'``.
       cache_augment: ``'flip'`` or ``'none'`` (cache mode only).
-      cache_max_bytes: largest activation cache; a cut whose cache would not fit runs in
-        no-grad mode instead (``None``: half the accelerator's free memory where the device
-        reports it, else no limit).
-      flop_count: FLOPs from XLA's cost analysis of ``'compiled'`` or ``'lowered'``
-        functions, or ``'off'`` (no extra compiles; FLOPs reported as ``nan``).
+      cache_max_bytes: largest activation cache (over all devices); a cut whose cache
+        would not fit runs in no-grad mode instead (``None``: half the accelerator's free
+        memory where the device reports it, else no limit).
     """
 
+    target_compute: float = 0.75
+    not_before: float = 0.3
+    min_spacing: float = 0.1
+    ramp: float = 0.05
+    max_stages: int | None = None
     check_every: int = 100
-    smoothing: float = 0.7
-    normalize: Normalize = "peak"
-    threshold: float = 0.5
-    trend_window: int = 5
-    trend_tolerance: float = 0.02
-    patience: int = 4
-    warmup_steps: int = 2000
-    max_frozen: int | None = None
+    ready_ratio: float | None = 0.5
+    patience: int = 2
+    bn_batches: int = 8
     mode: Mode = "nograd"
     cache_augment: CacheAugment = "flip"
     cache_max_bytes: int | None = None
-    flop_count: FlopCount = "compiled"
 
     def __post_init__(self) -> None:
+        self._set("target_compute", _real("target_compute", self.target_compute))
+        if not 0.0 < self.target_compute <= 1.0:
+            raise ValueError(
+                f"ScaleDownConfig.target_compute must be in (0, 1] (the run's training FLOPs "
+                f"over full training's), got {self.target_compute}"
+            )
+        for name in ("not_before", "min_spacing", "ramp"):
+            value = _real(name, getattr(self, name))
+            if not 0.0 <= value < 1.0:
+                raise ValueError(
+                    f"ScaleDownConfig.{name} must be in [0, 1) (a fraction of training), "
+                    f"got {value}"
+                )
+            self._set(name, value)
+        if self.max_stages is not None:
+            self._set("max_stages", _non_negative_int("max_stages", self.max_stages))
         self._set("check_every", _positive_int("check_every", self.check_every))
+        if self.ready_ratio is not None:
+            self._set("ready_ratio", _real("ready_ratio", self.ready_ratio))
+            if self.ready_ratio <= 0.0:
+                raise ValueError(
+                    f"ScaleDownConfig.ready_ratio must be > 0 or None, got {self.ready_ratio}"
+                )
         self._set("patience", _positive_int("patience", self.patience))
-        self._set("trend_window", _positive_int("trend_window", self.trend_window))
-        if self.trend_window < 2:
-            raise ValueError(f"ScaleDownConfig.trend_window must be >= 2, got {self.trend_window}")
-        self._set("warmup_steps", _non_negative_int("warmup_steps", self.warmup_steps))
-        if self.max_frozen is not None:
-            self._set("max_frozen", _non_negative_int("max_frozen", self.max_frozen))
+        self._set("bn_batches", _non_negative_int("bn_batches", self.bn_batches))
         if self.cache_max_bytes is not None:
             self._set("cache_max_bytes", _non_negative_int("cache_max_bytes", self.cache_max_bytes))
-        self._set("smoothing", _real("smoothing", self.smoothing))
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"ScaleDownConfig.smoothing must be in [0, 1), got {self.smoothing}")
-        self._set("threshold", _real("threshold", self.threshold))
-        if self.threshold <= 0.0:
-            raise ValueError(f"ScaleDownConfig.threshold must be > 0, got {self.threshold}")
-        if self.normalize == "peak" and self.threshold > 1.0:
-            raise ValueError(
-                "ScaleDownConfig.threshold must be in (0, 1] with normalize='peak' (the level "
-                f"is the score over its peak), got {self.threshold}"
-            )
-        self._set("trend_tolerance", _real("trend_tolerance", self.trend_tolerance))
-        if self.trend_tolerance < 0.0:
-            raise ValueError(
-                f"ScaleDownConfig.trend_tolerance must be >= 0, got {self.trend_tolerance}"
-            )
         _choice("mode", self.mode, MODES)
         _choice("cache_augment", self.cache_augment, CACHE_AUGMENTS)
-        _choice("normalize", self.normalize, NORMALIZES)
-        _choice("flop_count", self.flop_count, FLOP_COUNTS)
 
     def _set(self, name: str, value: object) -> None:
         """Stores a checked value as its plain Python type (numpy scalars become int/float)."""
