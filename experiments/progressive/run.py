@@ -387,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
+    parser.add_argument(
+        "--plot-arms",
+        nargs="+",
+        default=["scratch", "scratch@7", "scratch_eq", "fresh", "fresh@14", "split0.1"],
+        help="arms drawn in acc_vs_compute.png",
+    )
     return parser
 
 
@@ -416,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     common.write_json(out / "summary.json", summary)
     write_table(out, summary)
-    plot(out, summary, ["scratch", "scratch_eq", args.headline, *RECIPES])
+    plot(out, summary, args.plot_arms)
     print((out / "table.md").read_text())
     return 0
 
