@@ -47,6 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jnet2net
 from experiments import common
 from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
+from experiments.net2net.run import student_model
 from jnet2net import data as data_lib
 from jnet2net.models import resnet20, vgg11
 from jnet2net.train import TrainConfig, fit
@@ -97,18 +98,6 @@ def grown(
     if change in ("wider", "both"):
         model, new = jnet2net.widen(model, new, widths=spec["widths"], key=wide_key, noise=noise)
     return model, new
-
-
-def student_model(change: str, spec: dict[str, Any], teacher: Any) -> Any:
-    """The architecture of ``change``'s student, without weights."""
-    fields: dict[str, Any] = {}
-    if change in ("deeper", "both"):
-        fields["stage_depths"] = spec["depths"]
-    if change in ("wider", "both"):
-        fields["stage_widths"] = spec["widths"]
-        if getattr(teacher, "inner_widths", None) is not None:
-            fields["inner_widths"] = None
-    return teacher.clone(**fields)
 
 
 def teacher_variables(args: argparse.Namespace, arch: str, seed: int, train: Any, test: Any) -> Any:

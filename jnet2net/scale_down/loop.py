@@ -14,7 +14,6 @@ executables, so nothing is compiled while it runs, whatever the cut does.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -79,7 +78,7 @@ from jnet2net.train.loop import (
     steps_per_epoch,
 )
 from jnet2net.train.optim import make_schedule
-from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
+from jnet2net.train.progress import ProgressBar, append_jsonl, filter_jsonl, progress_enabled
 from jnet2net.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -636,18 +635,7 @@ def rebuild_cache(
 
 def _trim_log(path: str, start: int, steps_per_epoch: int) -> None:
     """Keeps the records of the epochs finished by ``start`` (a resumed run logs the rest)."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("epoch", math.inf) * steps_per_epoch <= start:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+    filter_jsonl(path, lambda record: record.get("epoch", math.inf) * steps_per_epoch <= start)
 
 
 class ScaleDownResult(NamedTuple):

@@ -35,7 +35,7 @@ from jnet2net.train.events import (
     rewarm_windows,
 )
 from jnet2net.train.optim import make_optimizer, make_schedule
-from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
+from jnet2net.train.progress import ProgressBar, append_jsonl, filter_jsonl, progress_enabled
 from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
 from jnet2net.train.state import TrainState, cached_call, create_train_state
 from jnet2net.train.steps import make_indexed_eval_step, make_indexed_train_step
@@ -275,22 +275,14 @@ def drop_later_records(log_path: str, step: int) -> None:
     A run resumed at ``step`` logs those epochs again; they are left over when it stopped
     between logging an epoch and saving its checkpoint, or when it resumes an earlier one.
     """
-    with open(log_path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        later = isinstance(record, dict) and isinstance(record.get("step"), int)
-        # An event at the starting step happens again when the run resumes there.
-        later = later and (record["step"] > step or ("event" in record and record["step"] == step))
-        if not later:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines):
-        with open(log_path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
+
+    def keep(record: Record) -> bool:
+        at = record.get("step")
+        if not isinstance(at, int):
+            return True
+        return at < step or (at == step and "event" not in record)
+
+    filter_jsonl(log_path, keep)
 
 
 def nonfinite_loss_error(

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import numpy as np
@@ -104,6 +105,24 @@ def _strict(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def filter_jsonl(path: str | os.PathLike, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrites a JSONL file with only the objects for which ``keep`` is true (unreadable
+    lines and non-objects go too); the file is left untouched when nothing goes."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and keep(record):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
