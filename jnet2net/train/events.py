@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnet2net.grow import NOISES, Noise, check_noise_scale
+from jnet2net.reuse.layout import describe
 from jnet2net.train.growth import MOMENTS, Moments, deepen_train_state, widen_train_state
 from jnet2net.train.state import TrainState
 
@@ -203,13 +204,6 @@ def planned_models(
     return tuple(models)
 
 
-def _describe(model: nn.Module) -> str:
-    fields = [f"stage_widths={getattr(model, 'stage_widths', None)}"]
-    if hasattr(model, "stage_depths"):
-        fields.append(f"stage_depths={model.stage_depths}")
-    return f"{type(model).__name__}({', '.join(fields)})"
-
-
 def _planned_step(model: nn.Module, abstract: Any, event: Grow) -> tuple[nn.Module, Any]:
     """``(grown module, abstract grown variables)`` of one event, traced on shapes only."""
     captured: list[nn.Module] = []
@@ -222,7 +216,7 @@ def _planned_step(model: nn.Module, abstract: Any, event: Grow) -> tuple[nn.Modu
     try:
         abstract = jax.eval_shape(grow, abstract)
     except (ValueError, TypeError) as err:
-        where = f"Grow(at_epoch={event.at_epoch}) on {_describe(model)}"
+        where = f"Grow(at_epoch={event.at_epoch}) on {describe(model)}"
         raise type(err)(f"{where}: {err}") from None
     return captured[0], abstract
 

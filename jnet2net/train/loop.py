@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import json
 import math
 import os
 import time
@@ -35,7 +34,13 @@ from jnet2net.train.events import (
     rewarm_windows,
 )
 from jnet2net.train.optim import make_optimizer, make_schedule
-from jnet2net.train.progress import ProgressBar, append_jsonl, filter_jsonl, progress_enabled
+from jnet2net.train.progress import (
+    ProgressBar,
+    append_jsonl,
+    filter_jsonl,
+    progress_enabled,
+    read_jsonl,
+)
 from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
 from jnet2net.train.state import TrainState, cached_call, create_train_state
 from jnet2net.train.steps import make_indexed_eval_step, make_indexed_train_step
@@ -401,13 +406,7 @@ def fit(
     end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
     pending = [(i, e) for i, e in enumerate(events) if e.at_step(spe) >= start]
     planned_models(model, [e for _, e in pending], train.image_shape)  # fails before training
-    totals = {
-        "train_flops": 0.0,
-        "train_s": 0.0,
-        "compile_s": 0.0,
-        "grow_s": 0.0,
-        "background_compile_s": 0.0,
-    }
+    totals = dict.fromkeys(TOTALS, 0.0)
     if config.log_path and os.path.exists(config.log_path):
         if start == 0:
             os.remove(config.log_path)
@@ -512,7 +511,7 @@ def fit(
                         step=step,
                         event_s=grow_s,
                         step_flops=step_fn.flops,
-                        **_rounded(totals),
+                        **totals,
                     )
                     history.append(grow_record)
                     if config.log_path:
@@ -552,7 +551,7 @@ def fit(
                 "test_loss": test_loss,
                 "test_acc": test_acc,
                 "step_flops": step_fn.flops,
-                **_rounded(totals),
+                **totals,
             }
             if not any("epoch_s" in r for r in history):
                 record["first_step_s"] = first_step_s
@@ -571,9 +570,8 @@ def fit(
     return FitResult(state, history, model)
 
 
-def _rounded(totals: dict[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in totals.items()}
-
+#: The cumulative compute counts every record carries (and a resumed run continues).
+TOTALS = ("train_flops", "train_s", "compile_s", "grow_s", "background_compile_s")
 
 #: Images of the held batch on which a growth event's output change is measured.
 HELD_BATCH = 64
@@ -635,28 +633,13 @@ def _architecture(model: nn.Module) -> Any:
 
 
 def logged_totals(log_path: str, step: int) -> dict[str, float]:
-    """The compute totals of the last record at or before ``step`` in a JSONL log."""
+    """The compute totals of the last record at or before ``step`` in a JSONL log (read
+    after :func:`drop_later_records`, which leaves only readable objects)."""
     totals: dict[str, float] = {}
-    with open(log_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                continue
-            if record["step"] <= step and "train_flops" in record:
-                totals = {
-                    k: float(record[k])
-                    for k in (
-                        "train_flops",
-                        "train_s",
-                        "compile_s",
-                        "grow_s",
-                        "background_compile_s",
-                    )
-                    if isinstance(record.get(k), (int, float))
-                }
+    for record in read_jsonl(log_path):
+        at = record.get("step")
+        if isinstance(at, int) and at <= step and "train_flops" in record:
+            totals = {k: float(v) for k, v in record.items() if k in TOTALS and v is not None}
     return totals
 
 
