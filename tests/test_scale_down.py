@@ -20,13 +20,14 @@ from jax.sharding import PartitionSpec
 
 from jnet2net import widen
 from jnet2net.data import from_arrays
-from jnet2net.data.augment import augment
+from jnet2net.data.augment import augment, augment_choices
+from jnet2net.data.dataset import normalize
 from jnet2net.models import VGG, ResNet, resnet18, vgg11
 from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down import fit_scale_down, make_scaled_train_step, move_cut
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
-from jnet2net.scale_down.loop import flip_choices
+from jnet2net.scale_down.loop import flip_choices, suffix_update_fn
 from jnet2net.scale_down.policy import (
     NEVER,
     FreezePlan,
@@ -55,7 +56,7 @@ from jnet2net.scale_down.split import (
 )
 from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
 from jnet2net.train import TRACE_COUNTS, TrainConfig, create_train_state, fit, read_jsonl
-from jnet2net.train.batches import epoch_permutation
+from jnet2net.train.batches import augment_key, epoch_permutation
 from jnet2net.train.sharding import data_mesh
 
 IMAGE = (8, 8, 1)
@@ -115,7 +116,11 @@ class Mlp(flax.linen.Module):
         ({"patience": 0}, ValueError, "patience must be positive, got 0"),
         ({"bn_batches": True}, TypeError, "bn_batches must be an int, got True"),
         ({"mode": "frozen"}, ValueError, "mode must be one of 'nograd', 'cache', got 'frozen'"),
-        ({"cache_augment": "crop"}, ValueError, "cache_augment must be one of 'flip', 'none'"),
+        (
+            {"cache_augment": "crop"},
+            ValueError,
+            "cache_augment must be one of 'crop_flip', 'flip', 'none'",
+        ),
         ({"cache_max_bytes": -1}, ValueError, "cache_max_bytes must be >= 0"),
     ],
 )
@@ -794,6 +799,94 @@ def test_cached_step_never_flips_when_the_augmentation_has_no_flips():
     chex.assert_trees_all_close(state_a.params, state_b.params, atol=1e-7)
 
 
+def _reference_crops(maps, offsets, flips, size, stride, padding):
+    """``maps`` cropped example by example, as ``crop_features`` documents (numpy slicing)."""
+    (h, w), (sh, sw) = size, stride
+    out = []
+    for m, (dy, dx), flip in zip(
+        np.asarray(maps), np.asarray(offsets), np.asarray(flips), strict=True
+    ):
+        row = min(dy // sh, m.shape[0] - h)
+        col = min((2 * padding - dx if flip else dx) // sw, m.shape[1] - w)
+        out.append(m[row : row + h, col : col + w])
+    return jnp.asarray(np.stack(out))
+
+
+@pytest.mark.parametrize("cut", [2, 3])  # after stage 0 (stride 1) and stage 1 (stride 2)
+def test_cached_crops_train_like_the_prefix_of_padded_images_cropped_on_the_same_keys(cut):
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="crop_flip", crop_padding=2)
+    batch, padding = config.batch_size, 2
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, cut)
+    images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
+    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
+    cache = cache_lib.build_cache(
+        model, frozen, images, cut, mean=train.mean, std=train.std, flips=True, padding=2, chunk=24
+    )
+    size = prefix_apply(model, frozen, jnp.zeros((1, *IMAGE)), cut).shape[1:3]
+    stride = (IMAGE[0] // size[0], IMAGE[1] // size[1])
+    assert cache.activations.shape[2:4] == ((8 + 4) // stride[0], (8 + 4) // stride[1])
+    crop = cache_lib.FeatureCrop(padding, size, stride)
+    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4}
+    cached = make_scaled_train_step(model, config, cut, cached=True, crop=crop, **common)
+    update = jax.jit(suffix_update_fn(model, config, cut))
+    reference = jax.tree.map(jnp.copy, state)
+    for step in range(3):
+        index = np.asarray(order)[step * batch : (step + 1) * batch]
+        offsets, flips = augment_choices(
+            augment_key(config.seed, step), batch, crop_padding=padding, flip=True
+        )
+        assert 0 < int(flips.sum()) < batch and len(set(map(tuple, np.asarray(offsets)))) > 3
+        x = cache_lib.pad_images(images[index], padding)
+        x = jnp.where(flips[:, None, None, None], x[:, :, ::-1], x)
+        maps = prefix_apply(model, frozen, normalize(x, train.mean, train.std, jnp.float32), cut)
+        h = _reference_crops(maps, offsets, flips, size, stride, padding)
+        reference, metrics_a = update(reference, h, labels[index], never_frozen(4))
+        state, metrics_b = cached(state, cache.activations, labels, order, never_frozen(4))
+        chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
+    chex.assert_trees_all_close(reference.params, state.params, atol=1e-5)
+    chex.assert_trees_all_close(reference.batch_stats, state.batch_stats, atol=1e-5)
+
+
+def test_at_stride_1_a_crop_of_the_padded_map_is_the_map_of_the_crop_inside_the_border():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    variables, _ = init(model)
+    frozen = {k: {n: v[n] for n in ("stem", "stage0_block0")} for k, v in variables.items()}
+    x = jnp.asarray(train.images[:16])
+    offsets, flips = augment_choices(jax.random.key(3), 16, crop_padding=2, flip=True)
+    crop = cache_lib.FeatureCrop(2, (8, 8), (1, 1))
+
+    def prefix(images):
+        return prefix_apply(model, frozen, normalize(images, train.mean, train.std), 2)
+
+    padded = cache_lib.pad_images(x, 2)
+    padded = jnp.where(flips[:, None, None, None], padded[:, :, ::-1], padded)
+    cropped = cache_lib.crop_features(prefix(padded), offsets, flips, crop)
+    direct = prefix(augment(jax.random.key(3), x, crop_padding=2, flip=True))
+    # Three 3x3 convolutions: the outer 3 pixels see beyond the crop, the centre does not.
+    chex.assert_trees_all_close(cropped[:, 3:-3, 3:-3], direct[:, 3:-3, 3:-3], atol=1e-5)
+    assert float(jnp.abs(cropped - direct).max()) > 1e-3  # the border differs
+
+
+def test_augment_makes_the_choices_augment_choices_returns():
+    x = jnp.asarray(tiny_data()[0].images[:32])
+    key = jax.random.key(5)
+    for padding, flip in [(2, True), (2, False), (0, True)]:
+        offsets, flips = augment_choices(key, 32, crop_padding=padding, flip=flip)
+        expected = cache_lib.crop_features(
+            cache_lib.pad_images(x, padding),
+            offsets,
+            jnp.zeros_like(flips),
+            cache_lib.FeatureCrop(padding, (8, 8), (1, 1)),
+        )
+        expected = jnp.where(flips[:, None, None, None], expected[:, :, ::-1], expected)
+        chex.assert_trees_all_equal(augment(key, x, crop_padding=padding, flip=flip), expected)
+        assert bool(flips.any()) == flip
+
+
 # --- the loop --------------------------------------------------------------------------
 
 #: Always ready: stage 0 freezes at the first check that counts. Of 12 steps (3 epochs of
@@ -876,6 +969,22 @@ def test_loop_freezes_stage_0_and_compiles_nothing_after_the_start(resnet_runs):
         assert result.scores.steps.tolist() == [4, 6, 8, 10]  # read one check late
         assert result.scores.names == ("stage0", "stage1", "head")
         assert np.all(result.scores.changes[2:, 0] == 0)  # frozen: no change
+
+
+def test_cache_mode_with_crops_caches_padded_maps_and_compiles_nothing_after_the_start():
+    config = train_config(augment="crop_flip", crop_padding=2)
+    scale = dataclasses.replace(FORCED, mode="cache", cache_augment="crop_flip")
+    result, traces, compiles = _fit(tiny_resnet(), config, scale)
+    assert [r["augment"] for r in result.history] == [
+        "crop_flip",
+        "crop_flip (cached padded maps)",
+        "crop_flip (cached padded maps)",
+    ]
+    # 64 examples, 2 views, the stage-0 map of 12x12 padded images, 4 channels, float32.
+    assert result.history[-1]["cache_bytes"] == 64 * 2 * 12 * 12 * 4 * 4
+    assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
+    assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
 
 
 def test_cache_mode_trains_like_nograd_mode_without_augmentation(resnet_runs):

@@ -12,6 +12,8 @@ Arms, per network and seed (``--arms``, ``--seeds``):
 * ``scale_down``: ``jnet2net.scale_down.fit_scale_down`` for ``--epochs`` with
   ``ScaleDownConfig(target_compute=--target, mode=--mode)``: stages freeze on the budget's
   deadlines or earlier when ready (relative update below half the deeper stages' median);
+* ``scale_down_flip``: ``scale_down`` whose caches keep flips only (no random crops once
+  a stage is cached: ``cache_augment='flip'``), the ablation of ``--cache-augment``;
 * ``freezeout``: the same budget on a fixed schedule (no readiness) whose learning-rate ramps
   last ``--freezeout-ramp`` of training (FreezeOut-style per-stage annealing);
 * ``full_eq_flops`` / ``full_eq_seconds``: full training for ``round(epochs * r)`` epochs
@@ -53,7 +55,9 @@ from jnet2net.models import resnet18, vgg11
 from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
 from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 
-ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds")
+ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_flip")
+SCALED_ARMS = ("scale_down", "freezeout", "scale_down_flip")
+BASELINES = ("freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_flip")
 
 NETWORKS: dict[str, Callable[[], Any]] = {
     "resnet18": lambda: resnet18(stage_widths=(16, 32, 64, 128), num_classes=10),
@@ -111,10 +115,12 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
         "ramp": args.ramp,
         "check_every": max(1, spe // 4),
         "mode": args.mode,
-        "cache_augment": "none" if args.tiny else "flip",
+        "cache_augment": "none" if args.tiny else args.cache_augment,
     }
     if arm == "freezeout":
         fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
+    if arm == "scale_down_flip" and not args.tiny:
+        fields.update(cache_augment="flip")
     return ScaleDownConfig(**fields)
 
 
@@ -183,7 +189,7 @@ def run_arm(
     model = (TINY_NETWORKS if args.tiny else NETWORKS)[net]()
     config = train_config(args, epochs, seed, path)
     start = time.perf_counter()
-    if arm in ("scale_down", "freezeout"):
+    if arm in SCALED_ARMS:
         spe = steps_per_epoch(len(train), config.batch_size)
         fit_scale_down(model, train, test, config, scale_config(args, arm, spe))
     else:
@@ -249,7 +255,7 @@ def _seed_row(out: pathlib.Path, net: str, seed: int, epochs: int) -> dict[str, 
         }
     row["points_over"] = {
         arm: 100 * (scaled["final_acc"] - arms[arm]["final_acc"])
-        for arm in ("freezeout", "full_eq_flops", "full_eq_seconds")
+        for arm in BASELINES
         if arm in arms
     }
     return row
@@ -284,7 +290,7 @@ def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, 
             "arms": arms,
             "points_over": {
                 arm: mean_spread([r["points_over"][arm] for r in rows if arm in r["points_over"]])
-                for arm in ("freezeout", "full_eq_flops", "full_eq_seconds")
+                for arm in BASELINES
             },
             "per_seed": rows,
         }
@@ -335,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--mode", choices=("cache", "nograd"), default="cache")
+    parser.add_argument(
+        "--cache-augment",
+        choices=("crop_flip", "flip", "none"),
+        default="crop_flip",
+        help="what cached stages keep of the augmentation (scale_down and freezeout arms)",
+    )
     parser.add_argument("--target", type=float, default=0.6, help="target_compute")
     parser.add_argument("--not-before", type=float, default=0.3)
     parser.add_argument("--min-spacing", type=float, default=0.1)
@@ -368,7 +380,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     summary["settings"] = {
         k: getattr(args, k)
-        for k in ("mode", "target", "not_before", "min_spacing", "ramp", "freezeout_ramp")
+        for k in (
+            "mode",
+            "cache_augment",
+            "target",
+            "not_before",
+            "min_spacing",
+            "ramp",
+            "freezeout_ramp",
+        )
     }
     common.write_json(out / "summary.json", summary)
     write_table(out, summary)

@@ -5,7 +5,14 @@ test = jnet2net.data.load("cifar10", "test", data_dir="/path/to/tfds")
 train, test = jnet2net.data.load_protocol(data_dir=...)  # CIFAR-10 16x16, 10k subset (CPU)
 """
 
-from jnet2net.data.augment import augment, crop_at, flip_where, random_crop, random_flip
+from jnet2net.data.augment import (
+    augment,
+    augment_choices,
+    crop_at,
+    flip_where,
+    random_crop,
+    random_flip,
+)
 from jnet2net.data.dataset import Dataset, channel_stats, from_arrays, normalize
 from jnet2net.data.reduce import downsample, shrink, stratified_subset
 from jnet2net.data.sources import (
@@ -26,6 +33,7 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "augment",
+    "augment_choices",
     "channel_stats",
     "crop_at",
     "decode_images",

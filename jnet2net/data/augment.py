@@ -80,6 +80,27 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
     return flip_where(images, (bits & 1).astype(bool))
 
 
+def augment_choices(
+    key: jax.Array, n: int, *, crop_padding: int = 4, flip: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """The random choices :func:`augment` makes for ``n`` images with ``key``.
+
+    Args:
+      key: PRNG key.
+      n: number of images.
+      crop_padding: pixels of padding for the crop (``0``: every offset is 0).
+      flip: whether to flip (``False``: no image is flipped).
+
+    Returns:
+      ``(offsets (n, 2) int32, flips (n,) bool)``: each crop's (row, column) in the padded
+      image, in ``[0, 2 * crop_padding]``, and whether the crop is then mirrored.
+    """
+    _check_padding(crop_padding)
+    bits = jax.random.bits(key, (n, 3), jnp.uint32)
+    flips = (bits[:, 2] & 1).astype(bool) if flip else jnp.zeros((n,), bool)
+    return _offsets(bits[:, :2], crop_padding), flips
+
+
 def augment(
     key: jax.Array, images: jax.Array, *, crop_padding: int = 4, flip: bool = True
 ) -> jax.Array:
@@ -92,12 +113,11 @@ def augment(
       flip: whether to flip.
 
     Returns:
-      ``(n, h, w, c)``, ``images.dtype``.
+      ``(n, h, w, c)``, ``images.dtype``; the choices are :func:`augment_choices`'.
     """
     _check_images(images, "augment")
-    _check_padding(crop_padding)
-    bits = jax.random.bits(key, (images.shape[0], 3), jnp.uint32)
-    images = crop_at(images, _offsets(bits[:, :2], crop_padding), padding=crop_padding)
+    offsets, flips = augment_choices(key, images.shape[0], crop_padding=crop_padding, flip=flip)
+    images = crop_at(images, offsets, padding=crop_padding)
     if flip:
-        images = flip_where(images, (bits[:, 2] & 1).astype(bool))
+        images = flip_where(images, flips)
     return images

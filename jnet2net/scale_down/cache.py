@@ -8,6 +8,10 @@ replicated); ``n_pad`` is the number of examples rounded up to a multiple of the
 and the padding rows (of black images) are never read. When the cut moves from ``a`` to
 ``b`` only the newly frozen layers ``[a, b)`` run, on the stored activations.
 
+So that random crops survive caching, a cache may hold the prefix's output on the images
+zero-padded as the crop pads them (``padding``): each step then crops that map where the
+augmentation crops the image, to the prefix's stride (:func:`crop_features`).
+
 :func:`cache_fn` gives the jitted function of one such move, so that it can be compiled
 ahead of time; :func:`build_cache` and :func:`extend_cache` call it once.
 """
@@ -99,6 +103,60 @@ def gather_views(activations: jax.Array, indices: jax.Array, view: jax.Array | N
     return activations[indices, view]
 
 
+class FeatureCrop(NamedTuple):
+    """How a cached map of padded images is cropped back to the prefix's output size.
+
+    Attributes:
+      padding: pixels of zero padding on each side of the images the map was made from.
+      size: ``(h', w')``, the prefix's output size on unpadded images.
+      stride: ``(s_h, s_w)``, image pixels per map pixel (``h // h'``, ``w // w'``).
+    """
+
+    padding: int
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+
+def crop_features(
+    maps: jax.Array, offsets: jax.Array, flips: jax.Array, crop: FeatureCrop
+) -> jax.Array:
+    """Crops prefix outputs of padded images where the augmentation crops the images.
+
+    Image ``i`` is cropped at ``offsets[i]`` in the padded image and then mirrored where
+    ``flips[i]``; the mirrored view of a padded image holds that crop at column
+    ``2 * padding - offsets[i, 1]``. The map is cropped at those offsets divided by the
+    stride (rounded down, at most the map's slack): at stride 1 the crop of the padded map
+    is the map of the cropped image up to the prefix's receptive field at the border,
+    where the padded map sees the neighbouring pixels instead of zeros.
+
+    Args:
+      maps: ``(b, H', W', c)`` prefix outputs of the padded images (or of their mirror
+        images where ``flips``).
+      offsets: ``(b, 2)`` int (row, column) crop offsets in the padded images.
+      flips: ``(b,)`` bool, whether the map is of the mirrored image.
+      crop: the padding, output size and stride.
+
+    Returns:
+      ``(b, h', w', c)``.
+    """
+    (h, w), (sh, sw), pad = crop.size, crop.stride, crop.padding
+    rows = jnp.minimum(offsets[:, 0] // sh, maps.shape[1] - h)
+    columns = jnp.where(flips, 2 * pad - offsets[:, 1], offsets[:, 1])
+    columns = jnp.minimum(columns // sw, maps.shape[2] - w)
+
+    def one(m: jax.Array, r: jax.Array, c: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(m, (r, c, 0), (h, w, m.shape[-1]))
+
+    return jax.vmap(one)(maps, rows.astype(jnp.int32), columns.astype(jnp.int32))
+
+
+def pad_images(images: jax.Array, padding: int) -> jax.Array:
+    """``images (n, h, w, c)`` zero-padded by ``padding`` on each side, as the crop pads them."""
+    if not padding:
+        return images
+    return jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
 def _in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
     """``fn`` over the rows of ``x``, ``chunk`` at a time (the last chunk zero-padded)."""
     rows = x.shape[0]
@@ -119,13 +177,15 @@ def cache_fn(
     mean: tuple[float, ...] = (),
     std: tuple[float, ...] = (),
     flips: bool = False,
+    padding: int = 0,
     chunk: int = 512,
     mesh: Mesh,
 ) -> Callable[[Variables, jax.Array], jax.Array]:
     """The jitted move of a cache from cut ``start`` to cut ``stop`` (eval mode).
 
     ``start == 0``: ``(frozen, images (n, h, w, c) uint8) -> (n_pad, views, ...)``, the
-    images normalised with ``mean``/``std`` (and mirrored for view 1 when ``flips``).
+    images zero-padded by ``padding`` pixels per side, normalised with ``mean``/``std``
+    (and mirrored for view 1 when ``flips``).
     ``start > 0``: ``(frozen, activations (n_pad, views, ...)) -> (n_pad, views, ...)``.
     Each device runs its own rows (``shard_map`` over ``'data'``, no communication),
     ``chunk // devices`` at a time; the result is sharded by row.
@@ -136,6 +196,7 @@ def cache_fn(
       stop: the new cut, ``> start``.
       mean, std: normalisation of the images (``start == 0`` only).
       flips: store the mirror images' activations too (``start == 0`` only).
+      padding: pad the images as a random crop does (``start == 0`` only; 0: none).
       chunk: examples per call over the whole mesh.
       mesh: the devices.
 
@@ -148,6 +209,10 @@ def cache_fn(
         raise ValueError(f"a cache moves forward by at least one layer: {start} -> {stop}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    if padding and start:
+        raise ValueError("only a cache built from the images pads them (start == 0)")
     dtype = compute_dtype(model)
     local_chunk = max(1, chunk // mesh.size)
 
@@ -156,7 +221,7 @@ def cache_fn(
 
     def from_images(frozen: Variables, x: jax.Array) -> jax.Array:
         def prefix(images: jax.Array) -> jax.Array:
-            return layers(frozen, normalize(images, mean, std, dtype))
+            return layers(frozen, normalize(pad_images(images, padding), mean, std, dtype))
 
         def views(images: jax.Array) -> jax.Array:
             if not flips:
@@ -200,6 +265,7 @@ def build_cache(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     flips: bool,
+    padding: int = 0,
     chunk: int = 512,
     mesh: Mesh | None = None,
 ) -> ActivationCache:
@@ -212,6 +278,8 @@ def build_cache(
       cut: the first trained layer (> 0).
       mean, std: per-channel normalisation (:func:`jnet2net.data.normalize`).
       flips: also store the mirror images' activations (second view).
+      padding: zero-pad the images by this many pixels per side first, as a random crop
+        does, so that steps can crop the map (:func:`crop_features`).
       chunk: examples per call over the whole mesh.
       mesh: the devices the rows are sharded over (default: all, axis ``'data'``).
 
@@ -221,7 +289,9 @@ def build_cache(
     if cut <= 0:
         raise ValueError(f"a cache holds the output of at least one layer, got cut={cut}")
     mesh = data_mesh() if mesh is None else mesh
-    fn = cache_fn(model, 0, cut, mean=mean, std=std, flips=flips, chunk=chunk, mesh=mesh)
+    fn = cache_fn(
+        model, 0, cut, mean=mean, std=std, flips=flips, padding=padding, chunk=chunk, mesh=mesh
+    )
     return ActivationCache(cut, fn(frozen, images))
 
 

@@ -10,10 +10,10 @@ from typing import Literal
 import numpy as np
 
 Mode = Literal["nograd", "cache"]
-CacheAugment = Literal["flip", "none"]
+CacheAugment = Literal["crop_flip", "flip", "none"]
 
 MODES = ("nograd", "cache")
-CACHE_AUGMENTS = ("flip", "none")
+CACHE_AUGMENTS = ("crop_flip", "flip", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +48,14 @@ class ScaleDownConfig:
     training batches (train-mode forward passes, the mean of their batch statistics) and it
     joins the frozen prefix, which runs in eval mode: without gradient every step
     (``mode='nograd'``, the usual augmentation) or from a cache of its outputs computed
-    once per example (``mode='cache'``; cached activations see no random crops: with
-    ``cache_augment='flip'`` and an augmentation that flips, the cache holds each image and
-    its mirror image and each step picks the view the augmentation would have flipped).
+    once per example (``mode='cache'``). With an augmentation that flips, the cache holds
+    each image's and its mirror image's outputs and each step picks the view the
+    augmentation flips (``cache_augment`` ``'flip'`` or ``'crop_flip'``); with one that
+    crops and ``cache_augment='crop_flip'``, it holds the outputs of the images zero-padded
+    as the crop pads them, and each step crops that map where the augmentation crops the
+    image, to the prefix's stride (exact in the interior; at the border the map has seen
+    the padded image's neighbouring pixels instead of zeros); ``'none'`` caches the plain
+    images only.
 
     Attributes:
       target_compute: the run's training FLOPs over full training's, in ``(0, 1]``.
@@ -65,7 +70,7 @@ class ScaleDownConfig:
       bn_batches: training batches that recalibrate a freezing stage's BatchNorm
         statistics (0: keep its running averages).
       mode: ``'nograd'`` or ``'cache'``.
-      cache_augment: ``'flip'`` or ``'none'`` (cache mode only).
+      cache_augment: ``'crop_flip'``, ``'flip'`` or ``'none'`` (cache mode only).
       cache_max_bytes: largest activation cache (over all devices); a cut whose cache
         would not fit runs in no-grad mode instead (``None``: half the accelerator's free
         memory where the device reports it, else no limit).

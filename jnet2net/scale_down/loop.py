@@ -28,7 +28,7 @@ import optax
 from flax.core import unfreeze
 from jax.sharding import Mesh
 
-from jnet2net.data.augment import augment
+from jnet2net.data.augment import augment_choices
 from jnet2net.data.dataset import Dataset, normalize
 from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down import cache as cache_lib
@@ -102,6 +102,8 @@ Record = dict[str, Any]
 
 #: ``TrainConfig.augment`` values that flip images (only these may read a mirrored view).
 FLIP_AUGMENTS = ("crop_flip", "flip")
+#: ``TrainConfig.augment`` values that crop images (a cache of padded maps may crop them).
+CROP_AUGMENTS = ("crop_flip", "crop")
 
 # --- steps -------------------------------------------------------------------------------
 
@@ -109,12 +111,11 @@ FLIP_AUGMENTS = ("crop_flip", "flip")
 def flip_choices(key: jax.Array, n: int) -> jax.Array:
     """``(n,)`` int32: 1 where :func:`~jnet2net.data.augment` with ``key`` mirrors example i.
 
-    Read off the augmentation itself (on a two-pixel probe, no crop, whose flips are the
-    same as with a crop), so a cached step takes the mirrored view exactly where the
-    no-grad step of the same step number flips the image.
+    Read off the augmentation's own choices (:func:`~jnet2net.data.augment_choices`; the
+    flips do not depend on the crop), so a cached step takes the mirrored view exactly
+    where the no-grad step of the same step number flips the image.
     """
-    probe = jnp.broadcast_to(jnp.array([0, 1], jnp.uint8).reshape(1, 1, 2, 1), (n, 1, 2, 1))
-    return augment(key, probe, crop_padding=0, flip=True)[:, 0, 0, 0].astype(jnp.int32)
+    return augment_choices(key, n, crop_padding=0, flip=True)[1].astype(jnp.int32)
 
 
 def scaled_updates(
@@ -175,6 +176,7 @@ def make_scaled_train_step(
     steps_per_epoch: int,
     ramp_steps: int = 0,
     cached: bool = False,
+    crop: cache_lib.FeatureCrop | None = None,
     mesh: Mesh | None = None,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """The jitted step that trains layers ``[cut, end)`` on device data (state donated).
@@ -190,7 +192,9 @@ def make_scaled_train_step(
     :class:`~jnet2net.scale_down.cache.ActivationCache`'s; with two views each example
     takes the mirrored one where the no-grad step of the same step number flips it
     (:func:`flip_choices` of ``augment_key(seed, step)``), with one view (or when
-    ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one.
+    ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one. With ``crop``
+    the cache holds maps of padded images, and each is cropped where the no-grad step
+    crops the image (:func:`~jnet2net.scale_down.cache.crop_features`).
 
     ``freeze_at (layers,)`` int32 gives each layer's freeze step; its updates ramp to zero
     over the ``ramp_steps`` before it (:func:`suffix_update_fn`).
@@ -203,11 +207,14 @@ def make_scaled_train_step(
       steps_per_epoch: batches per epoch.
       ramp_steps: length of the learning-rate ramps.
       cached: read the prefix's output from a cache.
+      crop: how to crop a cache of padded images (cached steps only; ``None``: no crops).
       mesh: shard batches over ``'data'``, replicate the rest (the cache stays sharded).
 
     Returns:
       the jitted step ``-> (state, {'loss', 'accuracy'})``.
     """
+    if crop is not None and not cached:
+        raise ValueError("crop applies to cached steps only (cached=True)")
     update = suffix_update_fn(model, config, cut, ramp_steps)
     dtype = compute_dtype(model)
     batch_size = config.batch_size
@@ -241,10 +248,15 @@ def make_scaled_train_step(
     ) -> tuple[TrainState, Metrics]:
         TRACE_COUNTS["scale_down_step"] += 1
         index = indices(state, permutation)
-        view = None
-        if activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS:
-            view = flip_choices(augment_key(config.seed, state.step), batch_size)
+        flips = config.augment in FLIP_AUGMENTS and activations.shape[1] > 1
+        padding = 0 if crop is None else crop.padding
+        offsets, flipped = augment_choices(
+            augment_key(config.seed, state.step), batch_size, crop_padding=padding, flip=flips
+        )
+        view = flipped.astype(jnp.int32) if flips else None
         h = cache_lib.gather_views(activations, index, view)
+        if crop is not None:
+            h = cache_lib.crop_features(h, offsets, flipped, crop)
         return update(state, h, labels[index], freeze_at)
 
     if mesh is None:
@@ -360,11 +372,13 @@ class _Setup(NamedTuple):
     cache_budget: int | None  # bytes over all devices
 
 
-def _augment_name(train_config: TrainConfig, mode: str, views: int) -> str:
+def _augment_name(train_config: TrainConfig, mode: str, views: int, padding: int = 0) -> str:
     if train_config.augment == "none":
         return "none"
     if mode == "nograd":
         return train_config.augment
+    if padding:
+        return "crop_flip (cached padded maps)" if views > 1 else "crop (cached padded map)"
     return "flip (cached mirror view)" if views > 1 else "none (cached)"
 
 
@@ -383,14 +397,29 @@ class _Compiler:
         return compiled
 
 
-def _cache_spec(setup: _Setup, frozen: dict, cut: int, views: int) -> jax.ShapeDtypeStruct:
-    """Shape, dtype and sharding of the cache at ``cut``."""
-    one = jax.ShapeDtypeStruct((1, *setup.train.image_shape), compute_dtype(setup.model))
+def _padded_shape(setup: _Setup, padding: int) -> tuple[int, ...]:
+    """The training images' ``(h, w, c)`` after zero padding by ``padding`` per side."""
+    h, w, c = setup.train.image_shape
+    return (h + 2 * padding, w + 2 * padding, c)
+
+
+def _cache_spec(
+    setup: _Setup, frozen: dict, cut: int, views: int, padding: int = 0
+) -> jax.ShapeDtypeStruct:
+    """Shape, dtype and sharding of the cache at ``cut`` (of images padded by ``padding``)."""
+    one = jax.ShapeDtypeStruct((1, *_padded_shape(setup, padding)), compute_dtype(setup.model))
     feature = jax.eval_shape(lambda f, x: prefix_apply(setup.model, f, x, cut), frozen, one)
     rows = cache_lib.padded_rows(len(setup.train), setup.mesh)
     return jax.ShapeDtypeStruct(
         (rows, views, *feature.shape[1:]), feature.dtype, sharding=batch_sharding(setup.mesh)
     )
+
+
+def _feature_crop(setup: _Setup, frozen: dict, cut: int, padding: int) -> cache_lib.FeatureCrop:
+    """How the cached maps of layer ``cut``'s input are cropped back (see ``crop_features``)."""
+    h, w = setup.train.image_shape[:2]
+    size = _cache_spec(setup, frozen, cut, 1).shape[2:4]
+    return cache_lib.FeatureCrop(padding, tuple(size), (max(1, h // size[0]), max(1, w // size[1])))
 
 
 def _layer_flops(setup: _Setup, whole: dict, start: int, stop: int, rows: tuple) -> float:
@@ -400,9 +429,16 @@ def _layer_flops(setup: _Setup, whole: dict, start: int, stop: int, rows: tuple)
 
 
 def _compile_cache(
-    setup: _Setup, state: TrainState, cut: int, start: int, views: int, compiler: _Compiler
+    setup: _Setup,
+    state: TrainState,
+    cut: int,
+    start: int,
+    views: int,
+    padding: int,
+    compiler: _Compiler,
 ) -> tuple[CompiledStep, jax.ShapeDtypeStruct, float]:
-    """The compiled cache move ``start -> cut``, the cache's spec and the move's FLOPs."""
+    """The compiled cache move ``start -> cut`` (of images padded by ``padding``), the
+    cache's spec and the move's FLOPs."""
     model, train = setup.model, setup.train
     flips = views > 1
     move = cache_lib.cache_fn(
@@ -412,16 +448,17 @@ def _compile_cache(
         mean=train.mean,
         std=train.std,
         flips=flips,
+        padding=0 if start else padding,
         chunk=setup.train_config.eval_batch_size,
         mesh=setup.mesh,
     )
     frozen = move_cut(model, state, {}, cut)[1]
-    spec = _cache_spec(setup, frozen, cut, views)
+    spec = _cache_spec(setup, frozen, cut, views, padding)
     if start:
-        source = _cache_spec(setup, move_cut(model, state, {}, start)[1], start, views)
+        source = _cache_spec(setup, move_cut(model, state, {}, start)[1], start, views, padding)
         rows = source.shape[2:]
     else:
-        source, rows = setup.images, train.image_shape
+        source, rows = setup.images, _padded_shape(setup, padding)
     # XLA's analysis of a loop (the chunks) counts its body once: count the layers apart.
     per_example = _layer_flops(setup, whole_variables({}, state), start, cut, rows)
     return compiler(move, frozen, source), spec, per_example * spec.shape[0] * views
@@ -479,8 +516,10 @@ def compile_runners(
       ``[runner of cut 0, runner of cuts[0], ...]``.
     """
     config, train_config = setup.scale_config, setup.train_config
-    flips = config.cache_augment == "flip" and train_config.augment in FLIP_AUGMENTS
+    flips = config.cache_augment != "none" and train_config.augment in FLIP_AUGMENTS
     views = 2 if flips else 1
+    crops = config.cache_augment == "crop_flip" and train_config.augment in CROP_AUGMENTS
+    padding = train_config.crop_padding if crops else 0
     common = {
         "mean": setup.train.mean,
         "std": setup.train.std,
@@ -494,14 +533,19 @@ def compile_runners(
         cut_state, frozen = move_cut(setup.model, state, {}, cut)
         cached = False
         if cut and config.mode == "cache":
-            spec = _cache_spec(setup, frozen, cut, views)
+            spec = _cache_spec(setup, frozen, cut, views, padding)
             need = cache_lib.cache_nbytes(spec.shape, spec.dtype, 1)
             cached = setup.cache_budget is None or need <= setup.cache_budget
-        jitted = make_scaled_train_step(setup.model, train_config, cut, cached=cached, **common)
+        crop = _feature_crop(setup, frozen, cut, padding) if cached and padding else None
+        jitted = make_scaled_train_step(
+            setup.model, train_config, cut, cached=cached, crop=crop, **common
+        )
         cache, cache_from, move_flops = None, 0, 0.0
         if cached:
             cache_from = previous if previous_cached else 0
-            cache, spec, move_flops = _compile_cache(setup, state, cut, cache_from, views, compiler)
+            cache, spec, move_flops = _compile_cache(
+                setup, state, cut, cache_from, views, padding, compiler
+            )
             step = compiler(jitted, cut_state, spec, setup.labels, order, freeze_at)
         else:
             args = (frozen, setup.images, setup.labels, order, freeze_at)
@@ -524,7 +568,7 @@ def compile_runners(
                 used_views,
                 recalibrate,
                 move_flops,
-                _augment_name(train_config, mode, used_views),
+                _augment_name(train_config, mode, used_views, padding if cached else 0),
             )
         )
         previous, previous_cached = cut, cached
@@ -786,10 +830,9 @@ def fit_scale_down(
     learning rate ramps to zero before its freeze; then its BatchNorm statistics are
     recalibrated and it joins the frozen prefix, which runs in eval mode, either every
     step without gradient (``mode='nograd'``) or from a cache of its outputs sharded by
-    example over the mesh (``mode='cache'``; no random crops; flips with
-    ``cache_augment='flip'`` and an augmentation that flips; a cut whose cache exceeds
-    ``cache_max_bytes`` runs no-grad). The learning-rate schedule continues over the
-    freezes; the frozen layers' moments are dropped, the others' kept.
+    example over the mesh (``mode='cache'``; flips and crops as ``cache_augment`` says;
+    a cut whose cache exceeds ``cache_max_bytes`` runs no-grad). The learning-rate
+    schedule continues over the freezes; the frozen layers' moments are dropped, the others' kept.
 
     Args:
       model: a VGG or ResNet (anything with ``layer_names()`` and ``start``/``stop``).
