@@ -123,6 +123,12 @@ if wanted scale_down; then  # ResNet-18: full vs scale-down (cache mode), equal 
     "${TRAIN[@]}" --no-progress --keep 1 --scale-down --scale-json "$SCALE_JSON" \
     --out "$OUT/runs/resnet18_scale_down"
 fi
+if wanted scale_down && [ "$SMALL" != 1 ]; then  # ResNet-50: the >= 2x at <= 1 point target
+  run_step scale_down_resnet50 200 "$PY" experiments/scale_down/run.py --protocol full \
+    --npz /tmp/cifar10_raw/cifar10.npz --nets resnet50 --arms full scale_down --seeds 0 \
+    --epochs 15 --batch-size 512 --lr 0.2 --warmup-epochs 2 --dtype bfloat16 \
+    --out "$OUT/results/scale_down"
+fi
 
 if wanted throughput_more && [ "$SMALL" != 1 ]; then  # rows are written as each net finishes
   run_step throughput_more 200 "$PY" benchmarks/throughput.py --nets resnet50 vgg16 \

@@ -190,6 +190,13 @@ def test_scale_down_main_tiny(tmp_path):
     assert "| resnet18 | scale_down |" in (tmp_path / "table.md").read_text()
 
 
+def test_scale_down_refuses_a_network_outside_its_protocol(capsys):
+    with pytest.raises(SystemExit):
+        scale_down.main(["--summarize", "--nets", "resnet50"])
+    assert "--nets resnet50: not in the cpu protocol" in capsys.readouterr().err
+    assert set(scale_down.FULL_NETWORKS) >= set(scale_down.NETWORKS)
+
+
 # --- tables and verdicts from recorded runs ------------------------------------------------
 
 

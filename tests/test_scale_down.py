@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec
 
 from jnet2net import widen
 from jnet2net.data import from_arrays
-from jnet2net.data.augment import augment, augment_choices
+from jnet2net.data.augment import augment, augment_choices, crop_at
 from jnet2net.data.dataset import normalize
 from jnet2net.models import VGG, ResNet, resnet18, vgg11
 from jnet2net.scale_down import cache as cache_lib
@@ -115,11 +115,12 @@ class Mlp(flax.linen.Module):
         ({"ready_ratio": 0.0}, ValueError, "ready_ratio must be > 0 or None, got 0.0"),
         ({"patience": 0}, ValueError, "patience must be positive, got 0"),
         ({"bn_batches": True}, TypeError, "bn_batches must be an int, got True"),
+        ({"cache_views": 0}, ValueError, "cache_views must be positive, got 0"),
         ({"mode": "frozen"}, ValueError, "mode must be one of 'nograd', 'cache', got 'frozen'"),
         (
             {"cache_augment": "crop"},
             ValueError,
-            "cache_augment must be one of 'crop_flip', 'flip', 'none'",
+            "cache_augment must be one of 'views', 'flip', 'none'",
         ),
         ({"cache_max_bytes": -1}, ValueError, "cache_max_bytes must be >= 0"),
     ],
@@ -799,92 +800,73 @@ def test_cached_step_never_flips_when_the_augmentation_has_no_flips():
     chex.assert_trees_all_close(state_a.params, state_b.params, atol=1e-7)
 
 
-def _reference_crops(maps, offsets, flips, size, stride, padding):
-    """``maps`` cropped example by example, as ``crop_features`` documents (numpy slicing)."""
-    (h, w), (sh, sw) = size, stride
-    out = []
-    for m, (dy, dx), flip in zip(
-        np.asarray(maps), np.asarray(offsets), np.asarray(flips), strict=True
-    ):
-        row = min(dy // sh, m.shape[0] - h)
-        col = min((2 * padding - dx if flip else dx) // sw, m.shape[1] - w)
-        out.append(m[row : row + h, col : col + w])
-    return jnp.asarray(np.stack(out))
-
-
-@pytest.mark.parametrize("cut", [2, 3])  # after stage 0 (stride 1) and stage 1 (stride 2)
-def test_cached_crops_train_like_the_prefix_of_padded_images_cropped_on_the_same_keys(cut):
-    model = tiny_resnet()
-    train, _ = tiny_data()
-    config = train_config(augment="crop_flip", crop_padding=2)
-    batch, padding = config.batch_size, 2
-    state = create_train_state(model, config, train.images, steps_per_epoch=4)
-    state, frozen = move_cut(model, state, {}, cut)
-    images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
-    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
-    cache = cache_lib.build_cache(
-        model, frozen, images, cut, mean=train.mean, std=train.std, flips=True, padding=2, chunk=24
-    )
-    size = prefix_apply(model, frozen, jnp.zeros((1, *IMAGE)), cut).shape[1:3]
-    stride = (IMAGE[0] // size[0], IMAGE[1] // size[1])
-    assert cache.activations.shape[2:4] == ((8 + 4) // stride[0], (8 + 4) // stride[1])
-    crop = cache_lib.FeatureCrop(padding, size, stride)
-    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4}
-    cached = make_scaled_train_step(model, config, cut, cached=True, crop=crop, **common)
-    update = jax.jit(suffix_update_fn(model, config, cut))
-    reference = jax.tree.map(jnp.copy, state)
-    for step in range(3):
-        index = np.asarray(order)[step * batch : (step + 1) * batch]
-        offsets, flips = augment_choices(
-            augment_key(config.seed, step), batch, crop_padding=padding, flip=True
-        )
-        assert 0 < int(flips.sum()) < batch and len(set(map(tuple, np.asarray(offsets)))) > 3
-        x = cache_lib.pad_images(images[index], padding)
-        x = jnp.where(flips[:, None, None, None], x[:, :, ::-1], x)
-        maps = prefix_apply(model, frozen, normalize(x, train.mean, train.std, jnp.float32), cut)
-        h = _reference_crops(maps, offsets, flips, size, stride, padding)
-        reference, metrics_a = update(reference, h, labels[index], never_frozen(4))
-        state, metrics_b = cached(state, cache.activations, labels, order, never_frozen(4))
-        chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
-    chex.assert_trees_all_close(reference.params, state.params, atol=1e-5)
-    chex.assert_trees_all_close(reference.batch_stats, state.batch_stats, atol=1e-5)
-
-
-def test_at_stride_1_a_crop_of_the_padded_map_is_the_map_of_the_crop_inside_the_border():
-    model = tiny_resnet()
-    train, _ = tiny_data()
-    variables, _ = init(model)
-    frozen = {k: {n: v[n] for n in ("stem", "stage0_block0")} for k, v in variables.items()}
-    x = jnp.asarray(train.images[:16])
-    offsets, flips = augment_choices(jax.random.key(3), 16, crop_padding=2, flip=True)
-    crop = cache_lib.FeatureCrop(2, (8, 8), (1, 1))
-
-    def prefix(images):
-        return prefix_apply(model, frozen, normalize(images, train.mean, train.std), 2)
-
-    padded = cache_lib.pad_images(x, 2)
-    padded = jnp.where(flips[:, None, None, None], padded[:, :, ::-1], padded)
-    cropped = cache_lib.crop_features(prefix(padded), offsets, flips, crop)
-    direct = prefix(augment(jax.random.key(3), x, crop_padding=2, flip=True))
-    # Three 3x3 convolutions: the outer 3 pixels see beyond the crop, the centre does not.
-    chex.assert_trees_all_close(cropped[:, 3:-3, 3:-3], direct[:, 3:-3, 3:-3], atol=1e-5)
-    assert float(jnp.abs(cropped - direct).max()) > 1e-3  # the border differs
-
-
 def test_augment_makes_the_choices_augment_choices_returns():
     x = jnp.asarray(tiny_data()[0].images[:32])
     key = jax.random.key(5)
     for padding, flip in [(2, True), (2, False), (0, True)]:
         offsets, flips = augment_choices(key, 32, crop_padding=padding, flip=flip)
-        expected = cache_lib.crop_features(
-            cache_lib.pad_images(x, padding),
-            offsets,
-            jnp.zeros_like(flips),
-            cache_lib.FeatureCrop(padding, (8, 8), (1, 1)),
-        )
+        expected = crop_at(x, offsets, padding=padding)
         expected = jnp.where(flips[:, None, None, None], expected[:, :, ::-1], expected)
         chex.assert_trees_all_equal(augment(key, x, crop_padding=padding, flip=flip), expected)
-        assert bool(flips.any()) == flip
+        assert bool(flips.any()) == flip and int(offsets.max()) == 2 * padding
+
+
+def test_a_cache_of_augmented_views_holds_the_prefix_of_each_augmented_copy():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    variables, _ = init(model)
+    images = jnp.asarray(train.images[:16])  # a multiple of the 4 devices: no padding rows
+    views = cache_lib.AugmentedViews(jax.random.key(9), 3, 2, True)
+    stats = {"mean": train.mean, "std": train.std}
+    cache = cache_lib.build_cache(model, variables, images, 2, flips=False, views=views, **stats)
+    assert cache.activations.shape == (16, 3, 8, 8, 4) and cache.num_views == 3
+    for v in range(3):
+        x = augment(jax.random.fold_in(views.key, v), images, crop_padding=2, flip=True)
+        expected = prefix_apply(model, variables, normalize(x, train.mean, train.std), 2)
+        chex.assert_trees_all_close(cache.activations[:, v], expected, atol=1e-5)
+    assert float(jnp.abs(cache.activations[:, 0] - cache.activations[:, 1]).max()) > 1e-2
+    moved = cache_lib.extend_cache(model, variables, cache, 3, chunk=8)
+    rows = cache.activations.reshape(48, 8, 8, 4)
+    expected = model.apply(variables, rows, train=False, start=2, stop=3)
+    chex.assert_trees_all_close(moved.activations.reshape(48, 4, 4, 8), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="augmented views are made from the images"):
+        cache_lib.cache_fn(model, 1, 2, flips=True, views=views, mesh=data_mesh())
+
+
+def test_cached_step_with_random_views_trains_on_the_view_its_key_picks():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="crop_flip", crop_padding=2)
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, 2)
+    labels = jnp.asarray(train.labels)
+    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
+    views = cache_lib.AugmentedViews(jax.random.key(9), 4, 2, True)
+    cache = cache_lib.build_cache(
+        model,
+        frozen,
+        jnp.asarray(train.images),
+        2,
+        mean=train.mean,
+        std=train.std,
+        flips=False,
+        views=views,
+    )
+    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4}
+    cached = make_scaled_train_step(model, config, 2, cached=True, random_view=True, **common)
+    update = jax.jit(suffix_update_fn(model, config, 2))
+    reference = jax.tree.map(jnp.copy, state)
+    picked = set()
+    for step in range(3):
+        index = order[step * 16 : (step + 1) * 16]
+        view = jax.random.randint(augment_key(config.seed, step), (16,), 0, 4)
+        picked |= set(np.asarray(view).tolist())
+        h = cache.activations[index, view]
+        reference, metrics_a = update(reference, h, labels[index], never_frozen(4))
+        state, metrics_b = cached(state, cache.activations, labels, order, never_frozen(4))
+        chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
+    assert picked == {0, 1, 2, 3}
+    chex.assert_trees_all_close(reference.params, state.params, atol=1e-5)
 
 
 # --- the loop --------------------------------------------------------------------------
@@ -971,17 +953,17 @@ def test_loop_freezes_stage_0_and_compiles_nothing_after_the_start(resnet_runs):
         assert np.all(result.scores.changes[2:, 0] == 0)  # frozen: no change
 
 
-def test_cache_mode_with_crops_caches_padded_maps_and_compiles_nothing_after_the_start():
+def test_cache_mode_with_augmented_views_compiles_nothing_after_the_start():
     config = train_config(augment="crop_flip", crop_padding=2)
-    scale = dataclasses.replace(FORCED, mode="cache", cache_augment="crop_flip")
+    scale = dataclasses.replace(FORCED, mode="cache", cache_augment="views", cache_views=3)
     result, traces, compiles = _fit(tiny_resnet(), config, scale)
     assert [r["augment"] for r in result.history] == [
         "crop_flip",
-        "crop_flip (cached padded maps)",
-        "crop_flip (cached padded maps)",
+        "crop_flip (3 cached views)",
+        "crop_flip (3 cached views)",
     ]
-    # 64 examples, 2 views, the stage-0 map of 12x12 padded images, 4 channels, float32.
-    assert result.history[-1]["cache_bytes"] == 64 * 2 * 12 * 12 * 4 * 4
+    # 64 examples, 3 views, the stage-0 map of 8x8 images, 4 channels, float32.
+    assert result.history[-1]["cache_bytes"] == 64 * 3 * 8 * 8 * 4 * 4
     assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
     assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
     assert all(math.isfinite(r["train_loss"]) for r in result.history)

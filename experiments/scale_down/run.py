@@ -12,8 +12,9 @@ Arms, per network and seed (``--arms``, ``--seeds``):
 * ``scale_down``: ``jnet2net.scale_down.fit_scale_down`` for ``--epochs`` with
   ``ScaleDownConfig(target_compute=--target, mode=--mode)``: stages freeze on the budget's
   deadlines or earlier when ready (relative update below half the deeper stages' median);
-* ``scale_down_flip``: ``scale_down`` whose caches keep flips only (no random crops once
-  a stage is cached: ``cache_augment='flip'``), the ablation of ``--cache-augment``;
+* ``scale_down_views``: ``scale_down`` whose caches hold ``--cache-views`` augmented copies
+  of each image (random crops and flips drawn once; ``cache_augment='views'``) instead of
+  each image and its mirror image;
 * ``freezeout``: the same budget on a fixed schedule (no readiness) whose learning-rate ramps
   last ``--freezeout-ramp`` of training (FreezeOut-style per-stage annealing);
 * ``full_eq_flops`` / ``full_eq_seconds``: full training for ``round(epochs * r)`` epochs
@@ -33,6 +34,13 @@ CPU (2 cores; about ten CPU-minutes per full run)::
 
     python experiments/scale_down/run.py --data-dir ../shared/data --seeds 0 1 2
 
+GPU (``--protocol full``: 32x32, all 50k training images, 4 px padding, full-width ResNet-18
+and VGG-11, and ResNet-50; ``benchmarks/gpu_suite.sh`` runs ResNet-50 this way)::
+
+    python experiments/scale_down/run.py --protocol full --npz .data/cifar10_jpeg.npz \
+        --nets resnet50 --arms full scale_down --seeds 0 --batch-size 512 --lr 0.2 \
+        --warmup-epochs 2 --dtype bfloat16
+
 Smoke runs (minutes): ``--tiny`` (digits, tiny networks, 2 epochs) or ``--train-limit 512
 --epochs 1``.
 """
@@ -51,39 +59,57 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from experiments import common
 from experiments.common import mean_spread, run_seconds
 from jnet2net import data as data_lib
-from jnet2net.models import resnet18, vgg11
+from jnet2net.models import resnet18, resnet50, vgg11
 from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
 from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 
-ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_flip")
-SCALED_ARMS = ("scale_down", "freezeout", "scale_down_flip")
-BASELINES = ("freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_flip")
+ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
+SCALED_ARMS = ("scale_down", "freezeout", "scale_down_views")
+BASELINES = ("freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
 
 NETWORKS: dict[str, Callable[[], Any]] = {
     "resnet18": lambda: resnet18(stage_widths=(16, 32, 64, 128), num_classes=10),
     "vgg11": lambda: vgg11(stage_widths=(16, 32, 64, 128, 128), num_classes=10),
+}
+#: ``--protocol full`` (GPU): CIFAR-10 at 32x32, full widths, and ResNet-50.
+FULL_NETWORKS: dict[str, Callable[[], Any]] = {
+    "resnet18": lambda: resnet18(num_classes=10),
+    "vgg11": lambda: vgg11(num_classes=10),
+    "resnet50": lambda: resnet50(num_classes=10),
 }
 TINY_NETWORKS: dict[str, Callable[[], Any]] = {
     "resnet18": lambda: resnet18(
         stage_widths=(4, 4, 8, 8), stage_depths=(1, 1, 1, 1), num_classes=10
     ),
     "vgg11": lambda: vgg11(stage_widths=(4, 4, 8, 8, 8), num_classes=10),
+    "resnet50": lambda: resnet50(
+        stage_widths=(8, 8, 16, 16), stage_depths=(1, 1, 1, 1), stem_width=4, num_classes=10
+    ),
 }
+
+
+def networks(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+    """The networks of the run's protocol."""
+    if args.tiny:
+        return TINY_NETWORKS
+    return FULL_NETWORKS if args.protocol == "full" else NETWORKS
 
 
 # --- set-up -------------------------------------------------------------------------------
 
 
 def protocol_data(args: argparse.Namespace) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-    """The CPU protocol (16x16, 10k subset), or digits with ``--tiny``."""
+    """The CPU protocol (16x16, 10k subset), the full set (``--protocol full``), or digits
+    with ``--tiny``."""
     if args.tiny:
         return common.load_data("digits", train_limit=256)
+    cpu = args.protocol == "cpu"
     return common.load_data(
         "cifar10",
         data_dir=args.data_dir,
         npz=args.npz,
-        resolution=16,
-        train_subset=10000,
+        resolution=16 if cpu else None,
+        train_subset=10000 if cpu else None,
         train_limit=args.train_limit,
     )
 
@@ -98,7 +124,8 @@ def train_config(
         learning_rate=0.05 if args.tiny else args.lr,
         weight_decay=5e-4,
         augment="crop" if args.tiny else "crop_flip",
-        crop_padding=1 if args.tiny else 2,
+        crop_padding=1 if args.tiny else (2 if args.protocol == "cpu" else 4),
+        warmup_epochs=args.warmup_epochs,
         compute_dtype=args.dtype or common.default_dtype(),
         seed=seed,
         progress=False,
@@ -119,8 +146,8 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
     }
     if arm == "freezeout":
         fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
-    if arm == "scale_down_flip" and not args.tiny:
-        fields.update(cache_augment="flip")
+    if arm == "scale_down_views" and not args.tiny:
+        fields.update(cache_augment="views", cache_views=args.cache_views)
     return ScaleDownConfig(**fields)
 
 
@@ -186,7 +213,7 @@ def run_arm(
         print(f"  {net} {arm} s{seed}: done")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = (TINY_NETWORKS if args.tiny else NETWORKS)[net]()
+    model = networks(args)[net]()
     config = train_config(args, epochs, seed, path)
     start = time.perf_counter()
     if arm in SCALED_ARMS:
@@ -333,20 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-limit", type=int, default=None, help="smoke: first N examples")
     parser.add_argument("--tiny", action="store_true", help="smoke: digits, tiny networks")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--protocol", choices=("cpu", "full"), default="cpu")
+    parser.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=list(FULL_NETWORKS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default 15 (--tiny: 2)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--mode", choices=("cache", "nograd"), default="cache")
     parser.add_argument(
         "--cache-augment",
-        choices=("crop_flip", "flip", "none"),
-        default="crop_flip",
+        choices=("views", "flip", "none"),
+        default="flip",
         help="what cached stages keep of the augmentation (scale_down and freezeout arms)",
     )
+    parser.add_argument("--cache-views", type=int, default=4, help="scale_down_views' copies")
     parser.add_argument("--target", type=float, default=0.6, help="target_compute")
     parser.add_argument("--not-before", type=float, default=0.3)
     parser.add_argument("--min-spacing", type=float, default=0.1)
@@ -358,9 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the arms (unless ``--summarize``) and writes ``summary.json`` and ``table.md``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.nets) - set(networks(args)))
+    if unknown:
+        parser.error(f"--nets {' '.join(unknown)}: not in the {args.protocol} protocol")
     args.epochs = args.epochs or (2 if args.tiny else 15)
-    default_out = "digits-tiny" if args.tiny else "cifar10-16px"
+    default_out = (
+        "digits-tiny"
+        if args.tiny
+        else {"cpu": "cifar10-16px", "full": "cifar10-32px"}[args.protocol]
+    )
     out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
     args.out = str(out)
     if args.tiny:
@@ -377,12 +415,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         common.REDUCED_NOTE
         if args.tiny
         else "CIFAR-10 (JPEG q75) 16x16, 10k stratified train subset, full test set"
+        if args.protocol == "cpu"
+        else "CIFAR-10 (JPEG q75) 32x32, all 50k training images, full test set"
     )
     summary["settings"] = {
         k: getattr(args, k)
         for k in (
             "mode",
             "cache_augment",
+            "cache_views",
             "target",
             "not_before",
             "min_spacing",

@@ -8,9 +8,9 @@ replicated); ``n_pad`` is the number of examples rounded up to a multiple of the
 and the padding rows (of black images) are never read. When the cut moves from ``a`` to
 ``b`` only the newly frozen layers ``[a, b)`` run, on the stored activations.
 
-So that random crops survive caching, a cache may hold the prefix's output on the images
-zero-padded as the crop pads them (``padding``): each step then crops that map where the
-augmentation crops the image, to the prefix's stride (:func:`crop_features`).
+So that random crops survive caching, a cache may instead hold ``K`` *augmented views*:
+the prefix's output on ``K`` random crops and flips of each image, drawn once
+(:func:`augmented_views`); each step then picks one view per example at random.
 
 :func:`cache_fn` gives the jitted function of one such move, so that it can be compiled
 ahead of time; :func:`build_cache` and :func:`extend_cache` call it once.
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from jnet2net.data.augment import augment
 from jnet2net.data.dataset import normalize
 from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down.split import check_cut
@@ -43,7 +44,8 @@ class ActivationCache(NamedTuple):
       cut: the layer these activations feed.
       activations: ``(n_pad, views, h', w', c')`` sharded by row over ``'data'``; view 0
         is the image as it is, view 1 (if any) its mirror image; rows from the number of
-        examples on are padding.
+        examples on are padding. With augmented views, view ``v`` is the ``v``-th
+        augmented copy (:func:`augmented_views`).
     """
 
     cut: int
@@ -51,13 +53,29 @@ class ActivationCache(NamedTuple):
 
     @property
     def num_views(self) -> int:
-        """1 (plain) or 2 (plain and mirrored)."""
+        """1 (plain), 2 (plain and mirrored) or the number of augmented views."""
         return self.activations.shape[1]
 
     @property
     def nbytes(self) -> int:
         """Bytes held over all devices."""
         return int(self.activations.size) * self.activations.dtype.itemsize
+
+
+class AugmentedViews(NamedTuple):
+    """What a cache of augmented views holds (see :func:`augmented_views`).
+
+    Attributes:
+      key: the views' randomness.
+      count: views per example.
+      crop_padding: the random crop's padding (0: no crop).
+      flip: whether views are flipped at random.
+    """
+
+    key: jax.Array
+    count: int
+    crop_padding: int
+    flip: bool
 
 
 def cache_nbytes(shape: tuple[int, ...], dtype: Any, num_views: int) -> int:
@@ -103,58 +121,20 @@ def gather_views(activations: jax.Array, indices: jax.Array, view: jax.Array | N
     return activations[indices, view]
 
 
-class FeatureCrop(NamedTuple):
-    """How a cached map of padded images is cropped back to the prefix's output size.
-
-    Attributes:
-      padding: pixels of zero padding on each side of the images the map was made from.
-      size: ``(h', w')``, the prefix's output size on unpadded images.
-      stride: ``(s_h, s_w)``, image pixels per map pixel (``h // h'``, ``w // w'``).
-    """
-
-    padding: int
-    size: tuple[int, int]
-    stride: tuple[int, int]
-
-
-def crop_features(
-    maps: jax.Array, offsets: jax.Array, flips: jax.Array, crop: FeatureCrop
+def augmented_views(
+    key: jax.Array, images: jax.Array, num_views: int, *, crop_padding: int, flip: bool
 ) -> jax.Array:
-    """Crops prefix outputs of padded images where the augmentation crops the images.
+    """``num_views`` augmented copies of ``images (n, h, w, c)``: ``(n, num_views, h, w, c)``.
 
-    Image ``i`` is cropped at ``offsets[i]`` in the padded image and then mirrored where
-    ``flips[i]``; the mirrored view of a padded image holds that crop at column
-    ``2 * padding - offsets[i, 1]``. The map is cropped at those offsets divided by the
-    stride (rounded down, at most the map's slack): at stride 1 the crop of the padded map
-    is the map of the cropped image up to the prefix's receptive field at the border,
-    where the padded map sees the neighbouring pixels instead of zeros.
-
-    Args:
-      maps: ``(b, H', W', c)`` prefix outputs of the padded images (or of their mirror
-        images where ``flips``).
-      offsets: ``(b, 2)`` int (row, column) crop offsets in the padded images.
-      flips: ``(b,)`` bool, whether the map is of the mirrored image.
-      crop: the padding, output size and stride.
-
-    Returns:
-      ``(b, h', w', c)``.
+    Copy ``v`` is :func:`~jnet2net.data.augment` with ``fold_in(key, v)`` (random crop with
+    ``crop_padding``, then flips when ``flip``), so every copy is a crop and flip the
+    training augmentation itself could have made.
     """
-    (h, w), (sh, sw), pad = crop.size, crop.stride, crop.padding
-    rows = jnp.minimum(offsets[:, 0] // sh, maps.shape[1] - h)
-    columns = jnp.where(flips, 2 * pad - offsets[:, 1], offsets[:, 1])
-    columns = jnp.minimum(columns // sw, maps.shape[2] - w)
-
-    def one(m: jax.Array, r: jax.Array, c: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice(m, (r, c, 0), (h, w, m.shape[-1]))
-
-    return jax.vmap(one)(maps, rows.astype(jnp.int32), columns.astype(jnp.int32))
-
-
-def pad_images(images: jax.Array, padding: int) -> jax.Array:
-    """``images (n, h, w, c)`` zero-padded by ``padding`` on each side, as the crop pads them."""
-    if not padding:
-        return images
-    return jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    copies = [
+        augment(jax.random.fold_in(key, v), images, crop_padding=crop_padding, flip=flip)
+        for v in range(num_views)
+    ]
+    return jnp.stack(copies, axis=1)
 
 
 def _in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
@@ -177,15 +157,15 @@ def cache_fn(
     mean: tuple[float, ...] = (),
     std: tuple[float, ...] = (),
     flips: bool = False,
-    padding: int = 0,
+    views: AugmentedViews | None = None,
     chunk: int = 512,
     mesh: Mesh,
 ) -> Callable[[Variables, jax.Array], jax.Array]:
     """The jitted move of a cache from cut ``start`` to cut ``stop`` (eval mode).
 
     ``start == 0``: ``(frozen, images (n, h, w, c) uint8) -> (n_pad, views, ...)``, the
-    images zero-padded by ``padding`` pixels per side, normalised with ``mean``/``std``
-    (and mirrored for view 1 when ``flips``).
+    images normalised with ``mean``/``std`` (and mirrored for view 1 when ``flips``; or,
+    with ``views``, :func:`augmented_views` of them).
     ``start > 0``: ``(frozen, activations (n_pad, views, ...)) -> (n_pad, views, ...)``.
     Each device runs its own rows (``shard_map`` over ``'data'``, no communication),
     ``chunk // devices`` at a time; the result is sharded by row.
@@ -196,7 +176,7 @@ def cache_fn(
       stop: the new cut, ``> start``.
       mean, std: normalisation of the images (``start == 0`` only).
       flips: store the mirror images' activations too (``start == 0`` only).
-      padding: pad the images as a random crop does (``start == 0`` only; 0: none).
+      views: store augmented views instead (``start == 0`` only).
       chunk: examples per call over the whole mesh.
       mesh: the devices.
 
@@ -209,10 +189,8 @@ def cache_fn(
         raise ValueError(f"a cache moves forward by at least one layer: {start} -> {stop}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    if padding and start:
-        raise ValueError("only a cache built from the images pads them (start == 0)")
+    if views is not None and (start or flips):
+        raise ValueError("augmented views are made from the images (start == 0, no flips)")
     dtype = compute_dtype(model)
     local_chunk = max(1, chunk // mesh.size)
 
@@ -221,7 +199,7 @@ def cache_fn(
 
     def from_images(frozen: Variables, x: jax.Array) -> jax.Array:
         def prefix(images: jax.Array) -> jax.Array:
-            return layers(frozen, normalize(pad_images(images, padding), mean, std, dtype))
+            return layers(frozen, normalize(images, mean, std, dtype))
 
         def views(images: jax.Array) -> jax.Array:
             if not flips:
@@ -230,15 +208,21 @@ def cache_fn(
 
         return _in_chunks(views, x, local_chunk)
 
-    def from_cache(frozen: Variables, h: jax.Array) -> jax.Array:
+    def over_views(frozen: Variables, h: jax.Array, first: Callable[[jax.Array], jax.Array]):
         def run(rows: jax.Array) -> jax.Array:
             n, v = rows.shape[:2]
-            out = layers(frozen, rows.reshape(n * v, *rows.shape[2:]))
+            out = layers(frozen, first(rows.reshape(n * v, *rows.shape[2:])))
             return out.reshape(n, v, *out.shape[1:])
 
-        return _in_chunks(run, h, local_chunk)
+        return _in_chunks(run, h, max(1, local_chunk // h.shape[1]))
 
-    local = from_images if start == 0 else from_cache
+    def from_cache(frozen: Variables, h: jax.Array) -> jax.Array:
+        return over_views(frozen, h, lambda rows: rows)
+
+    def from_views(frozen: Variables, x: jax.Array) -> jax.Array:
+        return over_views(frozen, x, lambda rows: normalize(rows, mean, std, dtype))
+
+    local = from_cache if start else (from_images if views is None else from_views)
     sharded = jax.shard_map(
         local,
         mesh=mesh,
@@ -251,6 +235,10 @@ def cache_fn(
         if start == 0:
             pad = padded_rows(x.shape[0], mesh) - x.shape[0]
             x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+            if views is not None:
+                x = augmented_views(
+                    views.key, x, views.count, crop_padding=views.crop_padding, flip=views.flip
+                )
         return sharded(frozen, x)
 
     return jax.jit(move, in_shardings=(replicated(mesh), None), out_shardings=batch_sharding(mesh))
@@ -265,7 +253,7 @@ def build_cache(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     flips: bool,
-    padding: int = 0,
+    views: AugmentedViews | None = None,
     chunk: int = 512,
     mesh: Mesh | None = None,
 ) -> ActivationCache:
@@ -278,8 +266,7 @@ def build_cache(
       cut: the first trained layer (> 0).
       mean, std: per-channel normalisation (:func:`jnet2net.data.normalize`).
       flips: also store the mirror images' activations (second view).
-      padding: zero-pad the images by this many pixels per side first, as a random crop
-        does, so that steps can crop the map (:func:`crop_features`).
+      views: store these augmented views of each image instead (``flips`` must be False).
       chunk: examples per call over the whole mesh.
       mesh: the devices the rows are sharded over (default: all, axis ``'data'``).
 
@@ -290,7 +277,7 @@ def build_cache(
         raise ValueError(f"a cache holds the output of at least one layer, got cut={cut}")
     mesh = data_mesh() if mesh is None else mesh
     fn = cache_fn(
-        model, 0, cut, mean=mean, std=std, flips=flips, padding=padding, chunk=chunk, mesh=mesh
+        model, 0, cut, mean=mean, std=std, flips=flips, views=views, chunk=chunk, mesh=mesh
     )
     return ActivationCache(cut, fn(frozen, images))
 

@@ -10,10 +10,10 @@ from typing import Literal
 import numpy as np
 
 Mode = Literal["nograd", "cache"]
-CacheAugment = Literal["crop_flip", "flip", "none"]
+CacheAugment = Literal["views", "flip", "none"]
 
 MODES = ("nograd", "cache")
-CACHE_AUGMENTS = ("crop_flip", "flip", "none")
+CACHE_AUGMENTS = ("views", "flip", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +48,12 @@ class ScaleDownConfig:
     training batches (train-mode forward passes, the mean of their batch statistics) and it
     joins the frozen prefix, which runs in eval mode: without gradient every step
     (``mode='nograd'``, the usual augmentation) or from a cache of its outputs computed
-    once per example (``mode='cache'``). With an augmentation that flips, the cache holds
-    each image's and its mirror image's outputs and each step picks the view the
-    augmentation flips (``cache_augment`` ``'flip'`` or ``'crop_flip'``); with one that
-    crops and ``cache_augment='crop_flip'``, it holds the outputs of the images zero-padded
-    as the crop pads them, and each step crops that map where the augmentation crops the
-    image, to the prefix's stride (exact in the interior; at the border the map has seen
-    the padded image's neighbouring pixels instead of zeros); ``'none'`` caches the plain
-    images only.
+    once per example (``mode='cache'``). What a cache keeps of the augmentation
+    (``cache_augment``): ``'flip'`` (with an augmentation that flips) holds each image and
+    its mirror image and each step picks the view the augmentation would have flipped (no
+    random crops); ``'views'`` holds ``cache_views`` augmented copies of each image (random
+    crops and flips drawn once, as the training augmentation draws them) and each step
+    picks one at random; ``'none'`` holds the plain images.
 
     Attributes:
       target_compute: the run's training FLOPs over full training's, in ``(0, 1]``.
@@ -70,7 +68,8 @@ class ScaleDownConfig:
       bn_batches: training batches that recalibrate a freezing stage's BatchNorm
         statistics (0: keep its running averages).
       mode: ``'nograd'`` or ``'cache'``.
-      cache_augment: ``'crop_flip'``, ``'flip'`` or ``'none'`` (cache mode only).
+      cache_augment: ``'views'``, ``'flip'`` or ``'none'`` (cache mode only).
+      cache_views: augmented copies per example with ``cache_augment='views'`` (>= 1).
       cache_max_bytes: largest activation cache (over all devices); a cut whose cache
         would not fit runs in no-grad mode instead (``None``: half the accelerator's free
         memory where the device reports it, else no limit).
@@ -87,6 +86,7 @@ class ScaleDownConfig:
     bn_batches: int = 8
     mode: Mode = "nograd"
     cache_augment: CacheAugment = "flip"
+    cache_views: int = 4
     cache_max_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +115,7 @@ class ScaleDownConfig:
                 )
         self._set("patience", _positive_int("patience", self.patience))
         self._set("bn_batches", _non_negative_int("bn_batches", self.bn_batches))
+        self._set("cache_views", _positive_int("cache_views", self.cache_views))
         if self.cache_max_bytes is not None:
             self._set("cache_max_bytes", _non_negative_int("cache_max_bytes", self.cache_max_bytes))
         _choice("mode", self.mode, MODES)

@@ -63,7 +63,7 @@ from jnet2net.scale_down.split import (
     suffix_apply,
 )
 from jnet2net.scale_down.stages import candidate_cuts, score_groups
-from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation
+from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.cost import CompiledStep, compile_step, is_compiled
 from jnet2net.train.loop import (
@@ -102,8 +102,6 @@ Record = dict[str, Any]
 
 #: ``TrainConfig.augment`` values that flip images (only these may read a mirrored view).
 FLIP_AUGMENTS = ("crop_flip", "flip")
-#: ``TrainConfig.augment`` values that crop images (a cache of padded maps may crop them).
-CROP_AUGMENTS = ("crop_flip", "crop")
 
 # --- steps -------------------------------------------------------------------------------
 
@@ -176,7 +174,7 @@ def make_scaled_train_step(
     steps_per_epoch: int,
     ramp_steps: int = 0,
     cached: bool = False,
-    crop: cache_lib.FeatureCrop | None = None,
+    random_view: bool = False,
     mesh: Mesh | None = None,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """The jitted step that trains layers ``[cut, end)`` on device data (state donated).
@@ -192,9 +190,9 @@ def make_scaled_train_step(
     :class:`~jnet2net.scale_down.cache.ActivationCache`'s; with two views each example
     takes the mirrored one where the no-grad step of the same step number flips it
     (:func:`flip_choices` of ``augment_key(seed, step)``), with one view (or when
-    ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one. With ``crop``
-    the cache holds maps of padded images, and each is cropped where the no-grad step
-    crops the image (:func:`~jnet2net.scale_down.cache.crop_features`).
+    ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one. With
+    ``random_view`` (a cache of augmented views) each example takes a view drawn uniformly
+    with ``augment_key(seed, step)``.
 
     ``freeze_at (layers,)`` int32 gives each layer's freeze step; its updates ramp to zero
     over the ``ramp_steps`` before it (:func:`suffix_update_fn`).
@@ -207,14 +205,12 @@ def make_scaled_train_step(
       steps_per_epoch: batches per epoch.
       ramp_steps: length of the learning-rate ramps.
       cached: read the prefix's output from a cache.
-      crop: how to crop a cache of padded images (cached steps only; ``None``: no crops).
+      random_view: pick cached views at random (augmented views) instead of by flips.
       mesh: shard batches over ``'data'``, replicate the rest (the cache stays sharded).
 
     Returns:
       the jitted step ``-> (state, {'loss', 'accuracy'})``.
     """
-    if crop is not None and not cached:
-        raise ValueError("crop applies to cached steps only (cached=True)")
     update = suffix_update_fn(model, config, cut, ramp_steps)
     dtype = compute_dtype(model)
     batch_size = config.batch_size
@@ -248,15 +244,12 @@ def make_scaled_train_step(
     ) -> tuple[TrainState, Metrics]:
         TRACE_COUNTS["scale_down_step"] += 1
         index = indices(state, permutation)
-        flips = config.augment in FLIP_AUGMENTS and activations.shape[1] > 1
-        padding = 0 if crop is None else crop.padding
-        offsets, flipped = augment_choices(
-            augment_key(config.seed, state.step), batch_size, crop_padding=padding, flip=flips
-        )
-        view = flipped.astype(jnp.int32) if flips else None
+        view, key = None, augment_key(config.seed, state.step)
+        if random_view:
+            view = jax.random.randint(key, (batch_size,), 0, activations.shape[1])
+        elif activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS:
+            view = flip_choices(key, batch_size)
         h = cache_lib.gather_views(activations, index, view)
-        if crop is not None:
-            h = cache_lib.crop_features(h, offsets, flipped, crop)
         return update(state, h, labels[index], freeze_at)
 
     if mesh is None:
@@ -372,13 +365,13 @@ class _Setup(NamedTuple):
     cache_budget: int | None  # bytes over all devices
 
 
-def _augment_name(train_config: TrainConfig, mode: str, views: int, padding: int = 0) -> str:
+def _augment_name(train_config: TrainConfig, mode: str, views: int, augmented: bool = False) -> str:
     if train_config.augment == "none":
         return "none"
     if mode == "nograd":
         return train_config.augment
-    if padding:
-        return "crop_flip (cached padded maps)" if views > 1 else "crop (cached padded map)"
+    if augmented:
+        return f"{train_config.augment} ({views} cached views)"
     return "flip (cached mirror view)" if views > 1 else "none (cached)"
 
 
@@ -397,29 +390,14 @@ class _Compiler:
         return compiled
 
 
-def _padded_shape(setup: _Setup, padding: int) -> tuple[int, ...]:
-    """The training images' ``(h, w, c)`` after zero padding by ``padding`` per side."""
-    h, w, c = setup.train.image_shape
-    return (h + 2 * padding, w + 2 * padding, c)
-
-
-def _cache_spec(
-    setup: _Setup, frozen: dict, cut: int, views: int, padding: int = 0
-) -> jax.ShapeDtypeStruct:
-    """Shape, dtype and sharding of the cache at ``cut`` (of images padded by ``padding``)."""
-    one = jax.ShapeDtypeStruct((1, *_padded_shape(setup, padding)), compute_dtype(setup.model))
+def _cache_spec(setup: _Setup, frozen: dict, cut: int, views: int) -> jax.ShapeDtypeStruct:
+    """Shape, dtype and sharding of the cache at ``cut``."""
+    one = jax.ShapeDtypeStruct((1, *setup.train.image_shape), compute_dtype(setup.model))
     feature = jax.eval_shape(lambda f, x: prefix_apply(setup.model, f, x, cut), frozen, one)
     rows = cache_lib.padded_rows(len(setup.train), setup.mesh)
     return jax.ShapeDtypeStruct(
         (rows, views, *feature.shape[1:]), feature.dtype, sharding=batch_sharding(setup.mesh)
     )
-
-
-def _feature_crop(setup: _Setup, frozen: dict, cut: int, padding: int) -> cache_lib.FeatureCrop:
-    """How the cached maps of layer ``cut``'s input are cropped back (see ``crop_features``)."""
-    h, w = setup.train.image_shape[:2]
-    size = _cache_spec(setup, frozen, cut, 1).shape[2:4]
-    return cache_lib.FeatureCrop(padding, tuple(size), (max(1, h // size[0]), max(1, w // size[1])))
 
 
 def _layer_flops(setup: _Setup, whole: dict, start: int, stop: int, rows: tuple) -> float:
@@ -428,37 +406,44 @@ def _layer_flops(setup: _Setup, whole: dict, start: int, stop: int, rows: tuple)
     return cache_flops(setup.model, whole, start, stop, batch, how="lowered")
 
 
+def _augmented_views(setup: _Setup) -> cache_lib.AugmentedViews | None:
+    """The augmented views a cache holds (``None``: plain and mirrored images)."""
+    config, train_config = setup.scale_config, setup.train_config
+    if config.cache_augment != "views" or train_config.augment == "none":
+        return None
+    crops = train_config.augment in ("crop_flip", "crop")
+    return cache_lib.AugmentedViews(
+        stream_key(train_config.seed, "cache"),
+        config.cache_views,
+        train_config.crop_padding if crops else 0,
+        train_config.augment in FLIP_AUGMENTS,
+    )
+
+
 def _compile_cache(
-    setup: _Setup,
-    state: TrainState,
-    cut: int,
-    start: int,
-    views: int,
-    padding: int,
-    compiler: _Compiler,
+    setup: _Setup, state: TrainState, cut: int, start: int, views: int, compiler: _Compiler
 ) -> tuple[CompiledStep, jax.ShapeDtypeStruct, float]:
-    """The compiled cache move ``start -> cut`` (of images padded by ``padding``), the
-    cache's spec and the move's FLOPs."""
+    """The compiled cache move ``start -> cut``, the cache's spec and the move's FLOPs."""
     model, train = setup.model, setup.train
-    flips = views > 1
+    augmented = _augmented_views(setup)
     move = cache_lib.cache_fn(
         model,
         start,
         cut,
         mean=train.mean,
         std=train.std,
-        flips=flips,
-        padding=0 if start else padding,
+        flips=views > 1 and augmented is None and not start,
+        views=None if start else augmented,
         chunk=setup.train_config.eval_batch_size,
         mesh=setup.mesh,
     )
     frozen = move_cut(model, state, {}, cut)[1]
-    spec = _cache_spec(setup, frozen, cut, views, padding)
+    spec = _cache_spec(setup, frozen, cut, views)
     if start:
-        source = _cache_spec(setup, move_cut(model, state, {}, start)[1], start, views, padding)
+        source = _cache_spec(setup, move_cut(model, state, {}, start)[1], start, views)
         rows = source.shape[2:]
     else:
-        source, rows = setup.images, _padded_shape(setup, padding)
+        source, rows = setup.images, train.image_shape
     # XLA's analysis of a loop (the chunks) counts its body once: count the layers apart.
     per_example = _layer_flops(setup, whole_variables({}, state), start, cut, rows)
     return compiler(move, frozen, source), spec, per_example * spec.shape[0] * views
@@ -516,10 +501,9 @@ def compile_runners(
       ``[runner of cut 0, runner of cuts[0], ...]``.
     """
     config, train_config = setup.scale_config, setup.train_config
-    flips = config.cache_augment != "none" and train_config.augment in FLIP_AUGMENTS
-    views = 2 if flips else 1
-    crops = config.cache_augment == "crop_flip" and train_config.augment in CROP_AUGMENTS
-    padding = train_config.crop_padding if crops else 0
+    flips = config.cache_augment == "flip" and train_config.augment in FLIP_AUGMENTS
+    augmented = _augmented_views(setup)
+    views = augmented.count if augmented else (2 if flips else 1)
     common = {
         "mean": setup.train.mean,
         "std": setup.train.std,
@@ -533,19 +517,21 @@ def compile_runners(
         cut_state, frozen = move_cut(setup.model, state, {}, cut)
         cached = False
         if cut and config.mode == "cache":
-            spec = _cache_spec(setup, frozen, cut, views, padding)
+            spec = _cache_spec(setup, frozen, cut, views)
             need = cache_lib.cache_nbytes(spec.shape, spec.dtype, 1)
             cached = setup.cache_budget is None or need <= setup.cache_budget
-        crop = _feature_crop(setup, frozen, cut, padding) if cached and padding else None
         jitted = make_scaled_train_step(
-            setup.model, train_config, cut, cached=cached, crop=crop, **common
+            setup.model,
+            train_config,
+            cut,
+            cached=cached,
+            random_view=cached and augmented is not None,
+            **common,
         )
         cache, cache_from, move_flops = None, 0, 0.0
         if cached:
             cache_from = previous if previous_cached else 0
-            cache, spec, move_flops = _compile_cache(
-                setup, state, cut, cache_from, views, padding, compiler
-            )
+            cache, spec, move_flops = _compile_cache(setup, state, cut, cache_from, views, compiler)
             step = compiler(jitted, cut_state, spec, setup.labels, order, freeze_at)
         else:
             args = (frozen, setup.images, setup.labels, order, freeze_at)
@@ -568,7 +554,7 @@ def compile_runners(
                 used_views,
                 recalibrate,
                 move_flops,
-                _augment_name(train_config, mode, used_views, padding if cached else 0),
+                _augment_name(train_config, mode, used_views, augmented is not None),
             )
         )
         previous, previous_cached = cut, cached
@@ -830,9 +816,10 @@ def fit_scale_down(
     learning rate ramps to zero before its freeze; then its BatchNorm statistics are
     recalibrated and it joins the frozen prefix, which runs in eval mode, either every
     step without gradient (``mode='nograd'``) or from a cache of its outputs sharded by
-    example over the mesh (``mode='cache'``; flips and crops as ``cache_augment`` says;
-    a cut whose cache exceeds ``cache_max_bytes`` runs no-grad). The learning-rate
-    schedule continues over the freezes; the frozen layers' moments are dropped, the others' kept.
+    example over the mesh (``mode='cache'``; what it keeps of the augmentation as
+    ``cache_augment`` says; a cut whose cache exceeds ``cache_max_bytes`` runs no-grad).
+    The learning-rate schedule continues over the freezes; the frozen layers' moments are
+    dropped, the others' kept.
 
     Args:
       model: a VGG or ResNet (anything with ``layer_names()`` and ``start``/``stop``).

@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 
 #: Independent random streams derived from one seed.
-STREAMS = {"init": 0, "order": 1, "augment": 2, "growth": 3}
+STREAMS = {"init": 0, "order": 1, "augment": 2, "growth": 3, "cache": 4}
 
 
 def stream_key(seed: int, stream: str) -> jax.Array:
-    """The root key of one random stream (``'init'``, ``'order'``, ``'augment'``, ``'growth'``)."""
+    """The root key of one random stream (``'init'``, ``'order'``, ``'augment'``, ``'growth'``,
+    ``'cache'``)."""
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; known: {sorted(STREAMS)}")
     return jax.random.fold_in(jax.random.key(seed), STREAMS[stream])
