@@ -31,12 +31,14 @@ checksums existed restore unchecked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -303,6 +305,35 @@ def all_steps(directory: PathLike) -> list[int]:
         return []
     with _manager(path) as manager:
         return sorted(manager.all_steps())
+
+
+def set_aside_damaged(directory: PathLike) -> list[tuple[int, pathlib.Path, str]]:
+    """Moves the damaged checkpoints at the end of a run aside, so that its latest step is
+    its newest intact checkpoint.
+
+    From the latest step down, each checkpoint is restored (checksums checked) until one
+    restores; each that raises :class:`CorruptCheckpointError` is renamed
+    ``DIR/<step>.damaged`` (kept for inspection; no longer a step).
+
+    Returns:
+      ``(step, new path, reason)`` of each moved checkpoint, latest first.
+    """
+    path = _abspath(directory)
+    moved = []
+    for step in reversed(all_steps(path)):
+        try:
+            restore(path, step=step)
+        except CorruptCheckpointError as err:
+            target = path / f"{step}.damaged"
+            n = 1
+            while target.exists():
+                n += 1
+                target = path / f"{step}.damaged{n}"
+            (path / str(step)).rename(target)
+            moved.append((step, target, str(err)))
+            continue
+        break
+    return moved
 
 
 def latest_step(directory: PathLike) -> int | None:
@@ -579,7 +610,8 @@ def _restore_state(info: CheckpointInfo, target: dict[str, Any]) -> dict[str, An
     """
     try:
         with _manager(info.path.parent) as manager:
-            metadata = manager.item_metadata(info.step)[STATE]
+            with _quiet_absl():  # a damaged item is reported below, in one line
+                metadata = manager.item_metadata(info.step)[STATE]
             if metadata is None:
                 raise _ArchitectureMismatch(
                     f"checkpoint {info.path} is corrupt: its '{STATE}' item has no readable "
@@ -591,6 +623,7 @@ def _restore_state(info: CheckpointInfo, target: dict[str, Any]) -> dict[str, An
                 k: jax.tree.map(_metadata_to_abstract, stored[k]) if v is None else v
                 for k, v in target.items()
             }
+            target = jax.tree.map(_on_one_device, target)
             restored = manager.restore(
                 info.step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
             )[STATE]
@@ -651,6 +684,25 @@ def _check_stored_variables(info: CheckpointInfo, stored: Any, abstract: Any) ->
             f"checkpoint {info.path} is corrupt: its state does not fit the architecture in its "
             f"'{ARCH}' item ({len(problems)} leaves differ): " + "; ".join(problems[:3])
         )
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Silences absl's warnings (Orbax logs a damaged item as a warning, then returns None)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _on_one_device(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    """``leaf`` placed on the first device: a checkpoint saved on other devices (another
+    device count) restores here instead of failing on Orbax's saved sharding."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
 
 
 def _metadata_to_abstract(leaf: Any) -> jax.ShapeDtypeStruct:
