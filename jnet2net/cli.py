@@ -875,9 +875,6 @@ def train_run(args: argparse.Namespace) -> Any:
             "continue it, or choose another --out"
         )
     resuming = args.resume and bool(saved_steps)
-    if resuming:
-        set_aside_damaged_checkpoints(out)
-        check_run_log(out / "metrics.jsonl")
     if resuming and (args.source or args.arch or args.arch_json or args.width_mult):
         raise ValueError(
             "--resume continues the run in --out with its own architecture; drop "
@@ -888,6 +885,9 @@ def train_run(args: argparse.Namespace) -> Any:
             "--from takes the architecture from the checkpoint; drop "
             "--arch/--arch-json/--width-mult"
         )
+    if resuming:
+        set_aside_damaged_checkpoints(out)
+        check_run_log(out / "metrics.jsonl")
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
     flags = _data_flags(args, out if resuming else args.source, strict=resuming)
     train_set, test_set = data.load_protocol(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import subprocess
+import sys
 import time
 
 import jax
@@ -202,3 +204,20 @@ def test_max_params_can_be_raised_and_lowered(
     assert "more than --max-params 100;" in err
     argv[-1] = "1e6"
     assert cli.main([*argv, "--out", str(tmp_path / "g")]) == 0
+
+
+def test_a_damaged_checkpoint_gives_one_line_from_a_fresh_process(
+    finished_run: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """No TensorStore dump, absl warning or "Event loop is closed" tracebacks on stderr."""
+    run = _copy(finished_run, tmp_path)
+    _flip_bytes(run / str(2 * SPE))
+    (run / str(SPE) / "state" / "_METADATA").unlink()
+    for step in (SPE, 2 * SPE):
+        argv = ["eval", "--from", str(run), "--step", str(step)]
+        result = subprocess.run(
+            [sys.executable, "-m", "jnet2net", *argv], capture_output=True, text=True
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith("jnet2net eval: error: checkpoint "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
