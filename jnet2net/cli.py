@@ -268,12 +268,19 @@ def parse_grow_at(text: str) -> tuple[float, dict[str, str]]:
     return epoch, fields
 
 
-def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]) -> tuple:
+def growth_events(
+    model: Any,
+    texts: Sequence[str],
+    image_shape: tuple[int, ...],
+    *,
+    max_params: int | None = None,
+) -> tuple:
     """The ``train.Grow`` events of ``--grow-at`` flags, with sizes resolved against the
     network each event grows (multipliers and ``+N`` are relative to it).
 
     Raises:
-      ValueError: a malformed flag, or an event that does not fit its network.
+      ValueError: a malformed flag, an event that does not fit its network, or one whose
+        network would have more than ``max_params`` parameters (sized before it is traced).
     """
     from jnet2net import train
 
@@ -310,6 +317,11 @@ def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]
         if "moments" in fields:
             options["moments"] = fields["moments"]
         event = train.Grow(epoch, **sizes, **options)
+        if max_params is not None:
+            widen = {k: sizes[k] for k in sizes if k not in ("depths", "hidden_depths")}
+            deepen = {k: sizes[k] for k in ("depths", "hidden_depths") if k in sizes}
+            what = f"the network grown at epoch {epoch:g}"
+            check_param_limit(grown_model(current, widen, deepen), image_shape, max_params, what)
         (current,) = train.planned_models(current, [event], image_shape)
         events.append(event)
     return tuple(events)
@@ -950,7 +962,9 @@ def train_run(args: argparse.Namespace) -> Any:
             raise ValueError("--grow-at starts a growth schedule; a resumed run keeps its own")
         if args.scale_down:
             raise ValueError("--grow-at and --scale-down do not combine yet; pick one")
-        growth = growth_events(model, args.grow_at, train_set.image_shape)
+        growth = growth_events(
+            model, args.grow_at, train_set.image_shape, max_params=args.max_params
+        )
         metadata["growth"] = [event.to_dict() for event in growth]
         for event in growth:
             print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")

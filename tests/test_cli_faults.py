@@ -196,6 +196,28 @@ def test_networks_above_max_params_are_refused_quickly(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [
+            "--arch-json",
+            '{"family": "ResNet", "stage_depths": [1000000000, 1], "stage_widths": [4, 8]}',
+        ],
+        ["--arch", "resnet20", "--arch-json", TINY, "--grow-at", "1:deepen=1000000000,1"],
+    ],
+    ids=["new", "grow-at"],
+)
+def test_train_refuses_networks_above_max_params_before_training(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture, flags
+) -> None:
+    start = time.perf_counter()
+    argv = ["train", *flags, "--epochs", "2", *TRAIN, "--out", str(tmp_path / "big")]
+    err = _one_line_error(argv, capsys)
+    assert time.perf_counter() - start < 20
+    assert "more than --max-params 500,000,000" in err
+    assert "epoch 1/2" not in capsys.readouterr().out
+
+
 def test_max_params_can_be_raised_and_lowered(
     finished_run: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
 ) -> None:
