@@ -268,12 +268,19 @@ def parse_grow_at(text: str) -> tuple[float, dict[str, str]]:
     return epoch, fields
 
 
-def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]) -> tuple:
+def growth_events(
+    model: Any,
+    texts: Sequence[str],
+    image_shape: tuple[int, ...],
+    *,
+    max_params: int | None = None,
+) -> tuple:
     """The ``train.Grow`` events of ``--grow-at`` flags, with sizes resolved against the
     network each event grows (multipliers and ``+N`` are relative to it).
 
     Raises:
-      ValueError: a malformed flag, or an event that does not fit its network.
+      ValueError: a malformed flag, an event that does not fit its network, or one whose
+        network would have more than ``max_params`` parameters (sized before it is traced).
     """
     from jnet2net import train
 
@@ -310,6 +317,11 @@ def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]
         if "moments" in fields:
             options["moments"] = fields["moments"]
         event = train.Grow(epoch, **sizes, **options)
+        if max_params is not None:
+            widen = {k: sizes[k] for k in sizes if k not in ("depths", "hidden_depths")}
+            deepen = {k: sizes[k] for k in ("depths", "hidden_depths") if k in sizes}
+            what = f"the network grown at epoch {epoch:g}"
+            check_param_limit(grown_model(current, widen, deepen), image_shape, max_params, what)
         (current,) = train.planned_models(current, [event], image_shape)
         events.append(event)
     return tuple(events)
@@ -449,8 +461,66 @@ def _add_grow(sub: Any) -> None:
         default=2,
         help="random batches to compare",
     )
+    _add_max_params(p)
     p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_grow)
+
+
+def parameter_count(text: str) -> int:
+    """An argparse ``type``: a count >= 1 written as an int or like ``2e9``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"expected a count such as 500000000 or 2e9, got {text!r}")
+    return int(value)
+
+
+def _add_max_params(p: Any) -> None:
+    from jnet2net.models.size import DEFAULT_MAX_PARAMS
+
+    p.add_argument(
+        "--max-params",
+        metavar="N",
+        type=parameter_count,
+        default=DEFAULT_MAX_PARAMS,
+        help=f"refuse a network with more parameters (default {DEFAULT_MAX_PARAMS:.0e}); it is "
+        "sized from shapes before anything is allocated",
+    )
+
+
+def check_param_limit(model: Any, input_shape: Sequence[int], limit: int, what: str) -> None:
+    """Raises ValueError when ``model`` has more than ``limit`` parameters (``--max-params``),
+    sized with ``jax.eval_shape`` before anything is allocated."""
+    from jnet2net.models.size import describe_size, param_count
+
+    count = param_count(model, tuple(input_shape))
+    if count > limit:
+        raise ValueError(
+            f"{what} {describe(model)} would have {describe_size(count)}, more than "
+            f"--max-params {limit:,}; raise --max-params to build it anyway"
+        )
+
+
+def grown_model(model: Any, widen: dict[str, Any] | None, deepen: dict[str, Any] | None) -> Any:
+    """The module ``grow_checkpoint`` would build from ``growth_kwargs``, made from its fields
+    only (VGG hidden layers added by ``hidden_depths`` take the last hidden width)."""
+    changes: dict[str, Any] = {}
+    fields = {"widths": "stage_widths", "hidden_widths": "hidden_widths"}
+    fields.update(inner_widths="inner_widths", stem_width="stem_width")
+    for key, field in fields.items():
+        if (widen or {}).get(key) is not None:
+            changes[field] = widen[key]
+    if (deepen or {}).get("depths") is not None:
+        changes["stage_depths"] = deepen["depths"]
+    hidden = (deepen or {}).get("hidden_depths")
+    widths = changes.get("hidden_widths", getattr(model, "hidden_widths", ()))
+    if hidden is not None and widths and hidden > len(widths):
+        if hidden > 10_000:
+            raise ValueError(f"--deepen-hidden {hidden}: at most 10000 hidden dense layers")
+        changes["hidden_widths"] = tuple(widths) + (widths[-1],) * (hidden - len(widths))
+    return model.clone(**changes)
 
 
 def growth_kwargs(
@@ -487,16 +557,36 @@ def growth_kwargs(
     return widen_kwargs, deepen_kwargs
 
 
-def cmd_grow(args: argparse.Namespace) -> int:
-    """``jnet2net grow``."""
-    import jax
+def check_growth_syntax(widen: str | None, widen_hidden: str | None, deepen: str | None) -> None:
+    """Raises ValueError for a malformed ``--widen``/``--widen-hidden``/``--deepen`` value,
+    before any checkpoint is read (counts are checked against the network later)."""
+    for flag, text in (("widen", widen), ("widen-hidden", widen_hidden)):
+        if text is not None and _multiplier(text.strip()) is None:
+            _int_list(text.strip(), flag)
+    if deepen is not None:
+        text = deepen.strip()
+        _int_list(text[1:] if text.startswith("+") else text, "deepen")
 
-    from jnet2net import checkpoint
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    """``jnet2net grow``: flags first, then ``--out`` (locked while written), then the teacher."""
+    from jnet2net import rundir
 
     sizes = (args.widen, args.widen_hidden, args.deepen, args.deepen_hidden)
     if all(size is None for size in sizes):
         raise ValueError("nothing to grow: pass --widen and/or --deepen")
+    check_growth_syntax(args.widen, args.widen_hidden, args.deepen)
     check_out(args.out)
+    with rundir.locked(args.out):
+        return grow_run(args)
+
+
+def grow_run(args: argparse.Namespace) -> int:
+    """Runs ``jnet2net grow`` once its flags are checked and ``--out`` is locked."""
+    import jax
+
+    from jnet2net import checkpoint
+
     info = checkpoint.checkpoint_info(args.source, step=args.step)
     print(f"teacher {info.path}: {describe(info.model)}, step {info.step}")
     widen, deepen = growth_kwargs(
@@ -508,6 +598,8 @@ def cmd_grow(args: argparse.Namespace) -> int:
         noise=args.noise,
         noise_scale=args.noise_scale,
     )
+    student = grown_model(info.model, widen, deepen)
+    check_param_limit(student, info.input_shape, args.max_params, "the grown network")
     grown = checkpoint.grow_checkpoint(
         args.source,
         args.out,
@@ -675,6 +767,7 @@ def _add_train(sub: Any) -> None:
         help="continue the run in --out; starts it when --out holds none yet, so one command "
         "serves every restart of a preemptible job",
     )
+    _add_max_params(run)
     run.add_argument(
         "--keep",
         metavar="N",
@@ -719,9 +812,65 @@ def train_config_from_args(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``jnet2net train``."""
-    train_run(args)
+    """``jnet2net train``: holds ``--out``'s lock while it trains."""
+    from jnet2net import rundir
+
+    check_out(args.out)
+    with rundir.locked(args.out):
+        train_run(args)
     return 0
+
+
+def set_aside_damaged_checkpoints(out: pathlib.Path) -> None:
+    """Before a resume: damaged checkpoints at the end of the run are moved aside, one line
+    each on stderr, so the run continues from its newest intact checkpoint.
+
+    Raises:
+      ValueError: no checkpoint of the run is intact.
+    """
+    from jnet2net import checkpoint
+
+    moved = checkpoint.set_aside_damaged(out)
+    if not moved:
+        return
+    step = checkpoint.latest_step(out)
+    for i, (_, target, reason) in enumerate(moved):
+        then = f", resuming from step {step}" if step is not None and i == len(moved) - 1 else ""
+        print(f"{PROG} train: {reason}; moved it to {target.name}{then}", file=sys.stderr)
+    if step is None:
+        raise ValueError(
+            f"{out} holds no intact checkpoint to resume (damaged ones were moved to "
+            f"{', '.join(t.name for _, t, _ in moved)}); start a new --out"
+        )
+
+
+def check_run_log(log: pathlib.Path) -> None:
+    """Before a resume: a partial last line of ``log`` (a write cut by a kill) is dropped with
+    a line on stderr; any other unreadable line is an error naming the file and line."""
+    from jnet2net.train import repair_jsonl
+
+    if log.is_file():
+        dropped = repair_jsonl(log)
+        if dropped is not None:
+            print(
+                f"{PROG} train: dropped the partial last line of {log} (a write cut short): "
+                f"{dropped[:60]!r}",
+                file=sys.stderr,
+            )
+
+
+def check_epochs_left(info: Any, config: Any, steps_per_epoch: int, out: pathlib.Path) -> bool:
+    """Whether a resumed run has steps left; raises ValueError when ``--epochs`` ends before the
+    run's latest checkpoint (the run would do nothing)."""
+    end = config.epochs * steps_per_epoch
+    if info.step > end:
+        done = info.step / steps_per_epoch
+        raise ValueError(
+            f"--epochs {config.epochs} ends at step {end}, but the run in {out} is already at "
+            f"step {info.step} (epoch {done:g}); pass --epochs {math.ceil(done)} or more to train "
+            "on, or start a new --out"
+        )
+    return info.step < end
 
 
 def train_run(args: argparse.Namespace) -> Any:
@@ -748,6 +897,9 @@ def train_run(args: argparse.Namespace) -> Any:
             "--from takes the architecture from the checkpoint; drop "
             "--arch/--arch-json/--width-mult"
         )
+    if resuming:
+        set_aside_damaged_checkpoints(out)
+        check_run_log(out / "metrics.jsonl")
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
     flags = _data_flags(args, out if resuming else args.source, strict=resuming)
     train_set, test_set = data.load_protocol(
@@ -771,6 +923,9 @@ def train_run(args: argparse.Namespace) -> Any:
         if info.train_config is None:
             raise ValueError(f"{info.path} has no training config to resume with")
         config = train_config_from_args(args, dataset, info.train_config)
+        if not check_epochs_left(info, config, spe, out):
+            print(f"run {out} already finished its {config.epochs} epochs (step {info.step})")
+            return None
         model = info.model
         metadata.update(info.metadata)
         metadata.pop("record", None)
@@ -792,6 +947,7 @@ def train_run(args: argparse.Namespace) -> Any:
             model = model_from_args(
                 args.arch, args.arch_json, args.width_mult, train_set.num_classes
             )
+            check_param_limit(model, train_set.image_shape, args.max_params, "the network")
             print(f"new network: {describe(model)}")
     growth = ()
     if resuming and "growth" in metadata:
@@ -806,7 +962,9 @@ def train_run(args: argparse.Namespace) -> Any:
             raise ValueError("--grow-at starts a growth schedule; a resumed run keeps its own")
         if args.scale_down:
             raise ValueError("--grow-at and --scale-down do not combine yet; pick one")
-        growth = growth_events(model, args.grow_at, train_set.image_shape)
+        growth = growth_events(
+            model, args.grow_at, train_set.image_shape, max_params=args.max_params
+        )
         metadata["growth"] = [event.to_dict() for event in growth]
         for event in growth:
             print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
@@ -1088,12 +1246,26 @@ def _add_transfer(sub: Any) -> None:
     p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
     p.add_argument("--seed", metavar="N", type=int, default=0)
     p.add_argument("--report", action="store_true", help="print the per-leaf report")
+    _add_max_params(p)
     p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_transfer)
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    """``jnet2net transfer``."""
+    """``jnet2net transfer``: holds ``--out``'s lock while it works."""
+    from jnet2net import checkpoint, rundir
+
+    if args.to is not None and args.to.lstrip().startswith("{") and args.arch_json is not None:
+        raise ValueError("--to is a JSON spec: pass the architecture once, drop --arch-json")
+    check_out(args.out)
+    if checkpoint.latest_step(args.out) is not None:
+        raise ValueError(f"{args.out} already holds a checkpoint")
+    with rundir.locked(args.out):
+        return transfer_run(args)
+
+
+def transfer_run(args: argparse.Namespace) -> int:
+    """Runs ``jnet2net transfer`` once ``--out`` is checked and locked."""
     import jax
     import numpy as np
 
@@ -1102,16 +1274,12 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     to, arch_json = args.to, args.arch_json
     if to is not None and to.lstrip().startswith("{"):
-        if arch_json is not None:
-            raise ValueError("--to is a JSON spec: pass the architecture once, drop --arch-json")
         to, arch_json = None, to
-    check_out(args.out)
-    if checkpoint.latest_step(args.out) is not None:
-        raise ValueError(f"{args.out} already holds a checkpoint")
-    src = checkpoint.restore(args.source, step=args.step)
-    info = checkpoint.checkpoint_info(args.source, step=src.step)
-    classes = src.model.num_classes if args.num_classes is None else args.num_classes
+    info = checkpoint.checkpoint_info(args.source, step=args.step)
+    classes = info.model.num_classes if args.num_classes is None else args.num_classes
     dst_model = model_from_args(to, arch_json, args.width_mult, classes, arch_flag="--to")
+    check_param_limit(dst_model, info.input_shape, args.max_params, "the destination")
+    src = checkpoint.restore(args.source, step=info.step)
     print(f"source {src.path}: {describe(src.model)}")
     variables, report = transfer(
         src.model,
@@ -1352,6 +1520,17 @@ def _resume_hint(args: argparse.Namespace) -> str:
     )
 
 
+def _drop_closed_loop_reports(report: Any) -> None:
+    """``sys.unraisablehook`` that drops the "Event loop is closed" reports Orbax's reader
+    threads print (dozens of tracebacks) after a failed read of a damaged checkpoint, whose
+    failure the command reports in one line."""
+    if isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(
+        report.exc_value
+    ):
+        return
+    sys.__unraisablehook__(report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jnet2net`` parser with one sub-parser per command."""
     from jnet2net import __version__
@@ -1377,6 +1556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    sys.unraisablehook = _drop_closed_loop_reports
     start = time.perf_counter()
     try:
         status = args.func(args)

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -107,19 +108,56 @@ def _strict(value: Any) -> Any:
     return value
 
 
+def _json_object(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def repair_jsonl(path: str | os.PathLike) -> str | None:
+    """Readies a JSONL log for appending after its writer was killed.
+
+    A last line without its newline that is not a JSON object (a write cut short) is
+    removed and returned; ``None`` when nothing was removed.
+
+    Raises:
+      ValueError: another line is not a JSON object (naming the file and line): dropping it,
+        or the epochs after it, would lose records without a word.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    dropped = None
+    if lines and not lines[-1].endswith("\n") and _json_object(lines[-1]) is None:
+        dropped = lines.pop()
+    for number, line in enumerate(lines, 1):
+        if line.strip() and _json_object(line) is None:
+            raise ValueError(
+                f"{os.fspath(path)} line {number} is not a JSON object ({line.strip()[:40]!r}); "
+                "repair or delete that line"
+            )
+    if dropped is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    return dropped
+
+
 def filter_jsonl(path: str | os.PathLike, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Rewrites a JSONL file with only the objects for which ``keep`` is true (unreadable
-    lines and non-objects go too); the file is left untouched when nothing goes."""
+    """Rewrites a JSONL file with only the objects for which ``keep`` is true; the file is
+    left untouched when nothing goes. A partial last line is dropped with a warning (see
+    :func:`repair_jsonl`, which raises on any other unreadable line)."""
+    dropped = repair_jsonl(path)
+    if dropped is not None:
+        message = f"dropped the partial last line of {os.fspath(path)}: {dropped[:60]!r}"
+        warnings.warn(message, stacklevel=2)
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and keep(record):
-            kept.append(line if line.endswith("\n") else line + "\n")
+    kept = [
+        line if line.endswith("\n") else line + "\n"
+        for line in lines
+        if keep(_json_object(line) or {})
+    ]
     if len(kept) != len(lines):
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(kept)
