@@ -1557,7 +1557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser: 'jnet2net train: error: ...'
+        subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not os.environ.get(TRACEBACK_ENV):
         quiet_third_party_logs()
     start = time.perf_counter()

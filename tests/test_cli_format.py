@@ -44,7 +44,7 @@ def _names(command: str) -> dict[str, str]:
         ),
         (
             ["plot", "r", "--nope"],
-            "jnet2net: error: unrecognized arguments: --nope (see 'jnet2net --help')",
+            "jnet2net plot: error: unrecognized arguments: --nope (see 'jnet2net plot --help')",
         ),
     ],
 )

@@ -839,7 +839,7 @@ def fit_scale_down(
     if train_config.eval_every_steps is not None:
         raise ValueError(
             "TrainConfig.eval_every_steps is not supported by scale-down training yet; "
-            "leave it None (records come at epoch ends)"
+            "leave it unset (records come at epoch ends)"
         )
     names = tuple(model.layer_names())
     cuts = candidate_cuts(model, scale_config.max_stages)
