@@ -40,7 +40,8 @@ class ProgressBar:
 
     With ``lines=True`` (where no bar is drawn: a log file), a plain line instead every
     :data:`LINE_EVERY_S` seconds: ``desc step 120/450 (27%) loss 0.412 8.1 it/s 1,037 img/s``,
-    the loss of the last step whose ``metrics`` were passed to :meth:`update`.
+    the loss of the last step whose ``metrics`` were passed to :meth:`update` and the rates
+    since the previous line.
 
     Counts what the host has dispatched; JAX runs steps asynchronously, so the rate is
     exact only over whole epochs (where metrics are fetched).
@@ -70,6 +71,7 @@ class ProgressBar:
         self._start = time.perf_counter()
         self._last_draw = 0.0
         self._last_line = self._start
+        self._last_line_count = 0
 
     def update(self, n: int = 1, *, note: str | None = None, metrics: Any = None) -> None:
         """Advances by ``n``; ``note`` replaces the text after the counter; ``metrics`` (a
@@ -84,12 +86,14 @@ class ProgressBar:
             self._last_draw = now
             self._draw(now)
         if self.lines and now - self._last_line >= LINE_EVERY_S:
-            self._last_line = now
             self._write_line(now)
+            self._last_line = now
 
     def _write_line(self, now: float) -> None:
+        """Writes one line; the rates are over the steps since the previous line."""
         step, end = self.offset + self.count, self.offset + self.total
-        rate = self.count / max(now - self._start, 1e-9)
+        rate = (self.count - self._last_line_count) / max(now - self._last_line, 1e-9)
+        self._last_line_count = self.count
         line = f"{self.desc} step {step}/{end} ({self.count / max(self.total, 1):.0%})"
         if self._metrics is not None and "loss" in self._metrics:
             line += f" loss {float(np.asarray(self._metrics['loss'])):.3f}"
