@@ -373,7 +373,10 @@ def model_from_args(
             raise ValueError(f"{json_flag} must be a JSON object, got {arch_json!r}")
     if "family" in overrides:
         config = {"num_classes": num_classes, **overrides}
-        model = models.model_from_config(config)
+        try:
+            model = models.model_from_config(config)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{json_flag}: {err}") from None
     elif arch is None:
         raise ValueError(
             f"name an architecture: {arch_flag} NAME (a preset) or --arch-json with 'family'"
@@ -778,7 +781,7 @@ def _add_train(sub: Any) -> None:
 
 
 def _config_help(field: str) -> str:
-    """A training flag's help: the ``TrainConfig`` field's first docstring line and default."""
+    """A training flag's help: what it sets and the ``TrainConfig`` field's default."""
     from jnet2net.train import TrainConfig
 
     default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)

@@ -222,3 +222,16 @@ def test_plot_has_a_title(tmp_path, capsys, monkeypatch) -> None:
     assert cli.main(["plot", *runs, "--out", str(tmp_path / "c.png")]) == 0
     assert cli.main(["plot", *runs, "--title", "Growth", "--out", str(tmp_path / "d.png")]) == 0
     assert titles == ["test accuracy: teacher vs. student", "Growth"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ('{"family": ', r"--to is not valid JSON"),
+        ('{"family": "ResNet", "nope": 1}', r"--to: unknown ResNet fields \['nope'\]"),
+        ('{"family": "X"}', r"--to: architecture config needs 'family'"),
+    ],
+)
+def test_a_json_to_is_named_as_to(spec, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        cli.model_from_args(None, spec, None, 10, arch_flag="--to", json_flag="--to")
