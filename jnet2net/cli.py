@@ -1557,7 +1557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jnet2net ARGV``; returns the exit status.
 
     Errors print ``jnet2net COMMAND: error: ...`` and return 2 (argparse's status for bad
-    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead.
+    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead, and
+    leaves the warnings of absl and matplotlib on (otherwise quiet).
     """
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 #: Loggers of dependencies whose warnings are not the user's business in a CLI run.
-QUIET_LOGGERS = ("absl", "matplotlib", "orbax", "tensorflow_datasets", "jax._src.xla_bridge")
+QUIET_LOGGERS = ("absl", "matplotlib", "tensorflow_datasets")
 
 
 class Parser(argparse.ArgumentParser):
