@@ -81,13 +81,14 @@ def in_flag_terms(text: str, names: Mapping[str, str]) -> str:
         return f"{flag} {value}" if value else flag
 
     text = re.sub(rf"\b(?:TrainConfig|config)\.({alternatives})\b", dotted, text)
+    before = r"(?<![\w.(\-'\"/\\~])"  # not inside a word, a path, a quote or a call
     text = re.sub(
-        rf"(?<![\w.(\-'\"])(?<!, )({alternatives})=('[^']*'|\"[^\"]*\"|[^\s,;)]*)", assigned, text
+        rf"{before}(?<!, )({alternatives})=('[^']*'|\"[^\"]*\"|[^\s,;)]*)", assigned, text
     )
     bare = [re.escape(n) for n in names if "_" in n]
     if bare:
         pattern = "|".join(sorted(bare, key=len, reverse=True))
-        text = re.sub(rf"(?<![\w.\-'\"])({pattern})(?![\w('\"=])", dotted, text)
+        text = re.sub(rf"{before}({pattern})(?![\w('\"=/\\-]|\.\w)", dotted, text)
     return text
 
 

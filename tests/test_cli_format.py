@@ -110,6 +110,9 @@ def test_help_shows_defaults_and_examples(capsys, command, expected) -> None:
         ("train", "batch_size=64 is larger than", "--batch-size 64 is larger than"),
         ("eval", "TrainConfig.learning_rate (no such flag)", "TrainConfig.learning_rate (no such"),
         ("train", "after 3 epochs, 'eval_batch_size'", "after 3 epochs, 'eval_batch_size'"),
+        ("eval", "/tmp/data_dir/x and runs\\data_dir", "/tmp/data_dir/x and runs\\data_dir"),
+        ("eval", "a data_dir.npz, no data_dir.", "a data_dir.npz, no --data-dir."),
+        ("eval", "~/batch_size=3 or x/batch_size=3", "~/batch_size=3 or x/batch_size=3"),
     ],
 )
 def test_library_names_become_the_commands_flags(command, text, expected) -> None:
