@@ -29,13 +29,43 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jnet2net.cli_format import (
+    HelpFormatter,
+    Parser,
+    flag_names,
+    in_flag_terms,
+    quiet_third_party_logs,
+    subparser,
+)
+
 PROG = "jnet2net"
 NOISES = ("split", "none", "paper")
-_USER_ERRORS = (ValueError, TypeError, OSError)
+_USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 #: Set to print the traceback of an error instead of one line.
 TRACEBACK_ENV = "JNET2NET_TRACEBACK"
 #: What a run directory may hold besides its checkpoint steps.
 _RUN_FILES = ("metrics.jsonl",)
+
+#: The examples that end each command's ``--help``.
+EXAMPLES = {
+    "demo": "example:\n  jnet2net demo --out runs/demo",
+    "train": (
+        "examples:\n"
+        "  jnet2net train --arch resnet20 --width-mult 0.5 --dataset digits --epochs 5 "
+        "--out runs/t\n"
+        "  jnet2net train --from runs/grown --dataset digits --epochs 5 --out runs/student\n"
+        "  jnet2net train --resume --out runs/t --epochs 10"
+    ),
+    "grow": "example:\n  jnet2net grow --from runs/t --widen 2x --deepen +1 --out runs/grown",
+    "transfer": (
+        "example:\n  jnet2net transfer --from runs/t --to resnet32 --width-mult 0.5 --out runs/t32"
+    ),
+    "eval": "example:\n  jnet2net eval --from runs/student --dataset digits --json",
+    "plot": (
+        "example:\n  jnet2net plot runs/t runs/student --labels teacher,student --x steps,flops "
+        "--out curves.png"
+    ),
+}
 
 # --- argument parsing helpers ---------------------------------------------------------
 
@@ -169,8 +199,8 @@ def _multiplier(text: str) -> float | None:
         factor = float(number)
     except ValueError:
         raise ValueError(f"a width multiplier looks like '1.5x', got {text!r}") from None
-    if not factor > 0:
-        raise ValueError(f"a width multiplier must be positive, got {text!r}")
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"a width multiplier must be a positive finite number, got {text!r}")
     return factor
 
 
@@ -334,12 +364,14 @@ def model_from_args(
     num_classes: int,
     *,
     arch_flag: str = "--arch",
+    json_flag: str = "--arch-json",
 ) -> Any:
     """The module that ``--arch``/``--arch-json``/``--width-mult`` name, for ``num_classes``.
 
     ``--arch-json`` is either a whole architecture (``jnet2net.model_config`` output, with
     ``family``) or field overrides of the ``--arch`` preset; ``arch_flag`` is the preset
-    flag's name in messages (``--to`` for ``transfer``).
+    flag's name in messages (``--to`` for ``transfer``) and ``json_flag`` the JSON's
+    (``--to`` when ``transfer --to`` is given JSON).
     """
     from jnet2net import models
 
@@ -348,12 +380,15 @@ def model_from_args(
         try:
             overrides = json.loads(arch_json)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--arch-json is not valid JSON ({err}): {arch_json!r}") from None
+            raise ValueError(f"{json_flag} is not valid JSON ({err}): {arch_json!r}") from None
         if not isinstance(overrides, dict):
-            raise ValueError(f"--arch-json must be a JSON object, got {arch_json!r}")
+            raise ValueError(f"{json_flag} must be a JSON object, got {arch_json!r}")
     if "family" in overrides:
         config = {"num_classes": num_classes, **overrides}
-        model = models.model_from_config(config)
+        try:
+            model = models.model_from_config(config)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{json_flag}: {err}") from None
     elif arch is None:
         raise ValueError(
             f"name an architecture: {arch_flag} NAME (a preset) or --arch-json with 'family'"
@@ -364,7 +399,7 @@ def model_from_args(
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(
-                f"--arch-json: unknown {type(base).__name__} fields {unknown}; known: "
+                f"{json_flag}: unknown {type(base).__name__} fields {unknown}; known: "
                 f"{sorted(known)}"
             )
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
@@ -416,6 +451,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 def _add_grow(sub: Any) -> None:
     p = sub.add_parser(
         "grow",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["grow"],
         help="widen/deepen a checkpointed network, check it computes the same function, save it",
         description=(
             "Restore a checkpoint, grow it with Net2WiderNet (--widen) and/or Net2DeeperNet "
@@ -443,7 +480,7 @@ def _add_grow(sub: Any) -> None:
         "--deepen-hidden", metavar="N", type=int, default=None, help="new VGG hidden layer count"
     )
     p.add_argument("--noise", choices=NOISES, default="split", help="widening symmetry breaking")
-    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
+    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1, help="size of that noise")
     p.add_argument(
         "--seed", metavar="N", type=int, default=0, help="seeds the mappings and new blocks"
     )
@@ -672,7 +709,11 @@ TRAIN_FLAGS = {
     "dtype": "compute_dtype",
     "seed": "seed",
     "progress": "progress",
+    "max_steps": "max_steps",
+    "eval_every_steps": "eval_every_steps",
 }
+#: ``TrainConfig`` fields that a resumed run may change (``max_steps`` is not kept).
+RESUME_FIELDS = ("epochs", "progress", "max_steps", "eval_every_steps")
 #: Augmentation when --augment is not given (flipping digits changes their meaning).
 DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
 
@@ -680,13 +721,15 @@ DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["train"],
         help="train a network (new, resumed, or from a grown checkpoint)",
         description=(
             "Train a network and write a checkpoint every epoch plus metrics.jsonl into --out. "
             "The network is a preset (--arch, --arch-json, --width-mult), the variables of "
             "a checkpoint (--from, e.g. one written by 'jnet2net grow'), or, with --resume, the "
             "run already in --out, which continues where it stopped with its saved config "
-            "(only --epochs may change). Unset training flags take TrainConfig's defaults."
+            "(only --epochs, --max-steps, --eval-every-steps and --progress may change)."
         ),
     )
     arch = p.add_argument_group("network")
@@ -714,26 +757,78 @@ def _add_train(sub: Any) -> None:
         help="start from this checkpoint's variables",
     )
     _add_data_args(p)
-    t = p.add_argument_group("training (defaults: jnet2net.train.TrainConfig)")
-    t.add_argument("--epochs", metavar="N", type=int, default=None)
-    t.add_argument("--batch-size", metavar="N", type=int, default=None)
-    t.add_argument("--lr", metavar="X", type=float, default=None, help="peak learning rate")
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
-    t.add_argument("--momentum", metavar="X", type=float, default=None)
-    t.add_argument("--weight-decay", metavar="X", type=float, default=None)
-    t.add_argument("--schedule", choices=("cosine", "onecycle", "constant"), default=None)
-    t.add_argument("--warmup-epochs", metavar="X", type=float, default=None)
-    t.add_argument("--label-smoothing", metavar="X", type=float, default=None)
+    t = p.add_argument_group("training (a resumed run keeps its own)")
+    t.add_argument("--epochs", metavar="N", type=int, default=None, help=_config_help("epochs"))
+    t.add_argument(
+        "--batch-size", metavar="N", type=int, default=None, help=_config_help("batch_size")
+    )
+    t.add_argument(
+        "--lr", metavar="X", type=float, default=None, help=_config_help("learning_rate")
+    )
+    t.add_argument(
+        "--optimizer", choices=("sgd", "adamw"), default=None, help=_config_help("optimizer")
+    )
+    t.add_argument(
+        "--momentum", metavar="X", type=float, default=None, help=_config_help("momentum")
+    )
+    t.add_argument(
+        "--weight-decay", metavar="X", type=float, default=None, help=_config_help("weight_decay")
+    )
+    t.add_argument(
+        "--schedule",
+        choices=("cosine", "onecycle", "constant"),
+        default=None,
+        help=_config_help("schedule"),
+    )
+    t.add_argument(
+        "--warmup-epochs", metavar="X", type=float, default=None, help=_config_help("warmup_epochs")
+    )
+    t.add_argument(
+        "--label-smoothing",
+        metavar="X",
+        type=float,
+        default=None,
+        help=_config_help("label_smoothing"),
+    )
     t.add_argument(
         "--augment",
         choices=("crop_flip", "crop", "flip", "none"),
         default=None,
-        help="default: none for digits and mnist, else crop_flip ('crop': no flips)",
+        help="training augmentation ('crop': no flips); default: none for digits and mnist, "
+        "else crop_flip",
     )
-    t.add_argument("--crop-padding", metavar="N", type=int, default=None)
-    t.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype")
-    t.add_argument("--seed", metavar="N", type=int, default=None)
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument(
+        "--crop-padding", metavar="N", type=int, default=None, help=_config_help("crop_padding")
+    )
+    t.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help=_config_help("compute_dtype"),
+    )
+    t.add_argument("--seed", metavar="N", type=int, default=None, help=_config_help("seed"))
+    t.add_argument(
+        "--max-steps",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="stop at global step N, mid-epoch allowed (the schedule still spans --epochs; "
+        "not kept by --resume)",
+    )
+    t.add_argument(
+        "--eval-every-steps",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="also evaluate, log and save a checkpoint every N steps (default: at epoch ends)",
+    )
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar; default: a bar on a terminal, else a progress line every "
+        f"{_progress_every_s():g} s on stderr",
+    )
     sd = p.add_argument_group("training-time scale-down (Learn&Drop)")
     sd.add_argument(
         "--scale-down",
@@ -778,14 +873,45 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _config_help(field: str) -> str:
+    """A training flag's help: what it sets and the ``TrainConfig`` field's default."""
+    from jnet2net.train import TrainConfig
+
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
+    return f"{_FIELD_HELP[field]} (default: {default})"
+
+
+#: What each ``TrainConfig`` flag sets, for ``--help``.
+_FIELD_HELP = {
+    "epochs": "passes over the training set; the schedule spans them",
+    "batch_size": "global batch, a multiple of the device count",
+    "learning_rate": "peak learning rate",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
+    "momentum": "SGD momentum",
+    "weight_decay": "decay of kernels (L2 for SGD, decoupled for AdamW)",
+    "schedule": "learning-rate schedule after the warm-up",
+    "warmup_epochs": "linear warm-up from 0, in epochs (fractional allowed)",
+    "label_smoothing": "weight of the uniform distribution in the targets",
+    "crop_padding": "zero padding of the random crop, in pixels",
+    "compute_dtype": "compute dtype; parameters stay float32",
+    "seed": "seeds initialisation, data order and augmentation",
+}
+
+
+def _progress_every_s() -> float:
+    from jnet2net.train.progress import LINE_EVERY_S
+
+    return LINE_EVERY_S
+
+
 def train_config_from_args(
     args: argparse.Namespace, dataset: str, saved: dict[str, Any] | None = None
 ) -> Any:
     """The ``TrainConfig`` of a run: flags over defaults, or a resumed run's saved config.
 
     Raises:
-      ValueError: a resumed run given a flag (other than ``--epochs``/``--progress``) that
-        differs from its saved config.
+      ValueError: a resumed run given a flag (other than those of :data:`RESUME_FIELDS`)
+        that differs from its saved config.
     """
     from jnet2net.train import TrainConfig
 
@@ -800,14 +926,16 @@ def train_config_from_args(
         return TrainConfig(**given, log_path=log_path)
     config = TrainConfig.from_dict(saved)
     for field, value in given.items():
-        if field not in ("epochs", "progress") and value != getattr(config, field):
+        if field not in RESUME_FIELDS and value != getattr(config, field):
             flag = next(d for d, f in TRAIN_FLAGS.items() if f == field).replace("_", "-")
             raise ValueError(
-                f"--{flag} {value} differs from the resumed run's {field}="
-                f"{getattr(config, field)!r}; a resumed run keeps its config (only --epochs "
-                "may change): drop the flag or start a new --out"
+                f"--{flag} {value} differs from the resumed run's --{flag} "
+                f"{getattr(config, field)}; a resumed run keeps its config (only --epochs, "
+                "--max-steps, --eval-every-steps, --progress may change): drop the flag or "
+                "start a new --out"
             )
-    changes = {k: v for k, v in given.items() if k in ("epochs", "progress")}
+    changes = {k: v for k, v in given.items() if k in RESUME_FIELDS}
+    changes.setdefault("max_steps", None)
     return config.replace(**changes, log_path=log_path)
 
 
@@ -990,7 +1118,8 @@ def train_run(args: argparse.Namespace) -> Any:
     savers = [save_epoch]
 
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
-        savers[-1](state, record)
+        if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
+            savers[-1](state, record)
         print_line(format_record(record, config.epochs), config.progress)
 
     def on_grow(new_model: Any, state: Any, record: dict[str, Any]) -> None:
@@ -1020,6 +1149,7 @@ def train_run(args: argparse.Namespace) -> Any:
         on_epoch_end=on_epoch_end,
         growth=growth,
         on_grow=on_grow,
+        initial_eval=variables is not None,
     )
     final = checkpoint.latest_step(out)
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
@@ -1131,9 +1261,11 @@ def _data_flags(
     for key, default in DATA_FLAGS.items():
         given, kept = getattr(args, key), saved.get(key, default)
         if strict and given is not None and given != kept:
+            flag = f"--{key.replace('_', '-')}"
+            theirs = f"{flag} {kept}" if kept is not None else f"data (no {flag})"
             raise ValueError(
-                f"--{key.replace('_', '-')} {given} differs from the resumed run's {key}={kept!r}; "
-                "a resumed run keeps its data"
+                f"{flag} {given} differs from the resumed run's {theirs}; a resumed run keeps "
+                "its data"
             )
         flags[key] = given if given is not None else kept
     return flags
@@ -1194,11 +1326,11 @@ def print_line(text: str, progress: bool | None) -> None:
 
 
 def format_record(record: dict[str, Any], epochs: int) -> str:
-    """``epoch 3/10 step 66 loss 0.412 acc 0.871 test 0.903 (2.1 s)``."""
-    text = (
-        f"epoch {record['epoch']}/{epochs} step {record['step']} "
-        f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-    )
+    """``epoch 3/10 step 66 loss 0.412 acc 0.871 test_loss 0.3 test_acc 0.903 (2.1 s)``;
+    a record between epoch ends shows its fractional epoch, the step-0 record no loss."""
+    text = f"epoch {record['epoch']:.4g}/{epochs} step {record['step']}"
+    if record.get("train_loss") is not None:
+        text += f" loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
     if record.get("test_acc") is not None:
         text += f" test_loss {record['test_loss']:.3f} test_acc {record['test_acc']:.3f}"
     return text + f" ({record['wall_s']:.1f} s)"
@@ -1210,6 +1342,8 @@ def format_record(record: dict[str, Any], epochs: int) -> str:
 def _add_transfer(sub: Any) -> None:
     p = sub.add_parser(
         "transfer",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["transfer"],
         help="initialise another architecture from a checkpoint (weight reuse), save it",
         description=(
             "Restore a checkpoint and build variables for another VGG/ResNet of the same "
@@ -1239,12 +1373,29 @@ def _add_transfer(sub: Any) -> None:
     p.add_argument(
         "--num-classes", metavar="N", type=int, default=None, help="default: the source's"
     )
-    p.add_argument("--depth-map", choices=("proportional", "append"), default="proportional")
-    p.add_argument("--fill", choices=("identity", "repeat"), default="identity")
-    p.add_argument("--shrink", choices=("evenly", "first", "last"), default="evenly")
-    p.add_argument("--noise", choices=NOISES, default="split")
-    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
-    p.add_argument("--seed", metavar="N", type=int, default=0)
+    p.add_argument(
+        "--depth-map",
+        choices=("proportional", "append"),
+        default="proportional",
+        help="where source layers go in a deeper stage: spread out, or new ones at the end",
+    )
+    p.add_argument(
+        "--fill",
+        choices=("identity", "repeat"),
+        default="identity",
+        help="new layers: identities (function kept) or copies of a source layer (not exact)",
+    )
+    p.add_argument(
+        "--shrink",
+        choices=("evenly", "first", "last"),
+        default="evenly",
+        help="which layers a shallower stage keeps: evenly spaced, the first or the last",
+    )
+    p.add_argument(
+        "--noise", choices=NOISES, default="split", help="symmetry breaking of widened units"
+    )
+    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1, help="size of that noise")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seeds mappings and noise")
     p.add_argument("--report", action="store_true", help="print the per-leaf report")
     _add_max_params(p)
     p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
@@ -1255,7 +1406,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     """``jnet2net transfer``: holds ``--out``'s lock while it works."""
     from jnet2net import checkpoint, rundir
 
-    if args.to is not None and args.to.lstrip().startswith("{") and args.arch_json is not None:
+    to = args.to
+    if to is not None and to.lstrip().startswith(("{", "[")) and args.arch_json is not None:
         raise ValueError("--to is a JSON spec: pass the architecture once, drop --arch-json")
     check_out(args.out)
     if checkpoint.latest_step(args.out) is not None:
@@ -1272,12 +1424,14 @@ def transfer_run(args: argparse.Namespace) -> int:
     from jnet2net import checkpoint, model_config, output_error
     from jnet2net.reuse import transfer
 
-    to, arch_json = args.to, args.arch_json
-    if to is not None and to.lstrip().startswith("{"):
-        to, arch_json = None, to
+    to, arch_json, json_flag = args.to, args.arch_json, "--arch-json"
+    if to is not None and to.lstrip().startswith(("{", "[")):
+        to, arch_json, json_flag = None, to, "--to"
     info = checkpoint.checkpoint_info(args.source, step=args.step)
     classes = info.model.num_classes if args.num_classes is None else args.num_classes
-    dst_model = model_from_args(to, arch_json, args.width_mult, classes, arch_flag="--to")
+    dst_model = model_from_args(
+        to, arch_json, args.width_mult, classes, arch_flag="--to", json_flag=json_flag
+    )
     check_param_limit(dst_model, info.input_shape, args.max_params, "the destination")
     src = checkpoint.restore(args.source, step=info.step)
     print(f"source {src.path}: {describe(src.model)}")
@@ -1336,13 +1490,17 @@ def transfer_run(args: argparse.Namespace) -> int:
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["eval"],
         help="loss and accuracy of a checkpoint on a dataset split",
         description="Restore a checkpoint and print its loss and accuracy on a dataset split.",
     )
     _add_source_args(p)
     _add_data_args(p)
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", metavar="N", type=count_at_least(1), default=256)
+    p.add_argument("--split", metavar="NAME", default="test", help="dataset split to measure")
+    p.add_argument(
+        "--batch-size", metavar="N", type=count_at_least(1), default=256, help="eval batch"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_eval)
 
@@ -1385,6 +1543,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_plot(sub: Any) -> None:
     p = sub.add_parser(
         "plot",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["plot"],
         help="plot training curves of runs",
         description=(
             "Plot the test accuracy of runs (their metrics.jsonl) against training steps, "
@@ -1403,6 +1563,9 @@ def _add_plot(sub: Any) -> None:
             "comma-separated x axes among steps, epochs, flops (train_flops), seconds "
             "(train_s, else wall time); default: steps,seconds"
         ),
+    )
+    p.add_argument(
+        "--title", metavar="TEXT", default=None, help="figure title (default: the run labels)"
     )
     p.add_argument("--out", metavar="PNG", default="curves.png", help="default: curves.png")
     p.set_defaults(func=cmd_plot)
@@ -1428,6 +1591,13 @@ def run_log(path: str | pathlib.Path) -> pathlib.Path:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (pass run directories or JSONL logs)")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a JSONL metrics log: not UTF-8 text (byte {err.start}); pass run "
+            "directories or their metrics.jsonl"
+        ) from None
     return path
 
 
@@ -1452,7 +1622,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if pathlib.Path(args.out).is_dir():
         example = pathlib.Path(args.out) / "curves.png"
         raise ValueError(f"--out {args.out} is a directory; name the image, e.g. {example}")
-    out = plot.plot_runs([run_log(r) for r in args.runs], args.out, labels=labels, x=args.x)
+    logs = [run_log(r) for r in args.runs]
+    out = plot.plot_runs(logs, args.out, labels=labels, x=args.x, title=args.title)
     print(f"wrote {out}")
     return 0
 
@@ -1463,6 +1634,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["demo"],
         help="teacher -> grow -> student vs. scratch on the bundled digits (offline)",
         description=(
             "Train a small teacher on scikit-learn's bundled 8x8 digits, grow it wider and "
@@ -1477,7 +1650,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument(
         "--epochs", metavar="N", type=int, default=None, help="epochs of each training run"
     )
-    p.add_argument("--seed", metavar="N", type=int, default=0)
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seeds every run")
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
     p.set_defaults(func=cmd_demo)
 
@@ -1531,11 +1704,23 @@ def _drop_closed_loop_reports(report: Any) -> None:
     sys.__unraisablehook__(report)
 
 
+#: Library names of settings -> the ``dest`` of the flag that sets them.
+FLAG_ALIASES = {field: dest for dest, field in TRAIN_FLAGS.items()}
+
+
+def error_text(err: BaseException, command_parser: argparse.ArgumentParser | None) -> str:
+    """The message of a user error, with the library's names of settings as the flags of
+    ``command_parser`` (``TrainConfig.learning_rate`` -> ``--lr``)."""
+    if command_parser is None:
+        return str(err)
+    return in_flag_terms(str(err), flag_names(command_parser, FLAG_ALIASES))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jnet2net`` parser with one sub-parser per command."""
     from jnet2net import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Net2Net growth, weight reuse and scale-down for Flax CNNs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1552,11 +1737,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jnet2net ARGV``; returns the exit status.
 
     Errors print ``jnet2net COMMAND: error: ...`` and return 2 (argparse's status for bad
-    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead.
+    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead, and
+    leaves the warnings of absl and matplotlib on (otherwise quiet).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser: 'jnet2net train: error: ...'
+        subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     sys.unraisablehook = _drop_closed_loop_reports
+    if not os.environ.get(TRACEBACK_ENV):
+        quiet_third_party_logs()
     start = time.perf_counter()
     try:
         status = args.func(args)
@@ -1570,7 +1760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get(TRACEBACK_ENV):
             raise
         text = (
-            str(err)
+            error_text(err, subparser(parser, args.command))
             if isinstance(err, _USER_ERRORS)
             else f"{type(err).__name__}: {err} ({TRACEBACK_ENV}=1 shows the traceback)"
         )

@@ -182,6 +182,7 @@ def plot_runs(
     labels: Sequence[str] | None = None,
     *,
     x: str | Sequence[str] = DEFAULT_X,
+    title: str | None = None,
 ) -> pathlib.Path:
     """Draws test accuracy of several runs against each x axis in ``x``, one panel each.
 
@@ -192,6 +193,7 @@ def plot_runs(
       labels: one legend label per run (default: the file names).
       x: an axis of :data:`X_AXES` or several (default: steps, then seconds). Growth
         events are dotted vertical lines in their run's colour.
+      title: the figure's title (default: :func:`default_title` of the labels).
 
     Returns:
       The path of the written image.
@@ -235,6 +237,7 @@ def plot_runs(
         panel.grid(True, alpha=0.3)
     panels[0].set_ylabel("test accuracy")
     panels[-1].legend(loc="lower right", fontsize="small")
+    figure.suptitle(default_title([c.label for c in curves]) if title is None else title)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
     return out
@@ -248,3 +251,10 @@ def _x_label(x: str, curves: Sequence[Curve]) -> str:
     if walls == 0:
         return "training seconds (compiles excluded)"
     return "wall time (s)" if walls == len(curves) else "training seconds (wall time for old logs)"
+
+
+def default_title(labels: Sequence[str]) -> str:
+    """``'test accuracy: teacher vs. student'``; more than three runs are counted."""
+    if len(labels) > 3:
+        return f"test accuracy of {len(labels)} runs"
+    return "test accuracy: " + " vs. ".join(labels)

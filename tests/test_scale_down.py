@@ -1090,7 +1090,7 @@ def test_frozen_layers_stay_bitwise_unchanged_after_growth_and_more_steps():
     model, grown = widen(small, init(small)[0], widths=(6, 8, 8), key=jax.random.key(3))
     config = train_config()  # crop + flip augmentation
     scale = dataclasses.replace(FORCED, max_stages=1)
-    at_cut, _, _ = _fit(model, config, scale, variables=grown, max_steps=7)  # cut at step 6
+    at_cut, _, _ = _fit(model, config.replace(max_steps=7), scale, variables=grown)  # cut: 6
     later, _, _ = _fit(model, config, scale, variables=grown)
     assert at_cut.cut == later.cut == 1 and at_cut.summary["steps"] == 7
     assert [r["augment"] for r in later.history] == ["crop_flip"] * 3
@@ -1188,6 +1188,8 @@ def test_fit_scale_down_rejects_bad_arguments_before_training():
     for max_steps in (2.5, -1, True, "3"):
         with pytest.raises(ValueError, match=r"max_steps must be an int >= 0"):
             fit_scale_down(tiny_vgg(), train, test, config, FORCED, max_steps=max_steps)
+    with pytest.raises(ValueError, match=r"eval_every_steps is not supported by scale-down"):
+        fit_scale_down(tiny_vgg(), train, test, config.replace(eval_every_steps=2), FORCED)
     tight = dataclasses.replace(FORCED, target_compute=0.05)
     with pytest.raises(ValueError, match=r"target_compute=0.05 cannot be met"):
         fit_scale_down(tiny_vgg(), train, test, config, tight)

@@ -349,8 +349,11 @@ def _npz_path(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | N
 
 
 def _not_found_message(name: str, split: str, data_dir: Any, download: bool) -> str:
-    where = data_dir if data_dir is not None else "tfds' default data_dir ($TFDS_DATA_DIR or "
-    where = f"{where})" if data_dir is None else str(where)
+    where = (
+        str(data_dir)
+        if data_dir is not None
+        else "tfds' default data dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets)"
+    )
     lines = [
         f"dataset {name!r} (split {split!r}) is not prepared under {where}.",
         "To use it offline, pass data_dir= one of:",

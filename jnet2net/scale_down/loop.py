@@ -78,7 +78,13 @@ from jnet2net.train.loop import (
     steps_per_epoch,
 )
 from jnet2net.train.optim import make_schedule
-from jnet2net.train.progress import ProgressBar, append_jsonl, filter_jsonl, progress_enabled
+from jnet2net.train.progress import (
+    ProgressBar,
+    append_jsonl,
+    filter_jsonl,
+    progress_enabled,
+    progress_lines_enabled,
+)
 from jnet2net.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -870,6 +876,14 @@ def fit_scale_down(
     check_fit_inputs(model, train, test, train_config)
     if max_steps is not None:
         max_steps = check_count("max_steps", max_steps, 0)
+    if train_config.max_steps is not None:
+        limit = train_config.max_steps
+        max_steps = limit if max_steps is None else min(limit, max_steps)
+    if train_config.eval_every_steps is not None:
+        raise ValueError(
+            "TrainConfig.eval_every_steps is not supported by scale-down training yet; "
+            "leave it unset (records come at epoch ends)"
+        )
     names = tuple(model.layer_names())
     cuts = candidate_cuts(model, scale_config.max_stages)
     groups = score_groups(model)
@@ -984,6 +998,8 @@ def fit_scale_down(
         max(end, 0),
         desc=f"scale-down {type(model).__name__}",
         enabled=progress_enabled(train_config.progress),
+        lines=progress_lines_enabled(train_config.progress),
+        batch_size=train_config.batch_size,
     )
 
     def step_args() -> tuple:
