@@ -13,21 +13,26 @@ Examples::
 
 Every command is a thin layer over the library (``jnet2net.checkpoint``, ``jnet2net.widen`` /
 ``deepen``, ``jnet2net.train``, ``jnet2net.demo``); errors print one line,
-``jnet2net COMMAND: error: ...``, and exit 2 (an interrupt exits 130).
+``jnet2net COMMAND: error: ...``, and exit 2. Ctrl-C exits 130; ``train`` stops at the next
+safe point on SIGINT (130) or SIGTERM (143) and prints how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from jnet2net import signals
 
 PROG = "jnet2net"
 NOISES = ("split", "none", "paper")
@@ -758,6 +763,7 @@ def train_run(args: argparse.Namespace) -> Any:
         train_subset=flags["train_subset"],
         seed=flags["subset_seed"],
     )
+    signals.check_interrupt()
     start_dir = out if resuming else args.source
     if start_dir is not None:
         hint = "" if resuming else "; for other classes, 'jnet2net transfer --num-classes N' first"
@@ -793,6 +799,7 @@ def train_run(args: argparse.Namespace) -> Any:
                 args.arch, args.arch_json, args.width_mult, train_set.num_classes
             )
             print(f"new network: {describe(model)}")
+    signals.check_interrupt()
     growth = ()
     if resuming and "growth" in metadata:
         if args.grow_at:
@@ -834,6 +841,7 @@ def train_run(args: argparse.Namespace) -> Any:
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
         savers[-1](state, record)
         print_line(format_record(record, config.epochs), config.progress)
+        signals.check_interrupt()
 
     def on_grow(new_model: Any, state: Any, record: dict[str, Any]) -> None:
         savers.append(
@@ -851,6 +859,7 @@ def train_run(args: argparse.Namespace) -> Any:
             f"output error {record['output_error']:.1e}",
             config.progress,
         )
+        signals.check_interrupt()
 
     result = train.fit(
         model,
@@ -862,6 +871,7 @@ def train_run(args: argparse.Namespace) -> Any:
         on_epoch_end=on_epoch_end,
         growth=growth,
         on_grow=on_grow,
+        on_step=lambda step: signals.check_interrupt(),
     )
     final = checkpoint.latest_step(out)
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
@@ -902,6 +912,7 @@ def _train_scale_down(
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
         line = format_record(record, config.epochs)
         print_line(f"{line} cut {record.get('cut')}", config.progress)
+        signals.check_interrupt()
 
     result = scale_down.fit_scale_down(
         model,
@@ -1335,21 +1346,45 @@ COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
-    """How to continue an interrupted ``train`` that saved a checkpoint (else ``''``)."""
-    if args.command != "train" or getattr(args, "scale_down", False):
+def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """How to continue an interrupted ``train`` (``''`` for other commands): ``--resume``
+    after a checkpoint, else the same command again."""
+    if args.command != "train":
         return ""
     from jnet2net import checkpoint
 
     try:
         step = checkpoint.latest_step(args.out)
     except Exception:  # a hint must not hide the interrupt
-        return ""
+        step = None
+    again = f"start again with: {PROG} {shlex.join(argv)}"
+    if getattr(args, "scale_down", False):
+        if step is not None:
+            return f" after its checkpoint at step {step} was written (--scale-down runs end there)"
+        return f" (a --scale-down run saves at its end only); {again}"
     if step is None:
-        return ""
-    return (
-        f" after the checkpoint at step {step}; resume with: {PROG} train --out {args.out} --resume"
-    )
+        return f" before the first checkpoint; {again}"
+    out = shlex.quote(str(args.out))
+    return f" after the checkpoint at step {step}; resume with: {PROG} train --out {out} --resume"
+
+
+def interrupt_line(args: argparse.Namespace, argv: Sequence[str], err: BaseException) -> str:
+    """``jnet2net COMMAND: interrupted [by SIGTERM]`` and, for ``train``, how to continue."""
+    by = f" by {err.name}" if isinstance(err, signals.Interrupted) else ""
+    return f"{PROG} {args.command}: interrupted{by}{_resume_hint(args, argv)}"
+
+
+def _deferred_signals(args: argparse.Namespace, argv: Sequence[str]) -> Any:
+    """``train`` stops at safe points on SIGINT/SIGTERM (a second one stops it at once);
+    other commands keep Python's Ctrl-C."""
+    if args.command != "train":
+        return contextlib.nullcontext()
+
+    def on_repeat(signum: int) -> None:
+        line = interrupt_line(args, argv, signals.Interrupted(signum))
+        print(f"{line} (a second signal: stopped at once)", file=sys.stderr)
+
+    return signals.deferred_signals(on_repeat)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1373,19 +1408,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jnet2net ARGV``; returns the exit status.
 
     Errors print ``jnet2net COMMAND: error: ...`` and return 2 (argparse's status for bad
-    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead.
+    arguments); an interrupt prints one line and returns 130 (``train``: 130 for SIGINT, 143
+    for SIGTERM, see :mod:`jnet2net.signals`). ``JNET2NET_TRACEBACK=1`` raises instead.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        status = args.func(args)
-    except KeyboardInterrupt:
+        with _deferred_signals(args, argv):
+            status = args.func(args)
+            signals.check_interrupt()
+    except KeyboardInterrupt as err:
         if os.environ.get(TRACEBACK_ENV):
             raise
         sys.stdout.flush()
-        print(f"{PROG} {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+        print(interrupt_line(args, argv, err), file=sys.stderr)
+        return err.status if isinstance(err, signals.Interrupted) else 130
     except Exception as err:
         if os.environ.get(TRACEBACK_ENV):
             raise

@@ -318,6 +318,7 @@ def fit(
     growth_key: jax.Array | None = None,
     on_grow: Callable[[nn.Module, TrainState, Record], None] | None = None,
     precompile: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``train`` for ``config.epochs``, evaluating on ``test`` each epoch.
 
@@ -356,6 +357,10 @@ def fit(
       precompile: compile every growth event's program and grown step in a background
         thread while training runs (on a zero copy of the state), so the events do not wait
         for compiles; ``False`` compiles each at its event.
+      on_step: called as ``on_step(step)`` before each training step (global ``step``);
+        what it raises (e.g. :class:`jnet2net.signals.Interrupted` from
+        :func:`jnet2net.signals.check_interrupt`) ends the run there, once the device work
+        in flight and the background compiles have finished.
 
     Returns:
       :class:`FitResult` with the final state and module and the per-epoch records, also
@@ -519,6 +524,8 @@ def fit(
                     if on_grow is not None:
                         on_grow(model, state, grow_record)
                     t_epoch = time.perf_counter()
+                if on_step is not None:
+                    _call_on_step(on_step, step, state, background)
                 state, metrics = step_fn.call(state, images, labels, order)
                 step_metrics.append(metrics)
                 totals["train_flops"] += step_fn.flops
@@ -568,6 +575,24 @@ def fit(
             ):
                 break
     return FitResult(state, history, model)
+
+
+def _call_on_step(
+    on_step: Callable[[int], None],
+    step: int,
+    state: TrainState,
+    background: concurrent.futures.Future | None,
+) -> None:
+    """``on_step(step)``; when it raises, the steps dispatched to the device and the
+    background compiles finish first (an interpreter that exits while XLA runs them can
+    crash)."""
+    try:
+        on_step(step)
+    except BaseException:
+        jax.block_until_ready(state)
+        if background is not None:
+            concurrent.futures.wait([background])
+        raise
 
 
 #: The cumulative compute counts every record carries (and a resumed run continues).
