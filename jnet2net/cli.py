@@ -1436,8 +1436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         print(f"{PROG} {args.command}: error: {text}", file=sys.stderr)
         return 2
-    if args.command != "plot":
-        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]")
+    if args.command != "plot":  # stderr: stdout holds results only (eval --json: JSON only)
+        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]", file=sys.stderr)
     return status
 
 

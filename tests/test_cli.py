@@ -268,7 +268,9 @@ def test_grow_errors(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) 
 
 def test_eval_matches_the_training_log(teacher_run: pathlib.Path, capsys) -> None:
     assert cli.main(["eval", "--from", str(teacher_run), "--dataset", "digits", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout is the JSON object alone
+    assert captured.out.count("\n") == 1 and "[eval took" in captured.err
     last = read_jsonl(teacher_run / "metrics.jsonl")[-1]
     assert result["step"] == last["step"] and result["examples"] == 360
     assert result["accuracy"] == pytest.approx(last["test_acc"], abs=1e-9)
