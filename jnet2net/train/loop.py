@@ -61,8 +61,10 @@ class FitResult(NamedTuple):
         ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
         epoch's augmented batches),
         ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
-        ``first_step_s`` (compile and run of the first step). Every record also counts
-        compute (``step_flops``, cumulative ``train_flops``, ``train_s``, ``compile_s``);
+        ``first_step_s`` (compile and run of the first step) and, when the run resumed a
+        state past step 0, ``resumed: true`` (its ``wall_s`` clock starts again). Every
+        record also counts compute (``step_flops``, cumulative ``train_flops``,
+        ``train_s``, ``compile_s``);
         growth events add ``{"event": "grow", ...}`` records to the history.
       model: the final module (the grown one after growth events).
     """
@@ -562,6 +564,8 @@ def fit(
             }
             if not any("epoch_s" in r for r in history):
                 record["first_step_s"] = first_step_s
+                if start > 0:  # its wall_s clock restarted: plots chain the segments
+                    record["resumed"] = True
             history.append(record)
             progress.update(0, note=_summary(record, config.epochs))
             if config.log_path:
