@@ -922,6 +922,7 @@ def _train_scale_down(
         scale_config,
         variables=variables,
         on_epoch_end=on_epoch_end,
+        on_step=lambda step: signals.check_interrupt(),
     )
     summary = json.loads(json.dumps(result.summary, default=str))
     path = checkpoint.save(

@@ -315,6 +315,23 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(digits, full_run, tmp_pat
     assert done.history == [] and int(done.state.step) == 6
 
 
+def test_on_step_is_called_before_every_step_and_its_error_stops_the_run(digits, tmp_path):
+    train_set, test_set = digits
+    log = tmp_path / "run.jsonl"
+    seen = []
+
+    def stop_at_4(step):
+        seen.append(step)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    config = CONFIG.replace(log_path=str(log))
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(MODEL, train_set, test_set, config, on_step=stop_at_4)
+    assert seen == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in train.read_jsonl(log)] == [3]  # epoch 1 logged, then stopped
+
+
 def test_resume_drops_log_records_after_its_step(digits, tmp_path):
     """A run stopped after logging epoch 2 but before saving it logs epoch 2 only once."""
     train_set, _ = digits

@@ -527,7 +527,7 @@ def fit(
                         on_grow(model, state, grow_record)
                     t_epoch = time.perf_counter()
                 if on_step is not None:
-                    _call_on_step(on_step, step, state, background)
+                    call_on_step(on_step, step, state, background)
                 state, metrics = step_fn.call(state, images, labels, order)
                 step_metrics.append(metrics)
                 totals["train_flops"] += step_fn.flops
@@ -581,7 +581,7 @@ def fit(
     return FitResult(state, history, model)
 
 
-def _call_on_step(
+def call_on_step(
     on_step: Callable[[int], None],
     step: int,
     state: TrainState,
