@@ -359,10 +359,11 @@ def fit(
       precompile: compile every growth event's program and grown step in a background
         thread while training runs (on a zero copy of the state), so the events do not wait
         for compiles; ``False`` compiles each at its event.
-      on_step: called as ``on_step(step)`` before each training step (global ``step``);
-        what it raises (e.g. :class:`jnet2net.signals.Interrupted` from
-        :func:`jnet2net.signals.check_interrupt`) ends the run there, once the device work
-        in flight and the background compiles have finished.
+      on_step: called as ``on_step(step)`` before each training step (global ``step``)
+        and a growth event at that step; what it raises (e.g.
+        :class:`jnet2net.signals.Interrupted` from :func:`jnet2net.signals.check_interrupt`)
+        ends the run there, once the device work in flight and the background compiles
+        have finished.
 
     Returns:
       :class:`FitResult` with the final state and module and the per-epoch records, also
@@ -499,6 +500,8 @@ def fit(
             timed_steps = hi - lo
             epoch_s = 0.0
             for step in range(lo, hi):
+                if on_step is not None:
+                    call_on_step(on_step, step, state, background)
                 if pending and pending[0][1].at_step(spe) == step:
                     jax.block_until_ready(state)
                     epoch_s += time.perf_counter() - t_epoch
@@ -526,8 +529,6 @@ def fit(
                     if on_grow is not None:
                         on_grow(model, state, grow_record)
                     t_epoch = time.perf_counter()
-                if on_step is not None:
-                    call_on_step(on_step, step, state, background)
                 state, metrics = step_fn.call(state, images, labels, order)
                 step_metrics.append(metrics)
                 totals["train_flops"] += step_fn.flops
