@@ -522,6 +522,7 @@ def test_transfer_to_a_json_spec(untrained: pathlib.Path, tmp_path: pathlib.Path
         stage_depths=(2, 1), stage_widths=(4, 8)
     )
     assert checkpoint.checkpoint_info(out).input_shape == (1, 8, 8, 1)
+    assert "[transfer took" in capsys.readouterr().err  # timing goes to stderr
     argv = ["transfer", "--from", str(untrained), "--to", spec, "--arch-json", "{}"]
     err = _error_of([*argv, "--out", str(tmp_path / "x")], capsys)
     assert "--to is a JSON spec: pass the architecture once" in err
