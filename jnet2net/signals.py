@@ -88,7 +88,8 @@ def deferred_signals(on_repeat: Callable[[int], None] | None = None) -> Iterator
     def record(signum: int, frame: object) -> None:
         if _received:
             if on_repeat is not None:
-                on_repeat(signum)
+                with contextlib.suppress(Exception):  # e.g. a print into a busy stream
+                    on_repeat(signum)
             exit_now(signum)
         _received.append(signum)
 
