@@ -13,22 +13,26 @@ Examples::
 
 Every command is a thin layer over the library (``jnet2net.checkpoint``, ``jnet2net.widen`` /
 ``deepen``, ``jnet2net.train``, ``jnet2net.demo``); errors print one line,
-``jnet2net COMMAND: error: ...``, and exit 2 (an interrupt exits 130).
+``jnet2net COMMAND: error: ...``, and exit 2. Ctrl-C exits 130; ``train`` stops at the next
+safe point on SIGINT (130) or SIGTERM (143) and prints how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jnet2net import signals
 from jnet2net.cli_format import (
     HelpFormatter,
     Parser,
@@ -1038,6 +1042,7 @@ def train_run(args: argparse.Namespace) -> Any:
         train_subset=flags["train_subset"],
         seed=flags["subset_seed"],
     )
+    signals.check_interrupt()
     start_dir = out if resuming else args.source
     if start_dir is not None:
         hint = "" if resuming else "; for other classes, 'jnet2net transfer --num-classes N' first"
@@ -1077,6 +1082,7 @@ def train_run(args: argparse.Namespace) -> Any:
             )
             check_param_limit(model, train_set.image_shape, args.max_params, "the network")
             print(f"new network: {describe(model)}")
+    signals.check_interrupt()
     growth = ()
     if resuming and "growth" in metadata:
         if args.grow_at:
@@ -1121,6 +1127,7 @@ def train_run(args: argparse.Namespace) -> Any:
         if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
             savers[-1](state, record)
         print_line(format_record(record, config.epochs), config.progress)
+        signals.check_interrupt()
 
     def on_grow(new_model: Any, state: Any, record: dict[str, Any]) -> None:
         savers.append(
@@ -1138,6 +1145,7 @@ def train_run(args: argparse.Namespace) -> Any:
             f"output error {record['output_error']:.1e}",
             config.progress,
         )
+        signals.check_interrupt()
 
     result = train.fit(
         model,
@@ -1150,6 +1158,7 @@ def train_run(args: argparse.Namespace) -> Any:
         growth=growth,
         on_grow=on_grow,
         initial_eval=variables is not None,
+        on_step=lambda step: signals.check_interrupt(),
     )
     final = checkpoint.latest_step(out)
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
@@ -1190,6 +1199,7 @@ def _train_scale_down(
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
         line = format_record(record, config.epochs)
         print_line(f"{line} cut {record.get('cut')}", config.progress)
+        signals.check_interrupt()
 
     result = scale_down.fit_scale_down(
         model,
@@ -1199,6 +1209,7 @@ def _train_scale_down(
         scale_config,
         variables=variables,
         on_epoch_end=on_epoch_end,
+        on_step=lambda step: signals.check_interrupt(),
     )
     summary = json.loads(json.dumps(result.summary, default=str))
     path = checkpoint.save(
@@ -1676,21 +1687,45 @@ COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
-    """How to continue an interrupted ``train`` that saved a checkpoint (else ``''``)."""
-    if args.command != "train" or getattr(args, "scale_down", False):
+def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """How to continue an interrupted ``train`` (``''`` for other commands): ``--resume``
+    after a checkpoint, else the same command again."""
+    if args.command != "train":
         return ""
     from jnet2net import checkpoint
 
     try:
         step = checkpoint.latest_step(args.out)
     except Exception:  # a hint must not hide the interrupt
-        return ""
+        step = None
+    again = f"start again with: {PROG} {shlex.join(argv)}"
+    if getattr(args, "scale_down", False):
+        if step is not None:
+            return f" after its checkpoint at step {step} was written (--scale-down runs end there)"
+        return f" (a --scale-down run saves at its end only); {again}"
     if step is None:
-        return ""
-    return (
-        f" after the checkpoint at step {step}; resume with: {PROG} train --out {args.out} --resume"
-    )
+        return f" before the first checkpoint; {again}"
+    out = shlex.quote(str(args.out))
+    return f" after the checkpoint at step {step}; resume with: {PROG} train --out {out} --resume"
+
+
+def interrupt_line(args: argparse.Namespace, argv: Sequence[str], err: BaseException) -> str:
+    """``jnet2net COMMAND: interrupted [by SIGTERM]`` and, for ``train``, how to continue."""
+    by = f" by {err.name}" if isinstance(err, signals.Interrupted) else ""
+    return f"{PROG} {args.command}: interrupted{by}{_resume_hint(args, argv)}"
+
+
+def _deferred_signals(args: argparse.Namespace, argv: Sequence[str]) -> Any:
+    """``train`` stops at safe points on SIGINT/SIGTERM (a second one stops it at once);
+    other commands keep Python's Ctrl-C."""
+    if args.command != "train":
+        return contextlib.nullcontext()
+
+    def on_repeat(signum: int) -> None:
+        line = interrupt_line(args, argv, signals.Interrupted(signum))
+        print(f"{line} (a second signal: stopped at once)", file=sys.stderr)
+
+    return signals.deferred_signals(on_repeat)
 
 
 def _drop_closed_loop_reports(report: Any) -> None:
@@ -1737,10 +1772,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jnet2net ARGV``; returns the exit status.
 
     Errors print ``jnet2net COMMAND: error: ...`` and return 2 (argparse's status for bad
-    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead, and
+    arguments); an interrupt prints one line and returns 130 (``train``: 130 for SIGINT, 143
+    for SIGTERM, see :mod:`jnet2net.signals`). ``JNET2NET_TRACEBACK=1`` raises instead, and
     leaves the warnings of absl and matplotlib on (otherwise quiet).
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's parser: 'jnet2net train: error: ...'
         subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -1749,13 +1786,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_third_party_logs()
     start = time.perf_counter()
     try:
-        status = args.func(args)
-    except KeyboardInterrupt:
+        with _deferred_signals(args, argv):
+            status = args.func(args)
+            signals.check_interrupt()
+    except KeyboardInterrupt as err:
         if os.environ.get(TRACEBACK_ENV):
             raise
         sys.stdout.flush()
-        print(f"{PROG} {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+        print(interrupt_line(args, argv, err), file=sys.stderr)
+        return err.status if isinstance(err, signals.Interrupted) else 130
     except Exception as err:
         if os.environ.get(TRACEBACK_ENV):
             raise
@@ -1767,8 +1806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         print(f"{PROG} {args.command}: error: {text}", file=sys.stderr)
         return 2
-    if args.command != "plot":
-        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]")
+    if args.command != "plot":  # stderr: stdout holds results only (eval --json: JSON only)
+        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]", file=sys.stderr)
     return status
 
 

@@ -295,7 +295,9 @@ def test_grow_errors(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) 
 
 def test_eval_matches_the_training_log(teacher_run: pathlib.Path, capsys) -> None:
     assert cli.main(["eval", "--from", str(teacher_run), "--dataset", "digits", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout is the JSON object alone
+    assert captured.out.count("\n") == 1 and "[eval took" in captured.err
     last = read_jsonl(teacher_run / "metrics.jsonl")[-1]
     assert result["step"] == last["step"] and result["examples"] == 360
     assert result["accuracy"] == pytest.approx(last["test_acc"], abs=1e-9)
@@ -547,6 +549,7 @@ def test_transfer_to_a_json_spec(untrained: pathlib.Path, tmp_path: pathlib.Path
         stage_depths=(2, 1), stage_widths=(4, 8)
     )
     assert checkpoint.checkpoint_info(out).input_shape == (1, 8, 8, 1)
+    assert "[transfer took" in capsys.readouterr().err  # timing goes to stderr
     argv = ["transfer", "--from", str(untrained), "--to", spec, "--arch-json", "{}"]
     err = _error_of([*argv, "--out", str(tmp_path / "x")], capsys)
     assert "--to is a JSON spec: pass the architecture once" in err

@@ -1138,7 +1138,11 @@ def test_vgg_without_bn_in_cache_mode_freezes_stage_after_stage():
 def test_fit_scale_down_runs_a_model_without_a_dtype_field_in_cache_mode():
     train, test = tiny_data()
     scale = dataclasses.replace(FORCED, mode="cache")
-    result = fit_scale_down(Mlp(2), train, test, train_config(augment="none"), scale)
+    seen = []
+    result = fit_scale_down(
+        Mlp(2), train, test, train_config(augment="none"), scale, on_step=seen.append
+    )
+    assert seen == list(range(result.history[-1]["step"]))  # called before every step
     assert result.cut == 1 and [r["mode"] for r in result.history] == ["nograd", "cache", "cache"]
     assert set(result.state.params) == {"hidden1", "head"}
 

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jnet2net import data, models, train
+from jnet2net import data, models, plot, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -306,10 +306,32 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(digits, full_run, tmp_pat
     assert second.history[-1]["test_loss"] == full.history[-1]["test_loss"]
     # The caller's state is not consumed, and the resumed run appended to the log.
     assert int(saved.step) == 4 and np.isfinite(jax.tree.leaves(saved.params)[0]).all()
-    assert [r["step"] for r in train.read_jsonl(log)] == [3, 4, 6]
+    logged = train.read_jsonl(log)
+    assert [r["step"] for r in logged] == [3, 4, 6]
+    # The resumed run says so; a plot continues its clock from the first run's total.
+    assert [r.get("resumed") for r in logged] == [None, None, True]
+    curve = plot.read_curve(log)
+    assert curve.wall_s[-1] == pytest.approx(logged[1]["wall_s"] + logged[2]["wall_s"])
     # A state already at the end trains no further.
     done = train.fit(MODEL, train_set, test_set, CONFIG, state=second.state)
     assert done.history == [] and int(done.state.step) == 6
+
+
+def test_on_step_is_called_before_every_step_and_its_error_stops_the_run(digits, tmp_path):
+    train_set, test_set = digits
+    log = tmp_path / "run.jsonl"
+    seen = []
+
+    def stop_at_4(step):
+        seen.append(step)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    config = CONFIG.replace(log_path=str(log))
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(MODEL, train_set, test_set, config, on_step=stop_at_4)
+    assert seen == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in train.read_jsonl(log)] == [3]  # epoch 1 logged, then stopped
 
 
 def test_resume_drops_log_records_after_its_step(digits, tmp_path):

@@ -67,6 +67,7 @@ from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.cost import CompiledStep, compile_step, is_compiled
 from jnet2net.train.loop import (
+    call_on_step,
     check_count,
     check_fit_inputs,
     check_outputs_fit,
@@ -826,6 +827,7 @@ def fit_scale_down(
     on_epoch_end: Callable[[TrainState, Record], None] | None = None,
     max_steps: int | None = None,
     resume: ScaleDownCheckpoint | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> ScaleDownResult:
     """Trains ``model`` and freezes a growing prefix of its stages on a compute budget.
 
@@ -854,6 +856,8 @@ def fit_scale_down(
       resume: continue the run that gave this checkpoint (:attr:`ScaleDownResult.
         checkpoint`) with the same data and configs: the result, records and log continue
         it bitwise (the log keeps the epochs finished before the checkpoint).
+      on_step: called as ``on_step(step)`` before each training step, as in
+        :func:`jnet2net.train.fit` (what it raises ends the run there).
 
     Returns:
       :class:`ScaleDownResult`. Each epoch record holds :func:`jnet2net.train.fit`'s fields
@@ -1054,6 +1058,8 @@ def fit_scale_down(
                         }
                     )
                     t_mark, mark = time.perf_counter(), step
+                if on_step is not None:
+                    call_on_step(on_step, step, state, None)
                 state, metrics = runner.step.call(state, *args, order, freeze_at)
                 step_metrics.append(metrics)
                 totals["train_flops"] += runner.step.flops

@@ -64,8 +64,10 @@ class FitResult(NamedTuple):
         ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
         epoch's augmented batches),
         ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
-        ``first_step_s`` (compile and run of the first step). Every record also counts
-        compute (``step_flops``, cumulative ``train_flops``, ``train_s``, ``compile_s``);
+        ``first_step_s`` (compile and run of the first step) and, when the run resumed a
+        state past step 0, ``resumed: true`` (its ``wall_s`` clock starts again). Every
+        record also counts compute (``step_flops``, cumulative ``train_flops``,
+        ``train_s``, ``compile_s``);
         growth events add ``{"event": "grow", ...}`` records to the history.
         ``config.eval_every_steps`` adds records between epoch ends, whose ``epoch`` is
         fractional (``step / steps_per_epoch``), without ``epoch_s``/``images_per_s`` and
@@ -330,6 +332,7 @@ def fit(
     on_grow: Callable[[nn.Module, TrainState, Record], None] | None = None,
     precompile: bool = True,
     initial_eval: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``train`` for ``config.epochs``, evaluating on ``test`` each epoch.
 
@@ -373,6 +376,11 @@ def fit(
         for compiles; ``False`` compiles each at its event.
       initial_eval: a run that starts at step 0 evaluates its starting network on ``test``
         first and logs it as a record at epoch 0, step 0 (a grown student's head start).
+      on_step: called as ``on_step(step)`` before each training step (global ``step``)
+        and a growth event at that step; what it raises (e.g.
+        :class:`jnet2net.signals.Interrupted` from :func:`jnet2net.signals.check_interrupt`)
+        ends the run there, once the device work in flight and the background compiles
+        have finished.
 
     Returns:
       :class:`FitResult` with the final state and module and the per-epoch records, also
@@ -529,6 +537,8 @@ def fit(
             timed_steps = hi - lo
             epoch_s = counted_s = 0.0
             for step in range(lo, hi):
+                if on_step is not None:
+                    call_on_step(on_step, step, state, background)
                 if pending and pending[0][1].at_step(spe) == step:
                     jax.block_until_ready(state)
                     epoch_s += time.perf_counter() - t_epoch
@@ -616,6 +626,8 @@ def fit(
             }
             if not any("epoch_s" in r for r in history):
                 record["first_step_s"] = first_step_s
+                if start > 0:  # its wall_s clock restarted: plots chain the segments
+                    record["resumed"] = True
             history.append(record)
             progress.update(0, note=_summary(record, config.epochs))
             if config.log_path:
@@ -639,6 +651,24 @@ def _test_metrics(
         return {"test_loss": None, "test_acc": None}
     loss, accuracy = run_eval(eval_step, state.variables, eval_set, mesh)
     return {"test_loss": loss, "test_acc": accuracy}
+
+
+def call_on_step(
+    on_step: Callable[[int], None],
+    step: int,
+    state: TrainState,
+    background: concurrent.futures.Future | None,
+) -> None:
+    """``on_step(step)``; when it raises, the steps dispatched to the device and the
+    background compiles finish first (an interpreter that exits while XLA runs them can
+    crash)."""
+    try:
+        on_step(step)
+    except BaseException:
+        jax.block_until_ready(state)
+        if background is not None:
+            concurrent.futures.wait([background])
+        raise
 
 
 #: The cumulative compute counts every record carries (and a resumed run continues).
