@@ -6,7 +6,8 @@ step, each with two items::
     DIR/<step>/arch    JSON: {"format": 1, "model": model_config(model),
                               "input_shape": [1, h, w, c], "input_shape_given": bool,
                               "train_config": {...} | null,
-                              "has_opt_state": bool, "rng_impl": str | null, "metadata": {...}}
+                              "has_opt_state": bool, "rng_impl": str | null, "metadata": {...},
+                              "checksums": {"variables/params/...": [dtype, sha256], ...}}
     DIR/<step>/state   {"variables": {"params": ..., "batch_stats": ...},
                         "opt_state": ... (optional), "rng": uint32 key data (optional)}
 
@@ -21,15 +22,23 @@ allocated twice). Orbax refuses to restore into a wider or deeper target, so gro
 :func:`grow_checkpoint` does exactly that, checks function preservation and returns the
 student. Other files in ``DIR`` (``metrics.jsonl`` of a training run) are left alone, so a run
 directory is also its checkpoint directory.
+
+Every array of ``state`` has its SHA-256 in ``arch``; :func:`restore` recomputes them and
+raises :class:`CorruptCheckpointError` naming the step and the array when one differs (a
+flipped bit in a data file otherwise restores silently). Checkpoints written before the
+checksums existed restore unchecked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -55,6 +64,10 @@ DATA_METADATA = ("dataset", "resolution", "train_subset", "subset_seed")
 PathLike = str | os.PathLike
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be read back as it was written (damaged or edited files)."""
+
+
 class CheckpointInfo(NamedTuple):
     """What a checkpoint's ``arch`` item says, read without touching its arrays.
 
@@ -71,6 +84,8 @@ class CheckpointInfo(NamedTuple):
       input_shape_given: whether ``input_shape`` was given when saving (the images the
         network was trained on); ``False``: derived from the variables, whose spatial size
         a ResNet's do not fix.
+      checksums: ``{array path: [dtype, sha256 hex]}`` of the state's arrays, or ``None``
+        for a checkpoint saved without them.
     """
 
     path: pathlib.Path
@@ -82,6 +97,7 @@ class CheckpointInfo(NamedTuple):
     rng_impl: str | None
     metadata: dict[str, Any]
     input_shape_given: bool = True
+    checksums: dict[str, list[str]] | None = None
 
 
 class Restored(NamedTuple):
@@ -163,6 +179,34 @@ def _join_rng(data: Any, impl: str | None) -> jax.Array | None:
 
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def array_checksums(tree: Any) -> dict[str, list[str]]:
+    """``{'a/b/c': [dtype, sha256 hex of the bytes]}`` for every array leaf of ``tree``.
+
+    Paths join dict keys, attribute names and sequence indices, so an optax state and the
+    dicts and lists Orbax stores it as give the same paths.
+    """
+    sums = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.ascontiguousarray(jax.device_get(leaf)).reshape(-1)
+        digest = hashlib.sha256(array.view(np.uint8))
+        sums["/".join(_key_name(k) for k in path)] = [str(array.dtype), digest.hexdigest()]
+    return sums
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of ``err`` (TensorStore errors run to dozens), at most ``limit`` chars."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    text = lines[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _checked_input_shape(
@@ -263,6 +307,35 @@ def all_steps(directory: PathLike) -> list[int]:
         return sorted(manager.all_steps())
 
 
+def set_aside_damaged(directory: PathLike) -> list[tuple[int, pathlib.Path, str]]:
+    """Moves the damaged checkpoints at the end of a run aside, so that its latest step is
+    its newest intact checkpoint.
+
+    From the latest step down, each checkpoint is restored (checksums checked) until one
+    restores; each that raises :class:`CorruptCheckpointError` is renamed
+    ``DIR/<step>.damaged`` (kept for inspection; no longer a step).
+
+    Returns:
+      ``(step, new path, reason)`` of each moved checkpoint, latest first.
+    """
+    path = _abspath(directory)
+    moved = []
+    for step in reversed(all_steps(path)):
+        try:
+            restore(path, step=step)
+        except CorruptCheckpointError as err:
+            target = path / f"{step}.damaged"
+            n = 1
+            while target.exists():
+                n += 1
+                target = path / f"{step}.damaged{n}"
+            (path / str(step)).rename(target)
+            moved.append((step, target, str(err)))
+            continue
+        break
+    return moved
+
+
 def latest_step(directory: PathLike) -> int | None:
     """The last saved step in ``directory``, or ``None`` when it holds no checkpoint."""
     steps = all_steps(directory)
@@ -338,6 +411,7 @@ def save(
         state["opt_state"] = _plain(opt_state)
     if rng_data is not None:
         state["rng"] = rng_data
+    arch["checksums"] = array_checksums(state)
     with _manager(path, create=True, max_to_keep=max_to_keep) as manager:
         if step in manager.all_steps():
             raise ValueError(f"{path} already holds a checkpoint at step {step}")
@@ -433,11 +507,11 @@ def checkpoint_info(directory: PathLike, *, step: int | None = None) -> Checkpoi
                 ARCH
             ]
     except Exception as err:  # orbax raises many kinds; they all mean "unreadable"
-        raise ValueError(
-            f"checkpoint {where} is corrupt: cannot read its '{ARCH}' item ({err})"
+        raise CorruptCheckpointError(
+            f"checkpoint {where} is corrupt: cannot read its '{ARCH}' item ({_first_line(err)})"
         ) from err
     if not isinstance(arch, dict) or arch.get("format") != FORMAT or "model" not in arch:
-        raise ValueError(
+        raise CorruptCheckpointError(
             f"checkpoint {where} is corrupt or not a jnet2net checkpoint: its '{ARCH}' item "
             f"is {str(arch)[:200]!r}, expected format {FORMAT} with a 'model' entry"
         )
@@ -445,7 +519,15 @@ def checkpoint_info(directory: PathLike, *, step: int | None = None) -> Checkpoi
         model = model_from_config(arch["model"])
         input_shape = tuple(int(n) for n in arch["input_shape"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint {where} holds an invalid architecture: {err}") from err
+        raise CorruptCheckpointError(
+            f"checkpoint {where} holds an invalid architecture: {_first_line(err)}"
+        ) from err
+    checksums = arch.get("checksums")
+    if checksums is not None and not isinstance(checksums, dict):
+        raise CorruptCheckpointError(
+            f"checkpoint {where} is corrupt: its '{ARCH}' item has checksums "
+            f"{str(checksums)[:80]!r}"
+        )
     return CheckpointInfo(
         path=where,
         step=step,
@@ -456,6 +538,7 @@ def checkpoint_info(directory: PathLike, *, step: int | None = None) -> Checkpoi
         rng_impl=arch.get("rng_impl"),
         metadata=arch.get("metadata") or {},
         input_shape_given=bool(arch.get("input_shape_given", True)),
+        checksums=checksums,
     )
 
 
@@ -506,6 +589,7 @@ def restore(
     if info.rng_impl is not None:
         target["rng"] = None
     state = _restore_state(info, target)
+    _check_checksums(info, state)
     return Restored(
         model=info.model,
         variables=state["variables"],
@@ -526,23 +610,57 @@ def _restore_state(info: CheckpointInfo, target: dict[str, Any]) -> dict[str, An
     """
     try:
         with _manager(info.path.parent) as manager:
-            stored = manager.item_metadata(info.step)[STATE].tree
+            with _quiet_absl():  # a damaged item is reported below, in one line
+                metadata = manager.item_metadata(info.step)[STATE]
+            if metadata is None:
+                raise _ArchitectureMismatch(
+                    f"checkpoint {info.path} is corrupt: its '{STATE}' item has no readable "
+                    "metadata (is state/_METADATA missing?)"
+                )
+            stored = metadata.tree
             _check_stored_variables(info, stored, target["variables"])
             target = {
                 k: jax.tree.map(_metadata_to_abstract, stored[k]) if v is None else v
                 for k, v in target.items()
             }
+            target = jax.tree.map(_on_one_device, target)
             restored = manager.restore(
                 info.step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
             )[STATE]
     except _ArchitectureMismatch as err:
-        raise ValueError(str(err)) from None
+        raise CorruptCheckpointError(str(err)) from None
     except Exception as err:  # orbax raises many kinds; they all mean "does not restore"
-        raise ValueError(
+        raise CorruptCheckpointError(
             f"checkpoint {info.path} is corrupt or does not match the architecture in its "
-            f"'{ARCH}' item ({info.model!r}): {err}"
+            f"'{ARCH}' item ({type(info.model).__name__}): {_first_line(err)}"
         ) from err
     return dict(restored)
+
+
+def _check_checksums(info: CheckpointInfo, state: dict[str, Any]) -> None:
+    """Raises CorruptCheckpointError naming the first restored array whose bytes differ
+    from the checksum saved with it (arrays restored in another dtype are not compared)."""
+    if info.checksums is None:
+        return
+    restored = array_checksums(state)
+    missing = sorted(set(info.checksums) - set(restored))
+    if missing:
+        raise CorruptCheckpointError(
+            f"checkpoint {info.path} (step {info.step}) is corrupt: {len(missing)} saved arrays "
+            f"did not restore, e.g. {STATE}/{missing[0]}"
+        )
+    bad = [
+        path
+        for path, (dtype, digest) in sorted(restored.items())
+        if info.checksums.get(path, [dtype, digest]) != [dtype, digest]
+        and info.checksums[path][0] == dtype
+    ]
+    if bad:
+        raise CorruptCheckpointError(
+            f"checkpoint {info.path} (step {info.step}) is corrupt: {len(bad)} of "
+            f"{len(restored)} arrays differ from the checksums saved with them, first "
+            f"{STATE}/{bad[0]} (its data files under {info.path / STATE} are damaged)"
+        )
 
 
 class _ArchitectureMismatch(Exception):
@@ -566,6 +684,25 @@ def _check_stored_variables(info: CheckpointInfo, stored: Any, abstract: Any) ->
             f"checkpoint {info.path} is corrupt: its state does not fit the architecture in its "
             f"'{ARCH}' item ({len(problems)} leaves differ): " + "; ".join(problems[:3])
         )
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Silences absl's warnings (Orbax logs a damaged item as a warning, then returns None)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _on_one_device(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    """``leaf`` placed on the first device: a checkpoint saved on other devices (another
+    device count) restores here instead of failing on Orbax's saved sharding."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
 
 
 def _metadata_to_abstract(leaf: Any) -> jax.ShapeDtypeStruct:

@@ -13,29 +13,63 @@ Examples::
 
 Every command is a thin layer over the library (``jnet2net.checkpoint``, ``jnet2net.widen`` /
 ``deepen``, ``jnet2net.train``, ``jnet2net.demo``); errors print one line,
-``jnet2net COMMAND: error: ...``, and exit 2 (an interrupt exits 130).
+``jnet2net COMMAND: error: ...``, and exit 2. Ctrl-C exits 130; ``train`` stops at the next
+safe point on SIGINT (130) or SIGTERM (143) and prints how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jnet2net import signals
+from jnet2net.cli_format import (
+    HelpFormatter,
+    Parser,
+    flag_names,
+    in_flag_terms,
+    quiet_third_party_logs,
+    subparser,
+)
+
 PROG = "jnet2net"
 NOISES = ("split", "none", "paper")
-_USER_ERRORS = (ValueError, TypeError, OSError)
+_USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 #: Set to print the traceback of an error instead of one line.
 TRACEBACK_ENV = "JNET2NET_TRACEBACK"
 #: What a run directory may hold besides its checkpoint steps.
 _RUN_FILES = ("metrics.jsonl",)
+
+#: The examples that end each command's ``--help``.
+EXAMPLES = {
+    "demo": "example:\n  jnet2net demo --out runs/demo",
+    "train": (
+        "examples:\n"
+        "  jnet2net train --arch resnet20 --width-mult 0.5 --dataset digits --epochs 5 "
+        "--out runs/t\n"
+        "  jnet2net train --from runs/grown --dataset digits --epochs 5 --out runs/student\n"
+        "  jnet2net train --resume --out runs/t --epochs 10"
+    ),
+    "grow": "example:\n  jnet2net grow --from runs/t --widen 2x --deepen +1 --out runs/grown",
+    "transfer": (
+        "example:\n  jnet2net transfer --from runs/t --to resnet32 --width-mult 0.5 --out runs/t32"
+    ),
+    "eval": "example:\n  jnet2net eval --from runs/student --dataset digits --json",
+    "plot": (
+        "example:\n  jnet2net plot runs/t runs/student --labels teacher,student --x steps,flops "
+        "--out curves.png"
+    ),
+}
 
 # --- argument parsing helpers ---------------------------------------------------------
 
@@ -169,8 +203,8 @@ def _multiplier(text: str) -> float | None:
         factor = float(number)
     except ValueError:
         raise ValueError(f"a width multiplier looks like '1.5x', got {text!r}") from None
-    if not factor > 0:
-        raise ValueError(f"a width multiplier must be positive, got {text!r}")
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"a width multiplier must be a positive finite number, got {text!r}")
     return factor
 
 
@@ -268,12 +302,19 @@ def parse_grow_at(text: str) -> tuple[float, dict[str, str]]:
     return epoch, fields
 
 
-def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]) -> tuple:
+def growth_events(
+    model: Any,
+    texts: Sequence[str],
+    image_shape: tuple[int, ...],
+    *,
+    max_params: int | None = None,
+) -> tuple:
     """The ``train.Grow`` events of ``--grow-at`` flags, with sizes resolved against the
     network each event grows (multipliers and ``+N`` are relative to it).
 
     Raises:
-      ValueError: a malformed flag, or an event that does not fit its network.
+      ValueError: a malformed flag, an event that does not fit its network, or one whose
+        network would have more than ``max_params`` parameters (sized before it is traced).
     """
     from jnet2net import train
 
@@ -310,6 +351,11 @@ def growth_events(model: Any, texts: Sequence[str], image_shape: tuple[int, ...]
         if "moments" in fields:
             options["moments"] = fields["moments"]
         event = train.Grow(epoch, **sizes, **options)
+        if max_params is not None:
+            widen = {k: sizes[k] for k in sizes if k not in ("depths", "hidden_depths")}
+            deepen = {k: sizes[k] for k in ("depths", "hidden_depths") if k in sizes}
+            what = f"the network grown at epoch {epoch:g}"
+            check_param_limit(grown_model(current, widen, deepen), image_shape, max_params, what)
         (current,) = train.planned_models(current, [event], image_shape)
         events.append(event)
     return tuple(events)
@@ -322,12 +368,14 @@ def model_from_args(
     num_classes: int,
     *,
     arch_flag: str = "--arch",
+    json_flag: str = "--arch-json",
 ) -> Any:
     """The module that ``--arch``/``--arch-json``/``--width-mult`` name, for ``num_classes``.
 
     ``--arch-json`` is either a whole architecture (``jnet2net.model_config`` output, with
     ``family``) or field overrides of the ``--arch`` preset; ``arch_flag`` is the preset
-    flag's name in messages (``--to`` for ``transfer``).
+    flag's name in messages (``--to`` for ``transfer``) and ``json_flag`` the JSON's
+    (``--to`` when ``transfer --to`` is given JSON).
     """
     from jnet2net import models
 
@@ -336,12 +384,15 @@ def model_from_args(
         try:
             overrides = json.loads(arch_json)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--arch-json is not valid JSON ({err}): {arch_json!r}") from None
+            raise ValueError(f"{json_flag} is not valid JSON ({err}): {arch_json!r}") from None
         if not isinstance(overrides, dict):
-            raise ValueError(f"--arch-json must be a JSON object, got {arch_json!r}")
+            raise ValueError(f"{json_flag} must be a JSON object, got {arch_json!r}")
     if "family" in overrides:
         config = {"num_classes": num_classes, **overrides}
-        model = models.model_from_config(config)
+        try:
+            model = models.model_from_config(config)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{json_flag}: {err}") from None
     elif arch is None:
         raise ValueError(
             f"name an architecture: {arch_flag} NAME (a preset) or --arch-json with 'family'"
@@ -352,7 +403,7 @@ def model_from_args(
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(
-                f"--arch-json: unknown {type(base).__name__} fields {unknown}; known: "
+                f"{json_flag}: unknown {type(base).__name__} fields {unknown}; known: "
                 f"{sorted(known)}"
             )
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
@@ -404,6 +455,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 def _add_grow(sub: Any) -> None:
     p = sub.add_parser(
         "grow",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["grow"],
         help="widen/deepen a checkpointed network, check it computes the same function, save it",
         description=(
             "Restore a checkpoint, grow it with Net2WiderNet (--widen) and/or Net2DeeperNet "
@@ -431,7 +484,7 @@ def _add_grow(sub: Any) -> None:
         "--deepen-hidden", metavar="N", type=int, default=None, help="new VGG hidden layer count"
     )
     p.add_argument("--noise", choices=NOISES, default="split", help="widening symmetry breaking")
-    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
+    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1, help="size of that noise")
     p.add_argument(
         "--seed", metavar="N", type=int, default=0, help="seeds the mappings and new blocks"
     )
@@ -449,8 +502,66 @@ def _add_grow(sub: Any) -> None:
         default=2,
         help="random batches to compare",
     )
+    _add_max_params(p)
     p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_grow)
+
+
+def parameter_count(text: str) -> int:
+    """An argparse ``type``: a count >= 1 written as an int or like ``2e9``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"expected a count such as 500000000 or 2e9, got {text!r}")
+    return int(value)
+
+
+def _add_max_params(p: Any) -> None:
+    from jnet2net.models.size import DEFAULT_MAX_PARAMS
+
+    p.add_argument(
+        "--max-params",
+        metavar="N",
+        type=parameter_count,
+        default=DEFAULT_MAX_PARAMS,
+        help=f"refuse a network with more parameters (default {DEFAULT_MAX_PARAMS:.0e}); it is "
+        "sized from shapes before anything is allocated",
+    )
+
+
+def check_param_limit(model: Any, input_shape: Sequence[int], limit: int, what: str) -> None:
+    """Raises ValueError when ``model`` has more than ``limit`` parameters (``--max-params``),
+    sized with ``jax.eval_shape`` before anything is allocated."""
+    from jnet2net.models.size import describe_size, param_count
+
+    count = param_count(model, tuple(input_shape))
+    if count > limit:
+        raise ValueError(
+            f"{what} {describe(model)} would have {describe_size(count)}, more than "
+            f"--max-params {limit:,}; raise --max-params to build it anyway"
+        )
+
+
+def grown_model(model: Any, widen: dict[str, Any] | None, deepen: dict[str, Any] | None) -> Any:
+    """The module ``grow_checkpoint`` would build from ``growth_kwargs``, made from its fields
+    only (VGG hidden layers added by ``hidden_depths`` take the last hidden width)."""
+    changes: dict[str, Any] = {}
+    fields = {"widths": "stage_widths", "hidden_widths": "hidden_widths"}
+    fields.update(inner_widths="inner_widths", stem_width="stem_width")
+    for key, field in fields.items():
+        if (widen or {}).get(key) is not None:
+            changes[field] = widen[key]
+    if (deepen or {}).get("depths") is not None:
+        changes["stage_depths"] = deepen["depths"]
+    hidden = (deepen or {}).get("hidden_depths")
+    widths = changes.get("hidden_widths", getattr(model, "hidden_widths", ()))
+    if hidden is not None and widths and hidden > len(widths):
+        if hidden > 10_000:
+            raise ValueError(f"--deepen-hidden {hidden}: at most 10000 hidden dense layers")
+        changes["hidden_widths"] = tuple(widths) + (widths[-1],) * (hidden - len(widths))
+    return model.clone(**changes)
 
 
 def growth_kwargs(
@@ -487,16 +598,36 @@ def growth_kwargs(
     return widen_kwargs, deepen_kwargs
 
 
-def cmd_grow(args: argparse.Namespace) -> int:
-    """``jnet2net grow``."""
-    import jax
+def check_growth_syntax(widen: str | None, widen_hidden: str | None, deepen: str | None) -> None:
+    """Raises ValueError for a malformed ``--widen``/``--widen-hidden``/``--deepen`` value,
+    before any checkpoint is read (counts are checked against the network later)."""
+    for flag, text in (("widen", widen), ("widen-hidden", widen_hidden)):
+        if text is not None and _multiplier(text.strip()) is None:
+            _int_list(text.strip(), flag)
+    if deepen is not None:
+        text = deepen.strip()
+        _int_list(text[1:] if text.startswith("+") else text, "deepen")
 
-    from jnet2net import checkpoint
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    """``jnet2net grow``: flags first, then ``--out`` (locked while written), then the teacher."""
+    from jnet2net import rundir
 
     sizes = (args.widen, args.widen_hidden, args.deepen, args.deepen_hidden)
     if all(size is None for size in sizes):
         raise ValueError("nothing to grow: pass --widen and/or --deepen")
+    check_growth_syntax(args.widen, args.widen_hidden, args.deepen)
     check_out(args.out)
+    with rundir.locked(args.out):
+        return grow_run(args)
+
+
+def grow_run(args: argparse.Namespace) -> int:
+    """Runs ``jnet2net grow`` once its flags are checked and ``--out`` is locked."""
+    import jax
+
+    from jnet2net import checkpoint
+
     info = checkpoint.checkpoint_info(args.source, step=args.step)
     print(f"teacher {info.path}: {describe(info.model)}, step {info.step}")
     widen, deepen = growth_kwargs(
@@ -508,6 +639,8 @@ def cmd_grow(args: argparse.Namespace) -> int:
         noise=args.noise,
         noise_scale=args.noise_scale,
     )
+    student = grown_model(info.model, widen, deepen)
+    check_param_limit(student, info.input_shape, args.max_params, "the grown network")
     grown = checkpoint.grow_checkpoint(
         args.source,
         args.out,
@@ -580,7 +713,11 @@ TRAIN_FLAGS = {
     "dtype": "compute_dtype",
     "seed": "seed",
     "progress": "progress",
+    "max_steps": "max_steps",
+    "eval_every_steps": "eval_every_steps",
 }
+#: ``TrainConfig`` fields that a resumed run may change (``max_steps`` is not kept).
+RESUME_FIELDS = ("epochs", "progress", "max_steps", "eval_every_steps")
 #: Augmentation when --augment is not given (flipping digits changes their meaning).
 DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
 
@@ -588,13 +725,15 @@ DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["train"],
         help="train a network (new, resumed, or from a grown checkpoint)",
         description=(
             "Train a network and write a checkpoint every epoch plus metrics.jsonl into --out. "
             "The network is a preset (--arch, --arch-json, --width-mult), the variables of "
             "a checkpoint (--from, e.g. one written by 'jnet2net grow'), or, with --resume, the "
             "run already in --out, which continues where it stopped with its saved config "
-            "(only --epochs may change). Unset training flags take TrainConfig's defaults."
+            "(only --epochs, --max-steps, --eval-every-steps and --progress may change)."
         ),
     )
     arch = p.add_argument_group("network")
@@ -622,26 +761,78 @@ def _add_train(sub: Any) -> None:
         help="start from this checkpoint's variables",
     )
     _add_data_args(p)
-    t = p.add_argument_group("training (defaults: jnet2net.train.TrainConfig)")
-    t.add_argument("--epochs", metavar="N", type=int, default=None)
-    t.add_argument("--batch-size", metavar="N", type=int, default=None)
-    t.add_argument("--lr", metavar="X", type=float, default=None, help="peak learning rate")
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
-    t.add_argument("--momentum", metavar="X", type=float, default=None)
-    t.add_argument("--weight-decay", metavar="X", type=float, default=None)
-    t.add_argument("--schedule", choices=("cosine", "onecycle", "constant"), default=None)
-    t.add_argument("--warmup-epochs", metavar="X", type=float, default=None)
-    t.add_argument("--label-smoothing", metavar="X", type=float, default=None)
+    t = p.add_argument_group("training (a resumed run keeps its own)")
+    t.add_argument("--epochs", metavar="N", type=int, default=None, help=_config_help("epochs"))
+    t.add_argument(
+        "--batch-size", metavar="N", type=int, default=None, help=_config_help("batch_size")
+    )
+    t.add_argument(
+        "--lr", metavar="X", type=float, default=None, help=_config_help("learning_rate")
+    )
+    t.add_argument(
+        "--optimizer", choices=("sgd", "adamw"), default=None, help=_config_help("optimizer")
+    )
+    t.add_argument(
+        "--momentum", metavar="X", type=float, default=None, help=_config_help("momentum")
+    )
+    t.add_argument(
+        "--weight-decay", metavar="X", type=float, default=None, help=_config_help("weight_decay")
+    )
+    t.add_argument(
+        "--schedule",
+        choices=("cosine", "onecycle", "constant"),
+        default=None,
+        help=_config_help("schedule"),
+    )
+    t.add_argument(
+        "--warmup-epochs", metavar="X", type=float, default=None, help=_config_help("warmup_epochs")
+    )
+    t.add_argument(
+        "--label-smoothing",
+        metavar="X",
+        type=float,
+        default=None,
+        help=_config_help("label_smoothing"),
+    )
     t.add_argument(
         "--augment",
         choices=("crop_flip", "crop", "flip", "none"),
         default=None,
-        help="default: none for digits and mnist, else crop_flip ('crop': no flips)",
+        help="training augmentation ('crop': no flips); default: none for digits and mnist, "
+        "else crop_flip",
     )
-    t.add_argument("--crop-padding", metavar="N", type=int, default=None)
-    t.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype")
-    t.add_argument("--seed", metavar="N", type=int, default=None)
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument(
+        "--crop-padding", metavar="N", type=int, default=None, help=_config_help("crop_padding")
+    )
+    t.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help=_config_help("compute_dtype"),
+    )
+    t.add_argument("--seed", metavar="N", type=int, default=None, help=_config_help("seed"))
+    t.add_argument(
+        "--max-steps",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="stop at global step N, mid-epoch allowed (the schedule still spans --epochs; "
+        "not kept by --resume)",
+    )
+    t.add_argument(
+        "--eval-every-steps",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="also evaluate, log and save a checkpoint every N steps (default: at epoch ends)",
+    )
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar; default: a bar on a terminal, else a progress line every "
+        f"{_progress_every_s():g} s on stderr",
+    )
     sd = p.add_argument_group("training-time scale-down (Learn&Drop)")
     sd.add_argument(
         "--scale-down",
@@ -675,6 +866,7 @@ def _add_train(sub: Any) -> None:
         help="continue the run in --out; starts it when --out holds none yet, so one command "
         "serves every restart of a preemptible job",
     )
+    _add_max_params(run)
     run.add_argument(
         "--keep",
         metavar="N",
@@ -685,14 +877,45 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _config_help(field: str) -> str:
+    """A training flag's help: what it sets and the ``TrainConfig`` field's default."""
+    from jnet2net.train import TrainConfig
+
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
+    return f"{_FIELD_HELP[field]} (default: {default})"
+
+
+#: What each ``TrainConfig`` flag sets, for ``--help``.
+_FIELD_HELP = {
+    "epochs": "passes over the training set; the schedule spans them",
+    "batch_size": "global batch, a multiple of the device count",
+    "learning_rate": "peak learning rate",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
+    "momentum": "SGD momentum",
+    "weight_decay": "decay of kernels (L2 for SGD, decoupled for AdamW)",
+    "schedule": "learning-rate schedule after the warm-up",
+    "warmup_epochs": "linear warm-up from 0, in epochs (fractional allowed)",
+    "label_smoothing": "weight of the uniform distribution in the targets",
+    "crop_padding": "zero padding of the random crop, in pixels",
+    "compute_dtype": "compute dtype; parameters stay float32",
+    "seed": "seeds initialisation, data order and augmentation",
+}
+
+
+def _progress_every_s() -> float:
+    from jnet2net.train.progress import LINE_EVERY_S
+
+    return LINE_EVERY_S
+
+
 def train_config_from_args(
     args: argparse.Namespace, dataset: str, saved: dict[str, Any] | None = None
 ) -> Any:
     """The ``TrainConfig`` of a run: flags over defaults, or a resumed run's saved config.
 
     Raises:
-      ValueError: a resumed run given a flag (other than ``--epochs``/``--progress``) that
-        differs from its saved config.
+      ValueError: a resumed run given a flag (other than those of :data:`RESUME_FIELDS`)
+        that differs from its saved config.
     """
     from jnet2net.train import TrainConfig
 
@@ -707,21 +930,79 @@ def train_config_from_args(
         return TrainConfig(**given, log_path=log_path)
     config = TrainConfig.from_dict(saved)
     for field, value in given.items():
-        if field not in ("epochs", "progress") and value != getattr(config, field):
+        if field not in RESUME_FIELDS and value != getattr(config, field):
             flag = next(d for d, f in TRAIN_FLAGS.items() if f == field).replace("_", "-")
             raise ValueError(
-                f"--{flag} {value} differs from the resumed run's {field}="
-                f"{getattr(config, field)!r}; a resumed run keeps its config (only --epochs "
-                "may change): drop the flag or start a new --out"
+                f"--{flag} {value} differs from the resumed run's --{flag} "
+                f"{getattr(config, field)}; a resumed run keeps its config (only --epochs, "
+                "--max-steps, --eval-every-steps, --progress may change): drop the flag or "
+                "start a new --out"
             )
-    changes = {k: v for k, v in given.items() if k in ("epochs", "progress")}
+    changes = {k: v for k, v in given.items() if k in RESUME_FIELDS}
+    changes.setdefault("max_steps", None)
     return config.replace(**changes, log_path=log_path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``jnet2net train``."""
-    train_run(args)
+    """``jnet2net train``: holds ``--out``'s lock while it trains."""
+    from jnet2net import rundir
+
+    check_out(args.out)
+    with rundir.locked(args.out):
+        train_run(args)
     return 0
+
+
+def set_aside_damaged_checkpoints(out: pathlib.Path) -> None:
+    """Before a resume: damaged checkpoints at the end of the run are moved aside, one line
+    each on stderr, so the run continues from its newest intact checkpoint.
+
+    Raises:
+      ValueError: no checkpoint of the run is intact.
+    """
+    from jnet2net import checkpoint
+
+    moved = checkpoint.set_aside_damaged(out)
+    if not moved:
+        return
+    step = checkpoint.latest_step(out)
+    for i, (_, target, reason) in enumerate(moved):
+        then = f", resuming from step {step}" if step is not None and i == len(moved) - 1 else ""
+        print(f"{PROG} train: {reason}; moved it to {target.name}{then}", file=sys.stderr)
+    if step is None:
+        raise ValueError(
+            f"{out} holds no intact checkpoint to resume (damaged ones were moved to "
+            f"{', '.join(t.name for _, t, _ in moved)}); start a new --out"
+        )
+
+
+def check_run_log(log: pathlib.Path) -> None:
+    """Before a resume: a partial last line of ``log`` (a write cut by a kill) is dropped with
+    a line on stderr; any other unreadable line is an error naming the file and line."""
+    from jnet2net.train import repair_jsonl
+
+    if log.is_file():
+        dropped = repair_jsonl(log)
+        if dropped is not None:
+            print(
+                f"{PROG} train: dropped the partial last line of {log} (a write cut short): "
+                f"{dropped[:60]!r}",
+                file=sys.stderr,
+            )
+
+
+def check_epochs_left(info: Any, config: Any, steps_per_epoch: int, out: pathlib.Path) -> bool:
+    """Whether a resumed run has steps left; raises ValueError when ``--epochs`` ends before the
+    run's latest checkpoint (the run would do nothing)."""
+    end = config.epochs * steps_per_epoch
+    if info.step > end:
+        done = info.step / steps_per_epoch
+        raise ValueError(
+            f"--epochs {config.epochs} ends at step {end}, but the run in {out} is already at "
+            f"step {info.step} (epoch {done:g}); pass --epochs {math.ceil(done)} or more to train "
+            "on, or start a new --out"
+        )
+    return info.step < end
 
 
 def train_run(args: argparse.Namespace) -> Any:
@@ -748,6 +1029,9 @@ def train_run(args: argparse.Namespace) -> Any:
             "--from takes the architecture from the checkpoint; drop "
             "--arch/--arch-json/--width-mult"
         )
+    if resuming:
+        set_aside_damaged_checkpoints(out)
+        check_run_log(out / "metrics.jsonl")
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
     flags = _data_flags(args, out if resuming else args.source, strict=resuming)
     train_set, test_set = data.load_protocol(
@@ -758,6 +1042,7 @@ def train_run(args: argparse.Namespace) -> Any:
         train_subset=flags["train_subset"],
         seed=flags["subset_seed"],
     )
+    signals.check_interrupt()
     start_dir = out if resuming else args.source
     if start_dir is not None:
         hint = "" if resuming else "; for other classes, 'jnet2net transfer --num-classes N' first"
@@ -771,6 +1056,9 @@ def train_run(args: argparse.Namespace) -> Any:
         if info.train_config is None:
             raise ValueError(f"{info.path} has no training config to resume with")
         config = train_config_from_args(args, dataset, info.train_config)
+        if not check_epochs_left(info, config, spe, out):
+            print(f"run {out} already finished its {config.epochs} epochs (step {info.step})")
+            return None
         model = info.model
         metadata.update(info.metadata)
         metadata.pop("record", None)
@@ -792,7 +1080,9 @@ def train_run(args: argparse.Namespace) -> Any:
             model = model_from_args(
                 args.arch, args.arch_json, args.width_mult, train_set.num_classes
             )
+            check_param_limit(model, train_set.image_shape, args.max_params, "the network")
             print(f"new network: {describe(model)}")
+    signals.check_interrupt()
     growth = ()
     if resuming and "growth" in metadata:
         if args.grow_at:
@@ -806,7 +1096,9 @@ def train_run(args: argparse.Namespace) -> Any:
             raise ValueError("--grow-at starts a growth schedule; a resumed run keeps its own")
         if args.scale_down:
             raise ValueError("--grow-at and --scale-down do not combine yet; pick one")
-        growth = growth_events(model, args.grow_at, train_set.image_shape)
+        growth = growth_events(
+            model, args.grow_at, train_set.image_shape, max_params=args.max_params
+        )
         metadata["growth"] = [event.to_dict() for event in growth]
         for event in growth:
             print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
@@ -832,8 +1124,10 @@ def train_run(args: argparse.Namespace) -> Any:
     savers = [save_epoch]
 
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
-        savers[-1](state, record)
+        if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
+            savers[-1](state, record)
         print_line(format_record(record, config.epochs), config.progress)
+        signals.check_interrupt()
 
     def on_grow(new_model: Any, state: Any, record: dict[str, Any]) -> None:
         savers.append(
@@ -851,6 +1145,7 @@ def train_run(args: argparse.Namespace) -> Any:
             f"output error {record['output_error']:.1e}",
             config.progress,
         )
+        signals.check_interrupt()
 
     result = train.fit(
         model,
@@ -862,6 +1157,8 @@ def train_run(args: argparse.Namespace) -> Any:
         on_epoch_end=on_epoch_end,
         growth=growth,
         on_grow=on_grow,
+        initial_eval=variables is not None,
+        on_step=lambda step: signals.check_interrupt(),
     )
     final = checkpoint.latest_step(out)
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
@@ -902,6 +1199,7 @@ def _train_scale_down(
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
         line = format_record(record, config.epochs)
         print_line(f"{line} cut {record.get('cut')}", config.progress)
+        signals.check_interrupt()
 
     result = scale_down.fit_scale_down(
         model,
@@ -911,6 +1209,7 @@ def _train_scale_down(
         scale_config,
         variables=variables,
         on_epoch_end=on_epoch_end,
+        on_step=lambda step: signals.check_interrupt(),
     )
     summary = json.loads(json.dumps(result.summary, default=str))
     path = checkpoint.save(
@@ -973,9 +1272,11 @@ def _data_flags(
     for key, default in DATA_FLAGS.items():
         given, kept = getattr(args, key), saved.get(key, default)
         if strict and given is not None and given != kept:
+            flag = f"--{key.replace('_', '-')}"
+            theirs = f"{flag} {kept}" if kept is not None else f"data (no {flag})"
             raise ValueError(
-                f"--{key.replace('_', '-')} {given} differs from the resumed run's {key}={kept!r}; "
-                "a resumed run keeps its data"
+                f"{flag} {given} differs from the resumed run's {theirs}; a resumed run keeps "
+                "its data"
             )
         flags[key] = given if given is not None else kept
     return flags
@@ -1036,11 +1337,11 @@ def print_line(text: str, progress: bool | None) -> None:
 
 
 def format_record(record: dict[str, Any], epochs: int) -> str:
-    """``epoch 3/10 step 66 loss 0.412 acc 0.871 test 0.903 (2.1 s)``."""
-    text = (
-        f"epoch {record['epoch']}/{epochs} step {record['step']} "
-        f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-    )
+    """``epoch 3/10 step 66 loss 0.412 acc 0.871 test_loss 0.3 test_acc 0.903 (2.1 s)``;
+    a record between epoch ends shows its fractional epoch, the step-0 record no loss."""
+    text = f"epoch {record['epoch']:.4g}/{epochs} step {record['step']}"
+    if record.get("train_loss") is not None:
+        text += f" loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
     if record.get("test_acc") is not None:
         text += f" test_loss {record['test_loss']:.3f} test_acc {record['test_acc']:.3f}"
     return text + f" ({record['wall_s']:.1f} s)"
@@ -1052,6 +1353,8 @@ def format_record(record: dict[str, Any], epochs: int) -> str:
 def _add_transfer(sub: Any) -> None:
     p = sub.add_parser(
         "transfer",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["transfer"],
         help="initialise another architecture from a checkpoint (weight reuse), save it",
         description=(
             "Restore a checkpoint and build variables for another VGG/ResNet of the same "
@@ -1081,37 +1384,67 @@ def _add_transfer(sub: Any) -> None:
     p.add_argument(
         "--num-classes", metavar="N", type=int, default=None, help="default: the source's"
     )
-    p.add_argument("--depth-map", choices=("proportional", "append"), default="proportional")
-    p.add_argument("--fill", choices=("identity", "repeat"), default="identity")
-    p.add_argument("--shrink", choices=("evenly", "first", "last"), default="evenly")
-    p.add_argument("--noise", choices=NOISES, default="split")
-    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1)
-    p.add_argument("--seed", metavar="N", type=int, default=0)
+    p.add_argument(
+        "--depth-map",
+        choices=("proportional", "append"),
+        default="proportional",
+        help="where source layers go in a deeper stage: spread out, or new ones at the end",
+    )
+    p.add_argument(
+        "--fill",
+        choices=("identity", "repeat"),
+        default="identity",
+        help="new layers: identities (function kept) or copies of a source layer (not exact)",
+    )
+    p.add_argument(
+        "--shrink",
+        choices=("evenly", "first", "last"),
+        default="evenly",
+        help="which layers a shallower stage keeps: evenly spaced, the first or the last",
+    )
+    p.add_argument(
+        "--noise", choices=NOISES, default="split", help="symmetry breaking of widened units"
+    )
+    p.add_argument("--noise-scale", metavar="X", type=float, default=0.1, help="size of that noise")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seeds mappings and noise")
     p.add_argument("--report", action="store_true", help="print the per-leaf report")
+    _add_max_params(p)
     p.add_argument("--out", metavar="CKPT", required=True, help="new checkpoint directory")
     p.set_defaults(func=cmd_transfer)
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    """``jnet2net transfer``."""
+    """``jnet2net transfer``: holds ``--out``'s lock while it works."""
+    from jnet2net import checkpoint, rundir
+
+    to = args.to
+    if to is not None and to.lstrip().startswith(("{", "[")) and args.arch_json is not None:
+        raise ValueError("--to is a JSON spec: pass the architecture once, drop --arch-json")
+    check_out(args.out)
+    if checkpoint.latest_step(args.out) is not None:
+        raise ValueError(f"{args.out} already holds a checkpoint")
+    with rundir.locked(args.out):
+        return transfer_run(args)
+
+
+def transfer_run(args: argparse.Namespace) -> int:
+    """Runs ``jnet2net transfer`` once ``--out`` is checked and locked."""
     import jax
     import numpy as np
 
     from jnet2net import checkpoint, model_config, output_error
     from jnet2net.reuse import transfer
 
-    to, arch_json = args.to, args.arch_json
-    if to is not None and to.lstrip().startswith("{"):
-        if arch_json is not None:
-            raise ValueError("--to is a JSON spec: pass the architecture once, drop --arch-json")
-        to, arch_json = None, to
-    check_out(args.out)
-    if checkpoint.latest_step(args.out) is not None:
-        raise ValueError(f"{args.out} already holds a checkpoint")
-    src = checkpoint.restore(args.source, step=args.step)
-    info = checkpoint.checkpoint_info(args.source, step=src.step)
-    classes = src.model.num_classes if args.num_classes is None else args.num_classes
-    dst_model = model_from_args(to, arch_json, args.width_mult, classes, arch_flag="--to")
+    to, arch_json, json_flag = args.to, args.arch_json, "--arch-json"
+    if to is not None and to.lstrip().startswith(("{", "[")):
+        to, arch_json, json_flag = None, to, "--to"
+    info = checkpoint.checkpoint_info(args.source, step=args.step)
+    classes = info.model.num_classes if args.num_classes is None else args.num_classes
+    dst_model = model_from_args(
+        to, arch_json, args.width_mult, classes, arch_flag="--to", json_flag=json_flag
+    )
+    check_param_limit(dst_model, info.input_shape, args.max_params, "the destination")
+    src = checkpoint.restore(args.source, step=info.step)
     print(f"source {src.path}: {describe(src.model)}")
     variables, report = transfer(
         src.model,
@@ -1168,13 +1501,17 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["eval"],
         help="loss and accuracy of a checkpoint on a dataset split",
         description="Restore a checkpoint and print its loss and accuracy on a dataset split.",
     )
     _add_source_args(p)
     _add_data_args(p)
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", metavar="N", type=count_at_least(1), default=256)
+    p.add_argument("--split", metavar="NAME", default="test", help="dataset split to measure")
+    p.add_argument(
+        "--batch-size", metavar="N", type=count_at_least(1), default=256, help="eval batch"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_eval)
 
@@ -1217,6 +1554,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_plot(sub: Any) -> None:
     p = sub.add_parser(
         "plot",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["plot"],
         help="plot training curves of runs",
         description=(
             "Plot the test accuracy of runs (their metrics.jsonl) against training steps, "
@@ -1235,6 +1574,9 @@ def _add_plot(sub: Any) -> None:
             "comma-separated x axes among steps, epochs, flops (train_flops), seconds "
             "(train_s, else wall time); default: steps,seconds"
         ),
+    )
+    p.add_argument(
+        "--title", metavar="TEXT", default=None, help="figure title (default: the run labels)"
     )
     p.add_argument("--out", metavar="PNG", default="curves.png", help="default: curves.png")
     p.set_defaults(func=cmd_plot)
@@ -1260,6 +1602,13 @@ def run_log(path: str | pathlib.Path) -> pathlib.Path:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (pass run directories or JSONL logs)")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a JSONL metrics log: not UTF-8 text (byte {err.start}); pass run "
+            "directories or their metrics.jsonl"
+        ) from None
     return path
 
 
@@ -1284,7 +1633,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if pathlib.Path(args.out).is_dir():
         example = pathlib.Path(args.out) / "curves.png"
         raise ValueError(f"--out {args.out} is a directory; name the image, e.g. {example}")
-    out = plot.plot_runs([run_log(r) for r in args.runs], args.out, labels=labels, x=args.x)
+    logs = [run_log(r) for r in args.runs]
+    out = plot.plot_runs(logs, args.out, labels=labels, x=args.x, title=args.title)
     print(f"wrote {out}")
     return 0
 
@@ -1295,6 +1645,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["demo"],
         help="teacher -> grow -> student vs. scratch on the bundled digits (offline)",
         description=(
             "Train a small teacher on scikit-learn's bundled 8x8 digits, grow it wider and "
@@ -1309,7 +1661,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument(
         "--epochs", metavar="N", type=int, default=None, help="epochs of each training run"
     )
-    p.add_argument("--seed", metavar="N", type=int, default=0)
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seeds every run")
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
     p.set_defaults(func=cmd_demo)
 
@@ -1335,28 +1687,75 @@ COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
-    """How to continue an interrupted ``train`` that saved a checkpoint (else ``''``)."""
-    if args.command != "train" or getattr(args, "scale_down", False):
+def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """How to continue an interrupted ``train`` (``''`` for other commands): ``--resume``
+    after a checkpoint, else the same command again."""
+    if args.command != "train":
         return ""
     from jnet2net import checkpoint
 
     try:
         step = checkpoint.latest_step(args.out)
     except Exception:  # a hint must not hide the interrupt
-        return ""
+        step = None
+    again = f"start again with: {PROG} {shlex.join(argv)}"
+    if getattr(args, "scale_down", False):
+        if step is not None:
+            return f" after its checkpoint at step {step} was written (--scale-down runs end there)"
+        return f" (a --scale-down run saves at its end only); {again}"
     if step is None:
-        return ""
-    return (
-        f" after the checkpoint at step {step}; resume with: {PROG} train --out {args.out} --resume"
-    )
+        return f" before the first checkpoint; {again}"
+    out = shlex.quote(str(args.out))
+    return f" after the checkpoint at step {step}; resume with: {PROG} train --out {out} --resume"
+
+
+def interrupt_line(args: argparse.Namespace, argv: Sequence[str], err: BaseException) -> str:
+    """``jnet2net COMMAND: interrupted [by SIGTERM]`` and, for ``train``, how to continue."""
+    by = f" by {err.name}" if isinstance(err, signals.Interrupted) else ""
+    return f"{PROG} {args.command}: interrupted{by}{_resume_hint(args, argv)}"
+
+
+def _deferred_signals(args: argparse.Namespace, argv: Sequence[str]) -> Any:
+    """``train`` stops at safe points on SIGINT/SIGTERM (a second one stops it at once);
+    other commands keep Python's Ctrl-C."""
+    if args.command != "train":
+        return contextlib.nullcontext()
+
+    def on_repeat(signum: int) -> None:
+        line = interrupt_line(args, argv, signals.Interrupted(signum))
+        print(f"{line} (a second signal: stopped at once)", file=sys.stderr)
+
+    return signals.deferred_signals(on_repeat)
+
+
+def _drop_closed_loop_reports(report: Any) -> None:
+    """``sys.unraisablehook`` that drops the "Event loop is closed" reports Orbax's reader
+    threads print (dozens of tracebacks) after a failed read of a damaged checkpoint, whose
+    failure the command reports in one line."""
+    if isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(
+        report.exc_value
+    ):
+        return
+    sys.__unraisablehook__(report)
+
+
+#: Library names of settings -> the ``dest`` of the flag that sets them.
+FLAG_ALIASES = {field: dest for dest, field in TRAIN_FLAGS.items()}
+
+
+def error_text(err: BaseException, command_parser: argparse.ArgumentParser | None) -> str:
+    """The message of a user error, with the library's names of settings as the flags of
+    ``command_parser`` (``TrainConfig.learning_rate`` -> ``--lr``)."""
+    if command_parser is None:
+        return str(err)
+    return in_flag_terms(str(err), flag_names(command_parser, FLAG_ALIASES))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``jnet2net`` parser with one sub-parser per command."""
     from jnet2net import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Net2Net growth, weight reuse and scale-down for Flax CNNs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1373,32 +1772,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jnet2net ARGV``; returns the exit status.
 
     Errors print ``jnet2net COMMAND: error: ...`` and return 2 (argparse's status for bad
-    arguments); an interrupt returns 130. ``JNET2NET_TRACEBACK=1`` raises instead.
+    arguments); an interrupt prints one line and returns 130 (``train``: 130 for SIGINT, 143
+    for SIGTERM, see :mod:`jnet2net.signals`). ``JNET2NET_TRACEBACK=1`` raises instead, and
+    leaves the warnings of absl and matplotlib on (otherwise quiet).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser: 'jnet2net train: error: ...'
+        subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+    sys.unraisablehook = _drop_closed_loop_reports
+    if not os.environ.get(TRACEBACK_ENV):
+        quiet_third_party_logs()
     start = time.perf_counter()
     try:
-        status = args.func(args)
-    except KeyboardInterrupt:
+        with _deferred_signals(args, argv):
+            status = args.func(args)
+            signals.check_interrupt()
+    except KeyboardInterrupt as err:
         if os.environ.get(TRACEBACK_ENV):
             raise
         sys.stdout.flush()
-        print(f"{PROG} {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+        print(interrupt_line(args, argv, err), file=sys.stderr)
+        return err.status if isinstance(err, signals.Interrupted) else 130
     except Exception as err:
         if os.environ.get(TRACEBACK_ENV):
             raise
         text = (
-            str(err)
+            error_text(err, subparser(parser, args.command))
             if isinstance(err, _USER_ERRORS)
             else f"{type(err).__name__}: {err} ({TRACEBACK_ENV}=1 shows the traceback)"
         )
         sys.stdout.flush()
         print(f"{PROG} {args.command}: error: {text}", file=sys.stderr)
         return 2
-    if args.command != "plot":
-        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]")
+    if args.command != "plot":  # stderr: stdout holds results only (eval --json: JSON only)
+        print(f"[{args.command} took {time.perf_counter() - start:.1f} s]", file=sys.stderr)
     return status
 
 

@@ -60,9 +60,11 @@ def read_curve(path: str | os.PathLike, label: str | None = None) -> Curve:
 
     Records without ``test_acc`` and event records (``"event"``) are no points; growth
     events are kept in ``Curve.events``. A resumed run that appended to the log restarts
-    its ``wall_s`` clock: a record whose ``wall_s`` is smaller than the one before, or
-    that says ``"resumed": true``, starts a new segment, chained so wall time keeps
-    growing. ``train_s`` and ``train_flops`` are cumulative over resumes already.
+    its ``wall_s`` clock: a record that says ``"resumed": true`` (``fit`` marks the first
+    record of a resumed run), whose ``step`` is not past the one before, or whose
+    ``wall_s`` is smaller than the one before starts a new segment, whose clock continues
+    from the previous segment's total. ``train_s`` and ``train_flops`` are cumulative over
+    resumes already.
 
     Raises:
       ValueError: a line that is not a JSON object, or the log has no record with
@@ -77,11 +79,10 @@ def read_curve(path: str | os.PathLike, label: str | None = None) -> Curve:
     ]
     if not records:
         raise ValueError(f"{path} holds no epoch record with 'step', 'wall_s' and 'test_acc'")
-    wall, offset, previous = [], 0.0, 0.0
-    for record in records:
-        if wall and (record["wall_s"] < previous or record.get("resumed") is True):
+    wall, offset = [], 0.0
+    for i, record in enumerate(records):
+        if i and restarts(records[i - 1], record):
             offset = wall[-1]  # a resumed segment starts its clock again
-        previous = record["wall_s"]
         wall.append(offset + record["wall_s"])
     return Curve(
         label or path.stem,
@@ -93,6 +94,16 @@ def read_curve(path: str | os.PathLike, label: str | None = None) -> Curve:
         train_s=_column(records, "train_s"),
         events=tuple(r for r in every if r.get("event") == "grow"),
         source=str(path),
+    )
+
+
+def restarts(before: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether epoch ``record`` starts a new process's segment of a log, after ``before``:
+    it says ``"resumed": true``, its step is not past ``before``'s, or its clock is behind."""
+    return (
+        record.get("resumed") is True
+        or record["step"] <= before["step"]
+        or record["wall_s"] < before["wall_s"]
     )
 
 
@@ -182,6 +193,7 @@ def plot_runs(
     labels: Sequence[str] | None = None,
     *,
     x: str | Sequence[str] = DEFAULT_X,
+    title: str | None = None,
 ) -> pathlib.Path:
     """Draws test accuracy of several runs against each x axis in ``x``, one panel each.
 
@@ -192,6 +204,7 @@ def plot_runs(
       labels: one legend label per run (default: the file names).
       x: an axis of :data:`X_AXES` or several (default: steps, then seconds). Growth
         events are dotted vertical lines in their run's colour.
+      title: the figure's title (default: :func:`default_title` of the labels).
 
     Returns:
       The path of the written image.
@@ -235,6 +248,7 @@ def plot_runs(
         panel.grid(True, alpha=0.3)
     panels[0].set_ylabel("test accuracy")
     panels[-1].legend(loc="lower right", fontsize="small")
+    figure.suptitle(default_title([c.label for c in curves]) if title is None else title)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
     return out
@@ -248,3 +262,10 @@ def _x_label(x: str, curves: Sequence[Curve]) -> str:
     if walls == 0:
         return "training seconds (compiles excluded)"
     return "wall time (s)" if walls == len(curves) else "training seconds (wall time for old logs)"
+
+
+def default_title(labels: Sequence[str]) -> str:
+    """``'test accuracy: teacher vs. student'``; more than three runs are counted."""
+    if len(labels) > 3:
+        return f"test accuracy of {len(labels)} runs"
+    return "test accuracy: " + " vs. ".join(labels)

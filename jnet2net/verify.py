@@ -90,14 +90,20 @@ def output_error(
       ``(n_batches,)`` float32 relative errors.
 
     Raises:
-      ValueError: ``xs`` is not a stack of batches, a network does not run on it with its
-        variables, or the two networks' outputs differ in shape.
+      ValueError: ``xs`` is not a stack of batches or is empty (a zero in its shape), a
+        network does not run on it with its variables, or the two networks' outputs differ
+        in shape.
     """
     xs = xs if isinstance(xs, jax.Array) else jnp.asarray(np.asarray(xs))
     if xs.ndim != 5:
         raise ValueError(
             "output_error needs a stack of image batches (n_batches, batch, h, w, c), got "
             f"{xs.shape}"
+        )
+    if 0 in xs.shape:
+        raise ValueError(
+            "output_error needs at least one batch of at least one image (no inputs compare "
+            f"nothing), got xs of shape {xs.shape}"
         )
     try:
         return _errors(model_a, variables_a, model_b, variables_b, xs, train)
@@ -116,7 +122,12 @@ def assert_function_preserved(
     train: bool = False,
     rtol: float = 1e-5,
 ) -> None:
-    """Raises AssertionError unless :func:`output_error` is below ``rtol`` on every batch."""
+    """Raises AssertionError unless :func:`output_error` is below ``rtol`` on every batch.
+
+    Raises:
+      AssertionError: the outputs differ.
+      ValueError: see :func:`output_error` (e.g. an empty ``xs``, which proves nothing).
+    """
     err = np.asarray(output_error(model_a, variables_a, model_b, variables_b, xs, train=train))
     if not np.all(err < rtol):
         raise AssertionError(

@@ -121,7 +121,7 @@ def test_scaled_model_rounds_halves_up() -> None:
         ("8", r"--widths needs 2 comma-separated values \(the model has \(4, 8\)\), got '8'"),
         ("a,b", r"--widths takes comma-separated ints, got 'a,b'"),
         ("0,4", r"--widths takes positive comma-separated ints"),
-        ("-2x", r"a width multiplier must be positive, got '-2x'"),
+        ("-2x", r"a width multiplier must be a positive finite number, got '-2x'"),
         ("twox", r"a width multiplier looks like '1.5x', got 'twox'"),
         ("xx2x", r"a width multiplier looks like '1.5x', got 'xx2x'"),
         ("4,,8", r"--widths takes comma-separated ints, got '4,,8'"),
@@ -200,6 +200,26 @@ def test_resume_continues_the_same_run(teacher_run: pathlib.Path, tmp_path: path
     assert records[1]["test_acc"] == read_jsonl(teacher_run / "metrics.jsonl")[1]["test_acc"]
 
 
+def test_step_intervals_and_max_steps_resume_to_the_same_run(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run stopped by --max-steps mid-epoch, checkpointed by --eval-every-steps, resumes
+    to the uninterrupted run's state bitwise."""
+    run = tmp_path / "run"
+    args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "2", "--out", str(run)]
+    assert cli.main([*args, *TRAIN, "--eval-every-steps", "20", "--max-steps", "50"]) == 0
+    assert checkpoint.all_steps(run) == [20, 40, 44, 50]
+    out = capsys.readouterr().out
+    assert f"epoch {20 / STEPS_PER_EPOCH:.4g}/2 step 20 loss " in out
+    assert cli.main(["train", "--out", str(run), "--resume"]) == 0
+    resumed, straight = checkpoint.restore(run), checkpoint.restore(teacher_run)
+    assert resumed.step == 2 * STEPS_PER_EPOCH
+    _assert_bitwise(resumed.variables, straight.variables)
+    _assert_bitwise(resumed.opt_state, straight.opt_state)
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
+    assert steps == [20, 40, 44, 50, 60, 80, 88]
+
+
 def test_resume_into_an_empty_out_starts_the_run(
     teacher_run: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -218,7 +238,7 @@ def test_train_refusals(teacher_run: pathlib.Path, capsys: pytest.CaptureFixture
     )
     assert cli.main([*base, "--resume", "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
-    assert "--lr 0.1 differs from the resumed run's learning_rate=0.05" in err
+    assert "--lr 0.1 differs from the resumed run's --lr 0.05; a resumed run keeps" in err
     assert cli.main([*base, "--resume", "--arch", "resnet20"]) == 2
     assert "--resume continues the run in --out" in capsys.readouterr().err
 
@@ -253,6 +273,13 @@ def test_grow_then_train_from_grown(
     student = checkpoint.restore(student_dir)
     assert student.model == grown.model and student.step == STEPS_PER_EPOCH
     assert student.metadata["started_from"] == str(grown.path)
+    # The grown network's head start is the log's first record, at step 0.
+    first = read_jsonl(student_dir / "metrics.jsonl")[0]
+    taught = read_jsonl(teacher_run / "metrics.jsonl")[-1]["test_acc"]
+    assert (first["epoch"], first["step"]) == (0, 0)
+    assert first["test_acc"] == pytest.approx(taught, abs=0.02)
+    assert "epoch 0/1 step 0 test_loss " in capsys.readouterr().out
+    assert checkpoint.all_steps(student_dir) == [STEPS_PER_EPOCH]
 
 
 def test_grow_errors(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
@@ -268,7 +295,9 @@ def test_grow_errors(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) 
 
 def test_eval_matches_the_training_log(teacher_run: pathlib.Path, capsys) -> None:
     assert cli.main(["eval", "--from", str(teacher_run), "--dataset", "digits", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout is the JSON object alone
+    assert captured.out.count("\n") == 1 and "[eval took" in captured.err
     last = read_jsonl(teacher_run / "metrics.jsonl")[-1]
     assert result["step"] == last["step"] and result["examples"] == 360
     assert result["accuracy"] == pytest.approx(last["test_acc"], abs=1e-9)
@@ -306,9 +335,9 @@ def test_train_eval_and_resume_on_a_reduced_protocol(
     assert json.loads(capsys.readouterr().out.splitlines()[0])["examples"] == 500
 
     err = _error_of(["train", "--out", str(run), "--resume", "--resolution", "8"], capsys)
-    assert "--resolution 8 differs from the resumed run's resolution=4" in err
+    assert "--resolution 8 differs from the resumed run's --resolution 4" in err
     err = _error_of(["train", "--out", str(run), "--resume", "--subset-seed", "0"], capsys)
-    assert "--subset-seed 0 differs from the resumed run's subset_seed=1" in err
+    assert "--subset-seed 0 differs from the resumed run's --subset-seed 1" in err
     assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
     assert checkpoint.all_steps(run) == [steps, 2 * steps]
     assert expected.items() <= checkpoint.checkpoint_info(run).metadata.items()
@@ -325,7 +354,7 @@ def test_train_eval_and_resume_on_a_reduced_protocol(
     ("flags", "message"),
     [
         (["--resolution", "3"], "resolution 3 does not divide the image height 8"),
-        (["--train-subset", "5"], "train_subset 5 is smaller than the number of classes 10"),
+        (["--train-subset", "5"], "--train-subset 5 is smaller than the number of classes 10"),
     ],
 )
 def test_reduced_protocol_data_errors(
@@ -520,6 +549,7 @@ def test_transfer_to_a_json_spec(untrained: pathlib.Path, tmp_path: pathlib.Path
         stage_depths=(2, 1), stage_widths=(4, 8)
     )
     assert checkpoint.checkpoint_info(out).input_shape == (1, 8, 8, 1)
+    assert "[transfer took" in capsys.readouterr().err  # timing goes to stderr
     argv = ["transfer", "--from", str(untrained), "--to", spec, "--arch-json", "{}"]
     err = _error_of([*argv, "--out", str(tmp_path / "x")], capsys)
     assert "--to is a JSON spec: pass the architecture once" in err
@@ -527,6 +557,10 @@ def test_transfer_to_a_json_spec(untrained: pathlib.Path, tmp_path: pathlib.Path
     argv = ["transfer", "--from", str(untrained), "--to", vgg, "--out", str(tmp_path / "v")]
     assert "a ResNet and a VGG have no layers in common" in _error_of(argv, capsys)
     assert not (tmp_path / "v").exists()
+    for bad, message in (('{"family": ', "--to is not valid JSON"), ("[1]", "--to must be a")):
+        argv = ["transfer", "--from", str(untrained), "--to", bad, "--out", str(tmp_path / "b")]
+        err = _error_of(argv, capsys)
+        assert message in err and "--arch-json" not in err
 
 
 def test_arch_json_unknown_fields_are_named() -> None:

@@ -209,6 +209,57 @@ def test_load_npz_errors_name_the_problem(tmp_path, pixels):
         data.load_npz(path, "train")
 
 
+def _damaged_pack(path, kind, images, labels):
+    """Writes a pack damaged in way ``kind`` to ``path``."""
+    pack = {f"train_{k}": v for k, v in _encoded_pack(path, images, labels).items()}
+    if kind == "offsets past the end":
+        pack["train_offsets"] = pack["train_offsets"] * 3
+    elif kind == "shifted offsets":
+        pack["train_offsets"][2] += 7
+    elif kind == "object array":
+        pack["train_labels"] = np.array([object()] * len(labels), dtype=object)
+    if kind == "one npy array":
+        with open(path, "wb") as f:
+            np.save(f, images)
+        return
+    np.savez(path, **pack)
+    good = path.read_bytes()
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes())
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "flipped byte":
+        damaged = bytearray(good)
+        damaged[200] ^= 0xFF  # inside the first member's data: its CRC no longer matches
+        path.write_bytes(bytes(damaged))
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [
+        ("random bytes", r"is not a readable \.npz pack \(neither a zip archive nor an \.npy"),
+        ("truncated", r"is not a readable \.npz pack \(File is not a zip file\)"),
+        ("empty", r"is not a readable \.npz pack"),
+        ("flipped byte", r"'train_jpeg' cannot be read \(BadZipFile: Bad CRC-32"),
+        ("offsets past the end", r"'train_offsets' must rise strictly .* run from 0 to \d+"),
+        ("shifted offsets", r"'train_jpeg': image 2 \(\d+ bytes\) is in no image format"),
+        ("object array", r"'train_labels' holds Python objects"),
+        ("one npy array", r"holds one \.npy array, not an \.npz pack"),
+    ],
+)
+def test_a_damaged_pack_is_named_in_one_line(tmp_path, pixels, kind, match):
+    path = tmp_path / "cifar10_jpeg.npz"
+    _damaged_pack(path, kind, *pixels)
+    with pytest.raises(ValueError, match=match) as caught:
+        data.load_npz(path, "train")
+    message = str(caught.value)
+    assert message.startswith(str(path)) and "\n" not in message and "0x" not in message
+    with pytest.raises(ValueError, match=match):
+        data.load("cifar10", "train", data_dir=tmp_path)
+
+
 def test_load_npz_refuses_pixels_that_are_not_bytes(tmp_path, pixels):
     """Float pixels in [0, 1] would truncate to 0 and 1 when cast to uint8."""
     images, labels = pixels

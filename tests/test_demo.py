@@ -41,6 +41,10 @@ def test_demo_quick_end_to_end(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
         assert results[name]["wall_s"] > results[name]["train_s"] > 0
         records = read_jsonl(out / name / "metrics.jsonl")
         assert records[0]["step"] == 0 and len(records) == 2
+        # One meaning of the seconds: the table's are the log's, which the plot draws.
+        assert results[name]["wall_s"] == records[-1]["wall_s"]
+        assert results[name]["train_s"] == records[-1]["train_s"]
+        assert records[0]["train_s"] == 0.0 and records[0]["wall_s"] > 0.0
     student_log = read_jsonl(out / "student" / "metrics.jsonl")
     assert student_log[0]["test_acc"] == pytest.approx(results["teacher"]["final_acc"], abs=1e-9)
 

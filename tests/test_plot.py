@@ -170,6 +170,18 @@ def test_a_resumed_flag_restarts_the_wall_clock(tmp_path):
     np.testing.assert_allclose(curve.wall_s, [10.0, 20.0, 45.0, 50.0, 54.0])
 
 
+def test_a_step_that_goes_back_restarts_the_wall_clock(tmp_path):
+    """A second run appended to the log (its clock already past the first run's total)."""
+    records = [
+        epoch_record(1, 0.1, wall_s=10.0),
+        epoch_record(2, 0.2, wall_s=20.0),
+        epoch_record(1, 0.15, wall_s=21.0),  # a restart from step 0, slower to its epoch 1
+        epoch_record(2, 0.25, wall_s=30.0),
+    ]
+    curve = plot.read_curve(write_log(tmp_path / "run.jsonl", records))
+    np.testing.assert_allclose(curve.wall_s, [10.0, 20.0, 41.0, 50.0])
+
+
 def test_plot_runs_on_chosen_x_axes(grown_log, tmp_path):
     old = write_run(tmp_path / "old.jsonl", [0.2, 0.4])
     out = plot.plot_runs([grown_log, old], tmp_path / "by.png", x=("epochs", "seconds"))

@@ -1072,7 +1072,7 @@ def test_frozen_layers_stay_bitwise_unchanged_after_growth_and_more_steps():
     model, grown = widen(small, init(small)[0], widths=(6, 8, 8), key=jax.random.key(3))
     config = train_config()  # crop + flip augmentation
     scale = dataclasses.replace(FORCED, max_stages=1)
-    at_cut, _, _ = _fit(model, config, scale, variables=grown, max_steps=7)  # cut at step 6
+    at_cut, _, _ = _fit(model, config.replace(max_steps=7), scale, variables=grown)  # cut: 6
     later, _, _ = _fit(model, config, scale, variables=grown)
     assert at_cut.cut == later.cut == 1 and at_cut.summary["steps"] == 7
     assert [r["augment"] for r in later.history] == ["crop_flip"] * 3
@@ -1120,7 +1120,11 @@ def test_vgg_without_bn_in_cache_mode_freezes_stage_after_stage():
 def test_fit_scale_down_runs_a_model_without_a_dtype_field_in_cache_mode():
     train, test = tiny_data()
     scale = dataclasses.replace(FORCED, mode="cache")
-    result = fit_scale_down(Mlp(2), train, test, train_config(augment="none"), scale)
+    seen = []
+    result = fit_scale_down(
+        Mlp(2), train, test, train_config(augment="none"), scale, on_step=seen.append
+    )
+    assert seen == list(range(result.history[-1]["step"]))  # called before every step
     assert result.cut == 1 and [r["mode"] for r in result.history] == ["nograd", "cache", "cache"]
     assert set(result.state.params) == {"hidden1", "head"}
 
@@ -1170,6 +1174,8 @@ def test_fit_scale_down_rejects_bad_arguments_before_training():
     for max_steps in (2.5, -1, True, "3"):
         with pytest.raises(ValueError, match=r"max_steps must be an int >= 0"):
             fit_scale_down(tiny_vgg(), train, test, config, FORCED, max_steps=max_steps)
+    with pytest.raises(ValueError, match=r"eval_every_steps is not supported by scale-down"):
+        fit_scale_down(tiny_vgg(), train, test, config.replace(eval_every_steps=2), FORCED)
     tight = dataclasses.replace(FORCED, target_compute=0.05)
     with pytest.raises(ValueError, match=r"target_compute=0.05 cannot be met"):
         fit_scale_down(tiny_vgg(), train, test, config, tight)

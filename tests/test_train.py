@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jnet2net import data, models, train
+from jnet2net import data, models, plot, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -80,13 +80,15 @@ def test_config_round_trips_through_json():
         ),
         ({"epochs": 0}, ValueError, "epochs must be >= 1, got 0"),
         ({"batch_size": 8.0}, TypeError, "batch_size must be an int, got 8.0"),
-        ({"learning_rate": 0.0}, ValueError, r"learning_rate must lie in \(0.0, None\]"),
-        ({"learning_rate": float("nan")}, ValueError, "learning_rate must lie in"),
+        ({"learning_rate": 0.0}, ValueError, r"learning_rate must be > 0, got 0.0"),
+        ({"learning_rate": float("nan")}, ValueError, "learning_rate must be > 0, got nan"),
         ({"learning_rate": float("inf")}, ValueError, "learning_rate must be finite, got inf"),
         ({"weight_decay": float("inf")}, ValueError, "weight_decay must be finite, got inf"),
-        ({"momentum": 1.0}, ValueError, r"momentum must lie in \[0.0, 1.0\)"),
-        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must lie in"),
-        ({"warmup_epochs": 3}, ValueError, r"warmup_epochs must lie in \[0.0, 2\]"),
+        ({"momentum": 1.0}, ValueError, r"momentum must be >= 0 and < 1, got 1.0"),
+        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must be >= 0 and < 1"),
+        ({"warmup_epochs": 3}, ValueError, r"warmup_epochs must be >= 0 and <= 2, got 3"),
+        ({"max_steps": 0}, ValueError, "max_steps must be >= 1, got 0"),
+        ({"eval_every_steps": 2.5}, TypeError, "eval_every_steps must be an int, got 2.5"),
         ({"weight_decay": "0.1"}, TypeError, "weight_decay must be a number"),
         ({"nesterov": 1}, TypeError, "nesterov must be a bool"),
         ({"progress": "yes"}, TypeError, "progress must be None or a bool"),
@@ -304,10 +306,32 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(digits, full_run, tmp_pat
     assert second.history[-1]["test_loss"] == full.history[-1]["test_loss"]
     # The caller's state is not consumed, and the resumed run appended to the log.
     assert int(saved.step) == 4 and np.isfinite(jax.tree.leaves(saved.params)[0]).all()
-    assert [r["step"] for r in train.read_jsonl(log)] == [3, 4, 6]
+    logged = train.read_jsonl(log)
+    assert [r["step"] for r in logged] == [3, 4, 6]
+    # The resumed run says so; a plot continues its clock from the first run's total.
+    assert [r.get("resumed") for r in logged] == [None, None, True]
+    curve = plot.read_curve(log)
+    assert curve.wall_s[-1] == pytest.approx(logged[1]["wall_s"] + logged[2]["wall_s"])
     # A state already at the end trains no further.
     done = train.fit(MODEL, train_set, test_set, CONFIG, state=second.state)
     assert done.history == [] and int(done.state.step) == 6
+
+
+def test_on_step_is_called_before_every_step_and_its_error_stops_the_run(digits, tmp_path):
+    train_set, test_set = digits
+    log = tmp_path / "run.jsonl"
+    seen = []
+
+    def stop_at_4(step):
+        seen.append(step)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    config = CONFIG.replace(log_path=str(log))
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(MODEL, train_set, test_set, config, on_step=stop_at_4)
+    assert seen == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in train.read_jsonl(log)] == [3]  # epoch 1 logged, then stopped
 
 
 def test_resume_drops_log_records_after_its_step(digits, tmp_path):
@@ -318,7 +342,8 @@ def test_resume_drops_log_records_after_its_step(digits, tmp_path):
     first = train.fit(MODEL, train_set, None, config, max_steps=3)
     with open(log, "a") as f:
         f.write('{"epoch": 2, "step": 6, "lost": true}\n{"epoch": 3, "st')  # torn last line
-    train.fit(MODEL, train_set, None, config, state=host_copy(first.state))
+    with pytest.warns(UserWarning, match="dropped the partial last line"):
+        train.fit(MODEL, train_set, None, config, state=host_copy(first.state))
     records = train.read_jsonl(log)
     assert [r["step"] for r in records] == [3, 6] and "lost" not in records[1]
 
@@ -553,3 +578,94 @@ def test_config_accepts_numpy_numbers_and_stores_python_ones() -> None:
     json.dumps(config.to_dict())
     with pytest.raises(TypeError, match=r"TrainConfig\.epochs must be an int"):
         train.TrainConfig(epochs=np.bool_(True))
+
+
+# --- step-based records, initial evaluation, progress lines --------------------------------
+
+
+def test_eval_every_steps_and_max_steps_resume_to_the_uninterrupted_run(digits, full_run, tmp_path):
+    train_set, test_set = digits
+    log = tmp_path / "run.jsonl"
+    config = CONFIG.replace(log_path=str(log), eval_every_steps=2, max_steps=4)
+    saved = {}
+
+    def keep(state, record):
+        saved[record["step"]] = host_copy(state)
+
+    first = train.fit(MODEL, train_set, test_set, config, on_epoch_end=keep)
+    assert [r["step"] for r in first.history] == [2, 3, 4] and sorted(saved) == [2, 3, 4]
+    mid = first.history[0]
+    assert mid["epoch"] == pytest.approx(2 / 3) and mid["test_acc"] is not None
+    assert "epoch_s" not in mid and mid["train_s"] > 0 and mid["train_flops"] > 0
+    assert int(first.state.step) == 4 and first.history[-1]["epoch"] == pytest.approx(4 / 3)
+    # Resumed from the checkpoint a record at step 2 came with: the same state as one run.
+    second = train.fit(MODEL, train_set, test_set, config.replace(max_steps=None), state=saved[2])
+    assert [r["step"] for r in second.history] == [3, 4, 6]
+    full = full_run[0]
+    chex.assert_trees_all_equal(second.state.params, full.state.params)
+    chex.assert_trees_all_equal(second.state.opt_state, full.state.opt_state)
+    records = train.read_jsonl(log)
+    assert [r["step"] for r in records] == [2, 3, 4, 6]
+    seconds = [r["train_s"] for r in records]
+    assert seconds == sorted(seconds)
+
+
+def test_initial_eval_logs_the_starting_network_at_step_0(
+    digits, full_run, tmp_path, capsys, monkeypatch
+):
+    train_set, test_set = digits
+    monkeypatch.setattr(train.progress, "LINE_EVERY_S", 0.0)
+    variables = host_copy(full_run[0].state.variables)
+    log = tmp_path / "run.jsonl"
+    config = CONFIG.replace(log_path=str(log), progress=None)
+    result = train.fit(
+        MODEL, train_set, test_set, config, variables=variables, max_steps=1, initial_eval=True
+    )
+    first = result.history[0]
+    assert (first["epoch"], first["step"], first["train_s"], first["train_flops"]) == (0, 0, 0, 0)
+    loss, accuracy = train.evaluate(MODEL, variables, test_set, batch_size=16)
+    assert first["test_acc"] == pytest.approx(accuracy)
+    assert first["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert [r["step"] for r in train.read_jsonl(log)] == [0, 1]
+    # Not a terminal: a plain progress line (every LINE_EVERY_S seconds) instead of a bar.
+    err = capsys.readouterr().err
+    assert "train ResNet step 1/1 (100%) loss " in err and " img/s" in err and "\r" not in err
+    # A resumed run does not evaluate its start again.
+    resumed = train.fit(MODEL, train_set, test_set, CONFIG, state=result.state, initial_eval=True)
+    assert [r["step"] for r in resumed.history] == [3, 6]
+
+
+def test_progress_lines_where_no_bar_is_drawn(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    assert train.progress.progress_lines_enabled(None, io.StringIO())
+    assert not train.progress.progress_lines_enabled(None, FakeTerminal())
+    assert not train.progress.progress_lines_enabled(False, io.StringIO())
+    monkeypatch.setattr(train.progress, "LINE_EVERY_S", 0.0)
+    stream = io.StringIO()
+    bar = train.ProgressBar(
+        4, desc="fit", enabled=False, lines=True, offset=2, batch_size=8, stream=stream
+    )
+    bar.update(metrics={"loss": np.float32(1.5)})
+    bar.update()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("fit step 3/6 (25%) loss 1.500 ")
+    assert lines[1].startswith("fit step 4/6 (50%) loss 1.500 ") and lines[1].endswith(" img/s")
+    monkeypatch.setattr(train.progress, "LINE_EVERY_S", 1e9)
+    quiet = train.ProgressBar(4, enabled=False, lines=True, stream=io.StringIO())
+    quiet.update(4)
+    assert quiet.stream.getvalue() == ""
+
+
+def test_divergence_advice_leaves_out_what_is_set_already():
+    text = str(train.nonfinite_loss_error(2, 3, 6, 0.5, CONFIG))
+    assert "a lower learning_rate (now 0.05)" in text
+    assert "warmup_epochs" not in text and "compute_dtype" not in text  # warm-up 0.5, float32
+    text = str(
+        train.nonfinite_loss_error(
+            1, 0, 3, 0.5, CONFIG.replace(warmup_epochs=0.0, compute_dtype="bfloat16")
+        )
+    )
+    assert text.endswith(
+        "Try a lower learning_rate (now 0.05) or warmup_epochs > 0 or compute_dtype=float32 "
+        "(now bfloat16)."
+    )

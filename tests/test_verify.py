@@ -99,6 +99,17 @@ def test_rejects_inputs_that_are_not_a_stack_of_image_batches(variables, shape):
         jnet2net.output_error(MODEL, variables, MODEL, variables, np.zeros(shape, np.float32))
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 8, 8, 3), (2, 0, 8, 8, 3), (2, 4, 0, 8, 3)])
+def test_an_empty_stack_proves_nothing_and_is_refused(variables, shape):
+    """Two different networks would otherwise pass on no inputs at all."""
+    other = _perturbed(variables, scale=1.0)
+    xs = jnp.ones(shape)
+    with pytest.raises(ValueError, match=r"at least one batch of at least one image.*\(0|, 0"):
+        jnet2net.output_error(MODEL, variables, MODEL, other, xs)
+    with pytest.raises(ValueError, match="at least one batch"):
+        jnet2net.assert_function_preserved(MODEL, variables, MODEL, other, xs)
+
+
 def test_takes_array_likes_of_any_numeric_dtype(variables):
     """Nested lists, float64 and integer images are compared like float32 arrays."""
     reference = jnet2net.output_error(MODEL, variables, MODEL, _perturbed(variables), XS)

@@ -12,6 +12,8 @@ import io
 import os
 import pathlib
 import re
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -221,48 +223,71 @@ def load_npz(
     Returns:
       The :class:`Dataset`; ``mean``/``std`` are known constants for the datasets in
       :data:`NORMALIZATION`, else the statistics of the file's ``train`` split.
+
+    Raises:
+      DatasetNotFoundError: no file at ``path``.
+      ValueError, TypeError: one line that names ``path`` and what is wrong: not an
+        ``.npz`` archive (random bytes, truncated), an array that cannot be read, offsets
+        outside the encoded bytes, an image that does not decode, wrong dtypes or shapes.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"no npz pack at {path}")
     name = name or re.sub(r"_jpeg$", "", path.stem)
-    with np.load(path) as pack:
-        keys = set(pack.files)
-        splits = sorted({k.rsplit("_", 1)[0] for k in keys if k.endswith("_labels")})
-        if split not in splits:
-            raise ValueError(f"{path} has splits {splits}, got {split!r}")
-        labels = _int_labels(pack[f"{split}_labels"], f"{split}_labels")
-        images = _npz_images(pack, split, workers)
-        class_names = tuple(str(c) for c in pack["class_names"]) if "class_names" in keys else ()
-        if name in NORMALIZATION:
-            mean, std = NORMALIZATION[name]
-        elif split != "train" and "train_labels" in keys:
-            mean, std = channel_stats(_npz_images(pack, "train", workers))
-        else:
-            mean, std = channel_stats(images)
-        label_max = max(
-            int(_int_labels(pack[f"{s}_labels"], f"{s}_labels").max(initial=0)) for s in splits
-        )
-    num_classes = len(class_names) or NUM_CLASSES.get(name, label_max + 1)
-    return Dataset(images, labels, num_classes, name, mean, std, class_names)
+    try:
+        with _open_npz(path) as pack:
+            keys = set(pack.files)
+            splits = sorted({k.rsplit("_", 1)[0] for k in keys if k.endswith("_labels")})
+            if split not in splits:
+                raise ValueError(f"{path} has splits {splits}, got {split!r}")
+            labels = _int_labels(_array(pack, f"{split}_labels"), f"{split}_labels")
+            images = _npz_images(pack, split, workers)
+            class_names = ()
+            if "class_names" in keys:
+                class_names = tuple(str(c) for c in _array(pack, "class_names"))
+            if name in NORMALIZATION:
+                mean, std = NORMALIZATION[name]
+            elif split != "train" and "train_labels" in keys:
+                mean, std = channel_stats(_npz_images(pack, "train", workers))
+            else:
+                mean, std = channel_stats(images)
+            label_max = max(
+                int(_int_labels(_array(pack, f"{s}_labels"), f"{s}_labels").max(initial=0))
+                for s in splits
+            )
+        num_classes = len(class_names) or NUM_CLASSES.get(name, label_max + 1)
+        return Dataset(images, labels, num_classes, name, mean, std, class_names)
+    except (TypeError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        kind = TypeError if isinstance(err, TypeError) else ValueError
+        raise kind(f"{path}: {err}") from None
 
 
 def decode_images(encoded: list[bytes], *, workers: int | None = None) -> np.ndarray:
     """Decodes JPEG/PNG byte strings of equal-size images to uint8 ``(n, h, w, c)``.
 
     Grey images keep one channel (1-bit ones scale to 0/255); palette, alpha and other
-    colour modes become RGB. Images deeper than 8 bits raise TypeError.
+    colour modes become RGB. Images deeper than 8 bits raise TypeError; bytes that do not
+    decode raise ValueError naming the image's index.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    def decode(data: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(_grey_or_rgb(image))
+    def decode(index: int, data: bytes) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(_grey_or_rgb(image))
+        except UnidentifiedImageError:
+            raise ValueError(
+                f"image {index} ({len(data)} bytes) is in no image format Pillow reads"
+            ) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as err:  # what Pillow raises
+            raise ValueError(f"image {index} ({len(data)} bytes) does not decode: {err}") from None
         return array[..., None] if array.ndim == 2 else array
 
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(decode, encoded, chunksize=256))
+        arrays = list(pool.map(decode, range(len(encoded)), encoded, chunksize=256))
     if not arrays:
         raise ValueError("decode_images got no images")
     shapes = {a.shape for a in arrays}
@@ -290,7 +315,7 @@ def _uint8_pixels(images: np.ndarray, key: str) -> np.ndarray:
         return images.astype(np.uint8)
     values = f" in [{images.min()}, {images.max()}]" if images.size else ""
     raise TypeError(
-        f"npz pack: '{key}' must hold pixels 0..255 as uint8 (or ints), got "
+        f"'{key}' must hold pixels 0..255 as uint8 (or ints), got "
         f"{images.dtype}{values}; convert floats in [0, 1] with "
         "np.round(x * 255).astype(np.uint8)"
     )
@@ -315,23 +340,88 @@ def _grey_or_rgb(image: Any) -> Any:
 def _int_labels(labels: np.ndarray, key: str) -> np.ndarray:
     """``labels`` if they are ints; TypeError otherwise (casting would change them)."""
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"npz pack: '{key}' must hold ints, got {labels.dtype}")
+        raise TypeError(f"'{key}' must hold ints, got {labels.dtype}")
     return labels
+
+
+#: What numpy's and zipfile's readers raise on a damaged or truncated archive.
+_UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def _open_npz(path: pathlib.Path) -> Any:
+    """``np.load(path)`` as an ``NpzFile``; ValueError naming ``path`` if it is none."""
+    try:
+        pack = np.load(path)
+    except _UNREADABLE as err:
+        reason = "neither a zip archive nor an .npy array" if "pickle" in str(err) else err
+        raise ValueError(
+            f"{path} is not a readable .npz pack ({reason}): damaged, truncated, or not "
+            "written by np.savez"
+        ) from None
+    if not isinstance(pack, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path} holds one .npy array, not an .npz pack of named arrays (np.savez)"
+        )
+    return pack
+
+
+def _array(pack: Any, key: str) -> np.ndarray:
+    """``pack[key]``; ValueError naming ``key`` when the member cannot be read."""
+    try:
+        return pack[key]
+    except _UNREADABLE as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"'{key}' holds Python objects, which are not loaded") from None
+        raise ValueError(
+            f"'{key}' cannot be read ({type(err).__name__}: {err}): the file is damaged or "
+            "truncated"
+        ) from None
 
 
 def _npz_images(pack: Any, split: str, workers: int | None) -> np.ndarray:
     if f"{split}_images" in pack.files:
-        images = _uint8_pixels(pack[f"{split}_images"], f"{split}_images")
+        images = _uint8_pixels(_array(pack, f"{split}_images"), f"{split}_images")
+        if images.ndim not in (3, 4):
+            raise ValueError(
+                f"'{split}_images' must have shape (n, h, w, c) or (n, h, w), got {images.shape}"
+            )
         return images[..., None] if images.ndim == 3 else images  # grey (n, h, w)
     if f"{split}_jpeg" not in pack.files or f"{split}_offsets" not in pack.files:
         raise ValueError(
-            f"npz pack lacks '{split}_images' or '{split}_jpeg' + '{split}_offsets'; "
+            f"the pack lacks '{split}_images' or '{split}_jpeg' + '{split}_offsets'; "
             f"it holds {sorted(pack.files)}"
         )
-    blob = pack[f"{split}_jpeg"]
-    offsets = pack[f"{split}_offsets"]
+    blob = _array(pack, f"{split}_jpeg")
+    offsets = _array(pack, f"{split}_offsets")
+    _check_offsets(offsets, blob, split)
     encoded = [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
-    return decode_images(encoded, workers=workers)
+    try:
+        return decode_images(encoded, workers=workers)
+    except ValueError as err:
+        raise ValueError(f"'{split}_jpeg': {err} (are '{split}_offsets' right?)") from None
+
+
+def _check_offsets(offsets: np.ndarray, blob: np.ndarray, split: str) -> None:
+    """Raises ValueError unless ``offsets`` rise strictly from >= 0 to at most ``blob``'s
+    end, and ``blob`` is a 1-D byte array."""
+    key = f"{split}_offsets"
+    if blob.ndim != 1 or blob.dtype != np.uint8:
+        raise ValueError(
+            f"'{split}_jpeg' must be the encoded images' bytes, uint8 of shape (bytes,), got "
+            f"{blob.dtype} {blob.shape}"
+        )
+    if offsets.ndim != 1 or len(offsets) < 2 or not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(
+            f"'{key}' must be ints of shape (n + 1,) with n >= 1, got {offsets.dtype} "
+            f"{offsets.shape}"
+        )
+    steps = np.diff(offsets)
+    if offsets[0] < 0 or offsets[-1] > blob.size or np.any(steps <= 0):
+        raise ValueError(
+            f"'{key}' must rise strictly from >= 0 to at most the {blob.size} bytes of "
+            f"'{split}_jpeg'; they run from {offsets[0]} to {offsets[-1]}"
+            + (f", image {int(np.argmax(steps <= 0))} has none" if np.any(steps <= 0) else "")
+        )
 
 
 def _npz_path(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | None:
@@ -349,8 +439,11 @@ def _npz_path(name: str, data_dir: str | os.PathLike | None) -> pathlib.Path | N
 
 
 def _not_found_message(name: str, split: str, data_dir: Any, download: bool) -> str:
-    where = data_dir if data_dir is not None else "tfds' default data_dir ($TFDS_DATA_DIR or "
-    where = f"{where})" if data_dir is None else str(where)
+    where = (
+        str(data_dir)
+        if data_dir is not None
+        else "tfds' default data dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets)"
+    )
     lines = [
         f"dataset {name!r} (split {split!r}) is not prepared under {where}.",
         "To use it offline, pass data_dir= one of:",

@@ -67,6 +67,7 @@ from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.cost import CompiledStep, compile_step, is_compiled
 from jnet2net.train.loop import (
+    call_on_step,
     check_count,
     check_fit_inputs,
     check_outputs_fit,
@@ -78,7 +79,13 @@ from jnet2net.train.loop import (
     steps_per_epoch,
 )
 from jnet2net.train.optim import make_schedule
-from jnet2net.train.progress import ProgressBar, append_jsonl, filter_jsonl, progress_enabled
+from jnet2net.train.progress import (
+    ProgressBar,
+    append_jsonl,
+    filter_jsonl,
+    progress_enabled,
+    progress_lines_enabled,
+)
 from jnet2net.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -806,6 +813,7 @@ def fit_scale_down(
     on_epoch_end: Callable[[TrainState, Record], None] | None = None,
     max_steps: int | None = None,
     resume: ScaleDownCheckpoint | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> ScaleDownResult:
     """Trains ``model`` and freezes a growing prefix of its stages on a compute budget.
 
@@ -835,6 +843,8 @@ def fit_scale_down(
       resume: continue the run that gave this checkpoint (:attr:`ScaleDownResult.
         checkpoint`) with the same data and configs: the result, records and log continue
         it bitwise (the log keeps the epochs finished before the checkpoint).
+      on_step: called as ``on_step(step)`` before each training step, as in
+        :func:`jnet2net.train.fit` (what it raises ends the run there).
 
     Returns:
       :class:`ScaleDownResult`. Each epoch record holds :func:`jnet2net.train.fit`'s fields
@@ -857,6 +867,14 @@ def fit_scale_down(
     check_fit_inputs(model, train, test, train_config)
     if max_steps is not None:
         max_steps = check_count("max_steps", max_steps, 0)
+    if train_config.max_steps is not None:
+        limit = train_config.max_steps
+        max_steps = limit if max_steps is None else min(limit, max_steps)
+    if train_config.eval_every_steps is not None:
+        raise ValueError(
+            "TrainConfig.eval_every_steps is not supported by scale-down training yet; "
+            "leave it unset (records come at epoch ends)"
+        )
     names = tuple(model.layer_names())
     cuts = candidate_cuts(model, scale_config.max_stages)
     groups = score_groups(model)
@@ -971,6 +989,8 @@ def fit_scale_down(
         max(end, 0),
         desc=f"scale-down {type(model).__name__}",
         enabled=progress_enabled(train_config.progress),
+        lines=progress_lines_enabled(train_config.progress),
+        batch_size=train_config.batch_size,
     )
 
     def step_args() -> tuple:
@@ -1025,6 +1045,8 @@ def fit_scale_down(
                         }
                     )
                     t_mark, mark = time.perf_counter(), step
+                if on_step is not None:
+                    call_on_step(on_step, step, state, None)
                 state, metrics = runner.step.call(state, *args, order, freeze_at)
                 step_metrics.append(metrics)
                 totals["train_flops"] += runner.step.flops

@@ -30,7 +30,13 @@ from jnet2net.train.loop import (
     steps_per_epoch,
 )
 from jnet2net.train.optim import decay_mask, make_optimizer, make_schedule
-from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled, read_jsonl
+from jnet2net.train.progress import (
+    ProgressBar,
+    append_jsonl,
+    progress_enabled,
+    read_jsonl,
+    repair_jsonl,
+)
 from jnet2net.train.sharding import (
     DATA_AXIS,
     batch_sharding,
@@ -102,6 +108,7 @@ __all__ = [
     "put_eval_set",
     "put_replicated",
     "read_jsonl",
+    "repair_jsonl",
     "replicated",
     "run_eval",
     "steps_per_epoch",

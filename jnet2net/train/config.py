@@ -41,7 +41,12 @@ class TrainConfig:
       crop_padding: zero padding of the random crop, in pixels.
       seed: seeds the initialisation, the data order and the augmentation.
       eval_batch_size: batch of the evaluation passes.
-      progress: show a progress bar; ``None``: only on a terminal and not when ``$CI`` is set.
+      progress: ``True``: a progress bar; ``False``: nothing; ``None``: the bar on a terminal
+        (unless ``$CI`` is set), else a plain progress line now and then (log files).
+      max_steps: stop at this global step (mid-epoch allowed), or ``None``: after ``epochs``;
+        the schedule still spans ``epochs``.
+      eval_every_steps: also evaluate and log a record every this many global steps (beside
+        the one at each epoch's end), or ``None``.
       log_path: JSONL file that receives one line per epoch, or ``None``.
     """
 
@@ -61,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 512
     progress: bool | None = None
+    max_steps: int | None = None
+    eval_every_steps: int | None = None
     log_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -69,6 +76,10 @@ class TrainConfig:
         _check_int("eval_batch_size", self.eval_batch_size, minimum=1)
         _check_int("crop_padding", self.crop_padding, minimum=0)
         _check_int("seed", self.seed, minimum=0)
+        for name in ("max_steps", "eval_every_steps"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+                object.__setattr__(self, name, int(getattr(self, name)))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
@@ -148,8 +159,20 @@ def _check_number(
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high or value != value:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"TrainConfig.{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+        raise ValueError(
+            f"TrainConfig.{name} must be {bounds_text(low, high, low_open, high_open)}, got {value}"
+        )
     if math.isinf(value):
         raise ValueError(f"TrainConfig.{name} must be finite, got {value}")
+
+
+def bounds_text(
+    low: float | None, high: float | None, low_open: bool = False, high_open: bool = False
+) -> str:
+    """``'> 0'``, ``'>= 0 and < 1'``, ``'<= 2'``: the interval as words for a message."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return " and ".join(parts) or "a number"

@@ -39,6 +39,7 @@ from jnet2net.train.progress import (
     append_jsonl,
     filter_jsonl,
     progress_enabled,
+    progress_lines_enabled,
     read_jsonl,
 )
 from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
@@ -54,16 +55,24 @@ class FitResult(NamedTuple):
 
     Attributes:
       state: the final training state (replicated over the mesh).
-      history: one record per epoch run: ``epoch`` (1-based), ``step`` (global step at its
-        end), ``wall_s`` (since ``fit`` started, compile and evaluation included),
+      history: one record per epoch run: ``epoch`` (1-based; ``step / steps_per_epoch``
+        when ``max_steps`` stops it early), ``step`` (global step at its end), ``wall_s``
+        (wall time: since ``fit`` started, compiles and evaluations included), ``train_s``
+        (training seconds: the training steps only, cumulative over resumes),
         ``epoch_s`` (this epoch's training steps), ``images_per_s`` (over those steps, the
         first step of ``fit`` left out; ``None`` when that was the epoch's only step),
         ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
         epoch's augmented batches),
         ``test_loss``, ``test_acc`` (``None`` without a test set); the first record also has
-        ``first_step_s`` (compile and run of the first step). Every record also counts
-        compute (``step_flops``, cumulative ``train_flops``, ``train_s``, ``compile_s``);
+        ``first_step_s`` (compile and run of the first step) and, when the run resumed a
+        state past step 0, ``resumed: true`` (its ``wall_s`` clock starts again). Every
+        record also counts compute (``step_flops``, cumulative ``train_flops``,
+        ``train_s``, ``compile_s``);
         growth events add ``{"event": "grow", ...}`` records to the history.
+        ``config.eval_every_steps`` adds records between epoch ends, whose ``epoch`` is
+        fractional (``step / steps_per_epoch``), without ``epoch_s``/``images_per_s`` and
+        with the epoch's means so far; ``initial_eval`` adds a first record at epoch 0,
+        step 0 (``test_loss``, ``test_acc``, zero totals).
       model: the final module (the grown one after growth events).
     """
 
@@ -293,12 +302,16 @@ def drop_later_records(log_path: str, step: int) -> None:
 def nonfinite_loss_error(
     epoch: int, lo: int, hi: int, lr: float, config: TrainConfig
 ) -> FloatingPointError:
-    """The error raised when epoch ``epoch`` (steps ``lo..hi-1``) had a non-finite loss."""
+    """The error raised when epoch ``epoch`` (steps ``lo..hi-1``) had a non-finite loss;
+    it suggests only changes to settings the config does not have already."""
+    advice = [f"a lower learning_rate (now {config.learning_rate:g})"]
+    if config.warmup_epochs == 0:
+        advice.append("warmup_epochs > 0")
+    if config.compute_dtype != "float32":
+        advice.append(f"compute_dtype=float32 (now {config.compute_dtype})")
     return FloatingPointError(
         f"training diverged: the mean training loss of epoch {epoch} (steps {lo}..{hi - 1}, "
-        f"learning rate {lr:.4g}) is not finite. Try a lower learning_rate (now "
-        f"{config.learning_rate}), warmup_epochs > 0, or compute_dtype='float32' (now "
-        f"{config.compute_dtype!r})."
+        f"learning rate {lr:.4g}) is not finite. Try {' or '.join(advice)}."
     )
 
 
@@ -318,6 +331,8 @@ def fit(
     growth_key: jax.Array | None = None,
     on_grow: Callable[[nn.Module, TrainState, Record], None] | None = None,
     precompile: bool = True,
+    initial_eval: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``train`` for ``config.epochs``, evaluating on ``test`` each epoch.
 
@@ -344,10 +359,13 @@ def fit(
         at ``state.step``. The caller's arrays stay valid.
       variables: start a fresh state (step 0) from these variables (e.g. a grown student).
       mesh: devices to train on (default: every device, axis ``'data'``).
-      on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch, e.g. to save
-        a checkpoint (copy what you keep: the next step donates ``state``'s buffers).
+      on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch and each
+        ``config.eval_every_steps`` record, e.g. to save a checkpoint (copy what you keep:
+        the next step donates ``state``'s buffers), and for the step-0 record of
+        ``initial_eval``.
       stop_at_accuracy: stop after the first epoch whose test accuracy reaches this.
-      max_steps: stop at this global step (may be mid-epoch) instead of the end.
+      max_steps: stop at this global step (may be mid-epoch) instead of the end; the
+        smaller of this and ``config.max_steps`` counts.
       growth: :class:`~jnet2net.train.Grow` events; a resumed run passes the same
         schedule (events before ``state.step`` have already happened).
       growth_key: randomness of the growth events (default: from ``config.seed``); event
@@ -356,6 +374,13 @@ def fit(
       precompile: compile every growth event's program and grown step in a background
         thread while training runs (on a zero copy of the state), so the events do not wait
         for compiles; ``False`` compiles each at its event.
+      initial_eval: a run that starts at step 0 evaluates its starting network on ``test``
+        first and logs it as a record at epoch 0, step 0 (a grown student's head start).
+      on_step: called as ``on_step(step)`` before each training step (global ``step``)
+        and a growth event at that step; what it raises (e.g.
+        :class:`jnet2net.signals.Interrupted` from :func:`jnet2net.signals.check_interrupt`)
+        ends the run there, once the device work in flight and the background compiles
+        have finished.
 
     Returns:
       :class:`FitResult` with the final state and module and the per-epoch records, also
@@ -403,7 +428,8 @@ def fit(
     check_outputs_fit(model, state.variables, train, test)
     state = put_replicated(state, mesh)
     start = int(state.step)
-    end = config.epochs * spe if max_steps is None else min(config.epochs * spe, max_steps)
+    limits = (config.epochs * spe, max_steps, config.max_steps)
+    end = min(limit for limit in limits if limit is not None)
     pending = [(i, e) for i, e in enumerate(events) if e.at_step(spe) >= start]
     planned_models(model, [e for _, e in pending], train.image_shape)  # fails before training
     totals = dict.fromkeys(TOTALS, 0.0)
@@ -466,8 +492,27 @@ def fit(
     t_start = time.perf_counter()
     first_step_s = None
     eval_step = eval_step_for(model)
+    if initial_eval and start == 0 and eval_set is not None:
+        record = {
+            "epoch": 0,
+            "step": 0,
+            **_test_metrics(eval_step, state, eval_set, mesh),
+            "wall_s": time.perf_counter() - t_start,
+            "lr": float(schedule(0)),
+            **totals,
+        }
+        history.append(record)
+        if config.log_path:
+            append_jsonl(config.log_path, record)
+        if on_epoch_end is not None:
+            on_epoch_end(state, record)
     progress = ProgressBar(
-        end - start, desc=f"train {type(model).__name__}", enabled=progress_enabled(config.progress)
+        end - start,
+        desc=f"train {type(model).__name__}",
+        enabled=progress_enabled(config.progress),
+        lines=progress_lines_enabled(config.progress),
+        offset=start,
+        batch_size=config.batch_size,
     )
     step_fn: CompiledStep | None = None
     background = None
@@ -490,8 +535,10 @@ def fit(
             t_epoch = time.perf_counter()
             step_metrics = []
             timed_steps = hi - lo
-            epoch_s = 0.0
+            epoch_s = counted_s = 0.0
             for step in range(lo, hi):
+                if on_step is not None:
+                    call_on_step(on_step, step, state, background)
                 if pending and pending[0][1].at_step(spe) == step:
                     jax.block_until_ready(state)
                     epoch_s += time.perf_counter() - t_epoch
@@ -527,18 +574,43 @@ def fit(
                     first_step_s = time.perf_counter() - t_start
                     totals["train_s"] += time.perf_counter() - t_epoch
                     t_epoch, timed_steps = time.perf_counter(), hi - lo - 1
-                progress.update()
+                progress.update(metrics=metrics)
+                every = config.eval_every_steps
+                if every is not None and (step + 1) % every == 0 and step + 1 < hi:
+                    means = epoch_means(step_metrics)
+                    elapsed = time.perf_counter() - t_epoch
+                    epoch_s, counted_s = epoch_s + elapsed, counted_s + elapsed
+                    totals["train_s"] += elapsed
+                    lr = float(schedule(step))
+                    if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
+                        raise nonfinite_loss_error(epoch + 1, lo, step + 1, lr, config)
+                    record = {
+                        "epoch": (step + 1) / spe,
+                        "step": step + 1,
+                        "wall_s": time.perf_counter() - t_start,
+                        "lr": lr,
+                        "train_loss": means["loss"],
+                        "train_acc": means["accuracy"],
+                        **_test_metrics(eval_step, state, eval_set, mesh),
+                        "step_flops": step_fn.flops,
+                        **totals,
+                    }
+                    history.append(record)
+                    if config.log_path:
+                        append_jsonl(config.log_path, record)
+                    if on_epoch_end is not None:
+                        on_epoch_end(state, record)
+                    t_epoch = time.perf_counter()
             means = epoch_means(step_metrics)
             epoch_s += time.perf_counter() - t_epoch
-            totals["train_s"] += epoch_s
+            totals["train_s"] += epoch_s - counted_s
             lr = float(schedule(hi - 1))
             if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
                 raise nonfinite_loss_error(epoch + 1, lo, hi, lr, config)
-            test_loss = test_acc = None
-            if eval_set is not None:
-                test_loss, test_acc = run_eval(eval_step, state.variables, eval_set, mesh)
+            tested = _test_metrics(eval_step, state, eval_set, mesh)
+            test_acc = tested["test_acc"]
             record: Record = {
-                "epoch": epoch + 1,
+                "epoch": epoch + 1 if hi == (epoch + 1) * spe else hi / spe,  # a stop mid-epoch
                 "step": hi,
                 "wall_s": time.perf_counter() - t_start,
                 "epoch_s": epoch_s,
@@ -548,13 +620,14 @@ def fit(
                 "lr": lr,
                 "train_loss": means["loss"],
                 "train_acc": means["accuracy"],
-                "test_loss": test_loss,
-                "test_acc": test_acc,
+                **tested,
                 "step_flops": step_fn.flops,
                 **totals,
             }
             if not any("epoch_s" in r for r in history):
                 record["first_step_s"] = first_step_s
+                if start > 0:  # its wall_s clock restarted: plots chain the segments
+                    record["resumed"] = True
             history.append(record)
             progress.update(0, note=_summary(record, config.epochs))
             if config.log_path:
@@ -568,6 +641,34 @@ def fit(
             ):
                 break
     return FitResult(state, history, model)
+
+
+def _test_metrics(
+    eval_step: Any, state: TrainState, eval_set: DeviceEvalSet | None, mesh: Mesh
+) -> Record:
+    """``{'test_loss', 'test_acc'}`` of ``state`` on ``eval_set`` (``None`` without one)."""
+    if eval_set is None:
+        return {"test_loss": None, "test_acc": None}
+    loss, accuracy = run_eval(eval_step, state.variables, eval_set, mesh)
+    return {"test_loss": loss, "test_acc": accuracy}
+
+
+def call_on_step(
+    on_step: Callable[[int], None],
+    step: int,
+    state: TrainState,
+    background: concurrent.futures.Future | None,
+) -> None:
+    """``on_step(step)``; when it raises, the steps dispatched to the device and the
+    background compiles finish first (an interpreter that exits while XLA runs them can
+    crash)."""
+    try:
+        on_step(step)
+    except BaseException:
+        jax.block_until_ready(state)
+        if background is not None:
+            concurrent.futures.wait([background])
+        raise
 
 
 #: The cumulative compute counts every record carries (and a resumed run continues).
@@ -644,7 +745,7 @@ def logged_totals(log_path: str, step: int) -> dict[str, float]:
 
 
 def _summary(record: Record, epochs: int) -> str:
-    text = f"epoch {record['epoch']}/{epochs} loss {record['train_loss']:.3f}"
+    text = f"epoch {record['epoch']:.4g}/{epochs} loss {record['train_loss']:.3f}"
     if record["test_acc"] is not None:
         text += f" test_acc {record['test_acc']:.3f}"
     return text
