@@ -489,6 +489,7 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
         "benchmarks/time_to_accuracy.py": time_to_accuracy.build_parser(),
         "experiments/progressive/run.py": progressive.build_parser(),
         "experiments/net2net/protocol.py": net2net_protocol.build_parser(),
+        "experiments/scale_down/run.py": scale_down.build_parser(),
     }
     seen = []
     for argv in invocations:
@@ -507,7 +508,10 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
         else []
     )
     expected += ["benchmarks/time_to_accuracy.py"]
-    expected += ["train", "train"] + (["benchmarks/throughput.py"] if small == "0" else [])
+    expected += ["train", "train"]
+    expected += (
+        ["experiments/scale_down/run.py", "benchmarks/throughput.py"] if small == "0" else []
+    )
     assert seen == expected
 
 
