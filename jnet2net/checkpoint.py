@@ -623,7 +623,7 @@ def _restore_state(info: CheckpointInfo, target: dict[str, Any]) -> dict[str, An
                 k: jax.tree.map(_metadata_to_abstract, stored[k]) if v is None else v
                 for k, v in target.items()
             }
-            target = jax.tree.map(_on_one_device, target)
+            target = jax.tree.map(_on_every_device, target)
             restored = manager.restore(
                 info.step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
             )[STATE]
@@ -698,11 +698,14 @@ def _quiet_absl() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _on_one_device(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    """``leaf`` placed on the first device: a checkpoint saved on other devices (another
-    device count) restores here instead of failing on Orbax's saved sharding."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+def _on_every_device(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    """``leaf`` replicated over every local device (how training holds its state): a
+    checkpoint saved on another number of devices restores here instead of failing on
+    Orbax's saved sharding, and training uses the arrays as they come (no transfer between
+    devices that a donating step could race)."""
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 def _metadata_to_abstract(leaf: Any) -> jax.ShapeDtypeStruct:

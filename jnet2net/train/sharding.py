@@ -57,10 +57,12 @@ def _put_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     """A copy of ``tree`` (arrays or numpy) replicated over ``mesh``; the input stays valid.
 
-    With several processes every process must pass the same values.
+    With several processes every process must pass the same values. Returns once the
+    copies are made: a step that donates them must not delete a buffer that a transfer to
+    another device is still reading.
     """
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: _put_leaf(x, sharding), tree)
+    return jax.block_until_ready(jax.tree.map(lambda x: _put_leaf(x, sharding), tree))
 
 
 def put_batch(tree: Any, mesh: Mesh) -> Any:
