@@ -429,31 +429,50 @@ def test_grown_checkpoint_keeps_whether_the_input_shape_was_given(tmp_path: path
         assert info.input_shape == checkpoint.checkpoint_info(teacher).input_shape
 
 
-def _flip_bytes_of_largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
-    """XORs 16 bytes in the middle of the largest file under ``state/ocdbt.process_0/d``."""
-    files = [p for p in (step_dir / "state" / "ocdbt.process_0" / "d").iterdir() if p.is_file()]
-    largest = max(files, key=lambda p: p.stat().st_size)
-    data = bytearray(largest.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
-    largest.write_bytes(bytes(data))
-    return largest
+def _data_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The state's data files: under ``state/d`` and ``state/ocdbt.process_0/d``."""
+    return [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+
+
+def _flip_bytes_of_data_files(step_dir: pathlib.Path) -> None:
+    """XORs 16 bytes in the middle of every data file of the state (which of them a restore
+    reads varies from save to save)."""
+    for path in _data_files(step_dir):
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+        path.write_bytes(bytes(data))
 
 
 def test_flipped_bytes_in_array_data_fail_the_restore(tmp_path: pathlib.Path) -> None:
-    """Flipped bytes in an array's data restore without TensorStore noticing; the checksum
-    saved beside the state names the step and the array."""
+    """Flipped bytes fail the restore in one line: TensorStore's own checks where they hit
+    compressed index blocks, the checksums saved beside the state where they hit raw data."""
     variables = _perturbed(_init(RESNET), 1)
     opt_state = optax.sgd(0.1, momentum=0.9).init(variables["params"])
     checkpoint.save(tmp_path, model=RESNET, variables=variables, step=3, opt_state=opt_state)
     assert checkpoint.checkpoint_info(tmp_path).checksums  # saved with the checkpoint
-    _flip_bytes_of_largest_data_file(tmp_path / "3")
+    _flip_bytes_of_data_files(tmp_path / "3")
+    with pytest.raises(checkpoint.CorruptCheckpointError) as info:
+        checkpoint.restore(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {tmp_path.resolve() / '3'} ")
+
+
+def test_an_array_that_differs_from_its_checksum_is_named(tmp_path: pathlib.Path) -> None:
+    variables = _perturbed(_init(RESNET), 1)
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=3)
+    arch_file = _arch_file(tmp_path / "3")
+    arch = json.loads(arch_file.read_text())
+    path = sorted(arch["checksums"])[0]
+    arch["checksums"][path][1] = "0" * 64  # as if the array's bytes had changed
+    arch_file.write_text(json.dumps(arch))
     with pytest.raises(checkpoint.CorruptCheckpointError) as info:
         checkpoint.restore(tmp_path)
     message = str(info.value)
     assert "\n" not in message
     assert f"checkpoint {tmp_path.resolve() / '3'} (step 3) is corrupt: 1 of " in message
-    assert "differ from the checksums saved with them, first state/" in message
+    assert f"differ from the checksums saved with them, first state/{path}" in message
 
 
 def test_checkpoints_without_checksums_still_restore(tmp_path: pathlib.Path) -> None:
@@ -480,10 +499,9 @@ def test_damaged_checkpoints_fail_with_one_line(
     tmp_path: pathlib.Path, damage: str, expected: str
 ) -> None:
     checkpoint.save(tmp_path, model=RESNET, variables=_init(RESNET), step=1)
-    if damage == "truncate":
-        data_dir = tmp_path / "1" / "state" / "ocdbt.process_0" / "d"
-        largest = max(data_dir.iterdir(), key=lambda p: p.stat().st_size)
-        largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    if damage == "truncate":  # every data file: which of them a restore reads varies
+        for part in _data_files(tmp_path / "1"):
+            part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     else:
         (tmp_path / "1" / damage).unlink()
     with pytest.raises(checkpoint.CorruptCheckpointError, match=expected) as info:

@@ -39,15 +39,14 @@ def _copy(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def _flip_bytes(step_dir: pathlib.Path) -> None:
-    """XORs 16 bytes in the middle of the largest data files under ``state``.
+    """XORs 16 bytes in the middle of every data file under ``state``.
 
     Which file a restore reads depends on the layout: a multi-device save keeps copies
     under ``state/d`` and ``ocdbt.process_0/d``, and small arrays sit inline in compressed
     b-tree nodes (whose own checksums fail); the raw-data case that only our checksums
     catch is in ``test_checkpoint.py``."""
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    size = max(p.stat().st_size for p in files)
-    for path in (p for p in files if p.stat().st_size == size):
+    for path in files:  # every one: which of them a restore reads varies
         data = bytearray(path.read_bytes())
         middle = len(data) // 2
         data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
