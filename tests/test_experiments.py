@@ -596,3 +596,22 @@ def test_net2net_protocol_summary_ratios_and_dip(tmp_path):
     assert (
         "| resnet/wider/b3 | 1 | 50.0 | 62.0 | 60.0 | 0.67 |" in (tmp_path / "table.md").read_text()
     )
+
+
+def test_net2net_protocol_recipe_tag_shares_scratch_and_teacher(tmp_path):
+    from experiments.net2net import protocol
+
+    runs = tmp_path / "runs"
+    _write_log(runs / "resnet_teacher_s0.jsonl", [0.4, 0.5], 2.0, 1.0)
+    _write_log(runs / "resnet_wider_scratch_b3_s0.jsonl", [0.3, 0.5, 0.6], 4.0, 1.0)
+    _write_log(runs / "resnet_wider_student_b3_s0.jsonl", [0.47, 0.60, 0.62], 4.0, 1.0)
+    name = protocol.student_name("fresh-lr0.02")
+    _write_log(runs / f"resnet_wider_{name}_b3_s0.jsonl", [0.49, 0.58, 0.59], 4.0, 1.0)
+    summary = protocol.summarize(tmp_path, teacher_epochs=2)
+    assert set(summary) == {"resnet/wider/b3", "resnet/wider[fresh-lr0.02]/b3"}
+    tagged = summary["resnet/wider[fresh-lr0.02]/b3"]["per_seed"][0]
+    assert tagged["scratch_acc"] == pytest.approx(0.6)
+    assert tagged["flops_ratio_to_target"] is None  # 0.59 never reaches 0.597
+    assert tagged["dip_pts"] == pytest.approx(100 * (0.5 - 0.49))
+    with pytest.raises(ValueError, match="--tag"):
+        protocol.student_name("a_b")

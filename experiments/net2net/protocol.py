@@ -22,7 +22,9 @@ budget, means over seeds of: final accuracies; ``flops_ratio_to_target`` and
 ``seconds_ratio_to_target`` (the student's FLOPs / seconds to first reach scratch's final
 accuracy minus 0.3 points, over scratch's own; the teacher's cost is reported beside it,
 not counted); ``dip_pts`` (teacher's accuracy minus the student's lowest test accuracy
-after growth, in points).
+after growth, in points). ``--tag NAME`` runs a student recipe variant (``--noise``,
+``--student-lr``, ``--student-warmup``) as ``student-NAME`` logs beside the default
+students, sharing their teachers and scratch runs; its rows read ``arch/change[NAME]/bB``.
 
 CPU::
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -72,11 +75,14 @@ def architectures() -> dict[str, dict[str, Any]]:
     }
 
 
-def config_for(args: argparse.Namespace, epochs: int, lr: float, seed: int, log: Any) -> Any:
+def config_for(
+    args: argparse.Namespace, epochs: int, lr: float, seed: int, log: Any, warmup: float = 0.0
+) -> Any:
     return TrainConfig(
         epochs=epochs,
         batch_size=args.batch_size,
         learning_rate=lr,
+        warmup_epochs=warmup,
         weight_decay=5e-4,
         augment="crop_flip",
         crop_padding=2 if args.protocol == "cpu" else 4,
@@ -135,20 +141,20 @@ def run_pair(
     spec = architectures()[arch]
     out = pathlib.Path(args.out) / "runs"
     train, test = data
-    for init in ("student", "scratch"):
+    for init in (student_name(args.tag), "scratch"):
         log = out / f"{arch}_{change}_{init}_b{budget}_s{seed}.jsonl"
         if finished(log, budget):
             continue
         start = time.perf_counter()
-        if init == "student":
+        warmup = 0.0
+        if init != "scratch":
             key = jax.random.key(2000 + seed)
             model, variables = grown(change, spec, spec["teacher"], teacher, key, args.noise)
-            lr = args.student_lr
+            lr, warmup = args.student_lr, args.student_warmup
         else:
             model, variables, lr = student_model(change, spec, spec["teacher"]), None, args.lr
-        result = fit(
-            model, train, test, config_for(args, budget, lr, seed, log), variables=variables
-        )
+        config = config_for(args, budget, lr, seed, log, warmup)
+        result = fit(model, train, test, config, variables=variables)
         last = result.history[-1]
         print(
             f"  {arch} {change:<6} {init:<7} b{budget:<3} s{seed} acc={last['test_acc']:.4f} "
@@ -157,11 +163,21 @@ def run_pair(
         )
 
 
+def student_name(tag: str | None) -> str:
+    """The students' name in run logs: ``student``, or ``student-<tag>`` for a recipe variant."""
+    if tag is None:
+        return "student"
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+", tag):
+        raise ValueError(f"--tag takes letters, digits, '.' and '-', got {tag!r}")
+    return f"student-{tag}"
+
+
 def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
-    """Means over seeds per (arch, change, budget) from the finished logs."""
+    """Means over seeds per (arch, change, student recipe, budget) from the finished logs."""
     rows: dict[str, Any] = {}
-    for log in sorted((out / "runs").glob("*_student_b*_s*.jsonl")):
-        arch, change, _, budget_text, seed_text = log.stem.split("_")
+    for log in sorted((out / "runs").glob("*_student*_b*_s*.jsonl")):
+        arch, change, init, budget_text, seed_text = log.stem.split("_")
+        recipe = init.partition("-")[2]
         budget, seed = int(budget_text[1:]), int(seed_text[1:])
         scratch_log = out / "runs" / f"{arch}_{change}_scratch_b{budget}_s{seed}.jsonl"
         teacher_log = out / "runs" / f"{arch}_teacher_s{seed}.jsonl"
@@ -188,7 +204,8 @@ def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
                 100 * (teacher_acc - min(r["test_acc"] for r in student)) if teacher else None
             ),
         }
-        rows.setdefault(f"{arch}/{change}/b{budget}", []).append(row)
+        name = f"{arch}/{change}[{recipe}]/b{budget}" if recipe else f"{arch}/{change}/b{budget}"
+        rows.setdefault(name, []).append(row)
     keys = (
         "student_acc",
         "scratch_acc",
@@ -265,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--student-lr", type=float, default=0.05)
+    parser.add_argument(
+        "--student-warmup", type=float, default=0.0, help="students' linear warm-up, epochs"
+    )
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="a student recipe's name: its logs are student-<tag> (scratch and teachers shared)",
+    )
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--train-subset", type=int, default=10000, help="cpu protocol only")
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
