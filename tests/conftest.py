@@ -12,10 +12,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-jnet2net-tests")  # never download
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import hypothesis
 import jax
 import pytest
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+# Property tests draw the same examples on every run (a red CI is reproducible, never luck);
+# `pytest --hypothesis-profile=explore` draws new ones.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile("ci")
 
 
 @pytest.fixture
