@@ -299,3 +299,42 @@ def test_fit_streams_a_tfds_dataset_with_random_resized_crops(tiny_tfds):
     result = train.fit(model, stream, val, config, max_steps=2)
     assert [r["step"] for r in result.history] == [2]
     assert np.isfinite(result.history[0]["train_loss"]) and result.history[0]["test_acc"] >= 0
+
+
+def test_growth_events_and_records_are_the_same_with_streaming_input(digits):
+    train_set, _ = digits
+    model = models.ResNet((1,), (3,), num_classes=10)
+    growth = (train.Grow(1, widths=(5,)),)
+    runs = {
+        kind: train.fit(
+            model, train_set, None, CONFIG.replace(input=kind), growth=growth, precompile=False
+        )
+        for kind in ("memory", "stream")
+    }
+    memory, streamed = runs["memory"], runs["stream"]
+    assert streamed.model == memory.model and streamed.model.stage_widths == (5,)
+    chex.assert_trees_all_equal(streamed.state.params, memory.state.params)
+    for a, b in zip(streamed.history, memory.history, strict=True):
+        assert set(a) == set(b)
+        # Times differ; FLOPs by the in-memory step's gather (a few hundred in millions).
+        same = [k for k in a if not k.endswith(("_s", "flops")) and k != "images_per_s"]
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+        assert a["step_flops"] == pytest.approx(b["step_flops"], rel=1e-3)
+    assert [r.get("event") for r in streamed.history] == [None, "grow", None]
+
+
+def test_stream_sets_reject_bad_fields(colour):
+    source = streaming.ArraySource(colour.images, colour.labels)
+    good = {"num_classes": 5, "name": "c", "mean": (1.0,) * 3, "std": (1.0,) * 3}
+    with pytest.raises(ValueError, match=r"image_shape must be \(h, w, c\) positive"):
+        data.StreamSet(source, image_shape=(8, 8), **good)
+    with pytest.raises(ValueError, match=r"need 3 entries \(image_shape \(8, 8, 3\)\)"):
+        data.StreamSet(source, image_shape=(8, 8, 3), **{**good, "mean": (1.0,)})
+    with pytest.raises(ValueError, match=r"crop_fraction must lie in \(0, 1\]"):
+        data.StreamSet(source, image_shape=(8, 8, 3), crop_fraction=0.0, **good)
+    with pytest.raises(TypeError, match="source must support len"):
+        data.StreamSet(object(), image_shape=(8, 8, 3), **good)
+    with pytest.raises(ValueError, match="image_size must be an int >= 1 or None, got 0"):
+        data.stream("cifar10", "train", image_size=0)
+    with pytest.raises(TypeError, match=r"train must be a jnet2net.data.Dataset, got StreamSet"):
+        train.check_fit_inputs(MODEL, data.stream_from_dataset(colour), None, CONFIG)
