@@ -555,12 +555,12 @@ def local_batches(
     crop_padding: int = 4,
     min_crop_area: float = 0.08,
     num_threads: int = 8,
-    prefetch: int = 256,
+    prefetch: int | None = None,
 ) -> Any:
     """A grain ``IterDataset`` of this process's batches of steps ``start..stop-1``.
 
     Records are read, decoded and augmented by ``num_threads`` grain threads
-    (``prefetch`` records ahead) and batched in order.
+    (``prefetch`` records ahead; default two local batches) and batched in order.
 
     Returns:
       an iterable of ``(images (hi - lo, *image_shape) uint8, labels (hi - lo,) int32)``,
@@ -579,6 +579,7 @@ def local_batches(
         key = batch_records(seed, step, len(data), batch_size, rows)[j]
         return _element(data, seed, step, lo + j, int(key), augment, crop_padding, min_crop_area)
 
+    prefetch = 2 * local if prefetch is None else prefetch
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     records = grain.MapDataset.range(start * local, stop * local).map(element)
     return records.to_iter_dataset(options).batch(local, drop_remainder=True)
@@ -668,7 +669,7 @@ def stream_batches(
     min_crop_area: float = 0.08,
     shard_options: Any = None,
     num_threads: int = 8,
-    prefetch: int = 256,
+    prefetch: int | None = None,
     device_prefetch: int = 2,
 ) -> DeviceBatches:
     """Global batches of steps ``start..stop-1`` as device arrays sharded over ``mesh``.
@@ -688,7 +689,7 @@ def stream_batches(
         ``ShardByJaxProcess(drop_remainder=True)``); checked against the rows that its
         devices hold in ``mesh``.
       num_threads: grain's reading threads.
-      prefetch: records read ahead on the host.
+      prefetch: records read ahead on the host (default: two of this process's batches).
       device_prefetch: batches transferred to the devices ahead of the step.
 
     Returns:
