@@ -343,3 +343,16 @@ def test_stream_sets_reject_bad_fields(colour):
         data.stream("cifar10", "train", image_size=0)
     with pytest.raises(TypeError, match=r"train must be a jnet2net.data.Dataset, got StreamSet"):
         train.check_fit_inputs(MODEL, data.stream_from_dataset(colour), None, CONFIG)
+
+
+def test_batches_read_in_chunks_equal_batches_read_whole(colour, monkeypatch):
+    assert [streaming.chunk_size(b) for b in (96, 100, 7, 37, 128)] == [32, 25, 7, 1, 32]
+    stream = data.stream_from_dataset(colour)
+    kwargs = {"seed": 4, "batch_size": 8, "augment": "crop_flip", "crop_padding": 2}
+    monkeypatch.setattr(streaming, "CHUNK", 3)  # 8 rows: 4 chunks of 2
+    got = list(streaming.local_batches(stream, start=0, stop=6, rows=(0, 8), **kwargs))
+    assert len(got) == 6
+    for step, (images, labels) in enumerate(got):
+        want = streaming.batch_for_step(stream, step=step, **kwargs)
+        np.testing.assert_array_equal(images, want[0])
+        np.testing.assert_array_equal(labels, want[1])
