@@ -281,6 +281,7 @@ def test_tfds_dataset_streams_and_loads_at_a_chosen_resolution(tiny_tfds):
     assert loaded.images.shape == (6, 16, 16, 3) and sorted(loaded.labels) == [0, 0, 1, 1, 2, 2]
     val = data.stream("tiny_images", "validation", data_dir=tiny_tfds, image_size=16)
     np.testing.assert_array_equal(val.to_dataset().images, loaded.images)
+    assert val.mean == stream.mean and loaded.std == stream.std  # the train split's stats
     images, labels = streaming.batch_for_step(
         stream, seed=0, step=1, batch_size=8, augment="resized_crop_flip"
     )

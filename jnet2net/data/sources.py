@@ -87,7 +87,8 @@ def load(
 
     Returns:
       The :class:`Dataset`. Its ``mean``/``std`` are the full-resolution training split's
-      statistics (known constants for tfds datasets), except with ``train_subset``: then
+      statistics (known constants for the tfds datasets of :data:`DATASETS`; other tfds
+      datasets as :func:`jnet2net.data.stream` gives them), except with ``train_subset``: then
       they are the statistics of the returned, downsampled subset. ``jnet2net.train.fit``
       normalises both sets with the training set's ``mean``/``std``; to evaluate a test
       set on its own like that, use :func:`load_protocol`, which gives it the training

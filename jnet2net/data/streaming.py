@@ -46,6 +46,9 @@ HOST_AUGMENT_STREAM = 12
 #: Images whose pixels estimate a tfds dataset's mean/std when none is known.
 STATS_SAMPLE = 256
 
+#: Records per batched read when a whole set is read into memory.
+READ_CHUNK = 256
+
 
 # --- sources ------------------------------------------------------------------------------
 
@@ -157,8 +160,12 @@ class StreamSet:
         count = len(self) if count is None else min(int(count), len(self))
         if count < 1:
             raise ValueError(f"StreamSet {self.name!r}: to_dataset needs >= 1 record")
-        pairs = [self.example(i) for i in range(count)]
-        images = np.stack([p[0] for p in pairs])
+        pairs = [
+            pair
+            for first in range(0, count, READ_CHUNK)
+            for pair in read_records(self.source, range(first, min(first + READ_CHUNK, count)))
+        ]
+        images = np.stack([fit_image(p[0], self.image_shape, self.crop_fraction) for p in pairs])
         labels = np.asarray([p[1] for p in pairs], np.int32)
         return Dataset(
             images, labels, self.num_classes, self.name, self.mean, self.std, self.class_names
@@ -210,8 +217,9 @@ def stream(
 
     Returns:
       The :class:`StreamSet`; its ``mean``/``std`` are known constants for the datasets
-      of ``jnet2net.data.NORMALIZATION``, else estimated from up to 256 records spread
-      over the split.
+      of ``jnet2net.data.NORMALIZATION``, ImageNet's for ImageNet-style names, else
+      estimated from up to 256 records spread over the ``'train'`` split (this split if
+      there is none).
 
     Raises:
       DatasetNotFoundError: the dataset is not prepared and ``download`` is False.
@@ -256,8 +264,12 @@ def stream(
         mean, std = NORMALIZATION[key]
     elif "imagenet" in key or "imagenette" in key:
         mean, std = IMAGENET_NORMALIZATION
-    else:
-        mean, std = sampled_stats(source, channels)
+    else:  # the training split's pixels, where there is one
+        try:
+            train = tfds_data_source(name, "train", data_dir=data_dir, download=False)
+        except Exception:
+            train = source
+        mean, std = sampled_stats(train, channels)
     return StreamSet(
         source,
         int(label.num_classes),
