@@ -457,14 +457,18 @@ def example_rng(seed: int, step: int, row: int) -> np.random.Generator:
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """``epoch_permutation(seed, epoch, num_examples)`` on the host: ``(n,)`` int32.
 
-    Computed on the CPU backend (the permutation is the same on every backend), cached for
-    the last few epochs; read-only.
+    Computed on the CPU backend where there is one (the permutation's sorts are stable, so
+    it is the same on every backend), cached for the last few epochs; read-only.
     """
     import jax
 
     from jnet2net.train.batches import epoch_permutation
 
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    try:
+        device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # e.g. JAX_PLATFORMS=cuda: no CPU backend
+        device = jax.local_devices()[0]
+    with jax.default_device(device):
         order = np.asarray(jax.device_get(epoch_permutation(seed, epoch, num_examples)))
     order.setflags(write=False)
     return order
