@@ -209,6 +209,25 @@ def test_resume_with_streaming_input_equals_an_uninterrupted_run(digits, memory_
     assert int(saved.step) == 4  # the caller's state is not consumed
 
 
+def test_streamed_run_checkpoints_and_resumes_from_orbax_to_the_memory_run(
+    digits, memory_run, tmp_path
+):
+    from jnet2net import checkpoint
+
+    train_set, test_set = digits
+    config = CONFIG.replace(input="stream")
+    saver = checkpoint.epoch_saver(tmp_path, MODEL, config.to_dict())
+    first = train.fit(MODEL, train_set, test_set, config, on_epoch_end=saver, max_steps=3)
+    assert checkpoint.all_steps(tmp_path) == [3]
+    fresh = train.create_train_state(MODEL, config, train_set.images, steps_per_epoch=3)
+    state, restored = checkpoint.restore_train_state(tmp_path, fresh, model=MODEL)
+    assert restored.step == 3 and restored.train_config["input"] == "stream"
+    chex.assert_trees_all_equal(state.params, first.state.params)
+    second = train.fit(MODEL, train_set, test_set, config, state=state)
+    chex.assert_trees_all_equal(second.state.params, memory_run.state.params)
+    assert second.history[-1]["test_acc"] == memory_run.history[-1]["test_acc"]
+
+
 def test_auto_input_keeps_small_sets_in_memory_and_streams_large_ones(digits, monkeypatch):
     train_set, _ = digits
     mesh = train.data_mesh()
