@@ -6,7 +6,9 @@ On the CPU protocol (CIFAR-10 downsampled to 16x16, the seeded 10k training subs
 set on every device, batches gathered on device) and ``input='stream'`` (batches read by
 the grain pipeline on the host and put on the devices each step). Both use the same
 batches and the same on-device crop-and-flip augmentation. The rate is ``fit``'s
-``images_per_s`` (the first, compiling step left out). Prints one markdown table row.
+``images_per_s`` (the first, compiling step left out). The pipeline column is the stream
+alone (host reads and transfers to the devices, no training): the rate the input can feed.
+Prints one markdown table row.
 
     python benchmarks/bench_streaming.py --data-dir /path/to/folder/with/cifar10_jpeg.npz
     python benchmarks/bench_streaming.py --data-dir ... --quick    # 3 steps: a smoke check
@@ -24,6 +26,7 @@ from typing import Any
 import jax
 
 from jnet2net import data, models, train
+from jnet2net.data import streaming
 
 
 def train_rate(model: Any, train_set: Any, config: train.TrainConfig, steps: int) -> float:
@@ -35,6 +38,20 @@ def train_rate(model: Any, train_set: Any, config: train.TrainConfig, steps: int
     seconds = sum(r["epoch_s"] for r in result.history if r.get("images_per_s"))
     images = sum(r["images_per_s"] * r["epoch_s"] for r in result.history if r.get("images_per_s"))
     return images / seconds
+
+
+def pipeline_rate(train_set: Any, batch: int, steps: int) -> float:
+    """Images per second of the stream alone: ``steps`` global batches (at least 50, so
+    the read-ahead buffers do not hide the work) read and put on the devices, the
+    pipeline's start included."""
+    steps = max(steps, 50)
+    stream = data.stream_from_dataset(train_set)
+    mesh = train.data_mesh()
+    start = time.perf_counter()
+    with streaming.stream_batches(stream, mesh, seed=0, batch_size=batch, stop=steps) as it:
+        for images, labels in it:
+            jax.block_until_ready((images, labels))
+    return steps * batch / (time.perf_counter() - start)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,12 +83,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     memory = train_rate(model, train_set, config.replace(input="memory"), steps)
     stream = train_rate(model, train_set, config.replace(input="stream"), steps)
+    pipeline = pipeline_rate(train_set, batch, steps)
     print(f"data loaded in {load_s:.1f} s; {jax.device_count()} {jax.default_backend()} device(s)")
-    print("| data | model | batch | steps | memory img/s | stream img/s | stream / memory |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| data | model | batch | steps | memory img/s | stream img/s | stream / memory "
+        "| pipeline img/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| CIFAR-10 16x16, {len(train_set)} | ResNet-20 (8,16,32) | {batch} | {steps} "
-        f"| {memory:,.0f} | {stream:,.0f} | {stream / memory:.2f} |"
+        f"| {memory:,.0f} | {stream:,.0f} | {stream / memory:.2f} | {pipeline:,.0f} |"
     )
 
 
