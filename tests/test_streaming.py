@@ -307,8 +307,9 @@ def test_tfds_dataset_streams_and_loads_at_a_chosen_resolution(tiny_tfds):
     assert images.shape == (8, 16, 16, 3) and labels.shape == (8,)
     with pytest.raises(ValueError, match=r"images of varying size .* pass image_size="):
         data.stream("tiny_images", "train", data_dir=tiny_tfds)
-    with pytest.raises(ValueError, match="unknown dataset 'no_such_set'"):
-        data.stream("no_such_set", "train", data_dir=tiny_tfds)
+    for name in ("no_such_set", "no_such_set/config:1.0.0", "a b"):
+        with pytest.raises(ValueError, match=f"unknown dataset '{name}'; known datasets: digits"):
+            data.stream(name, "train", data_dir=tiny_tfds)
 
 
 def test_fit_streams_a_tfds_dataset_with_random_resized_crops(tiny_tfds):

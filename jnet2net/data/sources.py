@@ -318,11 +318,13 @@ def decode_images(encoded: list[bytes], *, workers: int | None = None) -> np.nda
 
 
 def _check_name(name: str) -> str:
-    """``name`` lower-cased with ``_`` for ``-``; ValueError unless it is a dataset name (one
-    of :data:`DATASETS`, or a tfds name, checked when tfds is asked for it)."""
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][\w-]*(:[\w.]+)?", name):
+    """One of :data:`DATASETS` (any case, ``-`` for ``_``), or ``name`` as a tfds name
+    (``'imagenette/320px-v2'``, ``'imagenet2012:5.1.0'``; checked when tfds is asked for
+    it); ValueError for what can be neither."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][\w/-]*(:[\w.]+)?", name):
         raise ValueError(f"unknown dataset {name!r}; {_KNOWN}")
-    return name.lower().replace("-", "_")
+    known = name.lower().replace("-", "_")
+    return known if known in DATASETS else name
 
 
 _KNOWN = (
