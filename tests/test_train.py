@@ -76,7 +76,7 @@ def test_config_round_trips_through_json():
         (
             {"augment": "mixup"},
             ValueError,
-            r"augment must be one of \(.crop_flip., .crop., .flip., .none.\)",
+            r"augment must be one of \(.crop_flip., .crop., .flip., .none., .resized_crop_flip.\)",
         ),
         ({"epochs": 0}, ValueError, "epochs must be >= 1, got 0"),
         ({"batch_size": 8.0}, TypeError, "batch_size must be an int, got 8.0"),

@@ -3,6 +3,7 @@
 train = jnet2net.data.load("digits", "train")          # no download needed
 test = jnet2net.data.load("cifar10", "test", data_dir="/path/to/tfds")
 train, test = jnet2net.data.load_protocol(data_dir=...)  # CIFAR-10 16x16, 10k subset (CPU)
+imagenet = jnet2net.data.stream("imagenet2012", "train", data_dir=..., image_size=224)
 """
 
 from jnet2net.data.augment import (
@@ -26,6 +27,7 @@ from jnet2net.data.sources import (
     load_protocol,
     parse_split,
 )
+from jnet2net.data.streaming import StreamSet, stream, stream_from_dataset
 
 __all__ = [
     "DATASETS",
@@ -50,4 +52,7 @@ __all__ = [
     "random_flip",
     "shrink",
     "stratified_subset",
+    "stream",
+    "stream_from_dataset",
+    "StreamSet",
 ]

@@ -55,12 +55,16 @@ def load(
     resolution: int | None = None,
     train_subset: int | None = None,
     subset_seed: int = 0,
+    image_size: int | None = None,
+    crop_fraction: float = 0.875,
 ) -> Dataset:
     """Loads a whole split into memory as uint8 NHWC images and int32 labels.
 
     Args:
       name: one of :data:`DATASETS` (``'digits'``, ``'cifar10'``, ``'cifar100'``,
-        ``'mnist'``, ``'fashion_mnist'``).
+        ``'mnist'``, ``'fashion_mnist'``), or any tensorflow-datasets image dataset with
+        ``'image'`` and ``'label'`` features (``'imagenette'``, ``'imagenet2012'``, ...;
+        too large for memory? stream it: :func:`jnet2net.data.stream`).
       split: ``'train'`` or ``'test'``, optionally sliced: ``'train[:1000]'``,
         ``'test[-500:]'`` (tfds datasets also take tfds' percent slices).
       data_dir: a tensorflow-datasets data directory (holding ``<name>/<version>/``), a
@@ -76,10 +80,15 @@ def load(
         per class as far as possible; :func:`stratified_subset`), in the source's order.
         ``'train'`` split only (taken from the slice, if sliced).
       subset_seed: seed of the subset.
+      image_size: tfds datasets only: resize each image (shorter side to
+        ``image_size / crop_fraction``) and crop its centre ``image_size`` square; needed
+        for datasets whose images differ in size. ``None``: as stored.
+      crop_fraction: the centre crop's share of the resized shorter side.
 
     Returns:
       The :class:`Dataset`. Its ``mean``/``std`` are the full-resolution training split's
-      statistics (known constants for tfds datasets), except with ``train_subset``: then
+      statistics (known constants for the tfds datasets of :data:`DATASETS`; other tfds
+      datasets as :func:`jnet2net.data.stream` gives them), except with ``train_subset``: then
       they are the statistics of the returned, downsampled subset. ``jnet2net.train.fit``
       normalises both sets with the training set's ``mean``/``std``; to evaluate a test
       set on its own like that, use :func:`load_protocol`, which gives it the training
@@ -101,8 +110,17 @@ def load(
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_VARIABLE) or None
     if name != "digits" and _npz_path(name, data_dir) is None:
-        dataset = _load_tfds(name, split, data_dir=data_dir, download=download)
+        dataset = _load_tfds(
+            name,
+            split,
+            data_dir=data_dir,
+            download=download,
+            image_size=image_size,
+            crop_fraction=crop_fraction,
+        )
     else:
+        if image_size is not None:
+            raise ValueError(f"image_size is for tfds datasets; {name!r} is read from {data_dir}")
         base, rows = parse_split(split)
         if name == "digits":
             dataset = load_digits(base)
@@ -300,9 +318,19 @@ def decode_images(encoded: list[bytes], *, workers: int | None = None) -> np.nda
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name.lower().replace("-", "_") not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return name.lower().replace("-", "_")
+    """One of :data:`DATASETS` (any case, ``-`` for ``_``), or ``name`` as a tfds name
+    (``'imagenette/320px-v2'``, ``'imagenet2012:5.1.0'``; checked when tfds is asked for
+    it); ValueError for what can be neither."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][\w/-]*(:[\w.]+)?", name):
+        raise ValueError(f"unknown dataset {name!r}; {_KNOWN}")
+    known = name.lower().replace("-", "_")
+    return known if known in DATASETS else name
+
+
+_KNOWN = (
+    f"known datasets: {', '.join(DATASETS)}, or any tensorflow-datasets image dataset "
+    "(imagenette, imagenet2012, ...) prepared under data_dir or downloaded"
+)
 
 
 def _uint8_pixels(images: np.ndarray, key: str) -> np.ndarray:
@@ -474,13 +502,35 @@ def _import_tfds() -> Any:
     return tfds
 
 
-def _load_tfds(name: str, split: str, *, data_dir: Any, download: bool) -> Dataset:
+class _NotArrayRecord(Exception):
+    """A tfds dataset is prepared, but not in array_record format."""
+
+
+def tfds_data_source(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    tfrecord_error: bool = True,
+) -> Any:
+    """``tfds.data_source(name, split=split, ...)``: random access to a prepared split.
+
+    Raises:
+      ValueError: ``name`` is neither one of :data:`DATASETS` nor a dataset that
+        tensorflow-datasets knows or finds under ``data_dir``; or (``tfrecord_error``) it
+        is prepared in tfrecord format, which has no random access.
+      DatasetNotFoundError: the dataset is not prepared and ``download`` is False (or the
+        download failed; the message says why).
+    """
     tfds = _import_tfds()
     data_dir = None if data_dir is None else os.fspath(data_dir)
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
     except Exception as err:
         builder = _builder_or_none(tfds, name, data_dir)
+        if builder is None and name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; {_KNOWN}") from err
         if builder is None or not builder.is_prepared():
             message = _not_found_message(name, split, data_dir, download)
             if download:
@@ -488,8 +538,44 @@ def _load_tfds(name: str, split: str, *, data_dir: Any, download: bool) -> Datas
                 message += f"\ntensorflow-datasets said: {type(err).__name__}: {cause}"
             raise DatasetNotFoundError(message) from err
         if "array_record" not in str(builder.info.file_format).lower():
-            return _load_tfds_with_tensorflow(tfds, name, split, data_dir)
+            if not tfrecord_error:
+                raise _NotArrayRecord(name) from err
+            raise ValueError(
+                f"{name} is prepared in tfrecord format under {data_dir}, which has no random "
+                "access: prepare it with file_format='array_record'"
+            ) from err
         raise
+
+
+def _load_tfds(
+    name: str,
+    split: str,
+    *,
+    data_dir: Any,
+    download: bool,
+    image_size: int | None = None,
+    crop_fraction: float = 0.875,
+) -> Dataset:
+    data_dir = None if data_dir is None else os.fspath(data_dir)
+    try:
+        source = tfds_data_source(
+            name, split, data_dir=data_dir, download=download, tfrecord_error=False
+        )
+    except _NotArrayRecord:
+        return _load_tfds_with_tensorflow(_import_tfds(), name, split, data_dir)
+    shape = tuple(source.dataset_info.features["image"].shape)
+    if image_size is not None or None in shape or name not in NORMALIZATION:
+        from jnet2net.data.streaming import stream
+
+        streamed = stream(
+            name,
+            split,
+            data_dir=data_dir,
+            download=download,
+            image_size=image_size,
+            crop_fraction=crop_fraction,
+        )
+        return streamed.to_dataset()
     label = source.dataset_info.features["label"]
     rows = _read_rows(source)
     images = np.stack([np.asarray(r["image"]) for r in rows]).astype(np.uint8, copy=False)
@@ -540,9 +626,10 @@ def _load_tfds_with_tensorflow(tfds: Any, name: str, split: str, data_dir: Any) 
             "tensorflow, or prepare it with file_format='array_record'"
         ) from err
     info = tfds.builder(name, data_dir=data_dir).info.features["label"]
-    mean, std = NORMALIZATION[name]
+    images = np.asarray(images, np.uint8)
+    mean, std = NORMALIZATION[name] if name in NORMALIZATION else channel_stats(images)
     return Dataset(
-        np.asarray(images, np.uint8),
+        images,
         np.asarray(labels, np.int32),
         info.num_classes,
         name,

@@ -13,7 +13,9 @@ import numpy as np
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none", "resized_crop_flip")
+#: Where training batches come from (see ``TrainConfig.input``).
+INPUTS = ("auto", "memory", "stream")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +39,16 @@ class TrainConfig:
       compute_dtype: ``'float32'`` or ``'bfloat16'``; parameters stay float32.
       augment: ``'crop_flip'`` (random crop with ``crop_padding``, then a random
         horizontal flip), ``'crop'`` (for digits and letters, which flips would change),
-        ``'flip'`` or ``'none'``.
+        ``'flip'``, ``'none'``, or ``'resized_crop_flip'`` (ImageNet-style: a random box of
+        ``min_crop_area..1`` of the image resized to the stream's resolution, then a flip;
+        on the host, streaming input only).
       crop_padding: zero padding of the random crop, in pixels.
+      min_crop_area: smallest share of the image area that ``'resized_crop_flip'`` keeps.
+      input: ``'memory'`` (the whole training set on every device, batches gathered on
+        device), ``'stream'`` (batches read from the host by a grain pipeline, each process
+        its rows; :mod:`jnet2net.data.streaming`) or ``'auto'`` (memory for a
+        ``Dataset`` that fits comfortably on a device, else stream). Both give the same
+        batches for the same ``(seed, step)``.
       seed: seeds the initialisation, the data order and the augmentation.
       eval_batch_size: batch of the evaluation passes.
       progress: ``True``: a progress bar; ``False``: nothing; ``None``: the bar on a terminal
@@ -63,6 +73,8 @@ class TrainConfig:
     compute_dtype: str = "float32"
     augment: str = "crop_flip"
     crop_padding: int = 4
+    min_crop_area: float = 0.08
+    input: str = "auto"
     seed: int = 0
     eval_batch_size: int = 512
     progress: bool | None = None
@@ -84,6 +96,8 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("input", self.input, INPUTS)
+        _check_number("min_crop_area", self.min_crop_area, low=0.0, high=1.0, low_open=True)
         _check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
         _check_number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_number("weight_decay", self.weight_decay, low=0.0)
@@ -107,6 +121,7 @@ class TrainConfig:
             "weight_decay",
             "warmup_epochs",
             "label_smoothing",
+            "min_crop_area",
         ):
             object.__setattr__(self, name, float(getattr(self, name)))
 

@@ -6,6 +6,7 @@ Sections: inputs, device data, evaluation, the training loop.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net.data.dataset import Dataset, normalize
+from jnet2net.data.streaming import StreamSet
 from jnet2net.models.config import model_config
 from jnet2net.train.batches import epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig, restrict
@@ -32,6 +34,13 @@ from jnet2net.train.events import (
     planned_models,
     relative_output_error,
     rewarm_windows,
+)
+from jnet2net.train.inputs import (
+    as_stream,
+    batch_spec,
+    batch_train_step,
+    streams_input,
+    train_batches,
 )
 from jnet2net.train.optim import make_optimizer, make_schedule
 from jnet2net.train.progress import (
@@ -93,15 +102,20 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
-def check_fit_inputs(model: nn.Module, train: Any, test: Any, config: Any) -> None:
-    """Raises TypeError/ValueError unless the datasets, model outputs and config fit."""
+def check_fit_inputs(
+    model: nn.Module, train: Any, test: Any, config: Any, *, streams: bool = False
+) -> None:
+    """Raises TypeError/ValueError unless the datasets, model outputs and config fit
+    (``streams``: :class:`~jnet2net.data.StreamSet` s are accepted too)."""
+    kinds = (Dataset, StreamSet) if streams else (Dataset,)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     for what, data in (("train", train), ("test", test)):
         if data is None and what == "test":
             continue
-        if not isinstance(data, Dataset):
-            raise TypeError(f"{what} must be a jnet2net.data.Dataset, got {type(data).__name__}")
+        if not isinstance(data, kinds):
+            allowed = "Dataset or StreamSet" if streams else "Dataset"
+            raise TypeError(f"{what} must be a jnet2net.data.{allowed}, got {type(data).__name__}")
         classes = getattr(model, "num_classes", data.num_classes)
         if classes != data.num_classes:
             raise ValueError(
@@ -338,9 +352,11 @@ def fit(
 
     Both sets live on device whole; every step gathers its batch from the epoch's
     permutation on device, augments it and takes an optimizer step (one compile per
-    architecture, ahead of time). Data order and augmentation depend only on
-    ``(config.seed, step)``, so resuming from a state saved at step ``N`` reproduces an
-    uninterrupted run.
+    architecture, ahead of time). With ``config.input='stream'`` (or ``'auto'`` for a large
+    set or a :class:`~jnet2net.data.StreamSet`) a grain pipeline reads the same batches on
+    the host instead, each process its rows (:mod:`jnet2net.train.inputs`). Data order
+    and augmentation depend only on ``(config.seed, step)``, so resuming from a state saved
+    at step ``N`` reproduces an uninterrupted run.
 
     With ``growth``, the network grows inside the run: before the step of each
     :class:`~jnet2net.train.Grow` event the model and the whole train state grow exactly
@@ -352,8 +368,12 @@ def fit(
     Args:
       model: the network (when resuming: the architecture at ``state.step``);
         ``config.compute_dtype`` overrides its ``dtype``.
-      train: training set; its ``mean``/``std`` normalise both sets.
-      test: evaluation set, or ``None``.
+      train: training set (a :class:`~jnet2net.data.Dataset`, or a
+        :class:`~jnet2net.data.StreamSet` to stream); its ``mean``/``std`` normalise both
+        sets. ``config.input`` says whether it is held on device or streamed (the same
+        batches either way; :mod:`jnet2net.train.inputs`).
+      test: evaluation set (held on device; a ``StreamSet`` is read into memory first),
+        or ``None``.
       config: the training config.
       state: resume from this state (e.g. restored from a checkpoint): training continues
         at ``state.step``. The caller's arrays stay valid.
@@ -396,7 +416,9 @@ def fit(
     Raises:
       FloatingPointError: the loss became NaN or infinite.
     """
-    check_fit_inputs(model, train, test, config)
+    check_fit_inputs(model, train, test, config, streams=True)
+    if isinstance(test, StreamSet):
+        test = test.to_dataset()
     if state is not None and variables is not None:
         raise ValueError("pass state (to resume) or variables (to start from them), not both")
     if stop_at_accuracy is not None and not 0.0 < stop_at_accuracy <= 1.0:
@@ -407,6 +429,7 @@ def fit(
         max_steps = check_count("max_steps", max_steps, 0)
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(config.batch_size, mesh)
+    streaming = streams_input(config, train, mesh)
     spe = steps_per_epoch(len(train), config.batch_size)
     events = check_growth(growth, config.epochs, spe)
     growth_key = stream_key(config.seed, "growth") if growth_key is None else growth_key
@@ -415,8 +438,9 @@ def fit(
     windows = rewarm_windows(events, spe)
     tx = make_optimizer(config, spe, rewarm=windows)
     if state is None:
+        example = np.zeros((1, *train.image_shape), np.uint8)
         state = create_train_state(
-            model, config, train.images, variables=variables, steps_per_epoch=spe, tx=tx
+            model, config, example, variables=variables, steps_per_epoch=spe, tx=tx
         )
     elif not isinstance(state, TrainState):
         raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
@@ -440,7 +464,9 @@ def fit(
             drop_later_records(config.log_path, start)
             totals.update(logged_totals(config.log_path, start))
 
-    images, labels = put_replicated((train.images, train.labels), mesh)
+    images = labels = None  # streaming: each step gets its batch from the stream
+    if not streaming:
+        images, labels = put_replicated((train.images, train.labels), mesh)
     permutation = _permutation(mesh)
     step_config = restrict(config, STEP_FIELDS)
     eval_set = None
@@ -448,18 +474,29 @@ def fit(
         eval_set = put_eval_set(
             test, eval_batch_size(config.eval_batch_size, len(test), mesh), mesh
         )
-    held = held_batch(test if test is not None else train, train.mean, train.std)
+    held_set = test if test is not None else train
+    if isinstance(held_set, StreamSet):
+        held_set = held_set.to_dataset(HELD_BATCH)
+    held = held_batch(held_set, train.mean, train.std)
     schedule = make_schedule(config, spe, rewarm=windows)
     history: list[Record] = []
     if start >= end:
         return FitResult(state, history, model)
+    batches: Any = contextlib.nullcontext()
+    if streaming:
+        batches = train_batches(config, as_stream(train), mesh, start=start, stop=end)
 
     def compiled_for(
-        model: nn.Module, state: TrainState, order: jax.Array, *, total: str = "compile_s"
+        model: nn.Module, state: TrainState, order: Any, *, total: str = "compile_s"
     ) -> CompiledStep:
-        jitted = cached_call(_train_step, model, step_config, train.mean, train.std, spe, mesh)
-        fresh = not is_compiled(jitted, state, images, labels, order, devices=mesh.size)
-        step = compile_step(jitted, state, images, labels, order, devices=mesh.size)
+        if streaming:
+            jitted = cached_call(batch_train_step, model, step_config, train.mean, train.std, mesh)
+            data = batch_spec(train.image_shape, config.batch_size, mesh)
+        else:
+            jitted = cached_call(_train_step, model, step_config, train.mean, train.std, spe, mesh)
+            data = (images, labels, order)
+        fresh = not is_compiled(jitted, state, *data, devices=mesh.size)
+        step = compile_step(jitted, state, *data, devices=mesh.size)
         if fresh:
             totals[total] += step.compile_s
         return step
@@ -519,12 +556,12 @@ def fit(
     zero_state = None  # made before the first step donates the state's buffers
     if pending and precompile:
         zero_state = put_replicated(jax.tree.map(jnp.zeros_like, state), mesh)
-    with progress:
+    with progress, batches:
         for epoch in range(start // spe, config.epochs):
             lo, hi = max(start, epoch * spe), min(end, (epoch + 1) * spe)
             if lo >= hi:
                 break
-            order = permutation(config.seed, epoch, len(train))
+            order = None if streaming else permutation(config.seed, epoch, len(train))
             if step_fn is None:
                 step_fn = compiled_for(model, state, order)
                 if zero_state is not None:  # the events' compiles overlap training
@@ -566,7 +603,8 @@ def fit(
                     if on_grow is not None:
                         on_grow(model, state, grow_record)
                     t_epoch = time.perf_counter()
-                state, metrics = step_fn.call(state, images, labels, order)
+                data = next(batches) if streaming else (images, labels, order)
+                state, metrics = step_fn.call(state, *data)
                 step_metrics.append(metrics)
                 totals["train_flops"] += step_fn.flops
                 if first_step_s is None:  # kept out of the rates

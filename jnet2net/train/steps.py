@@ -77,8 +77,9 @@ def with_compute_dtype(model: nn.Module, compute_dtype: str | Any | None) -> nn.
 
 
 def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array) -> jax.Array:
-    """``images (n, h, w, c)`` augmented as ``config.augment`` says."""
-    if config.augment == "none":
+    """``images (n, h, w, c)`` augmented as ``config.augment`` says (``'resized_crop_flip'``
+    is done on the host by the stream, so nothing here)."""
+    if config.augment in ("none", "resized_crop_flip"):
         return images
     padding = config.crop_padding if config.augment in ("crop_flip", "crop") else 0
     return augment(key, images, crop_padding=padding, flip=config.augment != "crop")
