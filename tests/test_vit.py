@@ -6,6 +6,7 @@ mis-mapped bias or scale), images 8x8 with 4x4 patches, widths <= 16.
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import re
@@ -445,3 +446,28 @@ def test_readme_vit_block_runs_and_preserves_the_function():
     exec(compile(block, "README.md", "exec"), namespace)  # asserts the function is preserved
     big = namespace["big"]
     assert (big.embed_dim, big.num_heads, big.mlp_dim, big.depth, big.head_dim) == (32, 3, 48, 4, 8)
+
+
+def test_param_count_sizes_a_vit_from_shapes():
+    from jnet2net.models.size import param_count
+
+    for depth in (1, 2, 5):
+        model = MODEL.clone(depth=depth)
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE)))
+        expected = sum(x.size for x in jax.tree.leaves(variables["params"]))
+        assert param_count(model, IMAGE) == expected
+
+
+def test_cli_trains_a_vit_preset_and_evaluates_its_checkpoint(tmp_path, capsys):
+    from jnet2net import cli
+
+    run = str(tmp_path / "vit")
+    tiny = '{"embed_dim": 8, "depth": 1, "num_heads": 2, "mlp_dim": 8}'
+    args = ["train", "--arch", "vit_tiny", "--arch-json", tiny, "--train-subset", "64"]
+    args += ["--epochs", "1", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.001"]
+    assert cli.main([*args, "--no-progress", "--out", run]) == 0
+    out = capsys.readouterr().out
+    assert "new network: ViT(patch_size=4, embed_dim=8, depth=1, num_heads=2, mlp_dim=8)" in out
+    assert cli.main(["eval", "--from", run, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= record["accuracy"] <= 1.0
