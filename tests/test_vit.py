@@ -470,3 +470,15 @@ def test_cli_trains_a_vit_preset_and_evaluates_its_checkpoint(tmp_path, capsys):
     assert cli.main(["eval", "--from", run, "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= record["accuracy"] <= 1.0
+
+
+def test_frozen_variables_grow_into_frozen_variables():
+    from flax.core import FrozenDict, freeze
+
+    variables = freeze(random_variables(MODEL, 11))
+    wide_model, wide = jnet2net.widen(
+        MODEL, variables, key=jax.random.key(0), embed_dim=16, mlp_dim=14, noise="fresh"
+    )
+    deep_model, deep = jnet2net.deepen(wide_model, wide, depth=3, key=jax.random.key(1))
+    assert isinstance(wide, FrozenDict) and isinstance(deep, FrozenDict)
+    assert_exact(MODEL, variables, deep_model, deep)
