@@ -1,8 +1,10 @@
-"""Surgery speed: seconds to widen and to deepen ResNet-50 and VGG-16 on the CPU, after compile.
+"""Surgery speed: seconds to widen and deepen ResNet-50, VGG-16, ViT-Small on the CPU, compiled.
 
 * widen: every stage width x1.5 (ResNet-50 also its stem width; the bottleneck inner widths
-  follow the stage widths), ``noise='split'`` (the default);
-* deepen: one more block (ResNet) or conv layer (VGG) at the end of every stage.
+  follow the stage widths), ``noise='split'`` (the default); ViT-Small: embedding width x2
+  (uniform replication), MLP width x1.5 and 6 -> 9 heads;
+* deepen: one more block (ResNet) or conv layer (VGG) at the end of every stage; ViT-Small:
+  one more block.
 
 The growth is jitted with the architecture static
 (``jax.jit(jnet2net.widen, static_argnames=('model', 'widths', 'stem_width'))``), compiled by
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 import jnet2net
-from jnet2net.models import resnet50, vgg16
+from jnet2net.models import ViT, resnet50, vgg16, vit_small
 
 
 def cpu_model() -> str:
@@ -82,6 +84,27 @@ def bench(name: str, model: Any, runs: int) -> list[tuple[str, str, float, float
     return rows
 
 
+def bench_vit(name: str, model: ViT, runs: int) -> list[tuple[str, str, float, float, float]]:
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    key = jax.random.key(1)
+    sizes = {
+        "embed_dim": 2 * model.embed_dim,
+        "mlp_dim": round(1.5 * model.mlp_dim),
+        "num_heads": round(1.5 * model.num_heads),
+    }
+    widen = jax.jit(jnet2net.widen, static_argnames=("model", *sizes))
+    deepen = jax.jit(jnet2net.deepen, static_argnames=("model", "depth"))
+    depth = model.depth + 1
+    rows = []
+    first, median = timed(lambda: widen(model, variables, key=key, **sizes), runs)
+    _, eager = timed(lambda: jnet2net.widen(model, variables, key=key, **sizes), 1)
+    rows.append((name, f"widen {sizes}", first, median, eager))
+    first, median = timed(lambda: deepen(model, variables, key=key, depth=depth), runs)
+    _, eager = timed(lambda: jnet2net.deepen(model, variables, key=key, depth=depth), 1)
+    rows.append((name, f"deepen depth {model.depth} -> {depth}", first, median, eager))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed calls after the warm-up")
@@ -92,8 +115,13 @@ def main() -> None:
     )
     print("| network | growth | jit: compile + first call (s) | jit: median (s) | eager (s) |")
     print("|---|---|---|---|---|")
-    for name, model in (("ResNet-50", resnet50()), ("VGG-16", vgg16())):
-        for net, growth, first, median, eager in bench(name, model, args.runs):
+    networks = (
+        (bench, "ResNet-50", resnet50()),
+        (bench, "VGG-16", vgg16()),
+        (bench_vit, "ViT-Small", vit_small()),
+    )
+    for run, name, model in networks:
+        for net, growth, first, median, eager in run(name, model, args.runs):
             print(f"| {net} | {growth} | {first:.2f} | {median:.3f} | {eager:.2f} |", flush=True)
 
 

@@ -30,6 +30,7 @@ _EXPORTS = {
     "widening_plan": "jnet2net.grow",
     "VGG": "jnet2net.models",
     "ResNet": "jnet2net.models",
+    "ViT": "jnet2net.models",
     "model_config": "jnet2net.models",
     "model_from_config": "jnet2net.models",
     "preset": "jnet2net.models",
@@ -47,6 +48,7 @@ __all__ = [
     "ResNet",
     "TransferReport",
     "VGG",
+    "ViT",
     "apply_widening",
     "assert_function_preserved",
     "check_variables",
@@ -67,7 +69,7 @@ __all__ = [
 if TYPE_CHECKING:
     from jnet2net import models, reuse, surgery
     from jnet2net.grow import GroupMapping, apply_widening, deepen, widen, widening_plan
-    from jnet2net.models import VGG, ResNet, model_config, model_from_config, preset
+    from jnet2net.models import VGG, ResNet, ViT, model_config, model_from_config, preset
     from jnet2net.reuse import TransferReport, transfer, transfer_plan
     from jnet2net.variables import check_variables
     from jnet2net.verify import assert_function_preserved, output_error

@@ -420,6 +420,9 @@ def model_from_args(
 
 def describe(model: Any) -> str:
     """One line: family, depths, widths."""
+    if not hasattr(model, "stage_depths"):  # a ViT
+        sizes = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")
+        return f"{type(model).__name__}({', '.join(f'{k}={getattr(model, k)}' for k in sizes)})"
     parts = [f"depths={list(model.stage_depths)}", f"widths={list(model.stage_widths)}"]
     if getattr(model, "hidden_widths", ()):
         parts.append(f"hidden={list(model.hidden_widths)}")

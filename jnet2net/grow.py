@@ -27,6 +27,7 @@ from jnet2net.coupling import Member, Path, Role, UnitGroup
 from jnet2net.models.common import BN_EPSILON
 from jnet2net.models.resnet import LAST_NORM, ResNet
 from jnet2net.models.vgg import VGG
+from jnet2net.models.vit import ViT
 from jnet2net.variables import (
     FlatVariables,
     Variables,
@@ -66,10 +67,10 @@ class GroupMapping(NamedTuple):
 
 
 def _check_family(model: Any) -> None:
-    if not isinstance(model, (VGG, ResNet)):
+    if not isinstance(model, (VGG, ResNet, ViT)):
         raise TypeError(
-            f"jnet2net grows VGG and ResNet modules, got {type(model).__name__}; for other "
-            "networks compose the ops in jnet2net.surgery"
+            f"jnet2net grows VGG, ResNet and ViT modules, got {type(model).__name__}; for "
+            "other networks compose the ops in jnet2net.surgery"
         )
 
 
@@ -437,6 +438,9 @@ def widen(
     stem_width: int | None = None,
     noise: Noise = "split",
     noise_scale: float = 0.1,
+    embed_dim: int | None = None,
+    mlp_dim: int | None = None,
+    num_heads: int | None = None,
 ) -> tuple[nn.Module, Variables]:
     """Net2WiderNet: a wider network computing the same function.
 
@@ -446,7 +450,7 @@ def widen(
     replicated too, so the result is exact in eval *and* train mode.
 
     Args:
-      model: a ``VGG`` or ``ResNet``.
+      model: a ``VGG``, ``ResNet`` or ``ViT``.
       variables: ``{'params': ..., 'batch_stats': ...}`` of ``model``.
       key: randomness for the mappings and the noise: ``jax.random.key(seed)`` or a raw
         ``jax.random.PRNGKey(seed)``.
@@ -468,6 +472,10 @@ def widen(
         finite number ``>= 0``. Split shares cancel up to float32 rounding that grows with
         the scale: exact (< 1e-5) up to ``MAX_EXACT_SPLIT_SCALE`` (2.0), ~3e-4 at 100.
         Ignored by ``'fresh'``: new units take the initialiser's own scale.
+      embed_dim: new ViT embedding width, a multiple of the old one (uniform replication
+        keeps its LayerNorms exact); see :mod:`jnet2net.grow_vit`.
+      mlp_dim: new ViT MLP width of every block.
+      num_heads: new ViT head count of every block (each head keeps its width).
 
     Returns:
       ``(new_model, new_variables)``.
@@ -477,6 +485,17 @@ def widen(
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
     check_key("widen", key)
     check_noise_scale(noise_scale)
+    vit_sizes = {"embed_dim": embed_dim, "mlp_dim": mlp_dim, "num_heads": num_heads}
+    cnn_sizes = {"widths": widths, "hidden_widths": hidden_widths}
+    cnn_sizes.update(inner_widths=inner_widths, stem_width=stem_width)
+    from jnet2net import grow_vit  # it builds on this module
+
+    if isinstance(model, ViT):
+        grow_vit.reject_sizes(model, cnn_sizes, allowed=grow_vit.WIDEN_SIZES)
+        return grow_vit.widen_vit(
+            model, variables, key=key, noise=noise, noise_scale=noise_scale, **vit_sizes
+        )
+    grow_vit.reject_sizes(model, vit_sizes, allowed=tuple(cnn_sizes))
     new_model = _widened_model(model, widths, hidden_widths, inner_widths, stem_width)
     check_variables(model, variables)
     # Two independent keys: the mapping's and the noise's ('fresh': the wide init's; its
@@ -602,6 +621,7 @@ def deepen(
     hidden_depths: int | None = None,
     key: jax.Array | None = None,
     calibration_batch: jax.Array | None = None,
+    depth: int | None = None,
 ) -> tuple[nn.Module, Variables]:
     """Net2DeeperNet: a deeper network computing the same function.
 
@@ -614,9 +634,11 @@ def deepen(
       both modes. ``hidden_depths`` appends identity Dense layers to the head.
     * ResNet: new blocks (identity shortcut, weights drawn from ``key``) whose last
       BatchNorm scale is zero: the block adds nothing, exact in eval and train mode.
+    * ViT (``depth``): new blocks after the last one whose ``out`` and ``mlp_out`` are zero
+      (:func:`jnet2net.grow_vit.deepen_vit`).
 
     Args:
-      model: a ``VGG`` or ``ResNet``.
+      model: a ``VGG``, ``ResNet`` or ``ViT``.
       variables: ``{'params': ..., 'batch_stats': ...}`` of ``model``.
       depths: new ``stage_depths`` (each ``>=`` the old one).
       hidden_depths: new number of VGG hidden dense layers; the new ones take the width of
@@ -624,6 +646,7 @@ def deepen(
       key: randomness for new ResNet blocks (required there).
       calibration_batch: images ``(n, h, w, c)`` to calibrate inserted VGG BatchNorms
         (ValueError when ``model`` does not run on them).
+      depth: new number of ViT blocks.
 
     Returns:
       ``(new_model, new_variables)``.
@@ -631,6 +654,17 @@ def deepen(
     _check_family(model)
     if key is not None:
         check_key("deepen", key)
+    cnn_sizes = {"depths": depths, "hidden_depths": hidden_depths}
+    from jnet2net import grow_vit  # it builds on this module
+
+    if isinstance(model, ViT):
+        grow_vit.reject_sizes(
+            model,
+            {**cnn_sizes, "calibration_batch": calibration_batch},
+            allowed=grow_vit.DEEPEN_SIZES,
+        )
+        return grow_vit.deepen_vit(model, variables, depth=depth, key=key)
+    grow_vit.reject_sizes(model, {"depth": depth}, allowed=tuple(cnn_sizes))
     changes = _depth_changes(model, depths, hidden_depths)
     check_variables(model, variables)
     if calibration_batch is not None:

@@ -123,11 +123,15 @@ def test_model_config_round_trips_through_json(model):
 
 
 def test_model_from_config_rejects_bad_configs():
-    with pytest.raises(ValueError, match=r"needs 'family' in \['ResNet', 'VGG'\], got 'MLP'"):
+    with pytest.raises(
+        ValueError, match=r"needs 'family' in \['ResNet', 'VGG', 'ViT'\], got 'MLP'"
+    ):
         model_from_config({"family": "MLP"})
     with pytest.raises(ValueError, match=r"unknown VGG fields \['depth'\]"):
         model_from_config({"family": "VGG", "depth": 3})
-    with pytest.raises(TypeError, match=r"model_config knows \['ResNet', 'VGG'\], got Dense"):
+    with pytest.raises(
+        TypeError, match=r"model_config knows \['ResNet', 'VGG', 'ViT'\], got Dense"
+    ):
         model_config(nn.Dense(3))
 
 

@@ -48,7 +48,7 @@ def test_the_surgery_block_is_the_tested_one(blocks):
 @pytest.fixture(scope="module")
 def tour(blocks, tmp_path_factory) -> dict:
     """The namespace after running the tour blocks in order."""
-    tour_blocks = [b for b in blocks if b != surgery_block()]
+    tour_blocks = [b for b in blocks if b != surgery_block() and "ViT(" not in b]  # test_vit
     assert len(tour_blocks) == 3, "the tour: growth, transfer, training"
     namespace: dict = {"__name__": "readme"}
     with contextlib.chdir(tmp_path_factory.mktemp("readme")):

@@ -1,4 +1,4 @@
-"""Model families whose dataclass fields are the architecture, and their presets."""
+"""Model families (VGG, ResNet, ViT) whose fields are the architecture, and their presets."""
 
 from jnet2net.models.config import model_config, model_from_config
 from jnet2net.models.presets import (
@@ -18,14 +18,18 @@ from jnet2net.models.presets import (
     vgg13,
     vgg16,
     vgg19,
+    vit_small,
+    vit_tiny,
 )
 from jnet2net.models.resnet import ResNet
 from jnet2net.models.vgg import VGG
+from jnet2net.models.vit import ViT
 
 __all__ = [
     "PRESETS",
     "ResNet",
     "VGG",
+    "ViT",
     "model_config",
     "model_from_config",
     "preset",
@@ -43,4 +47,6 @@ __all__ = [
     "vgg13",
     "vgg16",
     "vgg19",
+    "vit_small",
+    "vit_tiny",
 ]

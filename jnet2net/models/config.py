@@ -11,13 +11,14 @@ import jax.numpy as jnp
 from jnet2net.models.common import dtype_name
 from jnet2net.models.resnet import ResNet
 from jnet2net.models.vgg import VGG
+from jnet2net.models.vit import ViT
 
-FAMILIES: dict[str, type[nn.Module]] = {"VGG": VGG, "ResNet": ResNet}
+FAMILIES: dict[str, type[nn.Module]] = {"VGG": VGG, "ResNet": ResNet, "ViT": ViT}
 _SKIPPED = {"parent", "name"}
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
-    """Returns ``{'family': 'VGG'|'ResNet', <field>: value, ...}`` (JSON-serialisable)."""
+    """Returns ``{'family': 'VGG'|'ResNet'|'ViT', <field>: value, ...}`` (JSON-serialisable)."""
     family = type(model).__name__
     if family not in FAMILIES:
         raise TypeError(f"model_config knows {sorted(FAMILIES)}, got {family}")

@@ -1,4 +1,4 @@
-"""Named architectures: VGG-11/13/16/19, CIFAR ResNet-20..110, ResNet-18..152.
+"""Named architectures: VGG-11/13/16/19, CIFAR ResNet-20..110, ResNet-18..152, ViT-Tiny/Small.
 
 Every preset takes field overrides, e.g. ``resnet18(stem='imagenet', num_classes=1000)``
 or ``vgg11(stage_widths=(32, 64, 128, 256, 256))`` for a half-width VGG-11.
@@ -14,6 +14,7 @@ import flax.linen as nn
 
 from jnet2net.models.resnet import ResNet
 from jnet2net.models.vgg import VGG
+from jnet2net.models.vit import ViT
 
 _VGG_WIDTHS = (64, 128, 256, 512, 512)
 _VGG_DEPTHS = {
@@ -29,6 +30,13 @@ _RESNET_DEPTHS = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+
+# DeiT-Tiny/Small widths with 4x4 patches for CIFAR-sized inputs (16x16: 16 patches, 32x32:
+# 64); the position embedding is sized by the first input, so one preset serves both.
+_VITS = {
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_dim": 768},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_dim": 1536},
 }
 
 
@@ -53,6 +61,10 @@ def _resnet(name: str, **overrides: Any) -> ResNet:
     return ResNet(**{**fields, **overrides})
 
 
+def _vit(name: str, **overrides: Any) -> ViT:
+    return ViT(**{"patch_size": 4, **_VITS[name], **overrides})
+
+
 vgg11 = functools.partial(_vgg, "vgg11")
 vgg13 = functools.partial(_vgg, "vgg13")
 vgg16 = functools.partial(_vgg, "vgg16")
@@ -67,11 +79,14 @@ resnet34 = functools.partial(_resnet, "resnet34")
 resnet50 = functools.partial(_resnet, "resnet50")
 resnet101 = functools.partial(_resnet, "resnet101")
 resnet152 = functools.partial(_resnet, "resnet152")
+vit_tiny = functools.partial(_vit, "vit_tiny")
+vit_small = functools.partial(_vit, "vit_small")
 
 PRESETS: dict[str, Callable[..., nn.Module]] = {
     **{name: functools.partial(_vgg, name) for name in _VGG_DEPTHS},
     **{name: functools.partial(_cifar_resnet, name) for name in _CIFAR_RESNET_DEPTHS},
     **{name: functools.partial(_resnet, name) for name in _RESNET_DEPTHS},
+    **{name: functools.partial(_vit, name) for name in _VITS},
 }
 
 

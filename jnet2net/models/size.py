@@ -26,13 +26,19 @@ def param_count(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     has the same shapes), so even a billion-block network is sized in a second.
 
     Args:
-      model: a VGG or ResNet (any module with ``stage_depths``).
+      model: a VGG or ResNet (any module with ``stage_depths``), or a ViT (``depth``).
       input_shape: ``(h, w, c)`` or ``(n, h, w, c)`` of the images.
 
     Returns:
       The number of entries of the ``params`` collection.
     """
     shape = (1, *(int(n) for n in tuple(input_shape)[-3:]))
+    if not hasattr(model, "stage_depths"):  # a ViT: one stage of ``depth`` alike blocks
+        base = _traced_count(model.clone(depth=min(model.depth, 2)), shape)
+        if model.depth <= 2:
+            return base
+        per_block = base - _traced_count(model.clone(depth=1), shape)
+        return base + (model.depth - 2) * per_block
     depths: tuple[int, ...] = tuple(int(d) for d in model.stage_depths)
     small = tuple(min(d, 2) for d in depths)
     base = _traced_count(model.clone(stage_depths=small), shape)

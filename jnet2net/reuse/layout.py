@@ -51,8 +51,12 @@ def check_pair(src_model: Any, dst_model: Any) -> None:
     """
     for model, role in ((src_model, "source"), (dst_model, "destination")):
         if not isinstance(model, (VGG, ResNet)):
+            hint = ""
+            if type(model).__name__ == "ViT":
+                hint = " (ViT transfer is not supported; jnet2net.widen/deepen grow a ViT exactly)"
             raise TypeError(
-                f"transfer maps VGG and ResNet modules; the {role} is a {type(model).__name__}"
+                f"transfer maps VGG and ResNet modules; the {role} is a "
+                f"{type(model).__name__}{hint}"
             )
     pair = f"{describe(src_model)} -> {describe(dst_model)}"
     src_family, dst_family = type(src_model).__name__, type(dst_model).__name__

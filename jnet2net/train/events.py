@@ -34,6 +34,11 @@ from jnet2net.train.state import TrainState
 #: The sizes a :class:`Grow` event may set, in the order they are applied (widen first).
 WIDEN_FIELDS = ("widths", "hidden_widths", "inner_widths", "stem_width")
 DEEPEN_FIELDS = ("depths", "hidden_depths")
+#: A ViT's sizes (``jnet2net.grow_vit``), also widened first.
+VIT_WIDEN_FIELDS = ("embed_dim", "mlp_dim", "num_heads")
+VIT_DEEPEN_FIELDS = ("depth",)
+WIDEN_FIELDS += VIT_WIDEN_FIELDS
+DEEPEN_FIELDS += VIT_DEEPEN_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,10 @@ class Grow:
       moments: ``'map'`` (optimizer moments follow their parameters) or ``'reset'``.
       rewarm_epochs: after the event, ramp the learning rate linearly from 0 back to the
         schedule's value over this many epochs (0: the schedule simply continues).
+      embed_dim: new ViT embedding width (a multiple of the old one).
+      mlp_dim: new ViT MLP width.
+      num_heads: new ViT head count.
+      depth: new ViT block count (applied after widening).
     """
 
     at_epoch: float
@@ -70,6 +79,10 @@ class Grow:
     noise_scale: float = 0.1
     moments: Moments = "map"
     rewarm_epochs: float = 0.0
+    embed_dim: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         _check_real("at_epoch", self.at_epoch, positive=True)
@@ -80,7 +93,7 @@ class Grow:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _int_tuple(name, value))
-        for name in ("stem_width", "hidden_depths"):
+        for name in ("stem_width", "hidden_depths", *VIT_WIDEN_FIELDS, *VIT_DEEPEN_FIELDS):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _int(name, value))
@@ -92,7 +105,8 @@ class Grow:
         if not (self.widens or self.deepens):
             raise ValueError(
                 f"Grow(at_epoch={self.at_epoch}) changes nothing: give widths, hidden_widths, "
-                "inner_widths, stem_width, depths or hidden_depths"
+                "inner_widths, stem_width, depths or hidden_depths (a ViT: embed_dim, mlp_dim, "
+                "num_heads or depth)"
             )
 
     @property

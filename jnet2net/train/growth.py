@@ -35,6 +35,8 @@ import optax
 from flax.core import FrozenDict, freeze, unfreeze
 
 from jnet2net.grow import Noise, deepen, embed_widening, grown_groups, widen
+from jnet2net.grow_vit import embed_vit_widening
+from jnet2net.models.vit import ViT
 from jnet2net.reuse import TransferReport, transfer_plan
 from jnet2net.reuse.layout import DepthMap, Fill, Shrink
 from jnet2net.train.state import TrainState, variables_of
@@ -127,6 +129,9 @@ def widen_train_state(
     noise: Noise = "split",
     noise_scale: float = 0.1,
     moments: Moments = "map",
+    embed_dim: int | None = None,
+    mlp_dim: int | None = None,
+    num_heads: int | None = None,
 ) -> tuple[nn.Module, TrainState]:
     """``jnet2net.widen`` of a train state; the sizes, ``key`` and noise are ``widen``'s.
 
@@ -135,7 +140,8 @@ def widen_train_state(
     consumer's are ``1 / count`` of them, so (with ``noise='none'``) replicas stay equal
     under further SGD-momentum or Adam steps. With ``noise='fresh'`` old units keep their
     moments in place and every entry of a new unit (incoming or outgoing) is zero
-    (``jnet2net.grow.embed_widening``; no second init).
+    (``jnet2net.grow.embed_widening``; no second init); a ViT's stream, replicated under
+    every noise, maps its moments like its replicas (``grow_vit.embed_vit_widening``).
 
     Returns:
       ``(new_model, new_state)``.
@@ -147,12 +153,17 @@ def widen_train_state(
         "hidden_widths": hidden_widths,
         "inner_widths": inner_widths,
         "stem_width": stem_width,
+        "embed_dim": embed_dim,
+        "mlp_dim": mlp_dim,
+        "num_heads": num_heads,
     }
     new_model, new_variables = widen(
         model, variables, key=key, noise=noise, noise_scale=noise_scale, **sizes
     )
 
     def params_map(tree: Any) -> Any:
+        if noise == "fresh" and isinstance(model, ViT):
+            return embed_vit_widening({"params": tree}, model, new_model)["params"]
         if noise == "fresh":
             return embed_widening({"params": tree}, grown_groups(model, new_model))["params"]
         _, grown = widen(model, {**variables, "params": tree}, key=key, noise="none", **sizes)
@@ -170,6 +181,7 @@ def deepen_train_state(
     key: jax.Array | None = None,
     calibration_batch: jax.Array | None = None,
     moments: Moments = "map",
+    depth: int | None = None,
 ) -> tuple[nn.Module, TrainState]:
     """``jnet2net.deepen`` of a train state; the arguments are ``deepen``'s.
 
@@ -186,6 +198,7 @@ def deepen_train_state(
         hidden_depths=hidden_depths,
         key=key,
         calibration_batch=calibration_batch,
+        depth=depth,
     )
     new_params = new_variables["params"]
 
