@@ -446,11 +446,12 @@ def deepen_to_target(
     new_paths = [p for p in shapes if p not in old]
     if not new_paths:
         return target, variables
-    fresh = flatten(target.init(key, example_input, **init_kwargs(apply_kwargs)))
+    fresh_tree = target.init(key, example_input, **init_kwargs(apply_kwargs))
+    fresh = flatten(fresh_tree)
     if rules is not None:
         candidates = [tuple(rules)]
     else:
-        order = first_use_order(target, fresh, example_input, **apply_kwargs)
+        order = first_use_order(target, fresh_tree, example_input, **apply_kwargs)
         candidates = [PLAIN_RULES, zero_last_rules(new_paths, order)]
     errors = []
     for candidate in candidates:
