@@ -429,7 +429,9 @@ class _Tracer:
                 for old_dims, new_dims in blocks:
                     big_old = [i for i in old_dims if shape[i] != 1]
                     big_new = [j for j in new_dims if out_shape[j] != 1]
-                    if len(big_old) == 1 and len(big_new) == 1:
+                    if len(old_dims) == 1 and new_dims and len(big_new) <= 1:
+                        new[big_new[0] if big_new else new_dims[-1]] = axes[old_dims[0]]
+                    elif len(big_old) == 1 and len(big_new) == 1:
                         new[big_new[0]] = axes[big_old[0]]
                 out.append((p, tuple(new)))
             return out
@@ -477,21 +479,22 @@ class _Tracer:
                 self.fail(eqn, states, f"reshape {shape} -> {out_shape} merges two unit axes")
             i = labelled[0]
             label = state.labels[i]
-            big_old = [d for d in old_dims if shape[d] != 1]
+            if not new_dims:
+                self.groups.pinned[label.node] = "a one-unit axis is reshaped away"
+                continue
+            others = [d for d in old_dims if d != i and shape[d] != 1]
             big_new = [d for d in new_dims if out_shape[d] != 1]
-            if len(big_old) <= 1 and len(big_new) <= 1:
-                target = big_new[0] if big_new else (new_dims[0] if new_dims else None)
-                if target is None:
-                    self.groups.pinned[label.node] = "a one-unit axis is reshaped away"
-                    continue
-                labels[target] = label
-            elif len(big_new) == 1 and big_old and big_old[-1] == i:
+            if not others and len(big_new) <= 1:  # the unit axis, with size-1 axes around it
+                labels[big_new[0] if big_new else new_dims[-1]] = label
+            elif (
+                not others
+                and label.flat
+                and out_shape[big_new[-1]] == self.groups.size[label.node]
+                and all(out_shape[d] == 1 for d in new_dims if d > big_new[-1])
+            ):
+                labels[big_new[-1]] = _Label(label.node)  # unflatten: units innermost
+            elif others and len(big_new) == 1 and all(shape[d] == 1 for d in old_dims if d > i):
                 labels[big_new[0]] = _Label(label.node, True)  # channels-last flatten
-            elif len(big_old) == 1 and label.flat:
-                units = self.groups.size[label.node]
-                if out_shape[big_new[-1]] != units:
-                    self.fail(eqn, states, f"reshape {shape} -> {out_shape} splits units")
-                labels[big_new[-1]] = _Label(label.node)
             else:
                 self.fail(
                     eqn,
@@ -725,7 +728,13 @@ def _reshape_blocks(old: tuple[int, ...], new: tuple[int, ...]) -> list[tuple[li
             else:
                 break
         blocks.append((old_dims, new_dims))
-    return blocks
+    merged: list[tuple[list, list]] = []
+    for old_dims, new_dims in blocks:  # lone size-1 axes join the block before them
+        if merged and (not old_dims or not new_dims):
+            merged[-1] = (merged[-1][0] + old_dims, merged[-1][1] + new_dims)
+        else:
+            merged.append((old_dims, new_dims))
+    return merged
 
 
 # --- public API ---------------------------------------------------------------------

@@ -254,3 +254,37 @@ def test_a_bad_example_input_is_a_clear_error():
     variables = model.init(jax.random.key(0), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"MLP.apply does not run on example_input \(2, 7\)"):
         jnet2net.couplings(model, variables, jnp.zeros((2, 7)))
+
+
+def one_position_unflattened(groups, variables):
+    """``member_sets``, with a flattened axis of one position (a 1x1 map) counted as plain."""
+    flat = flatten(variables)
+    out = set()
+    for group in groups:
+        units = next(np.shape(flat[m.path])[m.axis] for m in group.members if not m.flattened)
+        out.add(
+            frozenset(
+                (
+                    m.path,
+                    m.axis % np.ndim(flat[m.path]),
+                    m.role,
+                    m.flattened and np.shape(flat[m.path])[m.axis] != units,
+                )
+                for m in group.members
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_discovery_agrees_on_random_presets_with_one_unit_groups(seed):
+    """Widths 1..4, kernel sizes 1/3/5, optional stems and inner widths (test_coupling's)."""
+    from test_coupling import random_model  # tests/ is on sys.path
+
+    model = random_model(seed)
+    x = jnp.zeros((1, 8, 8, 2))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    groups = jnet2net.couplings(model, variables, x)
+    assert one_position_unflattened(groups, variables) == one_position_unflattened(
+        model.unit_groups(), variables
+    )
