@@ -158,6 +158,7 @@ _CALLS = frozenset(
         "custom_vjp_call_jaxpr",
         "checkpoint",
         "remat",
+        "remat2",
     }
 )
 _REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_and", "reduce_or"})
@@ -520,6 +521,47 @@ class _Tracer:
         for state, shape in zip(states, shapes, strict=True):
             if isinstance(state, _Par):
                 self.attach(state, tuple(labels), shape, out_shapes[0])
+        return [_Act(tuple(labels))]
+
+    def op_slice(self, eqn, states, shapes, out_shapes):
+        """``x[..., a:b]``: units pass on axes taken whole."""
+        return self.sliced(eqn, states, shapes[0], out_shapes[0])
+
+    def op_dynamic_slice(self, eqn, states, shapes, out_shapes):
+        return self.sliced(eqn, states, shapes[0], out_shapes[0])
+
+    def sliced(self, eqn, states, shape, out_shape) -> list[_State]:
+        state = states[0]
+        if not isinstance(state, _Act):
+            self.fail(eqn, states, "it slices a variable by an activation")
+        for dim, label in enumerate(state.labels):
+            if label is not None and shape[dim] != out_shape[dim]:
+                self.fail(eqn, states, f"it takes part of the unit axis {dim}")
+        return [_Act(state.labels, state.summed)]
+
+    def op_gather(self, eqn, states, shapes, out_shapes):
+        """A lookup in a variable (``nn.Embed``): the table's kept axes make new groups."""
+        operand, _ = states
+        numbers = eqn.params["dimension_numbers"]
+        sizes = eqn.params["slice_sizes"]
+        out_shape = out_shapes[0]
+        dropped = (*numbers.collapsed_slice_dims, *getattr(numbers, "operand_batching_dims", ()))
+        kept = [d for d in range(len(shapes[0])) if d not in dropped]
+        if isinstance(operand, _Act):
+            for d in kept:
+                label = operand.labels[d]
+                if label is not None and sizes[d] != shapes[0][d]:
+                    self.fail(eqn, states, f"it takes part of the unit axis {d}")
+            if any(operand.labels[d] is not None for d in dropped):
+                self.fail(eqn, states, "it picks single units")
+            labels: list[_Label | None] = [None] * len(out_shape)
+            for d, out_dim in zip(kept, numbers.offset_dims, strict=True):
+                labels[out_dim] = operand.labels[d]
+            return [_Act(tuple(labels))]
+        labels = [None] * len(out_shape)
+        for d, out_dim in zip(kept, numbers.offset_dims, strict=True):
+            if sizes[d] == shapes[0][d] and any(a[d] is not None for _, a in operand.sources):
+                labels[out_dim] = self._produce(eqn, states, operand, d, shapes[0])
         return [_Act(tuple(labels))]
 
     def along_axis(self, eqn, states, axis: int) -> list[_State]:

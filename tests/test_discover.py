@@ -288,3 +288,67 @@ def test_discovery_agrees_on_random_presets_with_one_unit_groups(seed):
     assert one_position_unflattened(groups, variables) == one_position_unflattened(
         model.unit_groups(), variables
     )
+
+
+class Tokens(nn.Module):
+    """Token ids -> embedding -> Dense -> mean over the sequence -> Dense."""
+
+    dim: int = 4
+    hidden: int = 5
+
+    @nn.compact
+    def __call__(self, ids):
+        x = nn.Embed(7, self.dim, name="embed")(ids)
+        x = nn.relu(nn.Dense(self.hidden, name="mix")(x))
+        return nn.Dense(3, name="out")(jnp.mean(x, axis=1))
+
+
+def test_an_embedding_table_produces_units():
+    ids = jnp.zeros((2, 5), jnp.int32)
+    variables = Tokens().init(jax.random.key(0), ids)
+    groups = jnet2net.couplings(Tokens(), variables, ids)
+    assert [g.name for g in groups] == ["embed", "mix"]
+    assert member_sets(groups[:1], variables) == {
+        frozenset(
+            {
+                (("params", "embed", "embedding"), 1, "producer", False),
+                (("params", "mix", "kernel"), 0, "consumer", False),
+            }
+        )
+    }
+
+
+@jax.custom_vjp
+def _clipped_grad_identity(x):
+    return x
+
+
+_clipped_grad_identity.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -1, 1),))
+
+
+class Wrapped(nn.Module):
+    """Units through jit, custom_vjp, checkpoint, avg_pool, transpose and a slice."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        x = jax.jit(nn.gelu)(x)
+        x = _clipped_grad_identity(x)
+        x = jax.checkpoint(lambda h: nn.avg_pool(h, (2, 2), (2, 2)))(x)
+        x = jnp.transpose(x, (0, 2, 1, 3))[:, 1:]
+        return nn.Dense(2, name="out")(jnp.max(x, axis=(1, 2)))
+
+
+def test_units_pass_through_calls_pools_transposes_and_slices():
+    x = jnp.zeros((2, 8, 8, 3))
+    variables = Wrapped().init(jax.random.key(0), x)
+    (group,) = jnet2net.couplings(Wrapped(), variables, x)
+    assert member_sets([group], variables) == {
+        frozenset(
+            {
+                (("params", "conv", "kernel"), 3, "producer", False),
+                (("params", "conv", "bias"), 0, "producer", False),
+                (("params", "out", "kernel"), 0, "consumer", False),
+            }
+        )
+    }

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from test_discover import ConvFlattenDense, NormedMLP, ResidualCNN  # tests/ is on sys.path
+from test_discover import ConvFlattenDense, NormedMLP, ResidualCNN, Tokens  # tests/ is on sys.path
 
 import jnet2net
 from jnet2net.models import VGG
@@ -143,3 +143,23 @@ def test_presets_grow_by_target_too_like_by_widths():
         err = jnet2net.output_error(model, variables, new_model, by_target, xs, train=train)
         assert float(jnp.max(err)) < 1e-5
     assert jax.tree.map(jnp.shape, by_target) == jax.tree.map(jnp.shape, by_widths)
+
+
+def test_a_token_model_widens_its_embedding_exactly():
+    ids = jnp.array([[1, 2, 3, 4, 5], [6, 0, 1, 2, 3]], jnp.int32)
+    model = Tokens()
+    variables = randomized(model.init(jax.random.key(0), ids))
+    new_model, new_vars = jnet2net.widen(
+        model, variables, key=jax.random.key(1), target=Tokens(dim=6, hidden=7), example_input=ids
+    )
+    assert new_vars["params"]["embed"]["embedding"].shape == (7, 6)
+    err = jnet2net.output_error(model, variables, new_model, new_vars, ids[None])
+    assert float(jnp.max(err)) < 1e-5
+
+
+def test_uniform_mapping_copies_every_unit_equally():
+    from jnet2net import surgery
+
+    np.testing.assert_array_equal(surgery.uniform_mapping(3, 9), np.tile(np.arange(3), 3))
+    with pytest.raises(ValueError, match=r"multiple of old_size, got 3 -> 7"):
+        surgery.uniform_mapping(3, 7)
