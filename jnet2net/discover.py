@@ -11,11 +11,15 @@ flattened variables (each input is a known path) and follows *unit axes* through
   and in train mode, where the running averages are updated) attach that parameter's axis to
   the group as a producer;
 * elementwise ops of two activations (a residual add) merge their groups;
-* reshapes, transposes, broadcasts, pools and reductions over other axes carry unit axes
-  along; a sum over a unit axis (LayerNorm's mean) marks the group ``uniform_only``; the sum
-  must be normalised by the axis size (a mean) before it is used;
-* ``jit``/``closed_call``/``custom_jvp_call``/``custom_vjp_call``/``checkpoint`` are
-  followed into their sub-jaxprs.
+* a lookup in a variable (``nn.Embed``'s gather) makes a new group from the table's kept
+  axis;
+* reshapes, transposes, broadcasts, slices, pools and reductions over other axes carry unit
+  axes along; a max over units keeps them exact under any replication; a sum over a unit
+  axis (LayerNorm's mean) marks the group ``uniform_only`` and must be normalised by the
+  axis size (a mean) before it is used, so a softmax over features is refused (its sum
+  counts replicas, which no widening undoes);
+* ``jit``/``closed_call``/``custom_jvp_call``/``custom_vjp_call``/``checkpoint`` (remat)
+  are followed into their sub-jaxprs.
 
 Anything else that touches a unit axis raises a ``ValueError`` naming the primitive and the
 parameters involved. Units that reach the network's output (the logits) or are added to a
