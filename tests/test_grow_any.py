@@ -163,3 +163,22 @@ def test_uniform_mapping_copies_every_unit_equally():
     np.testing.assert_array_equal(surgery.uniform_mapping(3, 9), np.tile(np.arange(3), 3))
     with pytest.raises(ValueError, match=r"multiple of old_size, got 3 -> 7"):
         surgery.uniform_mapping(3, 7)
+
+
+def test_nothing_passed_in_is_mutated():
+    model, target = MLP(), MLP(widths=(6, 5))
+    x = jnp.zeros((2, 3))
+    variables = randomized(model.init(jax.random.key(0), x))
+    before = jax.tree.map(np.array, variables)
+    kwargs = {"mutable": False}
+    jnet2net.widen(
+        model,
+        variables,
+        key=jax.random.key(1),
+        target=target,
+        example_input=x,
+        apply_kwargs=kwargs,
+    )
+    assert kwargs == {"mutable": False}
+    assert jax.tree.structure(variables) == jax.tree.structure(before)
+    jax.tree.map(np.testing.assert_array_equal, variables, before)
