@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
+    "couplings": "jnet2net.discover",
     "GroupMapping": "jnet2net.grow",
     "apply_widening": "jnet2net.grow",
     "deepen": "jnet2net.grow",
@@ -52,6 +53,7 @@ __all__ = [
     "apply_widening",
     "assert_function_preserved",
     "check_variables",
+    "couplings",
     "deepen",
     "model_config",
     "model_from_config",
@@ -68,6 +70,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from jnet2net import models, reuse, surgery
+    from jnet2net.discover import couplings
     from jnet2net.grow import GroupMapping, apply_widening, deepen, widen, widening_plan
     from jnet2net.models import VGG, ResNet, ViT, model_config, model_from_config, preset
     from jnet2net.reuse import TransferReport, transfer, transfer_plan

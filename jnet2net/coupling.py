@@ -41,13 +41,17 @@ class UnitGroup:
     Attributes:
       name: readable name, e.g. ``'stage1_stream'``.
       field: the module field and index holding the size, e.g. ``('stage_widths', 1)``,
-        ``('stem_width', None)``.
+        ``('stem_width', None)``; ``None`` for groups discovered from the computation
+        (:func:`jnet2net.couplings`), whose sizes come from the variables.
       members: every axis indexed by the group's units.
+      uniform_only: the computation averages over the units (e.g. LayerNorm): only uniform
+        replication (every unit copied ``k`` times) keeps the function.
     """
 
     name: str
-    field: tuple[str, int | None]
+    field: tuple[str, int | None] | None
     members: tuple[Member, ...]
+    uniform_only: bool = False
 
 
 def layer_producers(

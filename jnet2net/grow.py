@@ -69,8 +69,9 @@ class GroupMapping(NamedTuple):
 def _check_family(model: Any) -> None:
     if not isinstance(model, (VGG, ResNet, ViT)):
         raise TypeError(
-            f"jnet2net grows VGG, ResNet and ViT modules, got {type(model).__name__}; for "
-            "other networks compose the ops in jnet2net.surgery"
+            f"jnet2net grows VGG, ResNet and ViT modules by size keywords, got "
+            f"{type(model).__name__}; for other networks pass target= (the same module "
+            "with larger sizes) and example_input=, or compose the ops in jnet2net.surgery"
         )
 
 
@@ -167,14 +168,35 @@ def widening_plan(
     Raises:
       ValueError: a group would shrink (naming it, its field and both sizes).
     """
-    plan = []
     groups = model.unit_groups()
+    sizes = [_group_sizes(model, new_model, group) for group in groups]
+    return plan_for_sizes(groups, sizes, key)
+
+
+def plan_for_sizes(
+    groups: tuple[UnitGroup, ...], sizes: list[tuple[int, int]], key: jax.Array
+) -> tuple[GroupMapping, ...]:
+    """One mapping per group whose ``(old, new)`` size grows: random, or uniform for
+    ``uniform_only`` groups (every unit copied ``new // old`` times).
+
+    Raises:
+      ValueError: a ``uniform_only`` group would grow by a size that is not a multiple.
+    """
+    plan = []
     keys = jax.random.split(key, max(len(groups), 1))
-    for group, group_key in zip(groups, keys, strict=False):
-        old, new = _group_sizes(model, new_model, group)
-        if new > old:
+    for group, (old, new), group_key in zip(groups, sizes, keys, strict=False):
+        if new <= old:
+            continue
+        if group.uniform_only:
+            if new % old:
+                raise ValueError(
+                    f"the units of {group.name} are averaged over (e.g. by a LayerNorm): it "
+                    f"grows only by uniform replication, to a multiple of {old} units, not {new}"
+                )
+            mapping = surgery.uniform_mapping(old, new)
+        else:
             mapping = surgery.random_mapping(group_key, old, new)
-            plan.append(GroupMapping(group, mapping, surgery.replication_counts(mapping, old)))
+        plan.append(GroupMapping(group, mapping, surgery.replication_counts(mapping, old)))
     return tuple(plan)
 
 
@@ -441,6 +463,9 @@ def widen(
     embed_dim: int | None = None,
     mlp_dim: int | None = None,
     num_heads: int | None = None,
+    target: nn.Module | None = None,
+    example_input: Any = None,
+    apply_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Variables]:
     """Net2WiderNet: a wider network computing the same function.
 
@@ -476,10 +501,31 @@ def widen(
         keeps its LayerNorms exact); see :mod:`jnet2net.grow_vit`.
       mlp_dim: new ViT MLP width of every block.
       num_heads: new ViT head count of every block (each head keeps its width).
+      target: any linen module instead of the width keywords: ``model``'s class with larger
+        unit counts. Unit groups are discovered from the computation
+        (:func:`jnet2net.couplings`), new sizes read from ``target``'s variable shapes;
+        groups averaged over (LayerNorm) grow by uniform replication only. The result is
+        checked to compute the same function on random inputs (ValueError if not).
+      example_input: with ``target``: an input the module takes (shapes only); presets
+        default to their ``example_input``.
+      apply_kwargs: with ``target``: keyword arguments of ``model.apply`` for the trace
+        (e.g. ``{'train': True, 'mutable': ['batch_stats']}``).
 
     Returns:
       ``(new_model, new_variables)``.
     """
+    if target is not None:
+        return _widen_to_target(
+            model,
+            variables,
+            target,
+            key=key,
+            sugar=(widths, hidden_widths, inner_widths, stem_width, embed_dim, mlp_dim, num_heads),
+            noise=noise,
+            noise_scale=noise_scale,
+            example_input=example_input,
+            apply_kwargs=apply_kwargs,
+        )
     _check_family(model)
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
@@ -514,6 +560,46 @@ def widen(
         variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale
     )
     return new_model, new_variables
+
+
+def _widen_to_target(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    *,
+    key: jax.Array,
+    sugar: tuple[Any, ...],
+    noise: Noise,
+    noise_scale: float,
+    example_input: Any,
+    apply_kwargs: dict[str, Any] | None,
+) -> tuple[nn.Module, Variables]:
+    """``widen(target=...)``: any linen module, by discovered unit groups."""
+    from jnet2net.grow_any import widen_to_target  # grow_any builds on this module
+
+    if any(value is not None for value in sugar):
+        raise ValueError(
+            "widen takes either target= or the width keywords (widths, hidden_widths, "
+            "inner_widths, stem_width, embed_dim, mlp_dim, num_heads), not both"
+        )
+    if not isinstance(target, nn.Module):
+        raise TypeError(f"target must be a flax linen module, got {type(target).__name__}")
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    check_key("widen", key)
+    check_noise_scale(noise_scale)
+    if example_input is None and isinstance(model, (VGG, ResNet, ViT)):
+        example_input = model.example_input(variables)
+    return widen_to_target(
+        model,
+        variables,
+        target,
+        key=key,
+        example_input=example_input,
+        apply_kwargs=apply_kwargs,
+        noise=noise,
+        noise_scale=noise_scale,
+    )
 
 
 # --- deepen --------------------------------------------------------------------------
@@ -622,6 +708,10 @@ def deepen(
     key: jax.Array | None = None,
     calibration_batch: jax.Array | None = None,
     depth: int | None = None,
+    target: nn.Module | None = None,
+    example_input: Any = None,
+    rules: Any = None,
+    apply_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Variables]:
     """Net2DeeperNet: a deeper network computing the same function.
 
@@ -647,10 +737,42 @@ def deepen(
       calibration_batch: images ``(n, h, w, c)`` to calibrate inserted VGG BatchNorms
         (ValueError when ``model`` does not run on them).
       depth: new number of ViT blocks.
+      target: any linen module instead of ``depths``: ``model``'s class with more layers
+        (every old variable path kept with its shape; name new layers explicitly). Its new
+        leaves start from ``target.init(key)`` and are set by ``rules``; the result is
+        checked to compute ``model``'s function (ValueError naming the new paths if not).
+      example_input: with ``target``: an input the module takes (presets: their own).
+      rules: with ``target``: ``[(regex, initialiser), ...]`` matched (``re.search``)
+        against ``'params/layer/kernel'``-style paths of new leaves, first match wins;
+        initialisers ``'identity'`` (square dense kernel, odd conv delta kernel, norm scale
+        ``sqrt(1 + 1e-5)``), ``'zeros'``, ``'ones'``, ``'fresh'`` (the default for leaves
+        no rule matches) or ``f(path, fresh_leaf) -> array``. ``None``: new layers as
+        identities (``jnet2net.grow_any.PLAIN_RULES``), else as residual branches whose last
+        norm scale (or last kernel) is zero -- whichever is exact.
+      apply_kwargs: with ``target``: keyword arguments of ``model.apply`` for the check.
 
     Returns:
       ``(new_model, new_variables)``.
     """
+    if target is not None:
+        from jnet2net.grow_any import deepen_to_target  # grow_any builds on this module
+
+        if any(v is not None for v in (depths, hidden_depths, depth, calibration_batch)):
+            raise ValueError(
+                "deepen takes either target= or depths/hidden_depths/depth/calibration_batch"
+            )
+        check_key("deepen", key)
+        if example_input is None and isinstance(model, (VGG, ResNet, ViT)):
+            example_input = model.example_input(variables)
+        return deepen_to_target(
+            model,
+            variables,
+            target,
+            key=key,
+            example_input=example_input,
+            rules=rules,
+            apply_kwargs=apply_kwargs,
+        )
     _check_family(model)
     if key is not None:
         check_key("deepen", key)

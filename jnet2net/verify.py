@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import flax
@@ -14,11 +15,23 @@ import numpy as np
 from jnet2net.variables import Variables
 
 
+def _mode(model: nn.Module, train: bool) -> dict[str, bool]:
+    """``{'train': train}`` for modules whose ``__call__`` takes ``train``, else ``{}``."""
+    try:
+        parameters = inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return {"train": train}
+    takes = "train" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+    return {"train": train} if takes else {}
+
+
 def _logits(model: nn.Module, variables: Variables, batch: jax.Array, train: bool) -> jax.Array:
     if train:
-        out, _ = model.apply(variables, batch, train=True, mutable=["batch_stats"])
+        out, _ = model.apply(variables, batch, mutable=["batch_stats"], **_mode(model, True))
         return out
-    return model.apply(variables, batch, train=False)
+    return model.apply(variables, batch, **_mode(model, False))
 
 
 @functools.partial(jax.jit, static_argnames=("model_a", "model_b", "train"))
@@ -33,8 +46,9 @@ def _errors(
     """Compiled once per pair of architectures (modules are hashable static arguments)."""
     a = jax.vmap(lambda x: _logits(model_a, variables_a, x, train))(xs)
     b = jax.vmap(lambda x: _logits(model_b, variables_b, x, train))(xs)
-    diff = jnp.max(jnp.abs(a - b), axis=(1, 2))
-    scale = jnp.max(jnp.abs(a), axis=(1, 2))
+    per_batch = tuple(range(1, a.ndim))  # outputs of any rank: (n_batches, batch, ...)
+    diff = jnp.max(jnp.abs(a - b), axis=per_batch)
+    scale = jnp.max(jnp.abs(a), axis=per_batch)
     return diff / jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
 
 
@@ -67,6 +81,17 @@ def _diagnose(
         )
 
 
+def _batch_ndim(model: nn.Module, variables: Variables) -> int | None:
+    """The rank of one batch for modules that say (an ``example_input`` method), else None."""
+    example_input = getattr(model, "example_input", None)
+    if not callable(example_input):
+        return None
+    try:
+        return int(np.ndim(example_input(variables)))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # variables that do not fit are reported by the comparison itself
+
+
 def output_error(
     model_a: nn.Module,
     variables_a: Variables,
@@ -81,28 +106,37 @@ def output_error(
     Args:
       model_a, variables_a: the reference network.
       model_b, variables_b: the network to compare.
-      xs: a stack of batches ``(n_batches, batch, h, w, c)`` (any array-like); ``jax.vmap``
-        maps both networks over the leading axis (in train mode each batch gets its own
-        BatchNorm statistics).
+      xs: a stack of batches ``(n_batches, batch, ...)`` of any rank (any array-like):
+        images ``(n_batches, batch, h, w, c)``, tokens ``(n_batches, batch, seq)``, vectors
+        ``(n_batches, batch, features)``; ``jax.vmap`` maps both networks over the leading
+        axis (in train mode each batch gets its own BatchNorm statistics). Modules with an
+        ``example_input`` method (the presets) check the rank against it. The networks'
+        outputs may have any rank too.
       train: compare in train mode (batch statistics) instead of eval mode.
 
     Returns:
       ``(n_batches,)`` float32 relative errors.
 
     Raises:
-      ValueError: ``xs`` is not a stack of batches or is empty (a zero in its shape), a
-        network does not run on it with its variables, or the two networks' outputs differ
-        in shape.
+      ValueError: ``xs`` is not a stack of batches (of the preset's rank) or is empty (a
+        zero in its shape), a network does not run on it with its variables, or the two
+        networks' outputs differ in shape.
     """
     xs = xs if isinstance(xs, jax.Array) else jnp.asarray(np.asarray(xs))
-    if xs.ndim != 5:
+    ndim = _batch_ndim(model_a, variables_a)
+    if ndim is not None and xs.ndim != ndim + 1:
         raise ValueError(
-            "output_error needs a stack of image batches (n_batches, batch, h, w, c), got "
-            f"{xs.shape}"
+            f"output_error needs a stack of batches (n_batches, *batch_shape) with batches of "
+            f"rank {ndim} for {type(model_a).__name__}, e.g. images (n_batches, batch, h, w, "
+            f"c), got {xs.shape}"
+        )
+    if xs.ndim < 2:
+        raise ValueError(
+            f"output_error needs a stack of batches (n_batches, batch, ...), got {xs.shape}"
         )
     if 0 in xs.shape:
         raise ValueError(
-            "output_error needs at least one batch of at least one image (no inputs compare "
+            "output_error needs at least one batch of at least one input (no inputs compare "
             f"nothing), got xs of shape {xs.shape}"
         )
     try:

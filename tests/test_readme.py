@@ -1,7 +1,8 @@
 """README.md's Python blocks run, and say what they claim.
 
-The API tour (every block but the surgery one) runs top to bottom in one namespace, in a
-temporary working directory; the surgery block is ``tests/test_readme_surgery.py``'s,
+The API tour (every block but the surgery and own-module ones) runs top to bottom in one
+namespace, in a temporary working directory; the surgery block is
+``tests/test_readme_surgery.py``'s and the own-module block ``tests/test_readme_own_module.py``'s,
 verbatim.
 """
 
@@ -17,6 +18,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SURGERY_TEST = ROOT / "tests" / "test_readme_surgery.py"
+OWN_MODULE_TEST = ROOT / "tests" / "test_readme_own_module.py"
 
 
 def python_blocks(text: str) -> list[str]:
@@ -24,12 +26,16 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)
 
 
-def surgery_block() -> str:
-    text = SURGERY_TEST.read_text()
+def surgery_block(test: pathlib.Path = SURGERY_TEST) -> str:
+    text = test.read_text()
     begin = text.index("# --- README code block begins ---\n") + len(
         "# --- README code block begins ---\n"
     )
     return text[begin : text.index("# --- README code block ends ---")]
+
+
+def own_module_block() -> str:
+    return surgery_block(OWN_MODULE_TEST)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +51,15 @@ def test_the_surgery_block_is_the_tested_one(blocks):
     assert surgery_block() in blocks
 
 
+def test_the_own_module_block_is_the_tested_one(blocks):
+    assert own_module_block() in blocks
+
+
 @pytest.fixture(scope="module")
 def tour(blocks, tmp_path_factory) -> dict:
     """The namespace after running the tour blocks in order."""
-    tour_blocks = [b for b in blocks if b != surgery_block() and "ViT(" not in b]  # test_vit
+    skipped = (surgery_block(), own_module_block())  # run by their own tests
+    tour_blocks = [b for b in blocks if b not in skipped and "ViT(" not in b]  # test_vit
     assert len(tour_blocks) == 3, "the tour: growth, transfer, training"
     namespace: dict = {"__name__": "readme"}
     with contextlib.chdir(tmp_path_factory.mktemp("readme")):

@@ -104,7 +104,7 @@ def test_an_empty_stack_proves_nothing_and_is_refused(variables, shape):
     """Two different networks would otherwise pass on no inputs at all."""
     other = _perturbed(variables, scale=1.0)
     xs = jnp.ones(shape)
-    with pytest.raises(ValueError, match=r"at least one batch of at least one image.*\(0|, 0"):
+    with pytest.raises(ValueError, match=r"at least one batch of at least one input.*\(0|, 0"):
         jnet2net.output_error(MODEL, variables, MODEL, other, xs)
     with pytest.raises(ValueError, match="at least one batch"):
         jnet2net.assert_function_preserved(MODEL, variables, MODEL, other, xs)
@@ -142,3 +142,48 @@ def test_rejects_variables_that_do_not_fit_naming_the_network(variables):
         jnet2net.output_error(MODEL, variables, wider, variables, XS)
     with pytest.raises(ValueError, match=r"model_a does not run on xs of shape \(3, 4, 8, 8, 2\)"):
         jnet2net.output_error(MODEL, variables, MODEL, variables, XS[..., :2])
+
+
+class _Vectors(nn.Module):
+    """A module without a ``train`` argument: (batch, features) -> (batch, 2)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(nn.relu(nn.Dense(5)(x)))
+
+
+class _Tokens(nn.Module):
+    """Token ids (batch, seq) -> logits (batch, seq, vocab): outputs of rank 3."""
+
+    @nn.compact
+    def __call__(self, ids, train=False):
+        h = nn.Embed(7, 4)(ids)
+        h = nn.BatchNorm(use_running_average=not train)(h)
+        return nn.Dense(7)(h)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "module, xs",
+    [
+        (_Vectors(), np.random.default_rng(3).standard_normal((3, 4, 6)).astype(np.float32)),
+        (_Tokens(), np.random.default_rng(4).integers(0, 7, (2, 3, 5)).astype(np.int32)),
+    ],
+    ids=["vectors", "tokens"],
+)
+def test_inputs_and_outputs_of_any_rank(module, xs, train):
+    a = module.init(jax.random.key(0), xs[0])
+    err = jnet2net.output_error(module, a, module, a, xs, train=train)
+    chex.assert_shape(err, (xs.shape[0],))
+    np.testing.assert_array_equal(err, 0.0)
+    b = jax.tree.map(lambda p: p * 1.5, a)
+    err = np.asarray(jnet2net.output_error(module, a, module, b, xs, train=train))
+    assert np.all(err > 0.1), err
+    with pytest.raises(AssertionError, match="outputs differ"):
+        jnet2net.assert_function_preserved(module, a, module, b, xs, train=train)
+
+
+def test_a_stack_must_have_a_batch_axis():
+    variables = _Vectors().init(jax.random.key(0), np.zeros((4, 6), np.float32))
+    with pytest.raises(ValueError, match=r"\(n_batches, batch, \.\.\.\), got \(6,\)"):
+        jnet2net.output_error(_Vectors(), variables, _Vectors(), variables, np.zeros(6))

@@ -11,6 +11,7 @@ from jnet2net.surgery.identity import (
 from jnet2net.surgery.mapping import (
     random_mapping,
     replication_counts,
+    uniform_mapping,
 )
 from jnet2net.surgery.replicate import (
     add_paper_noise,
@@ -32,4 +33,5 @@ __all__ = [
     "resize_kernel",
     "select_units",
     "split_among_replicas",
+    "uniform_mapping",
 ]

@@ -1,0 +1,479 @@
+"""Growth of any linen module to a larger target module, by discovered unit groups.
+
+``widen(model, variables, key=..., target=wider, example_input=x)`` (see
+:func:`jnet2net.widen`) lands here: the unit groups come from :func:`jnet2net.couplings`,
+each group's new size from comparing ``jax.eval_shape(target.init, ...)`` with the old
+variables along the group's axes, and the variables are built by the same plan that grows
+the presets (:func:`jnet2net.grow.apply_widening`, :func:`jnet2net.grow.fresh_widening`).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnet2net import grow
+from jnet2net.coupling import Path, UnitGroup
+from jnet2net.discover import couplings
+from jnet2net.variables import FlatVariables, Variables, flatten, path_str, unflatten_like
+
+#: A grown network counts as computing the same function below this relative error.
+EXACT_RTOL = 1e-5
+
+
+def init_kwargs(apply_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``apply_kwargs`` without the ones ``init`` does not take (``mutable``)."""
+    return {k: v for k, v in apply_kwargs.items() if k != "mutable"}
+
+
+def abstract_init(
+    target: nn.Module, example_input: Any, apply_kwargs: Mapping[str, Any]
+) -> FlatVariables:
+    """Flat shapes of ``target.init`` on ``example_input``, with no computation.
+
+    Raises:
+      ValueError: ``target`` does not initialise on ``example_input``.
+    """
+    try:
+        shapes = jax.eval_shape(
+            lambda x: target.init(jax.random.key(0), x, **init_kwargs(apply_kwargs)),
+            example_input,
+        )
+    except Exception as err:  # flax and jax raise many types here; re-raise with context
+        raise ValueError(
+            f"target {type(target).__name__} does not initialise on example_input "
+            f"{jax.tree.map(np.shape, example_input)}: {err}"
+        ) from None
+    return flatten(shapes)
+
+
+def check_same_architecture(
+    model: nn.Module, target: nn.Module, old: FlatVariables, new: FlatVariables
+) -> None:
+    """Raises unless ``target`` is ``model``'s class with the same variable paths and ranks.
+
+    Raises:
+      ValueError: listing the differing paths (missing, extra, other rank) or classes.
+    """
+    if type(target) is not type(model):
+        raise ValueError(
+            f"target must be a {type(model).__name__} like the model (with other sizes), got "
+            f"a {type(target).__name__}"
+        )
+    problems = [f"{path_str(p)} missing in target" for p in old if p not in new]
+    problems += [f"{path_str(p)} only in target" for p in new if p not in old]
+    problems += [
+        f"{path_str(p)} has shape {np.shape(old[p])} but {new[p].shape} in target"
+        for p in old
+        if p in new and len(np.shape(old[p])) != len(new[p].shape)
+    ]
+    if problems:
+        raise ValueError(
+            "target differs from the model in more than unit counts: " + "; ".join(problems)
+        )
+
+
+def group_sizes(
+    groups: tuple[UnitGroup, ...], old: FlatVariables, new: FlatVariables
+) -> list[tuple[int, int]]:
+    """``(old, new)`` unit count of every group, read along its members' axes.
+
+    Raises:
+      ValueError: the members of a group disagree about its sizes (the target is not a
+        widening of that group), or a group would shrink.
+    """
+    sizes = []
+    for group in groups:
+        seen: dict[tuple[int, int], list[str]] = {}
+        for member in group.members:
+            if member.flattened or member.path not in old:
+                continue
+            axis = member.axis % len(np.shape(old[member.path]))
+            pair = (np.shape(old[member.path])[axis], new[member.path].shape[axis])
+            seen.setdefault(pair, []).append(f"{path_str(member.path)} axis {axis}")
+        if len(seen) != 1:
+            described = "; ".join(f"{o} -> {n}: {', '.join(w)}" for (o, n), w in seen.items())
+            raise ValueError(
+                f"the target sizes the units of {group.name} unevenly ({described}): every "
+                "axis of one unit group must grow to the same size"
+            )
+        ((old_size, new_size),) = seen
+        if new_size < old_size:
+            raise ValueError(
+                f"widen cannot shrink {group.name} from {old_size} to {new_size} units; use "
+                "jnet2net.transfer to make a network narrower"
+            )
+        for member in group.members:
+            if member.flattened and member.path in old:
+                axis = member.axis % len(np.shape(old[member.path]))
+                before, after = np.shape(old[member.path])[axis], new[member.path].shape[axis]
+                if before % old_size or before // old_size * new_size != after:
+                    raise ValueError(
+                        f"{path_str(member.path)} axis {axis} flattens {old_size} units of "
+                        f"{group.name} ({before} entries); growing them to {new_size} needs "
+                        f"{before // max(old_size, 1) * new_size} entries, the target has {after}"
+                    )
+        sizes.append((old_size, new_size))
+    return sizes
+
+
+def check_covered(
+    groups: tuple[UnitGroup, ...],
+    sizes: list[tuple[int, int]],
+    old: FlatVariables,
+    new: FlatVariables,
+) -> None:
+    """Raises unless every axis whose size changes belongs to a growing group.
+
+    Raises:
+      ValueError: listing the paths and axes no unit group explains.
+    """
+    grown: set[tuple[Path, int]] = set()
+    for group, (before, after) in zip(groups, sizes, strict=True):
+        if after > before:
+            for member in group.members:
+                if member.path in old:
+                    grown.add((member.path, member.axis % len(np.shape(old[member.path]))))
+    unexplained = []
+    for path, leaf in old.items():
+        shape, wanted = np.shape(leaf), new[path].shape
+        for axis, (a, b) in enumerate(zip(shape, wanted, strict=True)):
+            if a != b and (path, axis) not in grown:
+                unexplained.append(f"{path_str(path)} axis {axis}: {a} -> {b}")
+    if unexplained:
+        raise ValueError(
+            "the target changes sizes that no growable unit group owns (an input, output or "
+            "non-unit axis, or units that meet one): " + "; ".join(unexplained)
+        )
+
+
+def _outputs(model: nn.Module, variables: Variables, x: Any, apply_kwargs: Mapping) -> Any:
+    out = model.apply(variables, x, **apply_kwargs)
+    return out[0] if apply_kwargs.get("mutable", False) else out
+
+
+def relative_error(
+    model: nn.Module,
+    variables: Variables,
+    new_model: nn.Module,
+    new_variables: Variables,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any],
+) -> float:
+    """``max|new - old| / max|old|`` of the two networks on random inputs shaped like
+    ``example_input`` (float leaves standard normal, others as given)."""
+    leaves, treedef = jax.tree.flatten(example_input)
+    keys = jax.random.split(jax.random.key(1234), max(len(leaves), 1))
+    inputs = [
+        jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+        if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+        else x
+        for k, x in zip(keys, leaves, strict=False)
+    ]
+    x = jax.tree.unflatten(treedef, inputs)
+    old = jax.tree.leaves(_outputs(model, variables, x, apply_kwargs))
+    new = jax.tree.leaves(_outputs(new_model, new_variables, x, apply_kwargs))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(old, new, strict=True))
+    scale = max(float(jnp.max(jnp.abs(a))) for a in old)
+    return diff / max(scale, float(np.finfo(np.float32).tiny))
+
+
+def _traced(variables: Variables) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(variables))
+
+
+def widen_to_target(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    *,
+    key: jax.Array,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    noise: grow.Noise = "split",
+    noise_scale: float = 0.1,
+) -> tuple[nn.Module, Variables]:
+    """Net2WiderNet for any linen module: ``target``'s variables computing ``model``'s function.
+
+    See :func:`jnet2net.widen` (``target=``) for the arguments and noises.
+
+    Returns:
+      ``(target, new_variables)``.
+
+    Raises:
+      ValueError: ``example_input`` is missing; ``target`` is another class, has other
+        variable paths or ranks, shrinks a group, changes an axis no growable group owns, or
+        grows a ``uniform_only`` group by a size that is not a multiple (or with
+        ``noise='fresh'``); or the result is not exact where it should be.
+    """
+    apply_kwargs = dict(apply_kwargs or {})
+    if example_input is None:
+        raise ValueError(
+            f"widen(target=...) traces {type(model).__name__} to find its unit groups: pass "
+            "example_input= (an input the module takes, e.g. a batch of one)"
+        )
+    old = flatten(variables)
+    new = abstract_init(target, example_input, apply_kwargs)
+    check_same_architecture(model, target, old, new)
+    groups = couplings(model, variables, example_input, **apply_kwargs)
+    sizes = group_sizes(groups, old, new)
+    check_covered(groups, sizes, old, new)
+    map_key, noise_key = jax.random.split(key)
+    if noise == "fresh":
+        uniform = [
+            g.name for g, (o, n) in zip(groups, sizes, strict=True) if g.uniform_only and n > o
+        ]
+        if uniform:
+            raise ValueError(
+                f"noise='fresh' cannot grow {', '.join(uniform)}: their units are averaged "
+                "over (e.g. by a LayerNorm), so new units would change the mean; use "
+                "noise='split' or 'none' (uniform replication)"
+            )
+        growths = tuple(
+            grow.GroupGrowth(g, o, n) for g, (o, n) in zip(groups, sizes, strict=True) if n > o
+        )
+        fresh: Variables = {}
+        if growths:
+            fresh = target.init(noise_key, example_input, **init_kwargs(apply_kwargs))
+        new_variables = grow.fresh_widening(variables, fresh, growths)
+    else:
+        plan = grow.plan_for_sizes(groups, sizes, map_key)
+        if noise == "paper" and plan:
+            warnings.warn(
+                "widen(noise='paper') adds noise to consumer weights: the widened network "
+                "does not compute exactly the same function",
+                stacklevel=3,
+            )
+        new_variables = grow.apply_widening(
+            variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale
+        )
+    got = flatten(new_variables)
+    wrong = [
+        f"{path_str(p)}: {np.shape(got.get(p))} instead of {leaf.shape}"
+        for p, leaf in new.items()
+        if p not in got or np.shape(got[p]) != leaf.shape
+    ]
+    if wrong:
+        raise ValueError("widening did not produce the target's shapes: " + "; ".join(wrong))
+    exact = noise in ("none", "fresh") or (
+        noise == "split"
+        and isinstance(noise_scale, (int, float))
+        and noise_scale <= grow.MAX_EXACT_SPLIT_SCALE
+    )
+    if exact and not _traced(variables):
+        error = relative_error(model, variables, target, new_variables, example_input, apply_kwargs)
+        if not error < EXACT_RTOL:
+            raise ValueError(
+                f"the widened {type(model).__name__} does not compute the same function "
+                f"(relative error {error:.2e} on random inputs): the module does something to "
+                f"its units that unit-group discovery did not see (groups: "
+                f"{', '.join(g.name for g in groups)})"
+            )
+    return target, new_variables
+
+
+# --- deepen: new layers of a deeper target, identity by rule ---------------------------
+
+#: A per-leaf initialiser: a name in ``INITIALISERS`` or ``f(path, fresh_leaf) -> array``.
+Initialiser = str | Callable[[Path, jax.Array], jax.Array]
+#: ``(regex on 'collection/module/.../leaf', initialiser)``; the first match wins.
+Rule = tuple[str, Initialiser]
+INITIALISERS = ("identity", "zeros", "ones", "fresh")
+#: The BatchNorm epsilon an ``'identity'`` norm scale assumes (flax's and jnet2net's).
+NORM_EPSILON = 1e-5
+
+#: A plain chain: every new layer computes its input (after a ReLU: identity kernels).
+PLAIN_RULES: tuple[Rule, ...] = (
+    (r"(^|/)kernel$", "identity"),
+    (r"(^|/)bias$", "zeros"),
+    (r"^batch_stats/.*/mean$", "zeros"),
+    (r"^batch_stats/.*/var$", "ones"),
+    (r"(^|/)scale$", "identity"),
+)
+
+
+def _identity_leaf(path: Path, fresh: jax.Array) -> jax.Array:
+    """The identity value of a new kernel (dense or odd conv, square) or norm scale."""
+    shape = np.shape(fresh)
+    if path[-1] == "scale":
+        return jnp.full(shape, np.sqrt(1.0 + NORM_EPSILON), fresh.dtype)
+    if len(shape) == 2 and shape[0] == shape[1]:
+        return jnp.eye(shape[0], dtype=fresh.dtype)
+    if len(shape) >= 3 and shape[-1] == shape[-2] and all(s % 2 for s in shape[:-2]):
+        kernel = jnp.zeros(shape, fresh.dtype)
+        centre = tuple(s // 2 for s in shape[:-2])
+        return kernel.at[centre].set(jnp.eye(shape[-1], dtype=fresh.dtype))
+    raise ValueError(
+        f"no identity for {path_str(path)} of shape {shape}: 'identity' needs a square dense "
+        "kernel (n, n), an odd conv kernel (..., c, c) or a norm scale; give it another rule"
+    )
+
+
+def _initialise(path: Path, fresh: jax.Array, initialiser: Initialiser) -> jax.Array:
+    if callable(initialiser):
+        value = jnp.asarray(initialiser(path, fresh))
+        if value.shape != np.shape(fresh):
+            raise ValueError(
+                f"the rule for {path_str(path)} returned shape {value.shape}, the target needs "
+                f"{np.shape(fresh)}"
+            )
+        return value.astype(fresh.dtype)
+    if initialiser == "identity":
+        return _identity_leaf(path, fresh)
+    if initialiser == "zeros":
+        return jnp.zeros_like(fresh)
+    if initialiser == "ones":
+        return jnp.ones_like(fresh)
+    if initialiser == "fresh":
+        return fresh
+    raise ValueError(
+        f"unknown initialiser {initialiser!r} for {path_str(path)}: use one of {INITIALISERS} "
+        "or a callable (path, fresh_leaf) -> array"
+    )
+
+
+def check_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern[str], Initialiser]]:
+    """``rules`` compiled; TypeError/ValueError naming a malformed rule."""
+    compiled = []
+    for rule in rules:
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise TypeError(f"a rule is (regex, initialiser), got {rule!r}")
+        pattern, initialiser = rule
+        if not callable(initialiser) and initialiser not in INITIALISERS:
+            raise ValueError(
+                f"unknown initialiser {initialiser!r} in rule {pattern!r}: use one of "
+                f"{INITIALISERS} or a callable (path, fresh_leaf) -> array"
+            )
+        try:
+            compiled.append((re.compile(pattern), initialiser))
+        except re.error as err:
+            raise ValueError(f"rule {pattern!r} is not a regular expression: {err}") from None
+    return compiled
+
+
+def by_rules(
+    new_paths: Sequence[Path], fresh: FlatVariables, rules: Sequence[Rule]
+) -> FlatVariables:
+    """Each new leaf by the first rule whose regex matches its ``'/'``-joined path
+    (``re.search``); leaves no rule matches keep ``fresh``'s value."""
+    compiled = check_rules(rules)
+    out = {}
+    for path in new_paths:
+        name = path_str(path)
+        initialiser: Initialiser = next(
+            (init for pattern, init in compiled if pattern.search(name)), "fresh"
+        )
+        out[path] = _initialise(path, fresh[path], initialiser)
+    return out
+
+
+def zero_last_rules(new_paths: Sequence[Path], order: Sequence[Path]) -> tuple[Rule, ...]:
+    """A residual branch per new top-level layer: the last norm scale it uses (or, without
+    one, its last kernel and that kernel's bias) zero, everything else fresh."""
+    rank = {path: i for i, path in enumerate(order)}
+    layers: dict[tuple[str, str], list[Path]] = {}
+    for path in new_paths:
+        if path[0] == "params" and len(path) > 2:
+            layers.setdefault(path[:2], []).append(path)
+    rules: list[Rule] = []
+    for paths in layers.values():
+        used = sorted((p for p in paths if p in rank), key=rank.__getitem__)
+        scales = [p for p in used if p[-1] == "scale"]
+        kernels = [p for p in used if p[-1] == "kernel"]
+        if scales:
+            rules.append((f"^{re.escape(path_str(scales[-1]))}$", "zeros"))
+        elif kernels:
+            rules.append((f"^{re.escape(path_str(kernels[-1]))}$", "zeros"))
+            bias = (*kernels[-1][:-1], "bias")
+            rules.append((f"^{re.escape(path_str(bias))}$", "zeros"))
+    return tuple(rules)
+
+
+def deepen_to_target(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    *,
+    key: jax.Array,
+    example_input: Any,
+    rules: Sequence[Rule] | None = None,
+    apply_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, Variables]:
+    """Net2DeeperNet for any linen module: ``target`` (more layers) computing ``model``'s
+    function. See :func:`jnet2net.deepen` (``target=``).
+
+    Returns:
+      ``(target, new_variables)``: every old leaf kept, new leaves by ``rules``.
+
+    Raises:
+      ValueError: ``example_input`` is missing; ``target`` is another class, lacks an old
+        path or changes an old leaf's shape; a rule is malformed; or the result does not
+        compute the same function (naming the new paths).
+    """
+    from jnet2net.discover import first_use_order
+
+    apply_kwargs = dict(apply_kwargs or {})
+    if example_input is None:
+        raise ValueError(
+            f"deepen(target=...) builds and checks {type(model).__name__}'s deeper version: "
+            "pass example_input= (an input the module takes, e.g. a batch of one)"
+        )
+    if type(target) is not type(model):
+        raise ValueError(
+            f"target must be a {type(model).__name__} like the model (with more layers), got "
+            f"a {type(target).__name__}"
+        )
+    old = flatten(variables)
+    shapes = abstract_init(target, example_input, apply_kwargs)
+    problems = [f"{path_str(p)} missing in target" for p in old if p not in shapes]
+    problems += [
+        f"{path_str(p)} has shape {np.shape(old[p])} but {shapes[p].shape} in target"
+        for p in old
+        if p in shapes and np.shape(old[p]) != shapes[p].shape
+    ]
+    if problems:
+        raise ValueError(
+            "deepen keeps every old layer as it is, but the target differs there (name new "
+            "layers explicitly so old names do not shift): " + "; ".join(problems)
+        )
+    new_paths = [p for p in shapes if p not in old]
+    if not new_paths:
+        return target, variables
+    fresh_tree = target.init(key, example_input, **init_kwargs(apply_kwargs))
+    fresh = flatten(fresh_tree)
+    if rules is not None:
+        candidates = [tuple(rules)]
+    else:
+        order = first_use_order(target, fresh_tree, example_input, **apply_kwargs)
+        candidates = [PLAIN_RULES, zero_last_rules(new_paths, order)]
+    errors = []
+    for candidate in candidates:
+        try:
+            new_leaves = by_rules(new_paths, fresh, candidate)
+        except ValueError as err:
+            if rules is not None:
+                raise
+            errors.append(str(err))
+            continue
+        grown = grow._keep_empty_collections(
+            unflatten_like({**old, **new_leaves}, variables), variables
+        )
+        error = relative_error(model, variables, target, grown, example_input, apply_kwargs)
+        if error < EXACT_RTOL:
+            return target, grown
+        errors.append(f"relative error {error:.2e}")
+    how = "by the rules given" if rules is not None else "as identity layers or as residual "
+    how += "" if rules is not None else "branches with a zero output"
+    raise ValueError(
+        f"the deeper {type(target).__name__} does not compute the same function with its new "
+        f"leaves {', '.join(path_str(p) for p in new_paths)} initialised "
+        f"{how} "
+        f"({'; '.join(errors)}): pass rules=[(regex, 'zeros' | 'identity' | ...), ...]"
+    )
