@@ -268,3 +268,18 @@ def test_distributed_settings_come_from_flags_over_the_environment(monkeypatch):
     monkeypatch.delenv("JAX_NUM_PROCESSES")
     monkeypatch.delenv("JAX_PROCESS_ID")
     assert distributed.distributed_args() == (None, None, None)  # left to auto-detection
+
+
+def test_the_harness_kills_hung_processes_and_reports_their_stderr(tmp_path):
+    hang = ["-c", "import sys, time; print('waiting', file=sys.stderr, flush=True); time.sleep(60)"]
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match=r"(?s)timed out after 2 s.*waiting"):
+        run_processes([hang, hang], devices=1, timeout_s=2, cwd=tmp_path)
+    assert time.monotonic() - start < 30
+
+
+def test_the_harness_stops_all_when_one_process_fails(tmp_path):
+    fail = ["-c", "import sys; sys.exit('bad input')"]
+    hang = ["-c", "import time; time.sleep(60)"]
+    with pytest.raises(pytest.fail.Exception, match=r"(?s)a process failed.*bad input"):
+        run_processes([fail, hang], devices=1, timeout_s=50, cwd=tmp_path)
