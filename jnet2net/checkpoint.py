@@ -48,6 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.core import FrozenDict, unfreeze
 
+from jnet2net import distributed
 from jnet2net.grow import deepen as deepen_network
 from jnet2net.grow import widen as widen_network
 from jnet2net.models import model_config, model_from_config
@@ -192,11 +193,13 @@ def array_checksums(tree: Any) -> dict[str, list[str]]:
     """``{'a/b/c': [dtype, sha256 hex of the bytes]}`` for every array leaf of ``tree``.
 
     Paths join dict keys, attribute names and sequence indices, so an optax state and the
-    dicts and lists Orbax stores it as give the same paths.
+    dicts and lists Orbax stores it as give the same paths. With several processes, arrays
+    replicated over them (a training state) are read locally; arrays split across processes
+    are gathered, so every process must compute the checksums of the same tree.
     """
     sums = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        array = np.ascontiguousarray(jax.device_get(leaf)).reshape(-1)
+        array = np.ascontiguousarray(distributed.host_array(leaf)).reshape(-1)
         digest = hashlib.sha256(array.view(np.uint8))
         sums["/".join(_key_name(k) for k in path)] = [str(array.dtype), digest.hexdigest()]
     return sums
@@ -315,6 +318,9 @@ def set_aside_damaged(directory: PathLike) -> list[tuple[int, pathlib.Path, str]
     restores; each that raises :class:`CorruptCheckpointError` is renamed
     ``DIR/<step>.damaged`` (kept for inspection; no longer a step).
 
+    With several processes every process calls it (restoring is collective); process 0
+    renames, the others wait for it.
+
     Returns:
       ``(step, new path, reason)`` of each moved checkpoint, latest first.
     """
@@ -329,7 +335,9 @@ def set_aside_damaged(directory: PathLike) -> list[tuple[int, pathlib.Path, str]
             while target.exists():
                 n += 1
                 target = path / f"{step}.damaged{n}"
-            (path / str(step)).rename(target)
+            if distributed.is_primary():
+                (path / str(step)).rename(target)
+            distributed.barrier(f"set_aside_damaged:{step}")
             moved.append((step, target, str(err)))
             continue
         break
@@ -699,11 +707,11 @@ def _quiet_absl() -> Iterator[None]:
 
 
 def _on_every_device(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    """``leaf`` replicated over every local device (how training holds its state): a
-    checkpoint saved on another number of devices restores here instead of failing on
-    Orbax's saved sharding, and training uses the arrays as they come (no transfer between
-    devices that a donating step could race)."""
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    """``leaf`` replicated over every device, of every process (how training holds its
+    state): a checkpoint saved on another number of devices or processes restores here
+    instead of failing on Orbax's saved sharding, and training uses the arrays as they come
+    (no transfer between devices that a donating step could race)."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 

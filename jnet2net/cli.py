@@ -877,7 +877,40 @@ def _add_train(sub: Any) -> None:
         default=2,
         help="checkpoints to keep (0: all)",
     )
+    _add_distributed_args(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group(
+        "several processes (jax.distributed; every process runs the same command)"
+    )
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run detected from the environment (SLURM, Open MPI, Cloud "
+        "TPU, or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID)",
+    )
+    d.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="process 0's address for the others to join (implies --distributed)",
+    )
+    d.add_argument(
+        "--num-processes",
+        metavar="N",
+        type=count_at_least(1),
+        default=None,
+        help="processes in the run (implies --distributed)",
+    )
+    d.add_argument(
+        "--process-id",
+        metavar="I",
+        type=count_at_least(0),
+        default=None,
+        help="this process's index, 0 .. N-1 (implies --distributed)",
+    )
 
 
 def _config_help(field: str) -> str:
@@ -947,13 +980,39 @@ def train_config_from_args(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``jnet2net train``: holds ``--out``'s lock while it trains."""
-    from jnet2net import rundir
+    """``jnet2net train``: joins a multi-process run first when asked, then holds
+    ``--out``'s lock (process 0) while it trains; only process 0 prints to stdout."""
+    from jnet2net import distributed
 
+    start_distributed(args)
     check_out(args.out)
-    with rundir.locked(args.out):
+    # Orbax's directory checks are collective: all look before process 0 creates --out
+    distributed.barrier("check_out")
+    quiet = contextlib.nullcontext() if distributed.is_primary() else _stdout_to_devnull()
+    with distributed.primary_locked(args.out), quiet:
         train_run(args)
     return 0
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """``jnet2net.distributed.initialize`` when ``--distributed``, ``--coordinator``,
+    ``--num-processes`` or ``--process-id`` is given (before any JAX work)."""
+    from jnet2net import distributed
+
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in given):
+        info = distributed.initialize(*given)
+        if info.process_id == 0:
+            print(
+                f"{info.num_processes} processes, {info.global_devices} devices "
+                f"({info.local_devices} in this process)"
+            )
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull() -> Any:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
 
 
 def set_aside_damaged_checkpoints(out: pathlib.Path) -> None:
@@ -1034,7 +1093,8 @@ def train_run(args: argparse.Namespace) -> Any:
         )
     if resuming:
         set_aside_damaged_checkpoints(out)
-        check_run_log(out / "metrics.jsonl")
+        if jax.process_index() == 0:  # the log's one writer
+            check_run_log(out / "metrics.jsonl")
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
     flags = _data_flags(args, out if resuming else args.source, strict=resuming)
     train_set, test_set = data.load_protocol(

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jnet2net import distributed
 from jnet2net.data.dataset import Dataset, normalize
 from jnet2net.data.streaming import StreamSet
 from jnet2net.models.config import model_config
@@ -365,6 +366,12 @@ def fit(
     "output_error", ...}`` is logged, where ``output_error`` is the relative eval-mode
     output change on a held batch (the test set's first images).
 
+    Under ``jax.distributed`` (:func:`jnet2net.distributed.initialize`) every process calls
+    ``fit`` with the same arguments and data; the default mesh spans every process's
+    devices, batches are sharded over all of them and the state stays replicated. Process 0
+    alone writes ``config.log_path`` and the progress output; callbacks run in every
+    process (a checkpoint saver must, since saving is collective).
+
     Args:
       model: the network (when resuming: the architecture at ``state.step``);
         ``config.compute_dtype`` overrides its ``dtype``.
@@ -393,7 +400,9 @@ def fit(
       on_grow: called as ``on_grow(new_model, state, record)`` after each growth event.
       precompile: compile every growth event's program and grown step in a background
         thread while training runs (on a zero copy of the state), so the events do not wait
-        for compiles; ``False`` compiles each at its event.
+        for compiles; ``False`` compiles each at its event. With several processes each
+        event compiles at its step (a background program could interleave its
+        cross-process collectives with the training steps' in another order per process).
       initial_eval: a run that starts at step 0 evaluates its starting network on ``test``
         first and logs it as a record at epoch 0, step 0 (a grown student's head start).
       on_step: called as ``on_step(step)`` before each training step (global ``step``)
@@ -457,12 +466,9 @@ def fit(
     pending = [(i, e) for i, e in enumerate(events) if e.at_step(spe) >= start]
     planned_models(model, [e for _, e in pending], train.image_shape)  # fails before training
     totals = dict.fromkeys(TOTALS, 0.0)
-    if config.log_path and os.path.exists(config.log_path):
-        if start == 0:
-            os.remove(config.log_path)
-        else:
-            drop_later_records(config.log_path, start)
-            totals.update(logged_totals(config.log_path, start))
+    if config.log_path:
+        totals.update(start_log(config.log_path, start))
+    log_path = config.log_path if distributed.is_primary() else None  # one writer
 
     images = labels = None  # streaming: each step gets its batch from the stream
     if not streaming:
@@ -477,7 +483,7 @@ def fit(
     held_set = test if test is not None else train
     if isinstance(held_set, StreamSet):
         held_set = held_set.to_dataset(HELD_BATCH)
-    held = held_batch(held_set, train.mean, train.std)
+    held = put_replicated(held_batch(held_set, train.mean, train.std), mesh)
     schedule = make_schedule(config, spe, rewarm=windows)
     history: list[Record] = []
     if start >= end:
@@ -507,7 +513,7 @@ def fit(
         for index, event in pending:
             (new_model,) = planned_models(model, [event], train.image_shape)
             zero_state, _, _ = _jitted_growth(model, event)(
-                zero_state, event_key(growth_key, index), held
+                zero_state, put_replicated(event_key(growth_key, index), mesh), held
             )
             zero_state = put_replicated(zero_state, mesh)
             compiled_for(new_model, zero_state, order, total="background_compile_s")
@@ -539,22 +545,22 @@ def fit(
             **totals,
         }
         history.append(record)
-        if config.log_path:
-            append_jsonl(config.log_path, record)
+        if log_path:
+            append_jsonl(log_path, record)
         if on_epoch_end is not None:
             on_epoch_end(state, record)
     progress = ProgressBar(
         end - start,
         desc=f"train {type(model).__name__}",
-        enabled=progress_enabled(config.progress),
-        lines=progress_lines_enabled(config.progress),
+        enabled=distributed.is_primary() and progress_enabled(config.progress),
+        lines=distributed.is_primary() and progress_lines_enabled(config.progress),
         offset=start,
         batch_size=config.batch_size,
     )
     step_fn: CompiledStep | None = None
     background = None
     zero_state = None  # made before the first step donates the state's buffers
-    if pending and precompile:
+    if pending and precompile and jax.process_count() == 1:
         zero_state = put_replicated(jax.tree.map(jnp.zeros_like, state), mesh)
     with progress, batches:
         for epoch in range(start // spe, config.epochs):
@@ -598,8 +604,8 @@ def fit(
                         **totals,
                     )
                     history.append(grow_record)
-                    if config.log_path:
-                        append_jsonl(config.log_path, grow_record)
+                    if log_path:
+                        append_jsonl(log_path, grow_record)
                     if on_grow is not None:
                         on_grow(model, state, grow_record)
                     t_epoch = time.perf_counter()
@@ -634,8 +640,8 @@ def fit(
                         **totals,
                     }
                     history.append(record)
-                    if config.log_path:
-                        append_jsonl(config.log_path, record)
+                    if log_path:
+                        append_jsonl(log_path, record)
                     if on_epoch_end is not None:
                         on_epoch_end(state, record)
                     t_epoch = time.perf_counter()
@@ -668,8 +674,8 @@ def fit(
                     record["resumed"] = True
             history.append(record)
             progress.update(0, note=_summary(record, config.epochs))
-            if config.log_path:
-                append_jsonl(config.log_path, record)
+            if log_path:
+                append_jsonl(log_path, record)
             if on_epoch_end is not None:
                 on_epoch_end(state, record)
             if (
@@ -736,7 +742,7 @@ def _grow(
     growing a ResNet-20 state takes tens of seconds on a CPU).
     """
     (new_model,) = planned_models(model, [event], held.shape[1:])
-    new_state, before, after = _jitted_growth(model, event)(state, key, held)
+    new_state, before, after = _jitted_growth(model, event)(state, put_replicated(key, mesh), held)
     new_state = put_replicated(new_state, mesh)
     record: Record = {
         "event": "grow",
@@ -769,6 +775,25 @@ def _architecture(model: nn.Module) -> Any:
         return model_config(model)
     except TypeError:
         return repr(model)
+
+
+def start_log(log_path: str, step: int) -> dict[str, float]:
+    """Readies a run's JSONL log for a run that starts at ``step``; returns the compute
+    totals to continue (:func:`logged_totals`, ``{}`` at step 0).
+
+    At step 0 an old log is removed, later the records after ``step`` are dropped
+    (:func:`drop_later_records`). With several processes only process 0 changes the file;
+    the others read it after a barrier.
+    """
+    if distributed.is_primary() and os.path.exists(log_path):
+        if step == 0:
+            os.remove(log_path)
+        else:
+            drop_later_records(log_path, step)
+    distributed.barrier("start_log")
+    if step == 0 or not os.path.exists(log_path):
+        return {}
+    return logged_totals(log_path, step)
 
 
 def logged_totals(log_path: str, step: int) -> dict[str, float]:

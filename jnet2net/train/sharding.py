@@ -46,6 +46,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
 
 
 def _put_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _put_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     if isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable):
         # device_put(may_alias=False) still shares the buffer on a device that the input
         # lives on, so a donating step would delete the caller's array: copy first
@@ -55,9 +58,12 @@ def _put_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
-    """A copy of ``tree`` (arrays or numpy) replicated over ``mesh``; the input stays valid.
+    """A copy of ``tree`` (arrays, PRNG keys or numpy) replicated over ``mesh``; the input
+    stays valid.
 
-    With several processes every process must pass the same values. Returns once the
+    With several processes (``jax.distributed``) ``mesh`` spans them all and the copies are
+    global arrays: every process must pass the same values (host values and arrays of its
+    own devices are placed from the host; global arrays are resharded). Returns once the
     copies are made: a step that donates them must not delete a buffer that a transfer to
     another device is still reading.
     """
