@@ -218,6 +218,36 @@ for record in result.history:
     print(f"epoch {record['epoch']}: test accuracy {record['test_acc']:.3f}")
 """,
     ),
+    (
+        "md",
+        """\
+## 5. Vision transformers grow the same way
+
+`models.ViT` is a pre-LayerNorm transformer over 4x4 patches. `widen` grows its MLP units,
+its heads (each keeps its width) and its embedding width (only by a whole multiple: the
+LayerNorms normalise over the residual stream, so every unit is copied the same number of
+times); `deepen` appends blocks whose residual outputs are zero. The grown transformer
+computes the trained one's function and keeps training from there.
+""",
+    ),
+    (
+        "code",
+        """\
+embed, mlp = (16, 32) if SMALL else (96, 192)
+vit = models.ViT(patch_size=4, embed_dim=embed, depth=2, num_heads=2, mlp_dim=mlp)
+vit_vars = vit.init(jax.random.key(5), jnp.zeros((1, *train_set.image_shape)), train=False)
+vit_vars = train.fit(vit, train_set, test_set, config, variables=vit_vars).state.variables
+big_vit, big_vars = jnet2net.widen(
+    vit, vit_vars, key=jax.random.key(6), embed_dim=2 * embed, num_heads=4, mlp_dim=2 * mlp,
+    noise="fresh",
+)
+big_vit, big_vars = jnet2net.deepen(big_vit, big_vars, depth=4, key=jax.random.key(7))
+print(f"grown ViT: embed {big_vit.embed_dim}, {big_vit.depth} blocks, {big_vit.num_heads} heads")
+print("output error:", jnet2net.output_error(vit, vit_vars, big_vit, big_vars, xs).max())
+print("test accuracy before / after growing:",
+      train.evaluate(vit, vit_vars, test_set)[1], train.evaluate(big_vit, big_vars, test_set)[1])
+""",
+    ),
 ]
 
 # --- 02 Net2Net on CIFAR-10 ------------------------------------------------------------------
