@@ -237,15 +237,14 @@ embed, mlp = (16, 32) if SMALL else (96, 192)
 vit = models.ViT(patch_size=4, embed_dim=embed, depth=2, num_heads=2, mlp_dim=mlp)
 vit_vars = vit.init(jax.random.key(5), jnp.zeros((1, *train_set.image_shape)), train=False)
 vit_vars = train.fit(vit, train_set, test_set, config, variables=vit_vars).state.variables
-big_vit, big_vars = jnet2net.widen(
-    vit, vit_vars, key=jax.random.key(6), embed_dim=2 * embed, num_heads=4, mlp_dim=2 * mlp,
-    noise="fresh",
-)
+sizes = dict(embed_dim=2 * embed, num_heads=4, mlp_dim=2 * mlp)
+big_vit, big_vars = jnet2net.widen(vit, vit_vars, key=jax.random.key(6), noise="fresh", **sizes)
 big_vit, big_vars = jnet2net.deepen(big_vit, big_vars, depth=4, key=jax.random.key(7))
 print(f"grown ViT: embed {big_vit.embed_dim}, {big_vit.depth} blocks, {big_vit.num_heads} heads")
 print("output error:", jnet2net.output_error(vit, vit_vars, big_vit, big_vars, xs).max())
-print("test accuracy before / after growing:",
-      train.evaluate(vit, vit_vars, test_set)[1], train.evaluate(big_vit, big_vars, test_set)[1])
+before = train.evaluate(vit, vit_vars, test_set)[1]
+after = train.evaluate(big_vit, big_vars, test_set)[1]
+print(f"test accuracy before / after growing: {before:.3f} / {after:.3f}")
 """,
     ),
 ]
