@@ -253,10 +253,11 @@ def test_auto_input_keeps_small_sets_in_memory_and_streams_large_ones(digits, mo
 # --- tfds image datasets (a tiny array_record dataset written here) -----------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_tfds(tmp_path_factory):
     """A tfds dataset ``tiny_images`` of 64x(40..63) RGB images, 3 classes, array_record:
-    ``train`` 24 records, ``validation`` 6."""
+    ``train`` 24 records, ``validation`` 6. Session-scoped: tfds registers the builder class
+    by name once per process, and a module fixture can be set up twice in one worker."""
     tfds = pytest.importorskip("tensorflow_datasets")
     from etils import epath
 
