@@ -438,6 +438,26 @@ def fresh_widening(
     return _keep_empty_collections(unflatten_like(flat, variables), variables)
 
 
+def replicated_widening(
+    variables: Variables,
+    plan: tuple[GroupMapping, ...],
+    *,
+    key: jax.Array,
+    noise: Noise,
+    noise_scale: float,
+    stacklevel: int = 2,
+) -> Variables:
+    """:func:`apply_widening` of ``plan``, warning first when ``noise='paper'`` makes the
+    result inexact (``stacklevel`` counts from the caller, as in ``warnings.warn``)."""
+    if noise == "paper" and plan:
+        warnings.warn(
+            "widen(noise='paper') adds noise to consumer weights: the widened network does "
+            "not compute exactly the same function",
+            stacklevel=stacklevel + 1,
+        )
+    return apply_widening(variables, plan, key=key, noise=noise, noise_scale=noise_scale)
+
+
 def _widen_fresh(
     model: nn.Module, new_model: nn.Module, variables: Variables, init_key: jax.Array
 ) -> Variables:
@@ -550,13 +570,7 @@ def widen(
     if noise == "fresh":
         return new_model, _widen_fresh(model, new_model, variables, noise_key)
     plan = widening_plan(model, new_model, map_key)
-    if noise == "paper" and plan:
-        warnings.warn(
-            "widen(noise='paper') adds noise to consumer weights: the widened network does "
-            "not compute exactly the same function",
-            stacklevel=2,
-        )
-    new_variables = apply_widening(
+    new_variables = replicated_widening(
         variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale
     )
     return new_model, new_variables

@@ -10,7 +10,6 @@ the presets (:func:`jnet2net.grow.apply_widening`, :func:`jnet2net.grow.fresh_wi
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -245,14 +244,8 @@ def widen_to_target(
         new_variables = grow.fresh_widening(variables, fresh, growths)
     else:
         plan = grow.plan_for_sizes(groups, sizes, map_key)
-        if noise == "paper" and plan:
-            warnings.warn(
-                "widen(noise='paper') adds noise to consumer weights: the widened network "
-                "does not compute exactly the same function",
-                stacklevel=3,
-            )
-        new_variables = grow.apply_widening(
-            variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale
+        new_variables = grow.replicated_widening(
+            variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale, stacklevel=3
         )
     got = flatten(new_variables)
     wrong = [

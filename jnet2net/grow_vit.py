@@ -29,7 +29,6 @@ All of it is exact in eval and train mode (a ViT has no train-mode layers).
 from __future__ import annotations
 
 import numbers
-import warnings
 from typing import Any
 
 import jax
@@ -45,6 +44,7 @@ from jnet2net.grow import (
     embed_widening,
     fresh_widening,
     grown_groups,
+    replicated_widening,
 )
 from jnet2net.models.vit import ViT
 from jnet2net.variables import (
@@ -222,14 +222,8 @@ def widen_vit(
             fresh = new_model.init(init_key, model.example_input(variables), train=False)
         return new_model, fresh_widening(grown, fresh, growths)
     plan = vit_widening_plan(model, new_model, map_key)
-    if noise == "paper" and plan:
-        warnings.warn(
-            "widen(noise='paper') adds noise to consumer weights: the widened network does "
-            "not compute exactly the same function",
-            stacklevel=3,
-        )
-    new_variables = apply_widening(
-        variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale
+    new_variables = replicated_widening(
+        variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale, stacklevel=3
     )
     return new_model, new_variables
 

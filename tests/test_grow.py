@@ -535,3 +535,9 @@ def test_growth_rejects_missing_batch_stats_and_non_dicts(resnet_vars):
 def test_growth_rejects_other_module_families():
     with pytest.raises(TypeError, match=r"ViT modules by size keywords, got Dense"):
         jnet2net.widen(nn.Dense(3), {"params": {}}, key=jax.random.key(0))
+
+
+def test_paper_noise_warning_points_at_the_callers_line(vgg_vars):
+    with pytest.warns(UserWarning, match="not compute exactly") as record:
+        jnet2net.widen(SMALL_VGG, vgg_vars, widths=(4, 6), key=jax.random.key(0), noise="paper")
+    assert record[0].filename == __file__

@@ -239,10 +239,11 @@ def test_widen_under_jit_matches_eager():
 
 def test_paper_noise_warns_and_is_not_exact():
     variables = random_variables(MODEL, 8)
-    with pytest.warns(UserWarning, match="not compute exactly"):
+    with pytest.warns(UserWarning, match="not compute exactly") as record:
         new_model, new_variables = jnet2net.widen(
             MODEL, variables, key=jax.random.key(0), mlp_dim=16, noise="paper", noise_scale=0.5
         )
+    assert record[0].filename == __file__  # the caller's line, not the library's
     error = jnet2net.output_error(MODEL, variables, new_model, new_variables, XS)
     assert float(np.max(error)) > RTOL
 
