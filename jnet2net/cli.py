@@ -718,9 +718,10 @@ TRAIN_FLAGS = {
     "progress": "progress",
     "max_steps": "max_steps",
     "eval_every_steps": "eval_every_steps",
+    "input": "input",
 }
 #: ``TrainConfig`` fields that a resumed run may change (``max_steps`` is not kept).
-RESUME_FIELDS = ("epochs", "progress", "max_steps", "eval_every_steps")
+RESUME_FIELDS = ("epochs", "progress", "max_steps", "eval_every_steps", "input")
 #: Augmentation when --augment is not given (flipping digits changes their meaning).
 DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
 
@@ -806,6 +807,15 @@ def _add_train(sub: Any) -> None:
     )
     t.add_argument(
         "--crop-padding", metavar="N", type=int, default=None, help=_config_help("crop_padding")
+    )
+    t.add_argument(
+        "--input",
+        choices=("auto", "memory", "stream"),
+        default=None,
+        help="where batches come from: 'stream' reads a tfds array_record dataset record by "
+        "record with grain (each process its rows; --resolution then resizes and "
+        "centre-crops), 'memory' holds the training set on every device, 'auto' (default) "
+        "streams sets larger than a quarter of a device's memory (and a resumed run may switch)",
     )
     t.add_argument(
         "--dtype",
@@ -1070,8 +1080,9 @@ def check_epochs_left(info: Any, config: Any, steps_per_epoch: int, out: pathlib
 def train_run(args: argparse.Namespace) -> Any:
     """Runs ``jnet2net train``; returns ``jnet2net.train.FitResult``."""
     import jax
+    import numpy as np
 
-    from jnet2net import checkpoint, data, train
+    from jnet2net import checkpoint, train
 
     out = check_out(args.out)
     saved_steps = checkpoint.all_steps(out)
@@ -1097,13 +1108,9 @@ def train_run(args: argparse.Namespace) -> Any:
             check_run_log(out / "metrics.jsonl")
     dataset = _dataset_name(args, out if resuming else args.source, strict=resuming)
     flags = _data_flags(args, out if resuming else args.source, strict=resuming)
-    train_set, test_set = data.load_protocol(
-        dataset,
-        data_dir=args.data_dir,
-        download=args.download,
-        resolution=flags["resolution"],
-        train_subset=flags["train_subset"],
-        seed=flags["subset_seed"],
+    saved_config = checkpoint.checkpoint_info(out).train_config if resuming else None
+    train_set, test_set = training_data(
+        dataset, flags, args, args.input or (saved_config or {}).get("input", "auto")
     )
     signals.check_interrupt()
     start_dir = out if resuming else args.source
@@ -1127,7 +1134,11 @@ def train_run(args: argparse.Namespace) -> Any:
         metadata.pop("record", None)
         abstract = jax.eval_shape(
             lambda: train.create_train_state(
-                model, config, train_set.images[:1], key=jax.random.key(0), steps_per_epoch=spe
+                model,
+                config,
+                np.zeros((1, *train_set.image_shape), np.uint8),
+                key=jax.random.key(0),
+                steps_per_epoch=spe,
             )
         )
         state, restored = checkpoint.restore_train_state(out, abstract, model=model)
@@ -1343,6 +1354,37 @@ def _data_flags(
             )
         flags[key] = given if given is not None else kept
     return flags
+
+
+def training_data(
+    dataset: str, flags: dict[str, int | None], args: argparse.Namespace, input_mode: str
+) -> tuple[Any, Any]:
+    """``(train, test)`` of ``jnet2net train``: :class:`~jnet2net.data.StreamSet` s of a
+    tfds dataset under ``--input stream`` (digits, which lives in memory, is loaded and
+    streamed from there by ``fit``), else :class:`~jnet2net.data.Dataset` s in memory.
+    """
+    from jnet2net import data
+
+    if input_mode == "stream" and dataset != "digits":
+        if flags["train_subset"] is not None:
+            raise ValueError(
+                "--train-subset picks an in-memory subset; with --input stream the whole "
+                "training split is read (use --input memory or auto for the subset)"
+            )
+        return data.stream_protocol(
+            dataset,
+            data_dir=args.data_dir,
+            download=args.download,
+            image_size=flags["resolution"],
+        )
+    return data.load_protocol(
+        dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        resolution=flags["resolution"],
+        train_subset=flags["train_subset"],
+        seed=flags["subset_seed"],
+    )
 
 
 def data_metadata(flags: dict[str, int | None]) -> dict[str, int]:

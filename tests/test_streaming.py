@@ -250,6 +250,74 @@ def test_auto_input_keeps_small_sets_in_memory_and_streams_large_ones(digits, mo
         train.TrainConfig(input="disk")
 
 
+# --- streamed evaluation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("batch_size", "rows"), [(16, None), (12, (0, 6)), (12, (6, 12))])
+def test_eval_batches_read_the_set_in_order_and_pad_the_last(digits, batch_size, rows):
+    _, test_set = digits  # 40 examples: the last batch is part padding
+    stream = data.stream_from_dataset(test_set)
+    lo, hi = (0, batch_size) if rows is None else rows
+    batches = [
+        streaming.eval_batch(stream, index, batch_size, rows)
+        for index in range(streaming.eval_batch_count(len(stream), batch_size))
+    ]
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    starts = np.arange(0, len(batches) * batch_size, batch_size)
+    expected = np.concatenate([np.arange(s + lo, s + hi) for s in starts])
+    inside = expected < len(test_set)
+    np.testing.assert_array_equal(images[inside], test_set.images[expected[inside]])
+    np.testing.assert_array_equal(labels[inside], test_set.labels[expected[inside]])
+    assert (labels[~inside] == -1).all() and (images[~inside] == 0).all()
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+
+
+def test_streamed_evaluation_equals_in_memory_evaluation(digits):
+    train_set, test_set = digits
+    variables = train.init_variables(MODEL, train_set.images[:1], key=jax.random.key(3))
+    memory = train.evaluate(MODEL, variables, test_set, batch_size=12)
+    streamed = train.evaluate(MODEL, variables, data.stream_from_dataset(test_set), batch_size=12)
+    assert streamed[1] == memory[1]  # counts of correct predictions: exact
+    assert streamed[0] == pytest.approx(memory[0], rel=1e-6)
+    assert 0.0 <= memory[1] <= 1.0
+
+
+def test_fit_streams_a_large_test_set_and_records_what_memory_records(
+    digits, memory_run, monkeypatch
+):
+    train_set, test_set = digits
+    mesh = train.data_mesh()
+    stream = data.stream_from_dataset(test_set)
+    assert not inputs.streams_eval(CONFIG, stream, mesh)  # small: read into memory
+    assert inputs.streams_eval(CONFIG.replace(input="stream"), stream, mesh)
+    assert not inputs.streams_eval(CONFIG.replace(input="stream"), test_set, mesh)
+    monkeypatch.setattr(inputs, "memory_budget", lambda mesh: test_set.images.nbytes - 1)
+    assert inputs.streams_eval(CONFIG, stream, mesh)
+    assert not inputs.streams_eval(CONFIG.replace(input="memory"), stream, mesh)
+    seen = []
+    run_stream_eval = inputs.run_stream_eval
+
+    def spy(step, variables, test, batch_size, mesh):
+        seen.append(len(test))
+        return run_stream_eval(step, variables, test, batch_size, mesh)
+
+    monkeypatch.setattr(train.loop, "run_stream_eval", spy)
+    result = train.fit(MODEL, train_set, stream, CONFIG)  # both sets stream (budget)
+    assert seen == [len(test_set)] * len(memory_run.history)  # each evaluation streamed
+    chex.assert_trees_all_equal(result.state.params, memory_run.state.params)
+    for a, b in zip(result.history, memory_run.history, strict=True):
+        assert a["test_acc"] == b["test_acc"]
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-6)
+
+
+def test_evaluate_rejects_what_is_not_a_dataset_or_stream(digits):
+    train_set, _ = digits
+    variables = train.init_variables(MODEL, train_set.images[:1], key=jax.random.key(3))
+    with pytest.raises(TypeError, match="Dataset or StreamSet, got ndarray"):
+        train.evaluate(MODEL, variables, train_set.images)
+
+
 # --- tfds image datasets (a tiny array_record dataset written here) -----------------------
 
 
@@ -321,6 +389,30 @@ def test_fit_streams_a_tfds_dataset_with_random_resized_crops(tiny_tfds):
     result = train.fit(model, stream, val, config, max_steps=2)
     assert [r["step"] for r in result.history] == [2]
     assert np.isfinite(result.history[0]["train_loss"]) and result.history[0]["test_acc"] >= 0
+
+
+def test_stream_protocol_pairs_train_with_the_evaluation_split(tiny_tfds):
+    train_set, test_set = data.stream_protocol("tiny_images", data_dir=tiny_tfds, image_size=16)
+    assert (len(train_set), len(test_set)) == (24, 6)  # no 'test' split: 'validation'
+    assert test_set.mean == train_set.mean and test_set.std == train_set.std
+
+
+def test_the_train_command_streams_a_tfds_dataset(tiny_tfds, tmp_path, capsys):
+    from jnet2net import checkpoint, cli
+
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "tiny_images", "--data-dir", str(tiny_tfds), "--out", str(run)]
+    args += ["--input", "stream", "--resolution", "16", "--arch", "resnet20"]
+    args += ["--arch-json", '{"stage_depths": [1], "stage_widths": [4]}', "--batch-size", "8"]
+    assert cli.main([*args, "--epochs", "1", "--no-progress"]) == 0
+    info = checkpoint.checkpoint_info(run)
+    assert info.step == 3 and info.train_config["input"] == "stream"
+    (record,) = train.read_jsonl(run / "metrics.jsonl")
+    assert record["test_acc"] in {k / 6 for k in range(7)}  # the 6 validation records
+    capsys.readouterr()
+    subset = ["--epochs", "1", "--train-subset", "12", "--out", str(tmp_path / "b")]
+    assert cli.main([*args, *subset]) == 2
+    assert "--train-subset picks an in-memory subset" in capsys.readouterr().err
 
 
 def test_growth_events_and_records_are_the_same_with_streaming_input(digits):

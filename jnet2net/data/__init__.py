@@ -27,7 +27,7 @@ from jnet2net.data.sources import (
     load_protocol,
     parse_split,
 )
-from jnet2net.data.streaming import StreamSet, stream, stream_from_dataset
+from jnet2net.data.streaming import StreamSet, stream, stream_from_dataset, stream_protocol
 
 __all__ = [
     "DATASETS",
@@ -54,5 +54,6 @@ __all__ = [
     "stratified_subset",
     "stream",
     "stream_from_dataset",
+    "stream_protocol",
     "StreamSet",
 ]

@@ -282,6 +282,51 @@ def stream(
     )
 
 
+#: Splits a dataset's evaluation set is read from, in order of preference.
+EVAL_SPLITS = ("test", "validation")
+
+
+def stream_protocol(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    crop_fraction: float = 0.875,
+) -> tuple[StreamSet, StreamSet]:
+    """``(train, test)`` :class:`StreamSet` s of a tfds image dataset, nothing loaded.
+
+    ``test`` is the first of :data:`EVAL_SPLITS` the dataset has (``'validation'`` for
+    ImageNet) and carries ``train``'s ``mean``/``std``, as
+    :func:`~jnet2net.data.load_protocol`'s does. Arguments as for :func:`stream`.
+    """
+    train = stream(
+        name,
+        "train",
+        data_dir=data_dir,
+        download=download,
+        image_size=image_size,
+        crop_fraction=crop_fraction,
+    )
+    info = getattr(train.source, "dataset_info", None)
+    splits = tuple(getattr(info, "splits", {}) or EVAL_SPLITS)
+    split = next((s for s in EVAL_SPLITS if s in splits), None)
+    if split is None:
+        raise ValueError(
+            f"tfds dataset {name!r} has no evaluation split: none of {EVAL_SPLITS} in "
+            f"{sorted(splits)}"
+        )
+    test = stream(
+        name,
+        split,
+        data_dir=data_dir,
+        download=download,
+        image_size=image_size,
+        crop_fraction=crop_fraction,
+    )
+    return train, test.replace(mean=train.mean, std=train.std)
+
+
 def sampled_stats(
     source: Any, channels: int, count: int = STATS_SAMPLE
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -777,5 +822,68 @@ def stream_batches(
         min_crop_area=min_crop_area,
         num_threads=num_threads,
         prefetch=prefetch,
+    )
+    return DeviceBatches(host, mesh, device_prefetch)
+
+
+# --- evaluation: the set in order, once ---------------------------------------------------
+
+
+def eval_batch_count(num_examples: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` that cover ``num_examples`` (the last one padded)."""
+    return -(-int(num_examples) // int(batch_size))
+
+
+def eval_batch(
+    data: StreamSet, index: int, batch_size: int, rows: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``lo..hi-1`` (default all) of evaluation batch ``index``: records ``index *
+    batch_size + lo ..`` in order, centre-cropped; rows past the set's end are zero images
+    with label ``-1`` (padding that the evaluation masks out).
+
+    Returns:
+      ``(images (hi - lo, *image_shape) uint8, labels (hi - lo,) int32)``.
+    """
+    lo, hi = (0, batch_size) if rows is None else rows
+    first = int(index) * int(batch_size)
+    keys = np.arange(first + lo, min(first + hi, len(data)))
+    images = np.zeros((hi - lo, *data.image_shape), np.uint8)
+    labels = np.full((hi - lo,), -1, np.int32)
+    if len(keys):
+        read, read_labels = _chunk(data, 0, 0, lo, keys, "none", 0, 1.0)
+        images[: len(keys)], labels[: len(keys)] = read, read_labels
+    return images, labels
+
+
+def eval_batches(
+    data: StreamSet,
+    mesh: Any,
+    *,
+    batch_size: int,
+    num_threads: int = 8,
+    device_prefetch: int = 2,
+) -> DeviceBatches:
+    """Every record of ``data`` once, in order, as global ``(images, labels)`` device
+    batches sharded over ``mesh`` (:func:`eval_batch`; each process reads the rows its
+    devices hold).
+
+    Args:
+      data: the :class:`StreamSet`, e.g. ImageNet's validation split.
+      mesh: a mesh with a ``'data'`` axis.
+      batch_size: the global batch (a multiple of the mesh's devices).
+      num_threads: grain's reading threads.
+      device_prefetch: batches transferred to the devices ahead of the step.
+    """
+    import grain
+
+    if not isinstance(data, StreamSet):
+        raise TypeError(f"data must be a StreamSet, got {type(data).__name__}")
+    rows = process_rows(mesh, batch_size)
+    count = eval_batch_count(len(data), batch_size)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2)
+    host = (
+        grain.MapDataset.range(count)
+        .map(lambda index: eval_batch(data, index, batch_size, rows))
+        .to_iter_dataset(options)
     )
     return DeviceBatches(host, mesh, device_prefetch)

@@ -37,9 +37,13 @@ from jnet2net.train.events import (
     rewarm_windows,
 )
 from jnet2net.train.inputs import (
+    StreamEvalSet,
     as_stream,
+    batch_eval_step,
     batch_spec,
     batch_train_step,
+    run_stream_eval,
+    streams_eval,
     streams_input,
     train_batches,
 )
@@ -254,7 +258,7 @@ def run_eval(
 def evaluate(
     model: nn.Module,
     variables: Any,
-    dataset: Dataset,
+    dataset: Dataset | StreamSet,
     *,
     batch_size: int = 512,
     mesh: Mesh | None = None,
@@ -265,7 +269,9 @@ def evaluate(
     Args:
       model: the network.
       variables: ``{'params', 'batch_stats'}`` or a :class:`TrainState`.
-      dataset: images are normalised with its ``mean``/``std``.
+      dataset: images are normalised with its ``mean``/``std``; a
+        :class:`~jnet2net.data.StreamSet` is streamed once in order (e.g. ImageNet's
+        validation split), each process reading its rows of every batch.
       batch_size: examples per device batch (rounded up to a multiple of the devices).
       mesh: devices to shard batches over (default: all).
       compute_dtype: e.g. ``'bfloat16'``; ``None``: the model's own dtype.
@@ -273,8 +279,10 @@ def evaluate(
     Returns:
       ``(loss, accuracy)`` as Python floats.
     """
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset must be a jnet2net.data.Dataset, got {type(dataset).__name__}")
+    if not isinstance(dataset, (Dataset, StreamSet)):
+        raise TypeError(
+            f"dataset must be a jnet2net.data.Dataset or StreamSet, got {type(dataset).__name__}"
+        )
     batch_size = check_count("batch_size", batch_size, 1)
     if isinstance(variables, TrainState):
         variables = variables.variables
@@ -282,6 +290,11 @@ def evaluate(
         check_model_outputs(model, variables, dataset, "evaluation", exact=False)
     mesh = data_mesh() if mesh is None else mesh
     batch = eval_batch_size(batch_size, len(dataset), mesh)
+    if isinstance(dataset, StreamSet):
+        if not len(dataset):
+            raise ValueError(f"the evaluation set {dataset.name!r} is empty: nothing to measure")
+        step = cached_call(batch_eval_step, model, dataset.mean, dataset.std, compute_dtype, mesh)
+        return run_stream_eval(step, put_replicated(variables, mesh), dataset, batch, mesh)
     data = put_eval_set(dataset, batch, mesh)
     step = cached_call(_eval_step, model, dataset.mean, dataset.std, batch, compute_dtype, mesh)
     return run_eval(step, put_replicated(variables, mesh), data, mesh)
@@ -379,8 +392,11 @@ def fit(
         :class:`~jnet2net.data.StreamSet` to stream); its ``mean``/``std`` normalise both
         sets. ``config.input`` says whether it is held on device or streamed (the same
         batches either way; :mod:`jnet2net.train.inputs`).
-      test: evaluation set (held on device; a ``StreamSet`` is read into memory first),
-        or ``None``.
+      test: evaluation set, or ``None``: held on device, or streamed once in order at
+        each evaluation when it is a ``StreamSet`` under ``config.input='stream'`` or
+        larger than the device memory budget under ``'auto'``
+        (:func:`~jnet2net.train.inputs.streams_eval`); a smaller ``StreamSet`` is read
+        into memory first.
       config: the training config.
       state: resume from this state (e.g. restored from a checkpoint): training continues
         at ``state.step``. The caller's arrays stay valid.
@@ -426,8 +442,6 @@ def fit(
       FloatingPointError: the loss became NaN or infinite.
     """
     check_fit_inputs(model, train, test, config, streams=True)
-    if isinstance(test, StreamSet):
-        test = test.to_dataset()
     if state is not None and variables is not None:
         raise ValueError("pass state (to resume) or variables (to start from them), not both")
     if stop_at_accuracy is not None and not 0.0 < stop_at_accuracy <= 1.0:
@@ -439,6 +453,9 @@ def fit(
     mesh = data_mesh() if mesh is None else mesh
     check_batch_size(config.batch_size, mesh)
     streaming = streams_input(config, train, mesh)
+    test_streams = test is not None and streams_eval(config, test, mesh)
+    if isinstance(test, StreamSet) and not test_streams:
+        test = test.to_dataset()
     spe = steps_per_epoch(len(train), config.batch_size)
     events = check_growth(growth, config.epochs, spe)
     growth_key = stream_key(config.seed, "growth") if growth_key is None else growth_key
@@ -475,11 +492,13 @@ def fit(
         images, labels = put_replicated((train.images, train.labels), mesh)
     permutation = _permutation(mesh)
     step_config = restrict(config, STEP_FIELDS)
-    eval_set = None
+    eval_set: DeviceEvalSet | StreamEvalSet | None = None
     if test is not None:
-        eval_set = put_eval_set(
-            test, eval_batch_size(config.eval_batch_size, len(test), mesh), mesh
-        )
+        batch = eval_batch_size(config.eval_batch_size, len(test), mesh)
+        if test_streams:
+            eval_set = StreamEvalSet(as_stream(test), batch)
+        else:
+            eval_set = put_eval_set(test, batch, mesh)
     held_set = test if test is not None else train
     if isinstance(held_set, StreamSet):
         held_set = held_set.to_dataset(HELD_BATCH)
@@ -522,6 +541,10 @@ def fit(
     def eval_step_for(model: nn.Module) -> Any:
         if eval_set is None:
             return None
+        if isinstance(eval_set, StreamEvalSet):
+            return cached_call(
+                batch_eval_step, model, train.mean, train.std, config.compute_dtype, mesh
+            )
         return cached_call(
             _eval_step,
             model,
@@ -688,12 +711,20 @@ def fit(
 
 
 def _test_metrics(
-    eval_step: Any, state: TrainState, eval_set: DeviceEvalSet | None, mesh: Mesh
+    eval_step: Any,
+    state: TrainState,
+    eval_set: DeviceEvalSet | StreamEvalSet | None,
+    mesh: Mesh,
 ) -> Record:
     """``{'test_loss', 'test_acc'}`` of ``state`` on ``eval_set`` (``None`` without one)."""
     if eval_set is None:
         return {"test_loss": None, "test_acc": None}
-    loss, accuracy = run_eval(eval_step, state.variables, eval_set, mesh)
+    if isinstance(eval_set, StreamEvalSet):
+        loss, accuracy = run_stream_eval(
+            eval_step, state.variables, eval_set.data, eval_set.batch_size, mesh
+        )
+    else:
+        loss, accuracy = run_eval(eval_step, state.variables, eval_set, mesh)
     return {"test_loss": loss, "test_acc": accuracy}
 
 
