@@ -182,8 +182,10 @@ def test_scale_down_main_tiny(tmp_path):
     summary = scale_down.main(argv)
     entry = summary["networks"]["resnet18"]
     assert set(entry["arms"]) == set(scale_down.ARMS)
-    assert entry["speedup"] > 0 and entry["acc_drop_pts"] is not None
     (row,) = entry["per_seed"]
+    full, scaled = row["arms"]["full"], row["arms"]["scale_down"]
+    assert entry["speedup"] == pytest.approx(full["seconds"] / scaled["seconds"])
+    assert entry["acc_drop_pts"] == pytest.approx(100 * (full["final_acc"] - scaled["final_acc"]))
     assert row["scale_down"]["candidate_cuts"] == [2, 3, 4]  # stem + stage 0, stages 1, 2
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["networks"]["resnet18"]["speedup"] == pytest.approx(entry["speedup"])

@@ -89,4 +89,5 @@ def test_training_block_learns_saves_and_scales_down(tour):
     assert tour["cwd_files"] == ["student"]
     summary = tour["result"].summary
     assert summary["epochs"] == 8
-    assert summary["flops_saved"] is not None
+    assert summary["flops_saved"] == pytest.approx(1.0 - summary["flops_ratio"])
+    assert 0.0 <= summary["flops_saved"] < 1.0

@@ -382,9 +382,9 @@ def test_tfds_dataset_streams_and_loads_at_a_chosen_resolution(tiny_tfds):
 
 
 def test_fit_streams_a_tfds_dataset_with_random_resized_crops(tiny_tfds):
-    stream = data.stream("tiny_images", "train", data_dir=tiny_tfds, image_size=16)
-    val = data.stream("tiny_images", "validation", data_dir=tiny_tfds, image_size=16)
-    model = models.ResNet((1,), (4,), num_classes=3)
+    stream = data.stream("tiny_images", "train", data_dir=tiny_tfds, image_size=32)
+    val = data.stream("tiny_images", "validation", data_dir=tiny_tfds, image_size=32)
+    model = models.ResNet((1,), (4,), num_classes=3, stem="imagenet")  # 7x7/2, pool /2
     config = CONFIG.replace(batch_size=8, epochs=1, augment="resized_crop_flip")
     result = train.fit(model, stream, val, config, max_steps=2)
     assert [r["step"] for r in result.history] == [2]
