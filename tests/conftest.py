@@ -32,7 +32,38 @@ def strict_promotion():
         yield
 
 
+#: The integration tier: modules that train, run the CLI, the notebooks, the README, the
+#: experiments' entry points or several processes. Every test in them is ``slow``; so is a
+#: test marked ``@pytest.mark.slow`` elsewhere (one that takes more than a few seconds).
+#: ``pytest -m "not slow"`` runs the fast tier.
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_cli",
+        "test_cli_faults",
+        "test_demo",
+        "test_distributed",
+        "test_experiments",
+        "test_fit_growth",
+        "test_notebooks",
+        "test_packaging",
+        "test_readme",
+        "test_scale_down",
+        "test_signals",
+        "test_train_growth",
+    }
+)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "notebooks: runs the notebooks in SMALL mode (deselect with -m 'not notebooks')"
     )
+    config.addinivalue_line(
+        "markers", "slow: the integration tier, or a test of several seconds (-m 'not slow')"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.stem in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.slow)

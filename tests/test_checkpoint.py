@@ -330,6 +330,7 @@ def test_restore_train_state_refuses_a_state_of_another_architecture(
 # --- growth from a checkpoint --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [RESNET, VGG], ids=["resnet", "vgg"])
 def test_grow_checkpoint_is_exact(tmp_path: pathlib.Path, model: Any) -> None:
     teacher_vars = _perturbed(_init(model), 3)

@@ -88,6 +88,7 @@ def wider_arguments(model, seed: int) -> dict:
     return kwargs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_widening_every_group_fits_the_wider_model_and_is_exact(seed):
     model = random_model(seed)

@@ -535,6 +535,7 @@ def _shared_cifar10_pack():
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_shared_cifar10_pack() is None, reason="no cifar10_jpeg.npz here")
 def test_cifar10_cpu_protocol_from_the_shared_pack():
     """Decodes the 60k JPEGs once (about 15 s): 16x16, 1,000 per class, the full test set."""

@@ -168,6 +168,7 @@ def check_growth(case: Case, *, deepen_exact_in_train: bool) -> None:
 GROWTH = settings(max_examples=2, deadline=None)
 
 
+@pytest.mark.slow
 @GROWTH
 @given(case=vgg_cases())
 @example(
@@ -190,6 +191,7 @@ def test_vgg_growth_is_exact(case):
     check_growth(case, deepen_exact_in_train=not case.model.batch_norm)
 
 
+@pytest.mark.slow
 @GROWTH
 @given(case=resnet_cases())
 @example(

@@ -27,6 +27,7 @@ def resnet_vars():
     return random_variables(RESNET_SMALL, 21)
 
 
+@pytest.mark.slow
 def test_numpy_int_sizes_give_plain_int_fields(vgg_vars):
     key = jax.random.key(0)
     wide, _ = jnet2net.widen(VGG_SMALL, vgg_vars, key=key, widths=(np.int64(4), np.int32(5)))
@@ -61,6 +62,7 @@ def test_growth_rejects_what_is_not_a_prng_key(vgg_vars, resnet_vars, key):
             jnet2net.deepen(RESNET_SMALL, resnet_vars, depths=(2, 1), key=key)
 
 
+@pytest.mark.slow
 def test_old_style_uint32_keys_work_like_new_style_keys(resnet_vars):
     old = jax.random.PRNGKey(3)
     wide_model, wide_vars = jnet2net.widen(RESNET_SMALL, resnet_vars, key=old, widths=(4, 6))

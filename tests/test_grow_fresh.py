@@ -63,6 +63,7 @@ def _different(a, b) -> bool:
 # --- exactness ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_fresh_widening_is_exact_in_eval_and_train_mode(name):
     model, sizes = CASES[name]
@@ -259,6 +260,7 @@ def _one_sgd_step(model, variables, x):
     return flatten({"params": jax.tree.map(lambda p, g: p - 0.1 * g, variables["params"], grads)})
 
 
+@pytest.mark.slow
 def test_new_units_outgoing_weights_learn_after_one_step():
     variables = random_variables(VGG_BN, 11)
     wide_model, wide_vars = jnet2net.widen(

@@ -143,6 +143,7 @@ SPLIT_MODELS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", SPLIT_MODELS, ids=["vgg", "resnet"])
 def test_start_stop_split_gives_the_full_logits(model):
     x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)

@@ -17,6 +17,7 @@ def _allocated_count(model, shape) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     [

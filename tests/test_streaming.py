@@ -52,6 +52,7 @@ def memory_batch(dataset, seed, step, batch_size):
 # --- the same batches as the in-memory path ------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seed", "step"), [(0, 0), (0, 4), (3, 7), (3, 12)])
 def test_streamed_batches_equal_the_in_memory_batches(colour, seed, step):
     stream = data.stream_from_dataset(colour)
@@ -181,6 +182,7 @@ def memory_run(digits):
     return train.fit(MODEL, train_set, test_set, CONFIG.replace(input="memory"))
 
 
+@pytest.mark.slow
 def test_fit_streaming_ends_with_the_params_of_fit_in_memory(digits, memory_run):
     train_set, test_set = digits
     streamed = train.fit(MODEL, train_set, test_set, CONFIG.replace(input="stream"))
@@ -381,6 +383,7 @@ def test_tfds_dataset_streams_and_loads_at_a_chosen_resolution(tiny_tfds):
             data.stream(name, "train", data_dir=tiny_tfds)
 
 
+@pytest.mark.slow
 def test_fit_streams_a_tfds_dataset_with_random_resized_crops(tiny_tfds):
     stream = data.stream("tiny_images", "train", data_dir=tiny_tfds, image_size=32)
     val = data.stream("tiny_images", "validation", data_dir=tiny_tfds, image_size=32)
@@ -397,6 +400,7 @@ def test_stream_protocol_pairs_train_with_the_evaluation_split(tiny_tfds):
     assert test_set.mean == train_set.mean and test_set.std == train_set.std
 
 
+@pytest.mark.slow
 def test_the_train_command_streams_a_tfds_dataset(tiny_tfds, tmp_path, capsys):
     from jnet2net import checkpoint, cli
 
@@ -415,6 +419,7 @@ def test_the_train_command_streams_a_tfds_dataset(tiny_tfds, tmp_path, capsys):
     assert "--train-subset picks an in-memory subset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_growth_events_and_records_are_the_same_with_streaming_input(digits):
     train_set, _ = digits
     model = models.ResNet((1,), (3,), num_classes=10)

@@ -50,6 +50,7 @@ def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
 # --- random_mapping / replication_counts --------------------------------------------------
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, old=st.integers(1, 12), extra=st.integers(0, 12))
 def test_random_mapping_keeps_old_units_and_covers_them(seed, old, extra):
@@ -127,6 +128,7 @@ def _shares(seed: int, old: int, extra: int, noise_scale: float):
     return g, counts, np.asarray(shares)
 
 
+@pytest.mark.slow
 @FEW
 @given(
     seed=SEEDS,
@@ -139,6 +141,7 @@ def test_split_shares_sum_to_one_per_old_unit(seed, old, extra, noise_scale):
     np.testing.assert_allclose(_per_old_unit_sum(shares, g, old), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, old=st.integers(1, 5), extra=st.integers(1, 5))
 def test_split_noise_is_centred_and_spares_single_copies(seed, old, extra):
@@ -153,6 +156,7 @@ def test_split_noise_is_centred_and_spares_single_copies(seed, old, extra):
         assert np.abs(relative[replicated]).max() > 1e-3
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, old=st.integers(1, 6), extra=st.integers(0, 6))
 def test_split_without_noise_is_one_over_count(seed, old, extra):
@@ -183,6 +187,7 @@ def _consumer_outputs(x, kernel, dense, g, counts, key, noise_scale):
     )
 
 
+@pytest.mark.slow
 @FEW
 @given(
     seed=SEEDS,
@@ -275,6 +280,7 @@ def test_identity_conv_kernel_rejects_bad_sizes(kernel_size, channels, error, ma
         surgery.identity_conv_kernel(kernel_size, channels)
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, features=st.integers(1, 12))
 def test_identity_dense_kernel_is_the_identity(seed, features):
@@ -314,6 +320,7 @@ def test_identity_batch_norm_rejects_mismatched_statistics():
 # --- resize_kernel ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, c_in=st.integers(1, 3), c_out=st.integers(1, 3), small=st.sampled_from([1, 3]))
 def test_resize_kernel_pad_is_exact_and_crop_inverts_it(seed, c_in, c_out, small):
@@ -367,6 +374,7 @@ def _widened_and_folded_back(x, w1, b1, w2, g, key, hidden, noise_scale):
     return outputs, kept, assignment
 
 
+@pytest.mark.slow
 @FEW
 @given(
     seed=SEEDS,
@@ -391,6 +399,7 @@ def test_folding_replicas_back_recovers_the_original_mlp(seed, hidden, extra, no
     chex.assert_trees_all_close(recovered, original, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, n=st.integers(2, 8), data=st.data())
 def test_select_units_keeps_the_largest_units_and_assigns_the_rest(seed, n, data):

@@ -162,6 +162,7 @@ class _Tokens(nn.Module):
         return nn.Dense(7)(h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize(
     "module, xs",
