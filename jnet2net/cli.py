@@ -39,6 +39,7 @@ from jnet2net.cli_format import (
     flag_names,
     in_flag_terms,
     quiet_third_party_logs,
+    run_summary,
     subparser,
 )
 
@@ -809,6 +810,13 @@ def _add_train(sub: Any) -> None:
         "--crop-padding", metavar="N", type=int, default=None, help=_config_help("crop_padding")
     )
     t.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="also write the records as TensorBoard scalars to DIR (needs tensorboardX: "
+        "pip install 'jnet2net[tensorboard]')",
+    )
+    t.add_argument(
         "--input",
         choices=("auto", "memory", "stream"),
         default=None,
@@ -1082,7 +1090,7 @@ def train_run(args: argparse.Namespace) -> Any:
     import jax
     import numpy as np
 
-    from jnet2net import checkpoint, train
+    from jnet2net import checkpoint, distributed, train
 
     out = check_out(args.out)
     saved_steps = checkpoint.all_steps(out)
@@ -1196,10 +1204,15 @@ def train_run(args: argparse.Namespace) -> Any:
     )
 
     savers = [save_epoch]
+    board = None
+    if args.tensorboard and distributed.is_primary():
+        board = train.TensorBoardWriter(args.tensorboard)
 
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
         if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
             savers[-1](state, record)
+        if board is not None:
+            board.write(record)
         print_line(format_record(record, config.epochs), config.progress)
         signals.check_interrupt()
 
@@ -1214,6 +1227,8 @@ def train_run(args: argparse.Namespace) -> Any:
                 max_to_keep=keep,
             )
         )
+        if board is not None:
+            board.write(record)
         print_line(
             f"grew at epoch {record['epoch']:g} (step {record['step']}): {describe(new_model)}, "
             f"output error {record['output_error']:.1e}",
@@ -1221,20 +1236,23 @@ def train_run(args: argparse.Namespace) -> Any:
         )
         signals.check_interrupt()
 
-    result = train.fit(
-        model,
-        train_set,
-        test_set,
-        config,
-        state=state,
-        variables=variables,
-        on_epoch_end=on_epoch_end,
-        growth=growth,
-        on_grow=on_grow,
-        initial_eval=variables is not None,
-        on_step=lambda step: signals.check_interrupt(),
-    )
+    with board if board is not None else contextlib.nullcontext():
+        result = train.fit(
+            model,
+            train_set,
+            test_set,
+            config,
+            state=state,
+            variables=variables,
+            on_epoch_end=on_epoch_end,
+            growth=growth,
+            on_grow=on_grow,
+            initial_eval=variables is not None,
+            on_step=lambda step: signals.check_interrupt(),
+        )
     final = checkpoint.latest_step(out)
+    if distributed.is_primary():
+        print(run_summary(result.history))
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
     return result
 

@@ -110,3 +110,39 @@ def subparser(parser: argparse.ArgumentParser, command: str) -> Any:
         if isinstance(action, argparse._SubParsersAction):
             return action.choices.get(command)
     return None
+
+
+def run_summary(history: list[dict[str, Any]]) -> str:
+    """The line ``jnet2net train`` ends with: epochs and steps, the final and best test
+    accuracy, and the run's compute (training FLOPs, seconds training, compiling, growing
+    and in all, as its last record counts them), e.g. ``summary: 3 epochs (30 steps), test
+    acc 0.600 at the end, best 0.625 at epoch 2; 5.5e+12 training FLOPs, 40.0 s training``."""
+    records = [r for r in history if "event" not in r]
+    if not records:
+        return "summary: no steps trained"
+    last = records[-1]
+    text = f"summary: {last['epoch']:g} epochs ({last['step']} steps), "
+    tested = [r for r in records if r.get("test_acc") is not None]
+    if tested:
+        best = max(tested, key=lambda r: r["test_acc"])
+        text += f"test acc {tested[-1]['test_acc']:.3f} at the end, best {best['test_acc']:.3f}"
+        text += f" at epoch {best['epoch']:g}"
+    else:
+        text += "no test set"
+    costs = [
+        (f"{last['train_flops']:.2g} training FLOPs" if last.get("train_flops") else None),
+        *(
+            f"{last[key]:.1f} s {what}" if last.get(key) else None
+            for key, what in (
+                ("train_s", "training"),
+                ("compile_s", "compiling"),
+                ("grow_s", "growing"),
+                ("wall_s", "wall"),
+            )
+        ),
+    ]
+    text += "; " + ", ".join(c for c in costs if c)
+    events = sum(1 for r in history if r.get("event") == "grow")
+    if events:
+        text += f"; {events} growth event{'s' if events > 1 else ''}"
+    return text

@@ -238,3 +238,35 @@ def test_plot_has_a_title(tmp_path, capsys, monkeypatch) -> None:
 def test_a_json_to_is_named_as_to(spec, message) -> None:
     with pytest.raises(ValueError, match=message):
         cli.model_from_args(None, spec, None, 10, arch_flag="--to", json_flag="--to")
+
+
+# --- the run summary ----------------------------------------------------------------------
+
+
+def test_run_summary_names_final_and_best_accuracy_and_compute():
+    from jnet2net.cli_format import run_summary
+
+    history = [
+        {"epoch": 1, "step": 10, "test_acc": 0.50, "train_flops": 1e12, "train_s": 10.0},
+        {"event": "grow", "epoch": 1.5, "step": 15, "output_error": 1e-7, "grow_s": 0.2},
+        {"epoch": 2, "step": 20, "test_acc": 0.625, "train_flops": 3e12, "train_s": 25.0},
+        {
+            "epoch": 3,
+            "step": 30,
+            "test_acc": 0.6,
+            "train_flops": 5.5e12,
+            "train_s": 40.0,
+            "compile_s": 3.5,
+            "grow_s": 0.2,
+            "wall_s": 48.0,
+        },
+    ]
+    assert run_summary(history) == (
+        "summary: 3 epochs (30 steps), test acc 0.600 at the end, best 0.625 at epoch 2; "
+        "5.5e+12 training FLOPs, 40.0 s training, 3.5 s compiling, 0.2 s growing, "
+        "48.0 s wall; 1 growth event"
+    )
+    assert run_summary([{"epoch": 1, "step": 4, "test_acc": None, "train_s": 1.0}]) == (
+        "summary: 1 epochs (4 steps), no test set; 1.0 s training"
+    )
+    assert run_summary([]) == "summary: no steps trained"

@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from grain import sharding
+from helpers import read_scalars  # tests/ is on sys.path
 
 from jnet2net import data, models, train
 from jnet2net.data import streaming
@@ -408,11 +409,17 @@ def test_the_train_command_streams_a_tfds_dataset(tiny_tfds, tmp_path, capsys):
     args = ["train", "--dataset", "tiny_images", "--data-dir", str(tiny_tfds), "--out", str(run)]
     args += ["--input", "stream", "--resolution", "16", "--arch", "resnet20"]
     args += ["--arch-json", '{"stage_depths": [1], "stage_widths": [4]}', "--batch-size", "8"]
-    assert cli.main([*args, "--epochs", "1", "--no-progress"]) == 0
+    board = ["--tensorboard", str(tmp_path / "tb")]
+    assert cli.main([*args, *board, "--epochs", "1", "--no-progress"]) == 0
     info = checkpoint.checkpoint_info(run)
     assert info.step == 3 and info.train_config["input"] == "stream"
     (record,) = train.read_jsonl(run / "metrics.jsonl")
     assert record["test_acc"] in {k / 6 for k in range(7)}  # the 6 validation records
+    out = capsys.readouterr().out
+    assert f"summary: 1 epochs (3 steps), test acc {record['test_acc']:.3f} at the end" in out
+    assert read_scalars(tmp_path / "tb")["test/accuracy"] == [
+        (3, pytest.approx(record["test_acc"]))
+    ]
     capsys.readouterr()
     subset = ["--epochs", "1", "--train-subset", "12", "--out", str(tmp_path / "b")]
     assert cli.main([*args, *subset]) == 2

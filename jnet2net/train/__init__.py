@@ -60,6 +60,7 @@ from jnet2net.train.steps import (
     train_step_fn,
     with_compute_dtype,
 )
+from jnet2net.train.tensorboard import TensorBoardWriter
 
 __all__ = [
     "DATA_AXIS",
@@ -70,6 +71,7 @@ __all__ = [
     "Grow",
     "ProgressBar",
     "TrainConfig",
+    "TensorBoardWriter",
     "TrainState",
     "append_jsonl",
     "augment_batch",
