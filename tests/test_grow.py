@@ -9,7 +9,6 @@ with the module static) and hypothesis draws only a few tiny architectures.
 import copy
 import dataclasses
 import functools
-import math
 import warnings
 
 import chex
@@ -20,43 +19,18 @@ import numpy as np
 import optax
 import pytest
 from flax.core import FrozenDict, freeze
+from helpers import RTOL, XS, leaves_equal, random_variables  # tests/ on sys.path
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jnet2net
 from jnet2net import VGG, ResNet
 
-RTOL = 1e-5
-IMAGE = (8, 8, 3)
-XS = np.random.default_rng(0).standard_normal((2, 4, *IMAGE)).astype(np.float32)
-
 grow_wider = jax.jit(
     jnet2net.widen,
     static_argnames=("model", "widths", "hidden_widths", "inner_widths", "stem_width", "noise"),
 )
 grow_deeper = jax.jit(jnet2net.deepen, static_argnames=("model", "depths", "hidden_depths"))
-
-
-def random_variables(model: nn.Module, seed: int, image=IMAGE) -> dict:
-    """Random parameters and non-trivial BatchNorm statistics with the shapes of ``model``."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image)))
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, shape):
-        name, size = path[-1].key, shape.shape
-        if name == "kernel":
-            value = rng.standard_normal(size) * math.sqrt(2.0 / math.prod(size[:-1]))
-        elif name == "scale":
-            value = 1.0 + 0.3 * rng.standard_normal(size)
-        elif name == "var":
-            value = rng.uniform(0.3, 3.0, size)
-        elif name == "mean":
-            value = 0.5 * rng.standard_normal(size)
-        else:
-            value = 0.2 * rng.standard_normal(size)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -74,13 +48,6 @@ def relative_errors(reference, other) -> tuple[float, float]:
     return tuple(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(a))))
         for a, b in zip(reference, other, strict=True)
-    )
-
-
-def leaves_equal(a, b) -> bool:
-    flat_a, flat_b = jnet2net.variables.flatten(a), jnet2net.variables.flatten(b)
-    return flat_a.keys() == flat_b.keys() and all(
-        np.array_equal(flat_a[k], flat_b[k]) for k in flat_a
     )
 
 

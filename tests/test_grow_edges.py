@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_grow import RTOL, XS, leaves_equal, random_variables
+from helpers import RTOL, XS, leaves_equal, random_variables  # tests/ is on sys.path
 
 import jnet2net
 from jnet2net import VGG, ResNet

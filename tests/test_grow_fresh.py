@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_grow import random_variables
+from helpers import random_variables  # tests/ is on sys.path
 
 import jnet2net
 from jnet2net import VGG, ResNet
