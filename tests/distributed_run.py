@@ -104,6 +104,38 @@ def fit_run(run_dir: str | pathlib.Path | None, *, max_steps: int | None = STOP_
     )
 
 
+def scale_down_run() -> Any:
+    """:func:`model` trained 3 epochs with scale-down in cache mode: stage 0 freezes at the
+    first check after 40% of the run, and its outputs are cached, sharded over every device
+    of every process. Returns the ``ScaleDownResult``."""
+    from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
+
+    train_set, test_set = datasets()
+    scale = ScaleDownConfig(
+        target_compute=1.0,
+        not_before=0.4,
+        min_spacing=0.0,
+        ramp=0.0,
+        check_every=2,
+        ready_ratio=1e9,
+        patience=1,
+        bn_batches=2,
+        max_stages=1,
+        mode="cache",
+    )
+    return fit_scale_down(model(), train_set, test_set, config().replace(augment="none"), scale)
+
+
+def streamed_eval(variables: Any) -> tuple[float, float]:
+    """``(loss, accuracy)`` of :func:`model` with ``variables`` on the test set, streamed in
+    batches of 8 (each process reads its rows; the last batch is padded)."""
+    from jnet2net import data, train
+
+    _, test_set = datasets()
+    stream = data.stream_from_dataset(test_set.take(20))  # 3 batches, the last half padding
+    return train.evaluate(model(), variables, stream, batch_size=8)
+
+
 def flat_params(params: Any) -> dict[str, Any]:
     """``{'a/b/kernel': numpy array}`` of a params tree (replicated arrays read locally)."""
     from jnet2net import distributed
@@ -132,6 +164,11 @@ def main(argv: list[str]) -> int:
     result = fit_run(out / "run", max_steps=args.max_steps)
     np.savez(out / f"params{info.process_id}.npz", **flat_params(result.state.params))
     (out / f"history{info.process_id}.json").write_text(_json(result.history))
+    scaled = scale_down_run()
+    np.savez(out / f"scaled{info.process_id}.npz", **flat_params(scaled.variables["params"]))
+    evaluated = streamed_eval(scaled.variables)
+    record = {"cut": scaled.cut, "history": scaled.history, "eval": evaluated}
+    (out / f"scaled{info.process_id}.json").write_text(_json(record))
     print(f"process {info.process_id}: {info}, step {int(result.state.step)}")
     return 0
 

@@ -172,6 +172,39 @@ def test_process_zero_alone_writes_the_log(two_process_run):
     assert [r["step"] for r in history] == [4, 4, 8]  # process 1 returns the same records
 
 
+@pytest.fixture(scope="module")
+def one_process_scale_down():
+    return run.scale_down_run()
+
+
+def test_scale_down_across_processes_trains_what_one_process_trains(
+    two_process_run, one_process_scale_down
+):
+    want = one_process_scale_down
+    assert want.cut == 2  # stem and stage 0 frozen and cached (layer indices 0, 1)
+    for process in (0, 1):
+        got = json.loads((two_process_run / f"scaled{process}.json").read_text())
+        assert got["cut"] == want.cut
+        assert [r["step"] for r in got["history"]] == [r["step"] for r in want.history]
+        assert [r.get("mode") for r in got["history"]] == [r.get("mode") for r in want.history]
+        params = load_params(two_process_run / f"scaled{process}.npz")
+        assert_params_close(params, run.flat_params(want.variables["params"]))
+
+
+def test_streamed_evaluation_across_processes_equals_one_process(
+    two_process_run, one_process_scale_down
+):
+    loss, accuracy = run.streamed_eval(one_process_scale_down.variables)
+    for process in (0, 1):
+        got = json.loads((two_process_run / f"scaled{process}.json").read_text())["eval"]
+        assert got[1] == pytest.approx(accuracy, abs=1 / 20 + 1e-9)  # 20 examples
+        assert got[0] == pytest.approx(loss, rel=1e-4)
+    in_memory = train.evaluate(
+        run.model(), one_process_scale_down.variables, run.datasets()[1].take(20), batch_size=8
+    )
+    assert (loss, accuracy) == pytest.approx(in_memory, rel=1e-6)
+
+
 def test_a_one_process_run_resumes_the_two_process_checkpoint(two_process_run, one_process_run):
     run_dir = two_process_run / "run"
     assert checkpoint.all_steps(run_dir) == [4, run.STOP_STEP]
