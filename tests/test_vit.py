@@ -340,12 +340,6 @@ def test_bad_deepen_requests_are_named(kwargs, error, match):
         jnet2net.deepen(MODEL, random_variables(MODEL, 0), **kwargs)
 
 
-def test_transfer_refuses_vits_with_a_clear_type_error():
-    variables = random_variables(MODEL, 0)
-    with pytest.raises(TypeError, match=r"the source is a ViT \(ViT transfer is not supported"):
-        jnet2net.transfer(MODEL, variables, MODEL.clone(depth=3), key=jax.random.key(0))
-
-
 # --- train state and fit -----------------------------------------------------------------
 
 
