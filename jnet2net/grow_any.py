@@ -288,6 +288,72 @@ def widen_to_target(
     return target, new_variables
 
 
+def widened_moments(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    *,
+    key: jax.Array,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    noise: grow.Noise = "split",
+) -> Callable[[Any], Any]:
+    """The params map of :func:`widen_to_target` with the same ``key`` (for optimizer
+    moments): linear and noise-free.
+
+    With a replicating ``noise``, the same mapping replayed with ``noise='none'``:
+    replicas copy their original's moments, split consumers get ``1 / count`` of them. With
+    ``noise='fresh'``: old units keep their moments in place, new units' entries are zero.
+
+    Returns:
+      ``f(params_shaped_tree) -> tree shaped like target's params``.
+    """
+    apply_kwargs = dict(apply_kwargs or {})
+    old = flatten(variables)
+    new = abstract_init(target, example_input, apply_kwargs)
+    groups = discover(model, variables, example_input, **apply_kwargs).groups
+    sizes = group_sizes(groups, old, new)
+    if noise == "fresh":
+        growths = tuple(
+            grow.GroupGrowth(g, o, n) for g, (o, n) in zip(groups, sizes, strict=True) if n > o
+        )
+        return lambda tree: grow.embed_widening({"params": tree}, growths)["params"]
+    plan = grow.plan_for_sizes(groups, sizes, jax.random.split(key)[0])
+    return lambda tree: grow.apply_widening({"params": tree}, plan, noise="none")["params"]
+
+
+def target_kind(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+    """``'widen'`` (``target`` has ``model``'s variable paths, some larger) or ``'deepen'``
+    (it keeps every old leaf as it is and adds new ones), from shapes only.
+
+    Raises:
+      ValueError: ``target`` is another class, or both adds leaves and changes old ones.
+    """
+    if type(target) is not type(model):
+        raise ValueError(
+            f"target must be a {type(model).__name__} like the model (wider or deeper), got a "
+            f"{type(target).__name__}"
+        )
+    old = flatten(variables)
+    new = abstract_init(target, example_input, dict(apply_kwargs or {}))
+    added = [p for p in new if p not in old]
+    changed = [p for p in old if p in new and np.shape(old[p]) != new[p].shape]
+    if added and changed:
+        raise ValueError(
+            f"target {type(target).__name__} adds layers ({path_str(added[0])}, ...) and changes "
+            f"old ones ({path_str(changed[0])}: {np.shape(old[changed[0]])} -> "
+            f"{new[changed[0]].shape}); a growth to a target widens or deepens: split it into "
+            "two events (or calls), the wider one first"
+        )
+    return "deepen" if added else "widen"
+
+
 # --- deepen: new layers of a deeper target, identity by rule ---------------------------
 
 #: A per-leaf initialiser: a name in ``INITIALISERS`` or ``f(path, fresh_leaf) -> array``.
