@@ -1,4 +1,4 @@
-"""``transfer``: reuse the weights of a VGG or ResNet in a similar, not identical, one.
+"""``transfer``: reuse the weights of a VGG, ResNet or ViT in a similar, not identical, one.
 
 A transfer is a :class:`TransferPlan` applied to the source variables. The plan goes through
 an *intermediate* network: the source's widths, kernel size and classes with the
@@ -23,6 +23,10 @@ destination's depths.
    (``surgery.resize_kernel``); the head keeps the columns of the classes both networks
    have (class ``i`` is class ``i``) and takes the others from the destination's
    initialisation.
+
+A ViT goes through the same passes, its blocks as one stage and its stream, heads and MLP
+units as unit groups (the stream uniformly when the new width is a multiple), with
+``head_dim`` padded or cropped after the groups (:mod:`jnet2net.reuse.vit`).
 
 The same plan maps any params-shaped tree (:meth:`TransferPlan.map_params`), e.g. optimizer
 moments: linear, without noise, new entries zero.
@@ -889,20 +893,22 @@ def transfer(
     """Variables for ``dst_model`` that reuse the weights of ``src_model``.
 
     The two networks are of one family (VGG -> VGG, ResNet -> ResNet with the same block and
-    stem layout) with the same number of stages; anything else may differ: stage depths
-    (larger or smaller), widths (larger or smaller), VGG hidden Dense layers and widths,
-    ``num_classes``, ``kernel_size``, the ResNet stem kind. When ``dst_model`` is a superset
-    of ``src_model`` (every depth and width at least as large, odd kernel sizes at least as
-    large and, for a ResNet with more than one stage, not 1, the same stem, classes and
-    compute ``dtype``) and ``noise != 'paper'``, the destination computes the source's
-    function in eval mode (< 1e-5 relative; for ``bfloat16`` models, of the weights computed
-    in float32), as ``jnet2net.widen`` and ``jnet2net.deepen`` do;
-    ``report.function_preserving`` says whether it does. (Hidden Dense layers added to a
-    VGG head without any start as identities of the flattened features, so they are exact
-    when at least that wide.)
+    stem layout, ViT -> ViT with the same ``patch_size``, ``pool`` and number of tokens) with
+    the same number of stages (a ViT's blocks are one stage); anything else may differ:
+    stage depths (larger or smaller), widths (larger or smaller), VGG hidden Dense layers
+    and widths, ``num_classes``, ``kernel_size``, the ResNet stem kind, a ViT's ``depth``,
+    ``embed_dim``, ``mlp_dim``, ``num_heads`` and ``head_dim``. When ``dst_model`` is a
+    superset of ``src_model`` (every depth and width at least as large, odd kernel sizes at
+    least as large and, for a ResNet with more than one stage, not 1, a ViT's ``embed_dim`` a
+    multiple of the source's, the same stem, classes and compute ``dtype``) and
+    ``noise != 'paper'``, the destination computes the source's function in eval mode
+    (< 1e-5 relative; for ``bfloat16`` models, of the weights computed in float32), as
+    ``jnet2net.widen`` and ``jnet2net.deepen`` do; ``report.function_preserving`` says
+    whether it does. (Hidden Dense layers added to a VGG head without any start as
+    identities of the flattened features, so they are exact when at least that wide.)
 
     Args:
-      src_model: the source ``VGG`` or ``ResNet``.
+      src_model: the source ``VGG``, ``ResNet`` or ``ViT``.
       src_variables: ``{'params': ..., 'batch_stats': ...}`` of ``src_model``.
       dst_model: the destination module.
       key: randomness for widening mappings, split noise and fresh leaves
@@ -935,7 +941,7 @@ def transfer(
       ValueError: the pair cannot be mapped (the message names both architectures and the
         problem), an option is unknown, ``noise_scale`` is negative or not finite, or
         ``src_variables`` do not fit ``src_model``.
-      TypeError: a model is not a ``VGG`` or ``ResNet``, ``key`` is not one PRNG key, or
+      TypeError: a model is not a ``VGG``, ``ResNet`` or ``ViT``, ``key`` is not one PRNG key, or
         ``noise_scale`` is not a number.
     """
     plan = transfer_plan(
