@@ -130,3 +130,22 @@ def test_vit_discovery_agrees_with_grow_vit(pool):
     (stream,) = [g for g in groups if g.uniform_only]
     (embed,) = [g for g in model.unit_groups() if g.name == "embed"]
     assert member_sets([stream], variables) == member_sets([embed], variables)
+
+
+@pytest.mark.parametrize("noise", ["split", "none"])
+def test_the_attention_block_widens_exactly_by_heads_mlp_and_a_multiple_stream(noise):
+    from test_grow_any import randomized  # tests/ is on sys.path
+
+    model, target = Attention(), Attention(dim=8, heads=3, mlp=7)
+    x = jax.random.normal(jax.random.key(1), (2, 3, 5))
+    variables = randomized(model.init(jax.random.key(0), x))
+    new_model, new_vars = jnet2net.widen(
+        model, variables, key=jax.random.key(2), target=target, example_input=x, noise=noise
+    )
+    assert new_vars["params"]["query"]["kernel"].shape == (8, 3, 3)
+    xs = jax.random.normal(jax.random.key(3), (2, 2, 3, 5))
+    assert float(jnp.max(jnet2net.output_error(model, variables, new_model, new_vars, xs))) < 1e-5
+    with pytest.raises(ValueError, match=r"query/kernel axis 2: 3 -> 4.*q·k over head_dim"):
+        jnet2net.widen(
+            model, variables, key=jax.random.key(2), target=Attention(head_dim=4), example_input=x
+        )
