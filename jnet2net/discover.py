@@ -18,12 +18,20 @@ flattened variables (each input is a known path) and follows *unit axes* through
   axis (LayerNorm's mean) marks the group ``uniform_only`` and must be normalised by the
   axis size (a mean) before it is used, so a softmax over features is refused (its sum
   counts replicas, which no widening undoes);
+* a contraction of two activations (attention) keeps their shared batch axes and fixes
+  the contracted ones (see :data:`CONTRACTED`): in ``einsum('nqhd,nkhd->nhqk', q, k)`` the
+  heads axis ``h`` merges the query, key and value heads into one group whose units are
+  whole heads (a copied head has the same logits, softmax and output; ``out``'s rows of it
+  are divided among the copies), while ``d`` (query/key ``head_dim``) cannot grow; the
+  value width (``v``'s ``head_dim``, consumed by the out projection only) is an ordinary
+  group;
 * ``jit``/``closed_call``/``custom_jvp_call``/``custom_vjp_call``/``checkpoint`` (remat)
   are followed into their sub-jaxprs.
 
 Anything else that touches a unit axis raises a ``ValueError`` naming the primitive and the
-parameters involved. Units that reach the network's output (the logits) or are added to a
-non-unit axis (e.g. the raw input) cannot grow: their groups are left out of the result.
+parameters involved. Units that reach the network's output (the logits), are added to a
+non-unit axis (e.g. the raw input) or are contracted between two activations cannot grow:
+:func:`couplings` leaves their groups out; :func:`discover` lists them with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -79,6 +87,17 @@ class _Par:
 
 _State = _Act | _Par
 _CONSTANT = _Par()
+
+#: Why units contracted between two activations do not grow. A query/key unit ``d`` copied
+#: ``c`` times adds ``q_d k_d`` to every logit ``c`` times; dividing the query's copies by
+#: ``c`` would restore the sum, but the module recomputes its logit scale from the target's
+#: size (``1 / sqrt(head_dim)``), an ordinary constant in the trace, so the logits would be
+#: off by ``sqrt(new / old)``. Growing whole heads keeps ``head_dim`` and the scale.
+CONTRACTED = (
+    "its units are contracted between two activations (attention's q·k over head_dim): the "
+    "logits sum over them and the module's logit scale depends on their number, so they do "
+    "not grow (add whole heads instead)"
+)
 
 #: Ops applied entry by entry (operands broadcast only along size-1 axes).
 ELEMENTWISE = frozenset(
@@ -672,6 +691,16 @@ class _Tracer:
             self.groups.add(node, Member(path, axis, "producer"))
         return _Label(node)
 
+    def contracted(self, a: _Label | None, b: _Label | None) -> None:
+        """Two activations summed against each other over these unit axes (attention's
+        ``q·k`` over ``head_dim``): one group, which cannot grow (:data:`CONTRACTED`)."""
+        real = [label for label in (a, b) if label is not None]
+        if real:
+            node = real[0].node
+            for label in real[1:]:
+                node = self.groups.union(node, label.node)
+            self.groups.pinned[node] = CONTRACTED
+
     def op_dot_general(self, eqn, states, shapes, out_shapes):
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
         lhs, rhs = states
@@ -680,8 +709,7 @@ class _Tracer:
         out: list[_Label | None] = []
         if isinstance(lhs, _Act) and isinstance(rhs, _Act):
             for a, b in zip(lc, rc, strict=True):
-                if lhs.labels[a] is not None or rhs.labels[b] is not None:
-                    self.fail(eqn, states, "it contracts a unit axis of two activations")
+                self.contracted(lhs.labels[a], rhs.labels[b])
             for a, b in zip(lb, rb, strict=True):
                 la, lb_ = lhs.labels[a], rhs.labels[b]
                 if la is not None and lb_ is not None:
@@ -803,12 +831,34 @@ def couplings(
     Returns:
       One :class:`UnitGroup` per set of units that can grow (``field=None``; sizes come
       from the variables), in the order their producers run. Groups whose units reach the
-      output, or meet a non-unit axis, are left out (they cannot grow).
+      output, meet a non-unit axis or are contracted between two activations (attention's
+      query/key width) are left out: they cannot grow (:func:`discover` says why).
 
     Raises:
       ValueError: ``model.apply`` fails on these arguments, or an op mixes units in a way
         that cannot be grown (naming the op and the parameters involved).
     """
+    return discover(model, variables, example_input, **apply_kwargs).groups
+
+
+class Discovery(NamedTuple):
+    """What :func:`discover` found.
+
+    Attributes:
+      groups: the groups that can grow (:func:`couplings`'s result).
+      fixed: ``(group, reason)`` per group of units that cannot grow (they reach the
+        output, meet a non-unit axis, or are contracted between two activations), with the
+        first reason found.
+    """
+
+    groups: tuple[UnitGroup, ...]
+    fixed: tuple[tuple[UnitGroup, str], ...]
+
+
+def discover(
+    model: nn.Module, variables: Variables, example_input: Any, **apply_kwargs: Any
+) -> Discovery:
+    """:func:`couplings` (same arguments and errors), with the fixed groups and why."""
     closed, paths, n_out = _trace(model, variables, example_input, apply_kwargs)
     tracer = _Tracer()
     n_leaves = len(paths)
@@ -882,7 +932,7 @@ def _unflatten(flat: dict, like: Variables) -> Variables:
     return unflatten_like(flat, like)
 
 
-def _collect(groups: _Groups) -> tuple[UnitGroup, ...]:
+def _collect(groups: _Groups) -> Discovery:
     """Resolves the union-find into unit groups (shared variable axes merge groups)."""
     owner: dict[tuple[Path, int], int] = {}
     for node, members in enumerate(groups.members):
@@ -895,15 +945,20 @@ def _collect(groups: _Groups) -> tuple[UnitGroup, ...]:
     by_root: dict[int, list[Member]] = {}
     for node in range(len(groups.parent)):
         by_root.setdefault(groups.find(node), []).extend(groups.members[node])
-    pinned = {groups.find(n) for n in groups.pinned}
+    pinned: dict[int, str] = {}
+    for node, reason in sorted(groups.pinned.items()):
+        pinned.setdefault(groups.find(node), reason)
     uniform = {groups.find(n) for n in groups.uniform}
-    result = []
+    result, fixed = [], []
     names: set[str] = set()
     producing = {groups.find(n) for n, origin in enumerate(groups.origin) if origin is not None}
     for root, members in by_root.items():
-        if root in pinned or root not in producing or not members:
-            continue  # units that cannot grow, or no layer makes them
+        if root not in producing or not members:
+            continue  # no layer makes these units
         unique = list(dict.fromkeys(members))
+        if root in pinned:
+            fixed.append((root, unique))
+            continue
         roles: dict[tuple[Path, int], Member] = {}
         for member in unique:
             other = roles.setdefault((member.path, member.axis), member)
@@ -913,11 +968,20 @@ def _collect(groups: _Groups) -> tuple[UnitGroup, ...]:
                     f"{member.role} of the units of {groups.name(root)} (a tied weight?): "
                     "these units cannot grow"
                 )
-        name = groups.name(root)
-        base, suffix = name, 1
-        while name in names:
-            suffix += 1
-            name = f"{base}_{suffix}"
-        names.add(name)
+        name = _unique_name(groups.name(root), names)
         result.append(UnitGroup(name, None, tuple(unique), uniform_only=root in uniform))
-    return tuple(result)
+    named_fixed = tuple(  # named after the growable groups, whose names stay as they were
+        (UnitGroup(_unique_name(groups.name(root), names), None, tuple(unique)), pinned[root])
+        for root, unique in fixed
+    )
+    return Discovery(tuple(result), named_fixed)
+
+
+def _unique_name(base: str, names: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... when taken; added to ``names``."""
+    name, suffix = base, 1
+    while name in names:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    names.add(name)
+    return name

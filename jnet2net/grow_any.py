@@ -9,6 +9,7 @@ the presets (:func:`jnet2net.grow.apply_widening`, :func:`jnet2net.grow.fresh_wi
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 
 from jnet2net import grow
 from jnet2net.coupling import Path, UnitGroup
-from jnet2net.discover import couplings
+from jnet2net.discover import discover
 from jnet2net.variables import FlatVariables, Variables, flatten, path_str, unflatten_like
 
 #: A grown network counts as computing the same function below this relative error.
@@ -128,8 +129,15 @@ def check_covered(
     sizes: list[tuple[int, int]],
     old: FlatVariables,
     new: FlatVariables,
+    fixed: Sequence[tuple[UnitGroup, str]] = (),
 ) -> None:
     """Raises unless every axis whose size changes belongs to a growing group.
+
+    Args:
+      groups: the growable groups; ``sizes``: their ``(old, new)`` sizes.
+      old: the model's flat variables; ``new``: the target's flat shapes.
+      fixed: :func:`jnet2net.discover.discover`'s groups that cannot grow, with the
+        reason, which the error gives for their axes.
 
     Raises:
       ValueError: listing the paths and axes no unit group explains.
@@ -140,16 +148,24 @@ def check_covered(
             for member in group.members:
                 if member.path in old:
                     grown.add((member.path, member.axis % len(np.shape(old[member.path]))))
-    unexplained = []
+    why: dict[tuple[Path, int], str] = {}
+    for group, reason in fixed:
+        for member in group.members:
+            if member.path in old:
+                why[(member.path, member.axis % len(np.shape(old[member.path])))] = reason
+    unexplained, reasons = [], []
     for path, leaf in old.items():
         shape, wanted = np.shape(leaf), new[path].shape
         for axis, (a, b) in enumerate(zip(shape, wanted, strict=True)):
             if a != b and (path, axis) not in grown:
                 unexplained.append(f"{path_str(path)} axis {axis}: {a} -> {b}")
+                if (path, axis) in why and why[(path, axis)] not in reasons:
+                    reasons.append(why[(path, axis)])
     if unexplained:
+        because = f" ({'; '.join(reasons)})" if reasons else ""
         raise ValueError(
             "the target changes sizes that no growable unit group owns (an input, output or "
-            "non-unit axis, or units that meet one): " + "; ".join(unexplained)
+            "non-unit axis, or units that meet one): " + "; ".join(unexplained) + because
         )
 
 
@@ -221,9 +237,9 @@ def widen_to_target(
     old = flatten(variables)
     new = abstract_init(target, example_input, apply_kwargs)
     check_same_architecture(model, target, old, new)
-    groups = couplings(model, variables, example_input, **apply_kwargs)
+    groups, fixed = discover(model, variables, example_input, **apply_kwargs)
     sizes = group_sizes(groups, old, new)
-    check_covered(groups, sizes, old, new)
+    check_covered(groups, sizes, old, new, fixed)
     map_key, noise_key = jax.random.split(key)
     if noise == "fresh":
         uniform = [
@@ -270,6 +286,72 @@ def widen_to_target(
                 f"{', '.join(g.name for g in groups)})"
             )
     return target, new_variables
+
+
+def widened_moments(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    *,
+    key: jax.Array,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    noise: grow.Noise = "split",
+) -> Callable[[Any], Any]:
+    """The params map of :func:`widen_to_target` with the same ``key`` (for optimizer
+    moments): linear and noise-free.
+
+    With a replicating ``noise``, the same mapping replayed with ``noise='none'``:
+    replicas copy their original's moments, split consumers get ``1 / count`` of them. With
+    ``noise='fresh'``: old units keep their moments in place, new units' entries are zero.
+
+    Returns:
+      ``f(params_shaped_tree) -> tree shaped like target's params``.
+    """
+    apply_kwargs = dict(apply_kwargs or {})
+    old = flatten(variables)
+    new = abstract_init(target, example_input, apply_kwargs)
+    groups = discover(model, variables, example_input, **apply_kwargs).groups
+    sizes = group_sizes(groups, old, new)
+    if noise == "fresh":
+        growths = tuple(
+            grow.GroupGrowth(g, o, n) for g, (o, n) in zip(groups, sizes, strict=True) if n > o
+        )
+        return lambda tree: grow.embed_widening({"params": tree}, growths)["params"]
+    plan = grow.plan_for_sizes(groups, sizes, jax.random.split(key)[0])
+    return lambda tree: grow.apply_widening({"params": tree}, plan, noise="none")["params"]
+
+
+def target_kind(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+    """``'widen'`` (``target`` has ``model``'s variable paths, some larger) or ``'deepen'``
+    (it keeps every old leaf as it is and adds new ones), from shapes only.
+
+    Raises:
+      ValueError: ``target`` is another class, or both adds leaves and changes old ones.
+    """
+    if type(target) is not type(model):
+        raise ValueError(
+            f"target must be a {type(model).__name__} like the model (wider or deeper), got a "
+            f"{type(target).__name__}"
+        )
+    old = flatten(variables)
+    new = abstract_init(target, example_input, dict(apply_kwargs or {}))
+    added = [p for p in new if p not in old]
+    changed = [p for p in old if p in new and np.shape(old[p]) != new[p].shape]
+    if added and changed:
+        raise ValueError(
+            f"target {type(target).__name__} adds layers ({path_str(added[0])}, ...) and changes "
+            f"old ones ({path_str(changed[0])}: {np.shape(old[changed[0]])} -> "
+            f"{new[changed[0]].shape}); a growth to a target widens or deepens: split it into "
+            "two events (or calls), the wider one first"
+        )
+    return "deepen" if added else "widen"
 
 
 # --- deepen: new layers of a deeper target, identity by rule ---------------------------
@@ -389,6 +471,125 @@ def zero_last_rules(new_paths: Sequence[Path], order: Sequence[Path]) -> tuple[R
     return tuple(rules)
 
 
+def branch_output_rules(
+    target: nn.Module,
+    fresh: Variables,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any],
+    new_paths: Sequence[Path],
+    old: FlatVariables,
+) -> tuple[Rule, ...]:
+    """Residual branches found by discovery on ``target``: every new kernel that writes the
+    units of a group the old layers also have (a residual stream), and its bias, zero.
+
+    A transformer block has two branches (attention's ``out`` and the MLP's second layer)
+    and LayerNorms whose zero scale would not silence them; zeroing the kernels that write
+    back to the stream does, and leaves every other new leaf (``query``, ``mlp_in``, norms)
+    as ``target.init`` made it.
+    """
+    found = discover(target, fresh, example_input, **apply_kwargs)
+    new = set(new_paths)
+    rules: list[Rule] = []
+    for group in (*found.groups, *(g for g, _ in found.fixed)):
+        if not any(m.path in old for m in group.members):
+            continue
+        for member in group.members:
+            if member.role == "producer" and member.path in new and member.path[-1] == "kernel":
+                for leaf in (member.path, (*member.path[:-1], "bias")):
+                    if leaf in new:
+                        rules.append((f"^{re.escape(path_str(leaf))}$", "zeros"))
+    return tuple(dict.fromkeys(rules))
+
+
+def _stand_in(variables: Variables, key: jax.Array) -> Variables:
+    """``variables`` with every float leaf perturbed (``x * exp(0.1 n) + 0.1 n'``): values
+    that no zero bias or unit scale of an ``init`` makes look exact by chance; positive
+    leaves (variances) stay positive in practice."""
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(key, max(2 * len(leaves), 2))
+    out = []
+    for i, leaf in enumerate(leaves):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            shape, dtype = jnp.shape(leaf), jnp.result_type(leaf)
+            scale = jnp.exp(0.1 * jax.random.normal(keys[2 * i], shape, dtype))
+            leaf = leaf * scale + 0.1 * jax.random.normal(keys[2 * i + 1], shape, dtype)
+        out.append(leaf)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _first_exact(
+    model: nn.Module,
+    variables: Variables,
+    target: nn.Module,
+    fresh_tree: Variables,
+    new_paths: list[Path],
+    rules: Sequence[Rule] | None,
+    example_input: Any,
+    apply_kwargs: Mapping[str, Any],
+    *,
+    eager: bool = False,
+) -> tuple[tuple[Rule, ...], Variables]:
+    """The first rule set (``rules``, else the identity, zero-last and branch-output
+    defaults) whose deeper network computes ``model``'s function, with its variables.
+
+    ``eager``: the candidates are checked under ``jax.ensure_compile_time_eval`` (concrete
+    stand-ins inside a trace); finding them (a shape-only trace) stays outside it, where
+    constants of the traced module remain literals.
+
+    Raises:
+      ValueError: none does (naming the new leaves and each candidate's error).
+    """
+    from jnet2net.discover import first_use_order
+
+    old, fresh = flatten(variables), flatten(fresh_tree)
+
+    def zero_last() -> tuple[Rule, ...]:
+        order = first_use_order(target, fresh_tree, example_input, **apply_kwargs)
+        return zero_last_rules(new_paths, order)
+
+    def branches() -> tuple[Rule, ...]:
+        return branch_output_rules(target, fresh_tree, example_input, apply_kwargs, new_paths, old)
+
+    candidates = (
+        [lambda: tuple(rules)]
+        if rules is not None
+        else [
+            lambda: PLAIN_RULES,
+            zero_last,
+            branches,
+        ]
+    )
+    errors = []
+    for candidate in candidates:
+        try:
+            chosen = candidate()
+            with jax.ensure_compile_time_eval() if eager else contextlib.nullcontext():
+                new_leaves = by_rules(new_paths, fresh, chosen)
+        except ValueError as err:
+            if rules is not None:
+                raise
+            errors.append(str(err))
+            continue
+        grown = grow._keep_empty_collections(
+            unflatten_like({**old, **new_leaves}, variables), variables
+        )
+        with jax.ensure_compile_time_eval() if eager else contextlib.nullcontext():
+            error = relative_error(model, variables, target, grown, example_input, apply_kwargs)
+        if error < EXACT_RTOL:
+            return chosen, grown
+        errors.append(f"relative error {error:.2e}")
+    how = (
+        "by the rules given"
+        if rules is not None
+        else "as identity layers or as residual branches with a zero output"
+    )
+    raise ValueError(
+        f"the deeper {type(target).__name__} does not compute the same function with its new "
+        f"leaves {', '.join(path_str(p) for p in new_paths)} initialised {how} "
+        f"({'; '.join(errors)}): pass rules=[(regex, 'zeros' | 'identity' | ...), ...]"
+    )
+
+
 def deepen_to_target(
     model: nn.Module,
     variables: Variables,
@@ -402,6 +603,13 @@ def deepen_to_target(
     """Net2DeeperNet for any linen module: ``target`` (more layers) computing ``model``'s
     function. See :func:`jnet2net.deepen` (``target=``).
 
+    Without ``rules`` the new leaves are tried as identity layers (:data:`PLAIN_RULES`), as
+    residual branches whose last norm scale (or last kernel) is zero
+    (:func:`zero_last_rules`), then as branches whose kernels writing back to a residual
+    stream are zero (:func:`branch_output_rules`, e.g. a transformer block); the first that
+    computes the same function on random inputs wins. Under ``jax.jit`` (traced variables)
+    the choice is made on perturbed stand-in variables of ``model`` and then applied.
+
     Returns:
       ``(target, new_variables)``: every old leaf kept, new leaves by ``rules``.
 
@@ -410,8 +618,6 @@ def deepen_to_target(
         path or changes an old leaf's shape; a rule is malformed; or the result does not
         compute the same function (naming the new paths).
     """
-    from jnet2net.discover import first_use_order
-
     apply_kwargs = dict(apply_kwargs or {})
     if example_input is None:
         raise ValueError(
@@ -440,33 +646,28 @@ def deepen_to_target(
     if not new_paths:
         return target, variables
     fresh_tree = target.init(key, example_input, **init_kwargs(apply_kwargs))
-    fresh = flatten(fresh_tree)
-    if rules is not None:
-        candidates = [tuple(rules)]
-    else:
-        order = first_use_order(target, fresh_tree, example_input, **apply_kwargs)
-        candidates = [PLAIN_RULES, zero_last_rules(new_paths, order)]
-    errors = []
-    for candidate in candidates:
-        try:
-            new_leaves = by_rules(new_paths, fresh, candidate)
-        except ValueError as err:
-            if rules is not None:
-                raise
-            errors.append(str(err))
-            continue
-        grown = grow._keep_empty_collections(
-            unflatten_like({**old, **new_leaves}, variables), variables
+    if not _traced((variables, fresh_tree)):
+        _, grown = _first_exact(
+            model, variables, target, fresh_tree, new_paths, rules, example_input, apply_kwargs
         )
-        error = relative_error(model, variables, target, grown, example_input, apply_kwargs)
-        if error < EXACT_RTOL:
-            return target, grown
-        errors.append(f"relative error {error:.2e}")
-    how = "by the rules given" if rules is not None else "as identity layers or as residual "
-    how += "" if rules is not None else "branches with a zero output"
-    raise ValueError(
-        f"the deeper {type(target).__name__} does not compute the same function with its new "
-        f"leaves {', '.join(path_str(p) for p in new_paths)} initialised "
-        f"{how} "
-        f"({'; '.join(errors)}): pass rules=[(regex, 'zeros' | 'identity' | ...), ...]"
+        return target, grown
+    with jax.ensure_compile_time_eval():  # concrete stand-ins inside a trace
+        stand_key, fresh_key = jax.random.split(jax.random.key(0))
+        stand_in = _stand_in(
+            model.init(jax.random.key(1), example_input, **init_kwargs(apply_kwargs)), stand_key
+        )
+        stand_fresh = target.init(fresh_key, example_input, **init_kwargs(apply_kwargs))
+    chosen, _ = _first_exact(
+        model,
+        stand_in,
+        target,
+        stand_fresh,
+        new_paths,
+        rules,
+        example_input,
+        apply_kwargs,
+        eager=True,
     )
+    new_leaves = by_rules(new_paths, flatten(fresh_tree), chosen)
+    grown = unflatten_like({**old, **new_leaves}, variables)
+    return target, grow._keep_empty_collections(grown, variables)

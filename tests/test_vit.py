@@ -340,12 +340,6 @@ def test_bad_deepen_requests_are_named(kwargs, error, match):
         jnet2net.deepen(MODEL, random_variables(MODEL, 0), **kwargs)
 
 
-def test_transfer_refuses_vits_with_a_clear_type_error():
-    variables = random_variables(MODEL, 0)
-    with pytest.raises(TypeError, match=r"the source is a ViT \(ViT transfer is not supported"):
-        jnet2net.transfer(MODEL, variables, MODEL.clone(depth=3), key=jax.random.key(0))
-
-
 # --- train state and fit -----------------------------------------------------------------
 
 
@@ -446,6 +440,9 @@ def test_readme_vit_block_runs_and_preserves_the_function():
     exec(compile(block, "README.md", "exec"), namespace)  # asserts the function is preserved
     big = namespace["big"]
     assert (big.embed_dim, big.num_heads, big.mlp_dim, big.depth, big.head_dim) == (32, 3, 48, 4, 8)
+    assert namespace["wide_vars"]["params"]["block0"]["query"]["kernel"].shape == (16, 4, 8)
+    report = namespace["report"]
+    assert not report.function_preserving and f"{report.reused_fraction:.0%}" == "100%"
 
 
 def test_param_count_sizes_a_vit_from_shapes():

@@ -181,8 +181,9 @@ class ViT(nn.Module):
         ``embed`` spans the patch embedding's outputs, the class token, the position
         embedding, every LayerNorm, every projection's input rows (consumers) and the
         attention and MLP outputs written back to the stream (producers), and the head's
-        input. A head group indexes axis 1 of ``query``/``key``/``value`` kernels (axis 0
-        of their biases) and axis 0 of ``out``'s kernel.
+        input; it is ``uniform_only`` (the LayerNorms average over it). A head group indexes
+        axis 1 of ``query``/``key``/``value`` kernels (axis 0 of their biases) and axis 0 of
+        ``out``'s kernel.
         """
 
         def params(*path: str) -> tuple[str, ...]:
@@ -225,7 +226,7 @@ class ViT(nn.Module):
             mlps.append(UnitGroup(f"{block}_mlp", ("mlp_dim", None), mlp_members))
         embed += norm("norm")
         embed.append(Member(params("head", "kernel"), 0, "consumer"))
-        stream = UnitGroup("embed", ("embed_dim", None), tuple(embed))
+        stream = UnitGroup("embed", ("embed_dim", None), tuple(embed), uniform_only=True)
         return (stream, *heads, *mlps)
 
     def example_input(self, variables: Any) -> jax.Array:

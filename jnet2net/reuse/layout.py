@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from jnet2net.models import VGG, ResNet, model_config
+from jnet2net.models import VGG, ResNet, ViT, model_config
 
 DepthMap = Literal["proportional", "append"]
 Fill = Literal["identity", "repeat"]
@@ -22,7 +22,7 @@ SHRINKS = ("evenly", "first", "last")
 
 def describe(model: Any) -> str:
     """A one-line architecture name, e.g. ``'VGG(stage_depths=(1, 2), ...)'`` (no dtype)."""
-    if not isinstance(model, (VGG, ResNet)):
+    if not isinstance(model, (VGG, ResNet, ViT)):
         return type(model).__name__
     config = model_config(model)
     family = config.pop("family")
@@ -44,27 +44,29 @@ def check_pair(src_model: Any, dst_model: Any) -> None:
     """Raises unless weights can be transferred from ``src_model`` to ``dst_model``.
 
     Raises:
-      TypeError: either model is not a ``VGG`` or ``ResNet``.
-      ValueError: the families, the number of stages, VGG ``batch_norm``, ResNet ``block``
-        or the ResNet stem layout (a separate ``stem_width`` or none) differ; the message
-        names both architectures.
+      TypeError: either model is not a ``VGG``, ``ResNet`` or ``ViT``.
+      ValueError: the families, the number of stages, VGG ``batch_norm``, ResNet ``block``,
+        the ResNet stem layout (a separate ``stem_width`` or none) or the ViT ``patch_size``
+        or ``pool`` differ; the message names both architectures.
     """
     for model, role in ((src_model, "source"), (dst_model, "destination")):
-        if not isinstance(model, (VGG, ResNet)):
-            hint = ""
-            if type(model).__name__ == "ViT":
-                hint = " (ViT transfer is not supported; jnet2net.widen/deepen grow a ViT exactly)"
+        if not isinstance(model, (VGG, ResNet, ViT)):
             raise TypeError(
-                f"transfer maps VGG and ResNet modules; the {role} is a "
-                f"{type(model).__name__}{hint}"
+                f"transfer maps VGG, ResNet and ViT modules; the {role} is a "
+                f"{type(model).__name__} (jnet2net.widen/deepen(target=...) grow any module)"
             )
     pair = f"{describe(src_model)} -> {describe(dst_model)}"
     src_family, dst_family = type(src_model).__name__, type(dst_model).__name__
     if src_family != dst_family:
         raise ValueError(
             f"cannot transfer {pair}: a {src_family} and a {dst_family} have no layers in "
-            "common; transfer maps VGG -> VGG and ResNet -> ResNet"
+            "common; transfer maps VGG -> VGG, ResNet -> ResNet and ViT -> ViT"
         )
+    if isinstance(src_model, ViT):
+        from jnet2net.reuse.vit import check_vit_pair  # it builds on this module
+
+        check_vit_pair(src_model, dst_model, pair)
+        return
     src_stages, dst_stages = len(src_model.stage_depths), len(dst_model.stage_depths)
     if src_stages != dst_stages:
         raise ValueError(

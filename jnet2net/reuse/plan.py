@@ -1,4 +1,4 @@
-"""``transfer``: reuse the weights of a VGG or ResNet in a similar, not identical, one.
+"""``transfer``: reuse the weights of a VGG, ResNet or ViT in a similar, not identical, one.
 
 A transfer is a :class:`TransferPlan` applied to the source variables. The plan goes through
 an *intermediate* network: the source's widths, kernel size and classes with the
@@ -23,6 +23,10 @@ destination's depths.
    (``surgery.resize_kernel``); the head keeps the columns of the classes both networks
    have (class ``i`` is class ``i``) and takes the others from the destination's
    initialisation.
+
+A ViT goes through the same passes, its blocks as one stage and its stream, heads and MLP
+units as unit groups (the stream uniformly when the new width is a multiple), with
+``head_dim`` padded or cropped after the groups (:mod:`jnet2net.reuse.vit`).
 
 The same plan maps any params-shaped tree (:meth:`TransferPlan.map_params`), e.g. optimizer
 moments: linear, without noise, new entries zero.
@@ -52,7 +56,7 @@ from jnet2net.grow import (
     apply_widening,
     check_noise_scale,
 )
-from jnet2net.models import VGG
+from jnet2net.models import VGG, ViT
 from jnet2net.models.common import BN_EPSILON, compute_dtype
 from jnet2net.models.resnet import LAST_NORM
 from jnet2net.reuse.layout import (
@@ -68,6 +72,13 @@ from jnet2net.reuse.layout import (
     stage_slots,
 )
 from jnet2net.reuse.report import LeafReport, Status, TransferReport
+from jnet2net.reuse.vit import (
+    head_dim_note,
+    resize_head_dim,
+    vit_changes,
+    vit_layout,
+    zero_leaves,
+)
 from jnet2net.variables import (
     FlatVariables,
     Variables,
@@ -247,6 +258,10 @@ def _layout(
     shrink: Shrink,
 ) -> tuple[nn.Module, dict[str, LayerSource | None], list[list[str]], list[str]]:
     """The intermediate module, its layers' sources (``None``: a gap), stages, changes."""
+    if isinstance(src, ViT):
+        mid, names, stages, changes = vit_layout(src, dst, depth_map, shrink)
+        sources = {k: None if v is None else LayerSource("copy", v) for k, v in names.items()}
+        return mid, sources, stages, changes
     layout: dict[str, LayerSource | None] = {}
     stages: list[list[str]] = []
     changes: list[str] = []
@@ -510,7 +525,16 @@ def _finish(
 def _run(plan: TransferPlan, src_flat: FlatVariables, mode: Mode, dtype: Any) -> FlatVariables:
     """Moments (or any params-shaped tree) through the plan; traced under ``jax.jit``."""
     mid = _assemble(plan, src_flat, mode, dtype)
-    return _finish(plan, _apply_group_ops(plan, mid, mode), mode, dtype, {})
+    return _finish(
+        plan, _resized_heads(plan, _apply_group_ops(plan, mid, mode), mode), mode, dtype, {}
+    )
+
+
+def _resized_heads(plan: TransferPlan, mid: FlatVariables, mode: Mode) -> FlatVariables:
+    """A ViT's attention leaves at the destination's ``head_dim`` (others unchanged)."""
+    if not isinstance(plan.src_model, ViT):
+        return mid
+    return resize_head_dim(mid, plan.src_model, plan.dst_model, rescale=mode == "values")
 
 
 # --- group operations ----------------------------------------------------------------------
@@ -520,7 +544,6 @@ def _group_specs(
     mid: nn.Module, dst: nn.Module, layout: Mapping[str, LayerSource], changes: list[str]
 ) -> tuple[GroupSpec, ...]:
     """The groups that change size (and that the source provides); notes narrowing."""
-    layers = mid.layer_names()
     specs: dict[str, GroupSpec] = {}
     for index, group in enumerate(mid.unit_groups()):
         old, new = mid.width_of(group.field), dst.width_of(group.field)
@@ -529,6 +552,7 @@ def _group_specs(
         tied_to = None
         source = layout.get(group.name)
         if source is not None and source.kind == "identity":
+            layers = mid.layer_names()
             feeder = specs.get(layers[layers.index(group.name) - 1])
             if feeder is not None and (feeder.old, feeder.new) == (old, new):
                 tied_to = feeder.group.name
@@ -567,7 +591,10 @@ def _group_ops(
         if spec.tied_to is not None:
             ops[group.name] = ops[spec.tied_to]._replace(group=group, tied_to=spec.tied_to)
         elif new > old:
-            mapping = surgery.random_mapping(keys[spec.index], old, new)
+            if group.uniform_only and new % old == 0:  # a ViT stream: LayerNorms stay exact
+                mapping = surgery.uniform_mapping(old, new)
+            else:
+                mapping = surgery.random_mapping(keys[spec.index], old, new)
             counts = surgery.replication_counts(mapping, old)
             ops[group.name] = GroupOp(group, old, new, mapping=mapping, counts=counts)
         else:
@@ -592,10 +619,8 @@ def _with_arrays(
     )
 
 
-def _model_changes(
-    src: nn.Module, dst: nn.Module, noise: Noise, noise_scale: float, widens: bool
-) -> list[str]:
-    """Changes of kernel size, stem, classes, noise and dtype that alter the function."""
+def _cnn_changes(src: nn.Module, dst: nn.Module) -> list[str]:
+    """Kernel size and stem changes of a VGG or ResNet transfer that alter the function."""
     changes = []
     k_src, k_dst = src.kernel_size, dst.kernel_size
     odd_pad = k_dst > k_src and k_src % 2 == 1 and k_dst % 2 == 1
@@ -612,6 +637,15 @@ def _model_changes(
             f"stem {src.stem!r} -> {dst.stem!r}: the stem conv is resized, its stride and "
             "pooling differ"
         )
+    return changes
+
+
+def _model_changes(
+    src: nn.Module, dst: nn.Module, noise: Noise, noise_scale: float, widens: bool
+) -> list[str]:
+    """Changes of kernel size, stem (ViT: sizes), classes, noise and dtype that alter the
+    function."""
+    changes = vit_changes(src, dst) if isinstance(src, ViT) else _cnn_changes(src, dst)
     if src.num_classes != dst.num_classes:
         shared = min(src.num_classes, dst.num_classes)
         changes.append(
@@ -636,6 +670,14 @@ def _model_changes(
     return changes
 
 
+def _zero_block_leaves(dst: nn.Module, layer: str) -> list[Path]:
+    """The leaves of new block ``layer`` that are zero: a ResNet's last BatchNorm scale, a
+    ViT's ``out`` and ``mlp_out`` kernels and biases."""
+    if isinstance(dst, ViT):
+        return zero_leaves(layer)
+    return [("params", layer, LAST_NORM[dst.block], "scale")]
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -645,7 +687,12 @@ def _leaf_rows(plan: TransferPlan) -> tuple[LeafReport, ...]:
     for op in plan.group_ops:
         for member in op.group.members:
             members.setdefault(member.path, []).append((op, member))
-    last_norm = LAST_NORM.get(getattr(plan.dst_model, "block", ""), "")
+    zeros = {
+        path
+        for layer, source in plan.layout.items()
+        if source.kind == "zero_block"
+        for path in _zero_block_leaves(plan.dst_model, layer)
+    }
     rows = []
     for path, target in plan.dst_shapes.items():
         source = plan.layout[path[1]]
@@ -658,8 +705,9 @@ def _leaf_rows(plan: TransferPlan) -> tuple[LeafReport, ...]:
         elif source.kind == "identity":
             notes.append("identity layer")
         elif source.kind == "zero_block":
-            zero = path[-2:] == (last_norm, "scale")
-            notes.append("new block" + (", scale 0: the block adds nothing" if zero else ""))
+            zero = path in zeros
+            what = "scale" if path[-1] == "scale" else path[-1]
+            notes.append("new block" + (f", {what} 0: the block adds nothing" if zero else ""))
         elif source.kind == "composed":
             notes.append(f"multiplied with {', '.join(source.folded)}")
         changed = source.kind == "composed"
@@ -681,6 +729,13 @@ def _leaf_rows(plan: TransferPlan) -> tuple[LeafReport, ...]:
                 fraction *= taps[0] * taps[1] / (target.shape[0] * target.shape[1])
                 how = "padded" if mid_shape[0] < target.shape[0] else "cropped"
                 notes.append(f"kernel {mid_shape[0]}x{mid_shape[1]} {how} to {target.shape[0]}")
+            heads = None
+            if isinstance(plan.src_model, ViT):
+                heads = head_dim_note(path, plan.src_model, plan.dst_model)
+            if heads is not None:
+                changed = True
+                fraction *= heads[0]
+                notes.append(heads[1])
             if path[1] == "head" and mid_shape[-1] != target.shape[-1]:
                 changed = True
                 fraction *= min(mid_shape[-1], target.shape[-1]) / target.shape[-1]
@@ -721,6 +776,15 @@ def _input_shape(
             f"cannot transfer {pair}: the source reads {default[-1]} input channels but "
             f"input_shape {shape} has {shape[-1]}; both networks need the same input channels"
         )
+    if isinstance(src, ViT):
+        p = src.patch_size
+        if shape[1] % p or shape[2] % p or shape[1] * shape[2] != default[1] * default[2]:
+            raise ValueError(
+                f"cannot transfer {pair}: input_shape {shape} does not cut into the source's "
+                f"{default[1] * default[2] // p**2} patches of {p}x{p} (pos_embed has one row "
+                "per token); a ViT transfer keeps the number of tokens"
+            )
+        return (1, *shape[1:])
     if isinstance(src, VGG) and shape[1:3] != default[1:3]:
         raise ValueError(
             f"cannot transfer {pair}: the source's dense head reads the features of "
@@ -783,9 +847,10 @@ def transfer_plan(
         dst_shapes=abstract_variables(dst_model, example),
     )
     zero_scales = [
-        ("params", layer, LAST_NORM[dst_model.block], "scale")
+        path
         for layer, source in layout.items()
         if source.kind == "zero_block"
+        for path in _zero_block_leaves(dst_model, layer)
     ]
     n_groups = len(mid_model.unit_groups())
     needs_init = bool(zero_scales) or dst_model.num_classes > src_model.num_classes
@@ -798,7 +863,8 @@ def transfer_plan(
         mid = _assemble(plan, src, "values")
         ops = _group_ops(specs, n_groups, mid, map_key)
         grown = dataclasses.replace(plan, group_ops=ops, noise_key=noise_key)
-        values = _finish(grown, _apply_group_ops(grown, mid, "values"), "values", None, fresh)
+        widened = _resized_heads(grown, _apply_group_ops(grown, mid, "values"), "values")
+        values = _finish(grown, widened, "values", None, fresh)
         return values, _op_arrays(ops), noise_key
 
     values, arrays, noise_key = jax.jit(compute)(src_flat, key)
@@ -827,20 +893,22 @@ def transfer(
     """Variables for ``dst_model`` that reuse the weights of ``src_model``.
 
     The two networks are of one family (VGG -> VGG, ResNet -> ResNet with the same block and
-    stem layout) with the same number of stages; anything else may differ: stage depths
-    (larger or smaller), widths (larger or smaller), VGG hidden Dense layers and widths,
-    ``num_classes``, ``kernel_size``, the ResNet stem kind. When ``dst_model`` is a superset
-    of ``src_model`` (every depth and width at least as large, odd kernel sizes at least as
-    large and, for a ResNet with more than one stage, not 1, the same stem, classes and
-    compute ``dtype``) and ``noise != 'paper'``, the destination computes the source's
-    function in eval mode (< 1e-5 relative; for ``bfloat16`` models, of the weights computed
-    in float32), as ``jnet2net.widen`` and ``jnet2net.deepen`` do;
-    ``report.function_preserving`` says whether it does. (Hidden Dense layers added to a
-    VGG head without any start as identities of the flattened features, so they are exact
-    when at least that wide.)
+    stem layout, ViT -> ViT with the same ``patch_size``, ``pool`` and number of tokens) with
+    the same number of stages (a ViT's blocks are one stage); anything else may differ:
+    stage depths (larger or smaller), widths (larger or smaller), VGG hidden Dense layers
+    and widths, ``num_classes``, ``kernel_size``, the ResNet stem kind, a ViT's ``depth``,
+    ``embed_dim``, ``mlp_dim``, ``num_heads`` and ``head_dim``. When ``dst_model`` is a
+    superset of ``src_model`` (every depth and width at least as large, odd kernel sizes at
+    least as large and, for a ResNet with more than one stage, not 1, a ViT's ``embed_dim`` a
+    multiple of the source's, the same stem, classes and compute ``dtype``) and
+    ``noise != 'paper'``, the destination computes the source's function in eval mode
+    (< 1e-5 relative; for ``bfloat16`` models, of the weights computed in float32), as
+    ``jnet2net.widen`` and ``jnet2net.deepen`` do; ``report.function_preserving`` says
+    whether it does. (Hidden Dense layers added to a VGG head without any start as
+    identities of the flattened features, so they are exact when at least that wide.)
 
     Args:
-      src_model: the source ``VGG`` or ``ResNet``.
+      src_model: the source ``VGG``, ``ResNet`` or ``ViT``.
       src_variables: ``{'params': ..., 'batch_stats': ...}`` of ``src_model``.
       dst_model: the destination module.
       key: randomness for widening mappings, split noise and fresh leaves
@@ -873,7 +941,7 @@ def transfer(
       ValueError: the pair cannot be mapped (the message names both architectures and the
         problem), an option is unknown, ``noise_scale`` is negative or not finite, or
         ``src_variables`` do not fit ``src_model``.
-      TypeError: a model is not a ``VGG`` or ``ResNet``, ``key`` is not one PRNG key, or
+      TypeError: a model is not a ``VGG``, ``ResNet`` or ``ViT``, ``key`` is not one PRNG key, or
         ``noise_scale`` is not a number.
     """
     plan = transfer_plan(

@@ -11,6 +11,10 @@ Example::
     growth = (Grow(3, widths=(16, 32, 64)), Grow(6, widths=(32, 64, 128), depths=(4, 4, 4)))
     result = fit(narrow, train, test, config, growth=growth, growth_key=jax.random.key(0))
     result.model  # the final, grown module
+
+Any other linen module grows to a ``target`` module (``Grow(3, target=wider_module)``):
+``jnet2net.widen``/``deepen`` with ``target=``, by the unit groups discovered from its
+computation.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ import numpy as np
 
 from jnet2net.grow import NOISES, Noise, check_noise_scale
 from jnet2net.reuse.layout import describe
-from jnet2net.train.growth import MOMENTS, Moments, deepen_train_state, widen_train_state
+from jnet2net.train.growth import (
+    MOMENTS,
+    Moments,
+    deepen_train_state,
+    target_train_state,
+    widen_train_state,
+)
 from jnet2net.train.state import TrainState
 
 #: The sizes a :class:`Grow` event may set, in the order they are applied (widen first).
@@ -66,6 +76,10 @@ class Grow:
       mlp_dim: new ViT MLP width.
       num_heads: new ViT head count.
       depth: new ViT block count (applied after widening).
+      target: instead of the sizes: the grown module itself (any linen module of the
+        model's class, wider *or* deeper), grown by ``jnet2net.widen``/``deepen`` with
+        ``target=`` (:func:`jnet2net.train.growth.target_train_state`).
+      rules: with a deeper ``target``: ``deepen``'s ``rules`` for the new leaves.
     """
 
     at_epoch: float
@@ -83,6 +97,8 @@ class Grow:
     mlp_dim: int | None = None
     num_heads: int | None = None
     depth: int | None = None
+    target: nn.Module | None = None
+    rules: tuple[tuple[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_real("at_epoch", self.at_epoch, positive=True)
@@ -102,6 +118,7 @@ class Grow:
         check_noise_scale(self.noise_scale)
         if self.moments not in MOMENTS:
             raise ValueError(f"Grow.moments must be one of {MOMENTS}, got {self.moments!r}")
+        self._check_target()
         if not (self.widens or self.deepens):
             raise ValueError(
                 f"Grow(at_epoch={self.at_epoch}) changes nothing: give widths, hidden_widths, "
@@ -109,10 +126,27 @@ class Grow:
                 "num_heads or depth)"
             )
 
+    def _check_target(self) -> None:
+        if self.target is None:
+            if self.rules is not None:
+                raise ValueError("Grow.rules apply to a target= event only")
+            return
+        if not isinstance(self.target, nn.Module):
+            raise TypeError(
+                f"Grow.target must be a flax linen module, got {type(self.target).__name__}"
+            )
+        sizes = [n for n in (*WIDEN_FIELDS, *DEEPEN_FIELDS) if getattr(self, n) is not None]
+        if sizes:
+            raise ValueError(f"Grow takes either target= or sizes ({', '.join(sizes)}), not both")
+        if self.rules is not None:
+            object.__setattr__(self, "rules", tuple(tuple(rule) for rule in self.rules))
+
     @property
     def widens(self) -> bool:
-        """Whether the event sets any width."""
-        return any(getattr(self, name) is not None for name in WIDEN_FIELDS)
+        """Whether the event sets any width (or a ``target``, which may widen)."""
+        return self.target is not None or any(
+            getattr(self, name) is not None for name in WIDEN_FIELDS
+        )
 
     @property
     def deepens(self) -> bool:
@@ -128,9 +162,23 @@ class Grow:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name == "at_epoch" or value != field.default:
+            if field.name == "target" and value is not None:
+                out["target"] = module_text(value)
+            elif field.name == "rules" and value is not None:
+                out["rules"] = [[p, i if isinstance(i, str) else repr(i)] for p, i in value]
+            elif field.name == "at_epoch" or value != field.default:
                 out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def module_text(module: nn.Module) -> str:
+    """``'MLP(width=9, depth=1)'``: the class and its fields (no ``parent``/``name``)."""
+    fields = ", ".join(
+        f"{f.name}={getattr(module, f.name)!r}"
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name")
+    )
+    return f"{type(module).__name__}({fields})"
 
 
 def _check_real(name: str, value: Any, *, positive: bool) -> None:
@@ -213,17 +261,27 @@ def planned_models(
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), example)
     models = []
     for event in events:
-        model, abstract = _planned_step(model, abstract, event)
+        model, abstract = _planned_step(model, abstract, event, example_input(example_shape))
         models.append(model)
     return tuple(models)
 
 
-def _planned_step(model: nn.Module, abstract: Any, event: Grow) -> tuple[nn.Module, Any]:
+def example_input(image_shape: Sequence[int]) -> np.ndarray:
+    """A zero batch of one image ``(1, h, w, c)`` float32: the input a ``target`` event
+    traces the model with (numpy, so it stays concrete inside ``jax.jit``)."""
+    return np.zeros((1, *image_shape), np.float32)
+
+
+def _planned_step(
+    model: nn.Module, abstract: Any, event: Grow, example: np.ndarray
+) -> tuple[nn.Module, Any]:
     """``(grown module, abstract grown variables)`` of one event, traced on shapes only."""
     captured: list[nn.Module] = []
 
     def grow(variables: Any) -> Any:
-        new_model, new_variables = grow_variables(model, variables, event, jax.random.key(0))
+        new_model, new_variables = grow_variables(
+            model, variables, event, jax.random.key(0), example_input=example
+        )
         captured.append(new_model)
         return new_variables
 
@@ -240,11 +298,14 @@ def _sizes(event: Grow, fields: tuple[str, ...]) -> dict[str, Any]:
 
 
 def grow_variables(
-    model: nn.Module, variables: Any, event: Grow, key: jax.Array
+    model: nn.Module, variables: Any, event: Grow, key: jax.Array, *, example_input: Any = None
 ) -> tuple[nn.Module, Any]:
-    """``(new_model, new_variables)``: ``event``'s widening, then its deepening."""
+    """``(new_model, new_variables)``: ``event``'s widening, then its deepening (a
+    ``target`` event: the one it makes, traced with ``example_input``)."""
     from jnet2net.grow import deepen, widen
 
+    if event.target is not None:
+        return _to_target(model, variables, event, key, example_input)
     widen_key, deepen_key = jax.random.split(key)
     if event.widens:
         model, variables = widen(
@@ -260,14 +321,49 @@ def grow_variables(
     return model, variables
 
 
+def _to_target(
+    model: nn.Module, variables: Any, event: Grow, key: jax.Array, example: Any
+) -> tuple[nn.Module, Any]:
+    """``widen``/``deepen(target=event.target)`` of ``variables``, as the event's state."""
+    from jnet2net.grow import deepen, widen
+    from jnet2net.grow_any import target_kind
+
+    kwargs = {"key": key, "target": event.target, "example_input": example}
+    kwargs["apply_kwargs"] = {"train": False}
+    if target_kind(model, variables, event.target, example, kwargs["apply_kwargs"]) == "deepen":
+        return deepen(model, variables, rules=event.rules, **kwargs)
+    return widen(model, variables, noise=event.noise, noise_scale=event.noise_scale, **kwargs)
+
+
 def grow_at_event(
-    model: nn.Module, state: TrainState, event: Grow, key: jax.Array
+    model: nn.Module,
+    state: TrainState,
+    event: Grow,
+    key: jax.Array,
+    *,
+    example_input: Any = None,
 ) -> tuple[nn.Module, TrainState]:
     """The grown ``(model, state)`` of one event: params, batch_stats and moments.
 
     ``step``, ``tx`` and the optimizer's counters are kept, so the schedule continues.
-    With the same ``key`` the params equal :func:`grow_variables`'s.
+    With the same ``key`` the params equal :func:`grow_variables`'s. A ``target`` event
+    traces the model with ``example_input`` (default: a batch of one of the presets'
+    ``example_input``; other modules need it).
     """
+    if event.target is not None:
+        if example_input is None:
+            example_input = _preset_example(model, state)
+        return target_train_state(
+            state,
+            model,
+            event.target,
+            key=key,
+            example_input=example_input,
+            noise=event.noise,
+            noise_scale=event.noise_scale,
+            rules=event.rules,
+            moments=event.moments,
+        )
     widen_key, deepen_key = jax.random.split(key)
     if event.widens:
         model, state = widen_train_state(
@@ -284,6 +380,15 @@ def grow_at_event(
             state, model, key=deepen_key, moments=event.moments, **_sizes(event, DEEPEN_FIELDS)
         )
     return model, state
+
+
+def _preset_example(model: nn.Module, state: TrainState) -> Any:
+    if not hasattr(model, "example_input"):
+        raise ValueError(
+            f"a Grow(target=...) event traces {type(model).__name__} to find its unit groups: "
+            "pass example_input= (train.fit passes a batch of one of its images)"
+        )
+    return model.example_input(state.variables)
 
 
 def rewarm_windows(events: Sequence[Grow], steps_per_epoch: int) -> tuple[tuple[int, int], ...]:

@@ -15,6 +15,8 @@ The three ways to grow give their params maps:
   consumers get ``1 / count`` of them; with ``noise='fresh'``, ``embed_widening``: old units
   keep their moments, every entry of a new unit is zero;
 * :func:`deepen_train_state`: every existing leaf keeps its moments, new layers get zeros;
+* :func:`target_train_state`: growth to any target module (``widen``/``deepen`` with
+  ``target=``), whose maps are the two above's (``grow_any.widened_moments``);
 * :func:`transfer_train_state`: ``TransferPlan.map_params`` of ``jnet2net.reuse``.
 
 Example::
@@ -25,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -35,6 +37,7 @@ import optax
 from flax.core import FrozenDict, freeze, unfreeze
 
 from jnet2net.grow import Noise, deepen, embed_widening, grown_groups, widen
+from jnet2net.grow_any import Rule, target_kind, widened_moments
 from jnet2net.grow_vit import embed_vit_widening
 from jnet2net.models.vit import ViT
 from jnet2net.reuse import TransferReport, transfer_plan
@@ -200,7 +203,12 @@ def deepen_train_state(
         calibration_batch=calibration_batch,
         depth=depth,
     )
-    new_params = new_variables["params"]
+    params_map = _kept_or_zero(new_variables["params"])
+    return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
+
+
+def _kept_or_zero(new_params: Any) -> ParamsMap:
+    """The params map of a deepening: old leaves kept, leaves of new layers zero."""
 
     def params_map(tree: Any) -> Any:
         old = flatten(unfreeze(tree) if isinstance(tree, FrozenDict) else tree)
@@ -211,6 +219,70 @@ def deepen_train_state(
         }
         return unflatten_like(new, tree)
 
+    return params_map
+
+
+def target_train_state(
+    state: TrainState,
+    model: nn.Module,
+    target: nn.Module,
+    *,
+    key: jax.Array,
+    example_input: Any,
+    noise: Noise = "split",
+    noise_scale: float = 0.1,
+    rules: Sequence[Rule] | None = None,
+    moments: Moments = "map",
+    apply_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, TrainState]:
+    """``jnet2net.widen``/``deepen`` of a train state to ``target``, any linen module.
+
+    Whether it widens or deepens follows from the shapes (:func:`grow_any.target_kind`).
+    The params are exactly ``widen(model, variables, key=key, target=target, ...)``'s (or
+    ``deepen``'s, with ``rules``); the moments follow :func:`widen_train_state`'s and
+    :func:`deepen_train_state`'s rules: replicas copy, split consumers share, fresh units and
+    new layers start at zero.
+
+    Args:
+      state: the train state of ``model``.
+      model: the module now.
+      target: the grown module (``model``'s class).
+      key: the growth's randomness.
+      example_input: an input ``model`` takes (shapes only), e.g. a batch of one.
+      noise: ``widen``'s, when the target is wider.
+      noise_scale: ``widen``'s.
+      rules: ``deepen``'s, when the target is deeper.
+      moments: ``'map'`` or ``'reset'``.
+      apply_kwargs: ``model.apply``'s keywords for discovery and checks (default
+        ``{'train': False}``, the contract of ``train.fit``'s modules).
+
+    Returns:
+      ``(target, new_state)``.
+
+    Raises:
+      ValueError: ``target`` neither widens nor deepens ``model`` exactly (naming why).
+    """
+    _check_moments(moments)
+    apply_kwargs = {"train": False} if apply_kwargs is None else apply_kwargs
+    variables = variables_of(state.params, state.batch_stats)
+    common = {"key": key, "target": target, "example_input": example_input}
+    if target_kind(model, variables, target, example_input, apply_kwargs) == "deepen":
+        new_model, new_variables = deepen(
+            model, variables, rules=rules, apply_kwargs=apply_kwargs, **common
+        )
+        params_map = _kept_or_zero(new_variables["params"])
+    else:
+        new_model, new_variables = widen(
+            model,
+            variables,
+            noise=noise,
+            noise_scale=noise_scale,
+            apply_kwargs=apply_kwargs,
+            **common,
+        )
+        params_map = widened_moments(
+            model, variables, apply_kwargs=apply_kwargs, noise=noise, **common
+        )
     return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
 
 

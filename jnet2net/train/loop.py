@@ -31,6 +31,7 @@ from jnet2net.train.events import (
     Grow,
     check_growth,
     event_key,
+    example_input,
     grow_at_event,
     planned_models,
     relative_output_error,
@@ -793,7 +794,8 @@ def _jitted_growth(model: nn.Module, event: Grow) -> Callable[..., Any]:
         # CPU than the RBG generator (ResNet-20, fresh units: 24 s against 5 s), so the
         # event's key seeds an RBG key.
         key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
-        new_model, new_state = grow_at_event(model, state, event, key)
+        example = example_input(held.shape[1:])  # numpy: concrete inside the trace
+        new_model, new_state = grow_at_event(model, state, event, key, example_input=example)
         before = model.apply(state.variables, held, train=False)
         after = new_model.apply(new_state.variables, held, train=False)
         return new_state, before, after
