@@ -40,6 +40,7 @@ PRESETS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @pytest.mark.parametrize("train", [False, True])
 def test_discovery_agrees_with_every_presets_hand_written_groups(name, train):

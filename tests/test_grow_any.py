@@ -61,6 +61,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, noise",
     [
@@ -128,6 +129,7 @@ def test_target_needs_an_example_input_and_excludes_the_width_keywords():
         )
 
 
+@pytest.mark.slow
 def test_presets_grow_by_target_too_like_by_widths():
     model = VGG((1, 1), (3, 4), (5,), num_classes=2)
     x = jnp.zeros((1, 8, 8, 3))
@@ -145,6 +147,7 @@ def test_presets_grow_by_target_too_like_by_widths():
     assert jax.tree.map(jnp.shape, by_target) == jax.tree.map(jnp.shape, by_widths)
 
 
+@pytest.mark.slow
 def test_a_token_model_widens_its_embedding_exactly():
     ids = jnp.array([[1, 2, 3, 4, 5], [6, 0, 1, 2, 3]], jnp.int32)
     model = Tokens()

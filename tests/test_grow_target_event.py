@@ -47,6 +47,7 @@ def digits():
     return data.load("digits", "train").take(96), data.load("digits", "test").take(40)
 
 
+@pytest.mark.slow
 def test_fit_grows_any_module_to_its_targets_exactly(digits, tmp_path):
     train_set, test_set = digits
     log = tmp_path / "run.jsonl"

@@ -169,6 +169,7 @@ def small_resnet():
     return model, init(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, dst, message",
     [
@@ -232,6 +233,7 @@ def test_even_kernel_cannot_take_identity_layers():
 # --- function-preserving transfers ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_vgg_superset_matches_widen_then_deepen():
     src = VGG((1, 2), (4, 6), hidden_widths=(5,))
     dst = VGG((3, 3), (7, 9), hidden_widths=(8, 8))
@@ -260,6 +262,7 @@ def test_vgg_superset_matches_widen_then_deepen():
     assert max_error(small, small_vars, headed, headed_vars) < 1e-5
 
 
+@pytest.mark.slow
 def test_resnet_bottleneck_superset_with_larger_kernel_is_exact():
     src = ResNet((1, 2), (8, 12), block="bottleneck", stem="imagenet", stem_width=4)
     dst = ResNet((2, 3), (12, 12), block="bottleneck", stem="imagenet", stem_width=6, kernel_size=5)
@@ -277,6 +280,7 @@ def test_resnet_bottleneck_superset_with_larger_kernel_is_exact():
     np.testing.assert_array_equal(dst_vars["params"]["stage0_block1"]["bn3"]["scale"], 0.0)
 
 
+@pytest.mark.slow
 def test_widening_transfer_maps_params_like_variables_and_keeps_frozen_dicts():
     src, variables = small_resnet()
     dst = ResNet((1, 1), (6, 9), inner_widths=(5, 7))
@@ -299,6 +303,7 @@ def test_widening_transfer_maps_params_like_variables_and_keeps_frozen_dicts():
 # --- approximate transfers -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_narrowing_a_widened_resnet_recovers_the_source():
     """Exact replicas fold back into their originals: shrinking undoes a Net2Net widening.
 
@@ -317,6 +322,7 @@ def test_narrowing_a_widened_resnet_recovers_the_source():
     assert error < 1e-4
 
 
+@pytest.mark.slow
 def test_shrinking_a_random_vgg_is_approximate_and_reported():
     src = VGG((3, 2), (9, 12), hidden_widths=(8, 6))
     dst = VGG((2, 1), (6, 8), hidden_widths=(5,))
@@ -333,6 +339,7 @@ def test_shrinking_a_random_vgg_is_approximate_and_reported():
     assert np.isfinite(error)
 
 
+@pytest.mark.slow
 def test_dropped_dense_layers_are_multiplied_into_the_next():
     src = VGG((1, 1), (4, 6), hidden_widths=(5, 7))
     variables = init(src)
@@ -355,6 +362,7 @@ def test_dropped_dense_layers_are_multiplied_into_the_next():
     )
 
 
+@pytest.mark.slow
 def test_num_classes_change_keeps_shared_columns():
     src, variables = small_vgg()
     head = variables["params"]["head"]
@@ -389,6 +397,7 @@ def test_smaller_kernel_is_centre_cropped_and_reported():
     print(f"kernel 5 -> 3: relative error {max_error(src, variables, dst, dst_vars):.3f}")
 
 
+@pytest.mark.slow
 def test_padding_a_strided_1x1_kernel_is_reported():
     """A strided 1x1 conv reads the top-left pixel of each 2x2 window of an even-sized input;
     a centre-padded 3x3 kernel under 'SAME' padding reads the bottom-right one."""
@@ -410,6 +419,7 @@ def test_padding_a_strided_1x1_kernel_is_reported():
     assert max_error(single, single_vars, single.clone(kernel_size=3), padded) < 1e-5
 
 
+@pytest.mark.slow
 def test_repeat_fill_copies_neighbours_and_falls_back_to_new_blocks():
     src = ResNet((2, 1), (4, 6))
     variables = init(src)
@@ -452,6 +462,7 @@ def test_key_must_be_one_prng_key():
             transfer(src, variables, dst, key=key)
 
 
+@pytest.mark.slow
 def test_compute_dtype_change_is_reported():
     src, variables = small_resnet()
     dst = ResNet((2, 1), (6, 8), dtype=jnp.bfloat16)
@@ -475,6 +486,7 @@ def test_noise_scale_must_be_a_finite_non_negative_number(noise_scale, error):
         transfer(src, variables, src.clone(stage_widths=(6, 8)), key=key, noise_scale=noise_scale)
 
 
+@pytest.mark.slow
 def test_large_split_noise_is_reported():
     """Split shares ``(1 + e) / count`` with a large ``e`` cancel only up to float32 rounding."""
     src, variables = small_resnet()
@@ -594,12 +606,14 @@ def check_random_pair(pair, opts) -> None:
         assert report.approximations, f"{report.src} -> {report.dst} {opts}: error {error:.2e}"
 
 
+@pytest.mark.slow
 @FEW
 @given(pair=vgg_pairs(), opts=options)
 def test_random_vgg_pairs(pair, opts):
     check_random_pair(pair, opts)
 
 
+@pytest.mark.slow
 @FEW
 @given(pair=resnet_pairs(), opts=options)
 def test_random_resnet_pairs(pair, opts):

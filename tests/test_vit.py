@@ -73,6 +73,7 @@ def assert_exact(model, variables, new_model, new_variables):
 # --- the model ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [MODEL, MEAN_POOL], ids=["cls", "mean"])
 def test_logits_and_named_parameter_paths(model):
     variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)))
@@ -107,6 +108,7 @@ def test_bad_fields_are_named(fields, error, match):
         MODEL.clone(**fields)
 
 
+@pytest.mark.slow
 def test_explicit_head_dim_lifts_the_divisibility_rule():
     model = MODEL.clone(embed_dim=10, num_heads=3, head_dim=4)
     variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)))
@@ -130,6 +132,7 @@ def test_presets_and_config_round_trip():
         assert jnet2net.model_from_config(config) == model
 
 
+@pytest.mark.slow
 def test_fit_trains_a_vit_without_batch_stats():
     train_set = data.load("digits", "train").take(64)
     test_set = data.load("digits", "test").take(16)
@@ -154,6 +157,7 @@ WIDENINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["none", "split", "fresh"])
 @pytest.mark.parametrize("sizes", WIDENINGS.values(), ids=WIDENINGS.keys())
 def test_widen_is_exact(sizes, noise):
@@ -214,6 +218,7 @@ def test_replicated_heads_copy_query_key_value_and_split_out_rows():
     np.testing.assert_allclose(out[source] + out[2], old["out"]["kernel"][source], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_fresh_units_have_zero_outgoing_rows_and_fresh_incoming_weights():
     variables = random_variables(MODEL, 6)
     _, new_variables = jnet2net.widen(
@@ -228,6 +233,7 @@ def test_fresh_units_have_zero_outgoing_rows_and_fresh_incoming_weights():
     assert float(jnp.abs(new["mlp_in"]["kernel"][:, 12:]).max()) > 0
 
 
+@pytest.mark.slow
 def test_widen_under_jit_matches_eager():
     variables = random_variables(MODEL, 7)
     grow = jax.jit(jnet2net.widen, static_argnames=("model", "embed_dim", "mlp_dim", "noise"))
@@ -295,6 +301,7 @@ def test_variables_of_another_vit_are_refused():
 # --- deepen ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [MODEL, MEAN_POOL], ids=["cls", "mean"])
 def test_deepen_appends_blocks_that_add_nothing(model):
     variables = random_variables(model, 9)
@@ -314,6 +321,7 @@ def test_deepen_appends_blocks_that_add_nothing(model):
         assert float(jnp.abs(params["query"]["kernel"]).max()) > 0
 
 
+@pytest.mark.slow
 def test_widen_then_deepen_is_exact():
     variables = random_variables(MODEL, 10)
     key_w, key_d = jax.random.split(jax.random.key(6))
@@ -353,6 +361,7 @@ def make_state(model: ViT, tx: optax.GradientTransformation, seed: int = 0) -> T
     return state.replace(step=jnp.int32(4), opt_state=moments)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["split", "fresh"])
 def test_widened_train_state_maps_moments_like_params(noise):
     tx = optax.adam(1e-3)
@@ -401,6 +410,7 @@ def test_grow_events_carry_vit_sizes():
         train.Grow(1, mlp_dim=0)
 
 
+@pytest.mark.slow
 def test_fit_grows_a_vit_exactly_at_its_events():
     train_set = data.load("digits", "train").take(64)
     test_set = data.load("digits", "test").take(16)
@@ -431,6 +441,7 @@ def test_fit_grows_a_vit_exactly_at_its_events():
     jnet2net.check_variables(expected, result.state.variables)
 
 
+@pytest.mark.slow
 def test_readme_vit_block_runs_and_preserves_the_function():
     readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
     (block,) = [
@@ -455,6 +466,7 @@ def test_param_count_sizes_a_vit_from_shapes():
         assert param_count(model, IMAGE) == expected
 
 
+@pytest.mark.slow
 def test_cli_trains_a_vit_preset_and_evaluates_its_checkpoint(tmp_path, capsys):
     from jnet2net import cli
 
@@ -470,6 +482,7 @@ def test_cli_trains_a_vit_preset_and_evaluates_its_checkpoint(tmp_path, capsys):
     assert 0.0 <= record["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_frozen_variables_grow_into_frozen_variables():
     from flax.core import FrozenDict, freeze
 
