@@ -57,6 +57,7 @@ from jnet2net.scale_down.steps import move_cut, whole_variables
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.sharding import put_replicated
 from jnet2net.train.state import TrainState, create_train_state
+from jnet2net.train.steppers import Stepper
 from jnet2net.train.steps import with_compute_dtype
 
 Record = dict[str, Any]
@@ -135,17 +136,11 @@ def scale_down_steps(
     state: Any = None,
     variables: Any = None,
 ) -> tuple[ScaleDownSteps, TrainState]:
-    """The stepper of a scale-down ``fit`` and the suffix state it starts from (replicated).
+    """The stepper of a scale-down ``fit`` and the suffix state it starts from (replicated):
+    from ``state`` (a :class:`ScaleDownCheckpoint`), else from ``variables`` or a fresh init.
 
-    Args:
-      model: a network with ``layer_names()`` and ``start``/``stop`` (VGG, ResNet).
-      config: the training config.
-      scale_config: a :class:`ScaleDownConfig`.
-      train: the training set (in memory).
-      mesh: the devices.
-      steps_per_epoch: batches per epoch.
-      state: a :class:`ScaleDownCheckpoint` to continue, or ``None``.
-      variables: start from these instead of a fresh init (not with ``state``).
+    ``model`` has ``layer_names()`` and ``start``/``stop`` (VGG, ResNet); the other
+    arguments are ``fit``'s.
 
     Raises:
       TypeError: ``scale_config`` or ``state`` has the wrong type, or ``model`` has no
@@ -175,7 +170,7 @@ def scale_down_steps(
     return steps, suffix
 
 
-class ScaleDownSteps:
+class ScaleDownSteps(Stepper):
     """The scale-down :class:`~jnet2net.train.steppers.Stepper` (see the module docstring).
 
     Holds the frozen prefix, the cache, the plan and the readiness checks of one run.
@@ -360,9 +355,6 @@ class ScaleDownSteps:
             "full_epoch_flops": self.runners[0].step.flops * steps,
             "cache_bytes": self.cache.nbytes if self.cache is not None else 0,
         }
-
-    def wait(self) -> None:
-        pass
 
     def run_state(self, state: TrainState, totals: dict[str, float]) -> ScaleDownCheckpoint:
         pending = self.pending
