@@ -4,6 +4,8 @@ config = TrainConfig(epochs=5, batch_size=128, learning_rate=0.05)
 result = fit(model, train, test, config)     # result.state, result.history
 new_model, state = widen_train_state(result.state, model, key=key, widths=(32, 64, 128))
 result = fit(narrow, train, test, config, growth=(Grow(3, widths=(32, 64, 128)),))
+result = fit(model, train, test, config, scale_down=ScaleDownConfig(target_compute=0.6))
+result.scale_down.summary                    # jnet2net.scale_down: the same loop and records
 """
 
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key

@@ -349,6 +349,15 @@ def fit(
             )
         return eval_metrics(eval_step, stepper.variables(state), eval_set, mesh)
 
+    def trained(metrics: list[Any], epoch: int, lo: int, stop: int) -> Record:
+        """``lr``, ``train_loss``, ``train_acc`` after steps ``lo..stop-1`` of ``epoch``
+        (fetching the metrics waits for those steps)."""
+        means = epoch_means(metrics)
+        lr = float(schedule(stop - 1))
+        if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
+            raise nonfinite_loss_error(epoch + 1, lo, stop, lr, config)
+        return {"lr": lr, "train_loss": means["loss"], "train_acc": means["accuracy"]}
+
     def emit(record: Record, state: TrainState, callback: Callable[..., None] | None) -> None:
         history.append(record)
         if log_path:
@@ -423,35 +432,27 @@ def fit(
                 stepper.after_step(step, state)
                 every = config.eval_every_steps
                 if every is not None and (step + 1) % every == 0 and step + 1 < hi:
-                    means = epoch_means(step_metrics)
+                    fields = trained(step_metrics, epoch, lo, step + 1)
                     elapsed = time.perf_counter() - t_epoch
                     stepper.segment(step + 1 - mark, elapsed)
                     epoch_s, counted_s = epoch_s + elapsed, counted_s + elapsed
                     totals["train_s"] += elapsed
-                    lr = float(schedule(step))
-                    if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
-                        raise nonfinite_loss_error(epoch + 1, lo, step + 1, lr, config)
                     record = {
                         "epoch": (step + 1) / spe,
                         "step": step + 1,
                         "wall_s": time.perf_counter() - t_start,
-                        "lr": lr,
-                        "train_loss": means["loss"],
-                        "train_acc": means["accuracy"],
+                        **fields,
                         **tested(state),
                         "step_flops": stepper.step_flops,
                         **totals,
                     }
                     emit(record, state, on_epoch_end)
                     t_epoch, mark = time.perf_counter(), step + 1
-            means = epoch_means(step_metrics)
+            fields = trained(step_metrics, epoch, lo, hi)
             elapsed = time.perf_counter() - t_epoch
             stepper.segment(hi - mark, elapsed)
             epoch_s += elapsed
             totals["train_s"] += epoch_s - counted_s
-            lr = float(schedule(hi - 1))
-            if not (math.isfinite(means["loss"]) and math.isfinite(means["accuracy"])):
-                raise nonfinite_loss_error(epoch + 1, lo, hi, lr, config)
             test_metrics = tested(state)
             record: Record = {
                 "epoch": epoch + 1 if hi == (epoch + 1) * spe else hi / spe,  # a stop mid-epoch
@@ -461,9 +462,7 @@ def fit(
                 "images_per_s": (
                     timed_steps * config.batch_size / max(epoch_s, 1e-9) if timed_steps else None
                 ),
-                "lr": lr,
-                "train_loss": means["loss"],
-                "train_acc": means["accuracy"],
+                **fields,
                 **test_metrics,
                 "step_flops": stepper.step_flops,
                 "epoch_flops": totals["train_flops"] - flops_before,
