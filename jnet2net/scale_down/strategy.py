@@ -55,6 +55,7 @@ from jnet2net.scale_down.scores import (
 from jnet2net.scale_down.stages import candidate_cuts, score_groups
 from jnet2net.scale_down.steps import move_cut, whole_variables
 from jnet2net.train.config import TrainConfig
+from jnet2net.train.loop import fit
 from jnet2net.train.sharding import put_replicated
 from jnet2net.train.state import TrainState, create_train_state
 from jnet2net.train.steppers import Stepper
@@ -522,8 +523,6 @@ def fit_scale_down(
 
         def callback(run: ScaleDownCheckpoint, record: Record) -> None:
             on_epoch_end(run.state, record)
-
-    from jnet2net.train.loop import fit  # the loop imports this module where it is used
 
     return fit(
         model,
