@@ -175,8 +175,10 @@ def epoch_records(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def run_seconds(record: dict[str, Any]) -> float:
-    """Training seconds with compiles and growth (evaluation excluded)."""
-    return record["train_s"] + record.get("compile_s", 0.0) + record.get("grow_s", 0.0)
+    """Training seconds with compiles, growth events and scale-down freezes (evaluation
+    excluded)."""
+    events = record.get("grow_s", 0.0) + record.get("move_s", 0.0)
+    return record["train_s"] + record.get("compile_s", 0.0) + events
 
 
 def to_target(records: list[dict[str, Any]], target: float) -> tuple[float, float] | None:

@@ -1284,7 +1284,7 @@ def _train_scale_down(
     metadata: dict[str, Any],
 ) -> Any:
     """``train --scale-down``: Learn&Drop training; the whole network is saved at the end."""
-    from jnet2net import checkpoint, scale_down
+    from jnet2net import checkpoint, train
 
     scale_config = scale_down_config(args.scale_json)
 
@@ -1293,27 +1293,28 @@ def _train_scale_down(
         print_line(f"{line} cut {record.get('cut')}", config.progress)
         signals.check_interrupt()
 
-    result = scale_down.fit_scale_down(
+    result = train.fit(
         model,
         train_set,
         test_set,
         config,
-        scale_config,
+        scale_down=scale_config,
         variables=variables,
         on_epoch_end=on_epoch_end,
         on_step=lambda step: signals.check_interrupt(),
     )
-    summary = json.loads(json.dumps(result.summary, default=str))
+    run = result.scale_down
+    summary = json.loads(json.dumps(run.summary, default=str))
     path = checkpoint.save(
         args.out,
         model=model,
-        variables=result.variables,
-        step=int(result.history[-1]["step"]),
+        variables=run.variables,
+        step=summary["steps"],
         train_config=config,
         metadata={
             **metadata,
             "scale_down": dataclasses.asdict(scale_config),
-            "cut": result.cut,
+            "cut": run.cut,
             "summary": summary,
         },
         input_shape=train_set.image_shape,
@@ -1321,7 +1322,7 @@ def _train_scale_down(
     saved = summary.get("flops_saved")
     saved_text = "n/a" if saved is None else f"{saved:.1%}"
     print(
-        f"scale-down: cut {result.cut} (frozen {summary.get('frozen')}), training FLOPs saved "
+        f"scale-down: cut {run.cut} (frozen {summary.get('frozen')}), training FLOPs saved "
         f"{saved_text}; saved {path} (variables only: not resumable)"
     )
     return result

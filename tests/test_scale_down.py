@@ -27,7 +27,6 @@ from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down import fit_scale_down, make_scaled_train_step, move_cut
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
-from jnet2net.scale_down.loop import flip_choices, suffix_update_fn
 from jnet2net.scale_down.policy import (
     NEVER,
     FreezePlan,
@@ -55,7 +54,15 @@ from jnet2net.scale_down.split import (
     suffix_apply,
 )
 from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
-from jnet2net.train import TRACE_COUNTS, TrainConfig, create_train_state, fit, read_jsonl
+from jnet2net.scale_down.steps import flip_choices, suffix_update_fn
+from jnet2net.train import (
+    TRACE_COUNTS,
+    Grow,
+    TrainConfig,
+    create_train_state,
+    fit,
+    read_jsonl,
+)
 from jnet2net.train.batches import augment_key, epoch_permutation
 from jnet2net.train.sharding import data_mesh
 
@@ -999,8 +1006,11 @@ def test_loop_accounts_flops_per_epoch_and_in_the_summary(resnet_runs):
         assert summary["flops_ratio"] == pytest.approx(ratio) and 0 < ratio < 1
         assert summary["flops_saved"] == pytest.approx(1 - ratio)
         assert summary["move_flops"] > 0 and summary["move_s"] > 0
-        assert summary["train_s"] == pytest.approx(sum(r["epoch_s"] for r in history))
-        assert summary["total_s"] == pytest.approx(summary["train_s"] + summary["compile_s"])
+        # Seconds as every fit record counts them; the freezes are counted apart.
+        assert summary["train_s"] == history[-1]["train_s"] > sum(r["epoch_s"] for r in history)
+        assert summary["move_s"] == history[-1]["move_s"]
+        total = summary["train_s"] + summary["move_s"] + summary["compile_s"]
+        assert summary["total_s"] == pytest.approx(total)
         assert summary["cut_step_s"]["0"] > 0 and summary["cut_step_s"]["2"] > 0
         assert summary["full_train_s_estimate"] == pytest.approx(12 * summary["full_step_s"])
         assert summary["candidate_cuts"] == [2] and summary["freeze_steps"] == [6]
@@ -1009,8 +1019,13 @@ def test_loop_accounts_flops_per_epoch_and_in_the_summary(resnet_runs):
     assert cached.summary["cut_step_flops"]["2"] < nograd.summary["cut_step_flops"]["2"]
     assert cached.summary["move_flops"] > nograd.summary["move_flops"]  # + the cache move
     lines = read_jsonl(resnet_runs["log"])
-    assert [line.get("epoch") for line in lines[:3]] == [1, 2, 3]
-    assert lines[-1]["summary"]["cut"] == 2 and len(lines) == 4
+    assert [(line.get("event"), line.get("step")) for line in lines[:-1]] == [
+        (None, 4),
+        ("freeze", 6),
+        (None, 8),
+        (None, 12),
+    ]
+    assert lines[-1]["summary"]["cut"] == 2 and len(lines) == 5
 
 
 def test_a_frozen_stage_keeps_its_recalibrated_statistics(resnet_runs):
@@ -1174,8 +1189,6 @@ def test_fit_scale_down_rejects_bad_arguments_before_training():
     for max_steps in (2.5, -1, True, "3"):
         with pytest.raises(ValueError, match=r"max_steps must be an int >= 0"):
             fit_scale_down(tiny_vgg(), train, test, config, FORCED, max_steps=max_steps)
-    with pytest.raises(ValueError, match=r"eval_every_steps is not supported by scale-down"):
-        fit_scale_down(tiny_vgg(), train, test, config.replace(eval_every_steps=2), FORCED)
     tight = dataclasses.replace(FORCED, target_compute=0.05)
     with pytest.raises(ValueError, match=r"target_compute=0.05 cannot be met"):
         fit_scale_down(tiny_vgg(), train, test, config, tight)
@@ -1202,9 +1215,16 @@ def test_a_resumed_run_ends_bitwise_where_the_whole_run_ends(stop, resnet_runs, 
     np.testing.assert_array_equal(rest.scores.changes, whole.scores.changes)
     assert rest.summary["train_flops"] == pytest.approx(whole.summary["train_flops"])
     assert [r["test_acc"] for r in rest.history] == [r["test_acc"] for r in whole.history[1:]]
-    # The log holds epoch 1 of the first part, then the resumed epochs.
-    epochs = [line["epoch"] for line in read_jsonl(tmp_path / "log.jsonl") if "epoch" in line]
-    assert epochs == [1, 2, 3]
+    # The log holds the first part's records (epoch 1, then the stop's), then the resumed
+    # run's: the freeze at step 6 once, epochs 2 and 3.
+    lines = [line for line in read_jsonl(tmp_path / "log.jsonl") if "summary" not in line]
+    steps = [(line.get("event"), line["step"]) for line in lines]
+    resumed = [("freeze", 6), (None, 8), (None, 12)]
+    assert steps == [(None, 4), *sorted([(None, stop), *resumed], key=lambda pair: pair[1])]
+    summaries = [
+        line["summary"] for line in read_jsonl(tmp_path / "log.jsonl") if "summary" in line
+    ]
+    assert [summary["steps"] for summary in summaries] == [12]  # the first part's is dropped
     assert traces["scale_down_step"] == 2  # every cut compiled again, ahead of time
 
 
@@ -1224,3 +1244,116 @@ def test_resume_rejects_variables_and_a_foreign_checkpoint(resnet_runs):
         )
     with pytest.raises(TypeError, match="resume must be a ScaleDownCheckpoint, got dict"):
         fit_scale_down(tiny_resnet(), train, test, train_config(), FORCED, resume={})
+
+
+# --- one loop: train.fit(..., scale_down=...) --------------------------------------------
+
+
+def host_copy(tree):
+    return jax.tree.map(np.array, tree)
+
+
+@pytest.fixture(scope="module")
+def fit_runs(tmp_path_factory):
+    """``resnet_runs``' cache-mode run spelled ``train.fit(..., scale_down=...)``, with a
+    record every 2 steps and the run state each record came with (host copies)."""
+    log = tmp_path_factory.mktemp("fit") / "run.jsonl"
+    train, test = tiny_data()
+    config = train_config(augment="none", log_path=str(log), eval_every_steps=2)
+    saved = {}
+
+    def keep(run_state, record):
+        saved[record["step"]] = run_state._replace(state=host_copy(run_state.state))
+
+    scale = dataclasses.replace(FORCED, mode="cache")
+    result = fit(tiny_resnet(), train, test, config, scale_down=scale, on_epoch_end=keep)
+    return {"result": result, "log": log, "saved": saved, "config": config, "scale": scale}
+
+
+def test_fit_with_scale_down_trains_bitwise_like_fit_scale_down(resnet_runs, fit_runs):
+    alias = resnet_runs["cache"][0]
+    result = fit_runs["result"]
+    run = result.scale_down
+    assert result.model == tiny_resnet() and run.cut == alias.cut == 2
+    chex.assert_trees_all_equal(run.variables, alias.variables)  # bitwise
+    chex.assert_trees_all_equal(result.state.state.opt_state, alias.state.opt_state)
+    chex.assert_trees_all_equal(run.frozen, alias.frozen)
+    np.testing.assert_array_equal(run.scores.changes, alias.scores.changes)
+    assert run.plan == alias.plan
+
+    def untimed(events):
+        return [{k: v for k, v in event.items() if k != "move_s"} for event in events]
+
+    assert untimed(run.summary["events"]) == untimed(alias.summary["events"])
+    epochs = [r for r in result.history if r["step"] % 4 == 0 and "event" not in r]
+    assert [r["train_loss"] for r in epochs] == [r["train_loss"] for r in alias.history]
+    assert [r["test_acc"] for r in epochs] == [r["test_acc"] for r in alias.history]
+    assert run.summary["train_flops"] == alias.summary["train_flops"]
+
+
+def test_fit_with_scale_down_logs_the_records_of_a_plain_fit_and_its_freezes(fit_runs):
+    train, test = tiny_data()
+    plain = fit(tiny_resnet(), train, test, train_config(augment="none"), max_steps=4)
+    lines = read_jsonl(fit_runs["log"])
+    assert lines[:-1] == fit_runs["result"].history
+    steps = [(line.get("event"), line["step"]) for line in lines[:-1]]
+    evals = [(None, step) for step in (2, 4, 6, 8, 10, 12)]
+    assert steps == [*evals[:3], ("freeze", 6), *evals[3:]]
+    (freeze,) = [line for line in lines if line.get("event") == "freeze"]
+    assert (freeze["from_cut"], freeze["to_cut"], freeze["epoch"]) == (0, 2, 1.5)
+    assert freeze["layers"] == ["stem", "stage0_block0"] and freeze["event_s"] > 0
+    assert freeze["train_flops"] > 0 and freeze["step_flops"] < lines[0]["step_flops"]
+    ends = [line for line in lines if "epoch_s" in line]
+    assert [r["epoch"] for r in ends] == [1, 2, 3] and [r["cut"] for r in ends] == [0, 2, 2]
+    assert set(plain.history[0]) <= set(ends[0])  # every field of a plain fit's records
+    per_epoch = {"epoch_s", "images_per_s", "first_step_s", "epoch_flops"}
+    assert set(plain.history[0]) - per_epoch <= set(lines[0])
+    assert lines[-1]["summary"]["cut"] == 2 and lines[-1]["step"] == 12
+
+
+def test_fit_with_scale_down_resumes_bitwise_from_a_mid_run_checkpoint(fit_runs, tmp_path):
+    whole, saved = fit_runs["result"], fit_runs["saved"]
+    assert sorted(saved) == [2, 4, 6, 8, 10, 12]
+    train, test = tiny_data()
+    for step in (2, 8):  # before and after the freeze at step 6
+        log = tmp_path / f"from_{step}.jsonl"  # the log as it was when the run stopped
+        log.write_text(
+            "".join(
+                json.dumps(line) + "\n"
+                for line in read_jsonl(fit_runs["log"])
+                if line["step"] <= step
+            )
+        )
+        config = fit_runs["config"].replace(log_path=str(log))
+        rest = fit(
+            tiny_resnet(), train, test, config, scale_down=fit_runs["scale"], state=saved[step]
+        )
+        assert int(rest.state.state.step) == 12 and rest.scale_down.cut == 2
+        chex.assert_trees_all_equal(rest.scale_down.variables, whole.scale_down.variables)
+        chex.assert_trees_all_equal(rest.state.state.opt_state, whole.state.state.opt_state)
+        np.testing.assert_array_equal(rest.scale_down.scores.steps, whole.scale_down.scores.steps)
+        later = [
+            r for r in whole.history if r["step"] > step or ("event" in r and r["step"] == step)
+        ]
+        assert [(r.get("event"), r["step"]) for r in rest.history] == [
+            (r.get("event"), r["step"]) for r in later
+        ]
+        assert [r.get("test_acc") for r in rest.history] == [r.get("test_acc") for r in later]
+        assert rest.scale_down.summary["train_flops"] == whole.scale_down.summary["train_flops"]
+        logged = [(r.get("event"), r["step"]) for r in read_jsonl(log)]
+        assert logged == [(r.get("event"), r["step"]) for r in whole.history] + [(None, 12)]
+
+
+def test_fit_refuses_scale_down_with_growth_or_streamed_input():
+    train, test = tiny_data()
+    config = train_config()
+    grow = (Grow(1, widths=(6, 8)),)
+    with pytest.raises(ValueError, match="growth events and scale_down do not combine"):
+        fit(tiny_resnet(), train, test, config, scale_down=FORCED, growth=grow)
+    with pytest.raises(ValueError, match="scale_down trains from data in memory"):
+        fit(tiny_resnet(), train, test, config.replace(input="stream"), scale_down=FORCED)
+    with pytest.raises(TypeError, match="scale_down must be a ScaleDownConfig, got dict"):
+        fit(tiny_resnet(), train, test, config, scale_down={"mode": "cache"})
+    with pytest.raises(TypeError, match="state must be a ScaleDownCheckpoint with scale_down"):
+        state = create_train_state(tiny_resnet(), config, train.images, steps_per_epoch=4)
+        fit(tiny_resnet(), train, test, config, scale_down=FORCED, state=state)

@@ -9,7 +9,7 @@ weight decay 5e-4, random crop (2 px padding) and flip, float32.
 Arms, per network and seed (``--arms``, ``--seeds``):
 
 * ``full``: ``jnet2net.train.fit`` for ``--epochs``;
-* ``scale_down``: ``jnet2net.scale_down.fit_scale_down`` for ``--epochs`` with
+* ``scale_down``: ``jnet2net.train.fit(..., scale_down=...)`` for ``--epochs`` with
   ``ScaleDownConfig(target_compute=--target, mode=--mode)``: stages freeze on the budget's
   deadlines or earlier when ready (relative update below half the deeper stages' median);
 * ``scale_down_views``: ``scale_down`` whose caches hold ``--cache-views`` augmented copies
@@ -60,7 +60,7 @@ from experiments import common
 from experiments.common import mean_spread, run_seconds
 from jnet2net import data as data_lib
 from jnet2net.models import resnet18, resnet50, vgg11
-from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
+from jnet2net.scale_down import ScaleDownConfig
 from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 
 ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
@@ -218,7 +218,7 @@ def run_arm(
     start = time.perf_counter()
     if arm in SCALED_ARMS:
         spe = steps_per_epoch(len(train), config.batch_size)
-        fit_scale_down(model, train, test, config, scale_config(args, arm, spe))
+        fit(model, train, test, config, scale_down=scale_config(args, arm, spe))
     else:
         fit(model, train, test, config)
     last = epoch_records(path)[-1]

@@ -8,33 +8,26 @@ may only bring a freeze earlier. A freezing stage's learning rate ramps to zero 
 (FreezeOut) and its BatchNorm statistics are recalibrated; then it runs without gradient,
 or from a cache of its outputs sharded over the devices::
 
-    from jnet2net.scale_down import ScaleDownConfig, fit_scale_down
+    from jnet2net.scale_down import ScaleDownConfig
 
-    result = fit_scale_down(model, train, test, TrainConfig(epochs=30),
-                            ScaleDownConfig(target_compute=0.6, mode="cache"))
-    result.variables                  # the whole network, for model.apply
-    result.summary["freeze_steps"]    # when each candidate stage froze
-    result.summary["flops_ratio"], result.summary["total_s"]
-    # a run stopped by max_steps continues bitwise: fit_scale_down(..., resume=result.checkpoint)
+    result = train.fit(model, train_set, test_set, TrainConfig(epochs=30),
+                       scale_down=ScaleDownConfig(target_compute=0.6, mode="cache"))
+    run = result.scale_down
+    run.variables                  # the whole network, for model.apply
+    run.summary["freeze_steps"]    # when each candidate stage froze
+    run.summary["flops_ratio"], run.summary["total_s"]
+    # result.state (also what on_epoch_end gets) continues the run bitwise:
+    # train.fit(..., scale_down=..., state=result.state)
 
-``ScaleDownConfig(max_stages=0, target_compute=1.0)`` trains the full network with the same
-loop and log: the baseline to compare with.
+It is ``train.fit``'s loop (records, evaluation, log, resume); the strategy it runs is
+:mod:`jnet2net.scale_down.strategy`. ``fit_scale_down`` is the same run under its first
+name and result type. ``ScaleDownConfig(max_stages=0, target_compute=1.0)`` trains the full
+network with the same loop and log: the baseline to compare with.
 """
 
 from jnet2net.scale_down.cache import ActivationCache, build_cache, cache_fn, extend_cache
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.flops import StepFlops, cache_flops, flops_from_cost, step_flops
-from jnet2net.scale_down.loop import (
-    CutRunner,
-    ScaleDownCheckpoint,
-    ScaleDownResult,
-    fit_scale_down,
-    make_scaled_train_step,
-    move_cut,
-    rebuild_cache,
-    suffix_update_fn,
-    whole_variables,
-)
 from jnet2net.scale_down.policy import (
     NEVER,
     FreezePlan,
@@ -47,6 +40,7 @@ from jnet2net.scale_down.policy import (
     update_plan,
 )
 from jnet2net.scale_down.recalibrate import recalibration_fn
+from jnet2net.scale_down.runners import CutRunner, rebuild_cache
 from jnet2net.scale_down.scores import (
     ScoreHistory,
     change_norms,
@@ -63,6 +57,18 @@ from jnet2net.scale_down.split import (
     suffix_apply,
 )
 from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
+from jnet2net.scale_down.steps import (
+    make_scaled_train_step,
+    move_cut,
+    suffix_update_fn,
+    whole_variables,
+)
+from jnet2net.scale_down.strategy import (
+    ScaleDownCheckpoint,
+    ScaleDownResult,
+    ScaleDownSteps,
+    fit_scale_down,
+)
 
 __all__ = [
     "NEVER",
@@ -72,6 +78,7 @@ __all__ = [
     "ScaleDownCheckpoint",
     "ScaleDownConfig",
     "ScaleDownResult",
+    "ScaleDownSteps",
     "ScoreHistory",
     "Stage",
     "StepFlops",

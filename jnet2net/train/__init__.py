@@ -4,11 +4,20 @@ config = TrainConfig(epochs=5, batch_size=128, learning_rate=0.05)
 result = fit(model, train, test, config)     # result.state, result.history
 new_model, state = widen_train_state(result.state, model, key=key, widths=(32, 64, 128))
 result = fit(narrow, train, test, config, growth=(Grow(3, widths=(32, 64, 128)),))
+result = fit(model, train, test, config, scale_down=ScaleDownConfig(target_compute=0.6))
+result.scale_down.summary                    # jnet2net.scale_down: the same loop and records
 """
 
 from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation, stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.cost import CompiledStep, compile_step, flops_from_cost
+from jnet2net.train.evaluation import (
+    DeviceEvalSet,
+    eval_batch_size,
+    evaluate,
+    put_eval_set,
+    run_eval,
+)
 from jnet2net.train.events import Grow, grow_at_event, planned_models
 from jnet2net.train.growth import (
     deepen_train_state,
@@ -16,19 +25,7 @@ from jnet2net.train.growth import (
     transfer_train_state,
     widen_train_state,
 )
-from jnet2net.train.loop import (
-    DeviceEvalSet,
-    FitResult,
-    check_fit_inputs,
-    epoch_means,
-    eval_batch_size,
-    evaluate,
-    fit,
-    nonfinite_loss_error,
-    put_eval_set,
-    run_eval,
-    steps_per_epoch,
-)
+from jnet2net.train.loop import FitResult, check_fit_inputs, fit, steps_per_epoch
 from jnet2net.train.optim import decay_mask, make_optimizer, make_schedule
 from jnet2net.train.progress import (
     ProgressBar,
@@ -37,6 +34,7 @@ from jnet2net.train.progress import (
     read_jsonl,
     repair_jsonl,
 )
+from jnet2net.train.records import epoch_means, nonfinite_loss_error
 from jnet2net.train.sharding import (
     DATA_AXIS,
     batch_sharding,

@@ -1,0 +1,203 @@
+"""Evaluation: a test set on device, padded to whole batches, and ``evaluate``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jnet2net.data.dataset import Dataset
+from jnet2net.data.streaming import StreamSet
+from jnet2net.train.config import TrainConfig
+from jnet2net.train.inputs import (
+    StreamEvalSet,
+    as_stream,
+    batch_eval_step,
+    run_stream_eval,
+    streams_eval,
+)
+from jnet2net.train.sharding import data_mesh, put_replicated
+from jnet2net.train.state import TrainState, cached_call
+from jnet2net.train.steps import make_indexed_eval_step
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int; raises ValueError unless it is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_model_outputs(
+    model: nn.Module, variables: Any, dataset: Dataset, what: str, *, exact: bool = True
+) -> None:
+    """Raises ValueError unless ``model`` gives ``(n, dataset.num_classes)`` logits.
+
+    Traces one example's shapes (nothing runs). With ``exact=False`` more logits than
+    classes pass. Labels past the logits would otherwise give a silently wrong loss.
+    """
+    example = jax.ShapeDtypeStruct((1, *dataset.image_shape), jnp.float32)
+    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, example)
+    shape = getattr(logits, "shape", None)
+    classes = dataset.num_classes
+    fits = shape is not None and len(shape) == 2 and shape[0] == 1
+    fits = fits and (shape[1] == classes if exact else shape[1] >= classes)
+    if not fits:
+        need = f"(1, {classes})" if exact else f"(1, k) with k >= {classes}"
+        raise ValueError(
+            f"{type(model).__name__} gives logits {shape} for one {dataset.image_shape} image, "
+            f"but the {what} set {dataset.name!r} has {classes} classes: it needs {need}"
+        )
+
+
+class DeviceEvalSet(NamedTuple):
+    """An evaluation set on device, padded to whole batches (padding labels are ``-1``)."""
+
+    images: jax.Array
+    labels: jax.Array
+    batch_size: int
+    num_batches: int
+
+
+def eval_batch_size(requested: int, num_examples: int, mesh: Mesh) -> int:
+    """``requested``, capped at the set's size, rounded up to a multiple of the devices."""
+    size = max(1, min(requested, num_examples))
+    return -(-size // mesh.size) * mesh.size
+
+
+def put_eval_set(dataset: Dataset, batch_size: int, mesh: Mesh) -> DeviceEvalSet:
+    """``dataset`` padded to a multiple of ``batch_size`` and replicated over ``mesh``."""
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"the evaluation set {dataset.name!r} is empty: no accuracy to measure")
+    num_batches = -(-n // batch_size)
+    pad = num_batches * batch_size - n
+    images = np.concatenate([dataset.images, np.zeros((pad, *dataset.image_shape), np.uint8)])
+    labels = np.concatenate([dataset.labels, np.full((pad,), -1, np.int32)])
+    images, labels = put_replicated((images, labels), mesh)
+    return DeviceEvalSet(images, labels, batch_size, num_batches)
+
+
+@functools.lru_cache(maxsize=16)
+def eval_step_for(
+    model: nn.Module,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int,
+    compute_dtype: str | None,
+    mesh: Mesh,
+) -> Callable[..., Any]:
+    """The indexed eval step (:func:`~jnet2net.train.make_indexed_eval_step`), shared by
+    calls with equal settings."""
+    return make_indexed_eval_step(
+        model, mean=mean, std=std, batch_size=batch_size, compute_dtype=compute_dtype, mesh=mesh
+    )
+
+
+def run_eval(
+    eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh
+) -> tuple[float, float]:
+    """``(loss, accuracy)`` of an indexed eval step over every batch of ``data``."""
+    zero = np.zeros((), np.float32)
+    totals = put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
+    for index in range(data.num_batches):
+        totals = eval_step(variables, data.images, data.labels, np.int32(index), totals)
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return float(totals["loss"]) / count, float(totals["correct"]) / count
+
+
+def eval_metrics(
+    eval_step: Any,
+    variables: Any,
+    eval_set: DeviceEvalSet | StreamEvalSet | None,
+    mesh: Mesh,
+) -> dict[str, float | None]:
+    """``{'test_loss', 'test_acc'}`` of ``variables`` on ``eval_set`` (``None`` without one)."""
+    if eval_set is None:
+        return {"test_loss": None, "test_acc": None}
+    if isinstance(eval_set, StreamEvalSet):
+        loss, accuracy = run_stream_eval(
+            eval_step, variables, eval_set.data, eval_set.batch_size, mesh
+        )
+    else:
+        loss, accuracy = run_eval(eval_step, variables, eval_set, mesh)
+    return {"test_loss": loss, "test_acc": accuracy}
+
+
+def put_test_set(
+    test: Dataset | StreamSet, config: TrainConfig, mesh: Mesh
+) -> DeviceEvalSet | StreamEvalSet:
+    """``fit``'s evaluation set: on device, or streamed at each evaluation
+    (:func:`~jnet2net.train.inputs.streams_eval`; a small ``StreamSet`` is read whole)."""
+    batch = eval_batch_size(config.eval_batch_size, len(test), mesh)
+    if streams_eval(config, test, mesh):
+        return StreamEvalSet(as_stream(test), batch)
+    if isinstance(test, StreamSet):
+        test = test.to_dataset()
+    return put_eval_set(test, batch, mesh)
+
+
+def test_step_for(
+    model: nn.Module,
+    eval_set: DeviceEvalSet | StreamEvalSet,
+    mean: Any,
+    std: Any,
+    config: Any,
+    mesh: Mesh,
+) -> Callable[..., Any]:
+    """The eval step that :func:`eval_metrics` runs over ``eval_set``."""
+    if isinstance(eval_set, StreamEvalSet):
+        return cached_call(batch_eval_step, model, mean, std, config.compute_dtype, mesh)
+    return eval_step_for(model, mean, std, eval_set.batch_size, config.compute_dtype, mesh)
+
+
+def evaluate(
+    model: nn.Module,
+    variables: Any,
+    dataset: Dataset | StreamSet,
+    *,
+    batch_size: int = 512,
+    mesh: Mesh | None = None,
+    compute_dtype: str | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on every example of ``dataset``.
+
+    Args:
+      model: the network.
+      variables: ``{'params', 'batch_stats'}`` or a :class:`TrainState`.
+      dataset: images are normalised with its ``mean``/``std``; a
+        :class:`~jnet2net.data.StreamSet` is streamed once in order (e.g. ImageNet's
+        validation split), each process reading its rows of every batch.
+      batch_size: examples per device batch (rounded up to a multiple of the devices).
+      mesh: devices to shard batches over (default: all).
+      compute_dtype: e.g. ``'bfloat16'``; ``None``: the model's own dtype.
+
+    Returns:
+      ``(loss, accuracy)`` as Python floats.
+    """
+    if not isinstance(dataset, (Dataset, StreamSet)):
+        raise TypeError(
+            f"dataset must be a jnet2net.data.Dataset or StreamSet, got {type(dataset).__name__}"
+        )
+    batch_size = check_count("batch_size", batch_size, 1)
+    if isinstance(variables, TrainState):
+        variables = variables.variables
+    if len(dataset):
+        check_model_outputs(model, variables, dataset, "evaluation", exact=False)
+    mesh = data_mesh() if mesh is None else mesh
+    batch = eval_batch_size(batch_size, len(dataset), mesh)
+    if isinstance(dataset, StreamSet):
+        if not len(dataset):
+            raise ValueError(f"the evaluation set {dataset.name!r} is empty: nothing to measure")
+        step = cached_call(batch_eval_step, model, dataset.mean, dataset.std, compute_dtype, mesh)
+        return run_stream_eval(step, put_replicated(variables, mesh), dataset, batch, mesh)
+    data = put_eval_set(dataset, batch, mesh)
+    step = cached_call(eval_step_for, model, dataset.mean, dataset.std, batch, compute_dtype, mesh)
+    return run_eval(step, put_replicated(variables, mesh), data, mesh)
