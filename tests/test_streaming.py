@@ -13,7 +13,7 @@ from helpers import read_scalars  # tests/ is on sys.path
 
 from jnet2net import data, models, train
 from jnet2net.data import streaming
-from jnet2net.train import inputs
+from jnet2net.train import evaluation, inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -305,7 +305,7 @@ def test_fit_streams_a_large_test_set_and_records_what_memory_records(
         seen.append(len(test))
         return run_stream_eval(step, variables, test, batch_size, mesh)
 
-    monkeypatch.setattr(train.loop, "run_stream_eval", spy)
+    monkeypatch.setattr(evaluation, "run_stream_eval", spy)
     result = train.fit(MODEL, train_set, stream, CONFIG)  # both sets stream (budget)
     assert seen == [len(test_set)] * len(memory_run.history)  # each evaluation streamed
     chex.assert_trees_all_equal(result.state.params, memory_run.state.params)
