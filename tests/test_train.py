@@ -423,6 +423,7 @@ class PlainNet(nn.Module):
         return nn.Dense(self.outputs)(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.slow
 def test_fit_and_evaluate_a_plain_flax_module(digits):
     train_set, test_set = digits
     config = CONFIG.replace(epochs=1, warmup_epochs=0.0)
@@ -583,6 +584,7 @@ def test_config_accepts_numpy_numbers_and_stores_python_ones() -> None:
 # --- step-based records, initial evaluation, progress lines --------------------------------
 
 
+@pytest.mark.slow
 def test_eval_every_steps_and_max_steps_resume_to_the_uninterrupted_run(digits, full_run, tmp_path):
     train_set, test_set = digits
     log = tmp_path / "run.jsonl"
