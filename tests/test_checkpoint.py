@@ -49,6 +49,7 @@ def _assert_bitwise(a: Any, b: Any) -> None:
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [RESNET, VGG], ids=["resnet", "vgg"])
 def test_round_trip_is_bitwise(tmp_path: pathlib.Path, model: Any) -> None:
     variables = _perturbed(_init(model), 1)
@@ -274,6 +275,7 @@ def _step(state: _State, images: jax.Array, labels: jax.Array) -> _State:
     return state.replace(rng=rng)
 
 
+@pytest.mark.slow
 def test_resume_through_orbax_equals_one_run(tmp_path: pathlib.Path) -> None:
     images = jax.random.normal(jax.random.key(1), (5, 8, 8, 8, 1))
     labels = jax.random.randint(jax.random.key(2), (5, 8), 0, 3)

@@ -169,6 +169,7 @@ def test_plot_of_a_binary_file_names_it(tmp_path, capsys) -> None:
 # --- quiet dependencies ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dependency_warnings_do_not_reach_the_terminal(tmp_path) -> None:
     """A tfds data dir with an empty version folder makes absl warn; the CLI keeps it quiet."""
     (tmp_path / "data" / "mnist" / "3.0.1").mkdir(parents=True)

@@ -52,6 +52,7 @@ class ResCNN(nn.Module):
         return nn.Dense(3, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_a_plain_chain_gets_identity_layers():
     model, target = DeepMLP(depth=1), DeepMLP(depth=3)
     x = jnp.zeros((2, 3))
@@ -68,6 +69,7 @@ def test_a_plain_chain_gets_identity_layers():
     assert float(jnp.max(jnet2net.output_error(model, variables, target, new_vars, xs))) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rules", [None, [(r"block1/bn_b/scale$", "zeros")]])
 def test_a_new_residual_block_adds_zero_in_eval_and_train_mode(rules):
     model, target = ResCNN(blocks=1), ResCNN(blocks=2)

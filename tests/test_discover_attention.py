@@ -132,6 +132,7 @@ def test_vit_discovery_agrees_with_grow_vit(pool):
     assert member_sets([stream], variables) == member_sets([embed], variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["split", "none"])
 def test_the_attention_block_widens_exactly_by_heads_mlp_and_a_multiple_stream(noise):
     from test_grow_any import randomized  # tests/ is on sys.path

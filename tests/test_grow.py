@@ -197,6 +197,7 @@ def resnet_vars():
     return random_variables(SMALL_RESNET, 11)
 
 
+@pytest.mark.slow
 def test_vgg_deepen_calibrates_inserted_batch_norms_and_stays_exact(vgg_vars):
     calibration = XS[0]
     deep_model, deep_vars = jnet2net.deepen(
@@ -250,6 +251,7 @@ def _sgd_steps(model, variables, steps=3):
     return {"params": params, "batch_stats": batch_stats}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["split", "none"])
 def test_split_noise_breaks_symmetry_and_stays_exact(vgg_vars, noise):
     key = jax.random.key(5)
@@ -316,6 +318,7 @@ def test_exact_noises_do_not_warn(vgg_vars):
 # --- purity, determinism, frozen dicts, jit -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_key_same_result_bitwise_other_key_other_result(resnet_vars):
     def grow(seed):
         wide = jnet2net.widen(SMALL_RESNET, resnet_vars, key=jax.random.key(seed), widths=(5, 7))
@@ -327,6 +330,7 @@ def test_same_key_same_result_bitwise_other_key_other_result(resnet_vars):
     assert not leaves_equal(vars_a, vars_c)
 
 
+@pytest.mark.slow
 def test_inputs_are_not_mutated(resnet_vars, vgg_vars):
     before = copy.deepcopy((resnet_vars, vgg_vars))
     resnet_copy, vgg_copy = SMALL_RESNET.clone(), SMALL_VGG.clone()

@@ -75,6 +75,7 @@ def test_old_style_uint32_keys_work_like_new_style_keys(resnet_vars):
     assert np.all(np.asarray(errors) < RTOL)
 
 
+@pytest.mark.slow
 def test_widen_under_jit_takes_a_traced_noise_scale(vgg_vars):
     grow = jax.jit(jnet2net.widen, static_argnames=("model", "widths"))
     key = jax.random.key(4)

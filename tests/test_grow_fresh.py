@@ -277,6 +277,7 @@ def test_new_units_outgoing_weights_learn_after_one_step():
     assert np.any(head[5:] != 0.0)
 
 
+@pytest.mark.slow
 def test_resnet_new_stream_channels_learn_after_one_step():
     variables = random_variables(RESNET, 12)
     wide_model, wide_vars = jnet2net.widen(

@@ -63,6 +63,7 @@ def test_fit_grows_any_module_to_its_targets_exactly(digits, tmp_path):
     assert events[1]["grow"]["target"] == "DigitsMLP(width=9, depth=2)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["none", "fresh"])
 def test_an_event_maps_the_moments_like_the_params(digits, noise):
     train_set, test_set = digits
@@ -90,6 +91,7 @@ def test_an_event_maps_the_moments_like_the_params(digits, noise):
         np.testing.assert_allclose(rows.sum(axis=0)[:6], old_trace["hidden0"]["kernel"].sum(0))
 
 
+@pytest.mark.slow
 def test_a_deepening_event_keeps_old_moments_and_zeroes_new_ones(digits):
     train_set, _ = digits
     before = train.fit(MODEL, train_set, None, CONFIG, max_steps=3)

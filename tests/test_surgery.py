@@ -92,6 +92,7 @@ def test_random_mapping_rejects_bad_sizes(old, new, error, match):
 # --- replicate ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FEW
 @given(
     seed=SEEDS,
@@ -236,6 +237,7 @@ def test_split_rejects_axis_out_of_range():
 # --- add_paper_noise ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, shape=st.lists(st.integers(2, 6), min_size=1, max_size=3))
 def test_paper_noise_changes_weights_at_the_requested_scale(seed, shape):
@@ -256,6 +258,7 @@ def test_paper_noise_on_constant_weights_uses_unit_spread():
 # --- identity layers ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel_size", [1, 3, 5, (1, 3), (5, 3)])
 def test_identity_conv_kernel_reproduces_input_under_same_padding(kernel_size):
     x = _normal(0, 2, 7, 5, 3)
@@ -291,6 +294,7 @@ def test_identity_dense_kernel_is_the_identity(seed, features):
         surgery.identity_dense_kernel(0)
 
 
+@pytest.mark.slow
 @FEW
 @given(seed=SEEDS, c=st.sampled_from([1, 4]))
 def test_identity_batch_norm_is_identity_in_eval_mode(seed, c):

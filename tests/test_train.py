@@ -118,6 +118,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert np.all(np.diff(values[10:]) <= 1e-7) and values[40] == pytest.approx(0.0, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_constant_and_onecycle_schedules():
     constant = train.make_schedule(CONFIG.replace(schedule="constant", warmup_epochs=0.0), 5)
     assert [float(constant(i)) for i in (0, 7)] == pytest.approx([0.05, 0.05])
@@ -146,6 +147,7 @@ def test_schedule_rejects_bad_steps_per_epoch():
         train.make_optimizer(CONFIG, 2.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_weight_decay_touches_kernels_only(optimizer):
     config = CONFIG.replace(optimizer=optimizer, weight_decay=0.1, schedule="constant")
@@ -276,6 +278,7 @@ def test_fit_history_log_and_callback(full_run):
     assert traces == 1  # one compile for the whole run
 
 
+@pytest.mark.slow
 def test_fit_on_one_device_matches_four(digits, full_run):
     train_set, test_set = digits
     one = train.fit(MODEL, train_set, test_set, CONFIG, mesh=train.data_mesh(jax.devices()[:1]))
@@ -374,6 +377,7 @@ def test_fit_keeps_the_callers_device_arrays(digits, full_run):
     chex.assert_trees_all_equal(host_copy(variables), before)
 
 
+@pytest.mark.slow
 def test_fit_raises_on_nan_loss(digits, full_run):
     train_set, _ = digits
     variables = host_copy(full_run[0].state.variables)
@@ -439,6 +443,7 @@ def test_fit_and_evaluate_a_plain_flax_module(digits):
         train.fit(PlainNet(), train_set, None, config.replace(compute_dtype="bfloat16"))
 
 
+@pytest.mark.slow
 def test_fit_and_evaluate_reject_too_few_outputs(digits):
     """Labels past the logits would give a silently wrong (zero-target) loss."""
     train_set, test_set = digits
@@ -462,6 +467,7 @@ def test_fit_and_evaluate_check_their_counts(digits):
 # --- evaluate -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_matches_a_direct_computation(digits, full_run):
     _, test_set = digits
     state = full_run[0].state

@@ -218,6 +218,7 @@ def test_bad_inputs_are_named():
         transfer(src, traverse_util.unflatten_dict(flat), src, key=key)
 
 
+@pytest.mark.slow
 def test_even_kernel_cannot_take_identity_layers():
     src = VGG((1, 1), (4, 6), kernel_size=2)
     variables = init(src)
@@ -383,6 +384,7 @@ def test_num_classes_change_keeps_shared_columns():
     np.testing.assert_allclose(src.clone(num_classes=4).apply(fewer, images()[0]), logits[:, :4])
 
 
+@pytest.mark.slow
 def test_smaller_kernel_is_centre_cropped_and_reported():
     src = VGG((1, 1), (4, 6), kernel_size=5)
     variables = init(src)
@@ -441,6 +443,7 @@ def test_repeat_fill_copies_neighbours_and_falls_back_to_new_blocks():
     print(f"repeat fill: relative error {max_error(src, variables, dst, dst_vars):.3f}")
 
 
+@pytest.mark.slow
 def test_output_dtypes_follow_the_destination_for_bfloat16_source_variables():
     src, variables = small_vgg()
     half = jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), variables)
@@ -502,6 +505,7 @@ def test_large_split_noise_is_reported():
     assert max_error(src, variables, dst, dst_vars) < 1e-5
 
 
+@pytest.mark.slow
 def test_report_table_and_json():
     src, variables = small_vgg()
     dst = VGG((2, 1), (5, 4), num_classes=12)
@@ -754,6 +758,7 @@ def test_report_rejects_inconsistent_rows(row, match):
     assert "params/a" in str(info.value)
 
 
+@pytest.mark.slow
 def test_report_of_a_real_transfer_adds_up():
     src = VGG((1,), (2,), (), num_classes=2, kernel_size=3)
     dst = VGG((2,), (3,), (), num_classes=3, kernel_size=5)

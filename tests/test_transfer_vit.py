@@ -32,6 +32,7 @@ def test_the_same_architecture_is_copied_exactly():
     assert report.src.startswith("ViT(") and "embed_dim=8" in report.src
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sizes",
     [

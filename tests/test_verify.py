@@ -31,6 +31,7 @@ def _perturbed(variables, scale=0.05):
     return {"params": params, "batch_stats": variables["batch_stats"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
 def test_identical_networks_have_zero_error(variables, train):
     err = jnet2net.output_error(MODEL, variables, MODEL, variables, XS, train=train)

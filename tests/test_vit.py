@@ -243,6 +243,7 @@ def test_widen_under_jit_matches_eager():
     chex.assert_trees_all_close(jitted, eager, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_paper_noise_warns_and_is_not_exact():
     variables = random_variables(MODEL, 8)
     with pytest.warns(UserWarning, match="not compute exactly") as record:

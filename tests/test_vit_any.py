@@ -17,6 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KEY = jax.random.key(7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sizes, noise",
     [
@@ -58,6 +59,7 @@ def test_a_target_with_another_head_dim_is_refused_naming_query_and_key():
         jnet2net.widen(MODEL, variables, key=KEY, target=MODEL.clone(head_dim=8))
 
 
+@pytest.mark.slow
 def test_deepen_to_a_target_vit_is_exact_and_equals_the_keyword_form():
     variables = random_variables(MODEL)
     target = MODEL.clone(depth=4)
@@ -72,6 +74,7 @@ def test_deepen_to_a_target_vit_is_exact_and_equals_the_keyword_form():
     jax.tree.map(np.testing.assert_array_equal, by_target, by_keyword)
 
 
+@pytest.mark.slow
 def test_deepen_to_a_target_under_jit_equals_eager():
     """Traced variables: the rules are chosen on stand-ins, then applied to the real ones."""
     variables = random_variables(MODEL)
