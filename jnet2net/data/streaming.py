@@ -300,14 +300,15 @@ def stream_protocol(
     ImageNet) and carries ``train``'s ``mean``/``std``, as
     :func:`~jnet2net.data.load_protocol`'s does. Arguments as for :func:`stream`.
     """
-    train = stream(
+    split_stream = functools.partial(
+        stream,
         name,
-        "train",
         data_dir=data_dir,
         download=download,
         image_size=image_size,
         crop_fraction=crop_fraction,
     )
+    train = split_stream("train")
     info = getattr(train.source, "dataset_info", None)
     splits = tuple(getattr(info, "splits", {}) or EVAL_SPLITS)
     split = next((s for s in EVAL_SPLITS if s in splits), None)
@@ -316,15 +317,7 @@ def stream_protocol(
             f"tfds dataset {name!r} has no evaluation split: none of {EVAL_SPLITS} in "
             f"{sorted(splits)}"
         )
-    test = stream(
-        name,
-        split,
-        data_dir=data_dir,
-        download=download,
-        image_size=image_size,
-        crop_fraction=crop_fraction,
-    )
-    return train, test.replace(mean=train.mean, std=train.std)
+    return train, split_stream(split).replace(mean=train.mean, std=train.std)
 
 
 def sampled_stats(
