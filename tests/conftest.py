@@ -12,6 +12,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-jnet2net-tests")  # never download
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import helpers  # tests/ is on sys.path
 import hypothesis
 import jax
 import pytest
@@ -55,6 +56,7 @@ INTEGRATION_MODULES = frozenset(
 
 
 def pytest_configure(config):
+    jax.monitoring.register_event_duration_secs_listener(helpers.count_trace)
     config.addinivalue_line(
         "markers", "notebooks: runs the notebooks in SMALL mode (deselect with -m 'not notebooks')"
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import pathlib
 import struct
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,6 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 
 import jnet2net
+
+#: How often each jitted function (by name) has been traced in this process: counted from
+#: JAX's tracing events by :func:`count_trace`, which ``tests/conftest.py`` registers.
+TRACES: collections.Counter[str] = collections.Counter()
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
+def count_trace(event: str, duration: float, **kwargs: Any) -> None:
+    """A ``jax.monitoring`` listener: counts a trace of ``kwargs['fun_name']`` in TRACES."""
+    if event == TRACE_EVENT:
+        TRACES[kwargs.get("fun_name", "?")] += 1
+
 
 #: Relative output error below which a growth counts as exact (float32).
 RTOL = 1e-5

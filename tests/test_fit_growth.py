@@ -6,6 +6,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from helpers import TRACES  # tests/ is on sys.path
 
 import jnet2net
 from jnet2net import data, models, train
@@ -40,7 +41,7 @@ def host_copy(tree):
 def grown_run(digits, tmp_path_factory):
     train_set, test_set = digits
     log = tmp_path_factory.mktemp("grow") / "run.jsonl"
-    traces = train.TRACE_COUNTS["indexed_train_step"]
+    traces = TRACES["indexed_train_step"]
     seen = []
     result = train.fit(
         MODEL,
@@ -51,7 +52,7 @@ def grown_run(digits, tmp_path_factory):
         growth_key=KEY,
         on_grow=lambda model, state, record: seen.append((model, int(state.step), record)),
     )
-    return result, log, seen, train.TRACE_COUNTS["indexed_train_step"] - traces
+    return result, log, seen, TRACES["indexed_train_step"] - traces
 
 
 def test_fit_grows_at_each_event_and_returns_the_final_module(grown_run):
@@ -198,10 +199,10 @@ def test_rewarm_ramps_the_learning_rate_after_an_event(digits):
 )
 def test_bad_growth_schedules_fail_before_training(digits, growth, error, match):
     train_set, _ = digits
-    traces = train.TRACE_COUNTS["indexed_train_step"]
+    traces = TRACES["indexed_train_step"]
     with pytest.raises(error, match=match):
         train.fit(MODEL, train_set, None, CONFIG, growth=growth)
-    assert train.TRACE_COUNTS["indexed_train_step"] == traces
+    assert TRACES["indexed_train_step"] == traces
 
 
 @pytest.mark.parametrize(
@@ -225,11 +226,11 @@ def test_bad_grow_events_are_refused(fields, error, match):
 def test_precompiled_events_train_the_same_run(digits, grown_run):
     """Compiling the events in the background changes no number and compiles nothing twice."""
     train_set, test_set = digits
-    traces = train.TRACE_COUNTS["indexed_train_step"]
+    traces = TRACES["indexed_train_step"]
     plain = train.fit(
         MODEL, train_set, test_set, CONFIG, growth=GROWTH, growth_key=KEY, precompile=False
     )
-    assert train.TRACE_COUNTS["indexed_train_step"] == traces  # all three were cached
+    assert TRACES["indexed_train_step"] == traces  # all three were cached
     chex.assert_trees_all_equal(plain.state.params, grown_run[0].state.params)
     chex.assert_trees_all_equal(plain.state.opt_state, grown_run[0].state.opt_state)
     logged = train.read_jsonl(grown_run[1])

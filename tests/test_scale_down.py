@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import TRACES  # tests/ is on sys.path
 from jax.sharding import PartitionSpec
 
 from jnet2net import widen
@@ -56,7 +57,6 @@ from jnet2net.scale_down.split import (
 from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
 from jnet2net.scale_down.steps import flip_choices, suffix_update_fn
 from jnet2net.train import (
-    TRACE_COUNTS,
     Grow,
     TrainConfig,
     create_train_state,
@@ -912,7 +912,7 @@ def _fit(model, config, scale_config, **kwargs):
     XLA compiles counted after each epoch."""
     train, test = tiny_data()
     keys = ("scale_down_step", "scale_down_cache", "scale_down_recalibrate", "scale_down_scores")
-    before = {k: TRACE_COUNTS[k] for k in keys}
+    before = {k: TRACES[k] for k in keys}
     counter = CompileCounter()
     jax.monitoring.register_event_duration_secs_listener(counter)
     try:
@@ -921,7 +921,7 @@ def _fit(model, config, scale_config, **kwargs):
         )
     finally:
         jax.monitoring.unregister_event_duration_listener(counter)
-    traces = {k: TRACE_COUNTS[k] - before[k] for k in keys}
+    traces = {k: TRACES[k] - before[k] for k in keys}
     return result, traces, counter
 
 

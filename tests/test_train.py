@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import TRACES  # tests/ is on sys.path
 
 from jnet2net import data, models, plot, train
 
@@ -45,7 +46,7 @@ def full_run(digits, tmp_path_factory):
     train_set, test_set = digits
     log = tmp_path_factory.mktemp("log") / "run.jsonl"
     log.write_text('{"stale": true}\n')
-    traces = train.TRACE_COUNTS["indexed_train_step"]
+    traces = TRACES["indexed_train_step"]
     records = []
     result = train.fit(
         MODEL,
@@ -54,7 +55,7 @@ def full_run(digits, tmp_path_factory):
         CONFIG.replace(log_path=str(log)),
         on_epoch_end=lambda state, record: records.append((int(state.step), record)),
     )
-    return result, log, records, train.TRACE_COUNTS["indexed_train_step"] - traces
+    return result, log, records, TRACES["indexed_train_step"] - traces
 
 
 # --- config -------------------------------------------------------------------------------
@@ -218,12 +219,12 @@ def test_train_step_lowers_the_loss_and_compiles_once(digits):
     state = train.create_train_state(MODEL, config, train_set.images, steps_per_epoch=1, mesh=mesh)
     step = train.make_train_step(MODEL, config, mean=train_set.mean, std=train_set.std, mesh=mesh)
     images, labels = train.put_batch(_batch(train_set), mesh)
-    traces = train.TRACE_COUNTS["train_step"]
+    traces = TRACES["train_step"]
     losses = []
     for _ in range(4):
         state, metrics = step(state, images, labels)
         losses.append(float(metrics["loss"]))
-    assert train.TRACE_COUNTS["train_step"] - traces == 1
+    assert TRACES["train_step"] - traces == 1
     assert int(state.step) == 4
     assert losses[-1] < losses[0] - 0.05, losses
     chex.assert_tree_all_finite(state.params)
@@ -298,9 +299,9 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(digits, full_run, tmp_pat
     first = train.fit(MODEL, train_set, test_set, config, max_steps=4)
     assert [r["step"] for r in first.history] == [3, 4]
     saved = host_copy(first.state)  # as a checkpoint would hold it
-    traces = train.TRACE_COUNTS["indexed_train_step"]
+    traces = TRACES["indexed_train_step"]
     second = train.fit(MODEL, train_set, test_set, config, state=saved)
-    assert train.TRACE_COUNTS["indexed_train_step"] == traces  # same architecture: no compile
+    assert TRACES["indexed_train_step"] == traces  # same architecture: no compile
     assert [r["step"] for r in second.history] == [6]
     full = full_run[0]
     chex.assert_trees_all_equal(second.state.params, full.state.params)
@@ -483,9 +484,9 @@ def test_evaluate_matches_a_direct_computation(digits, full_run):
     one_device = train.data_mesh(jax.devices()[:1])
     got_one = train.evaluate(MODEL, state.variables, test_set, batch_size=64, mesh=one_device)
     assert got_one == pytest.approx((loss, accuracy), rel=1e-5)
-    traces = train.TRACE_COUNTS["indexed_eval_step"]
+    traces = TRACES["indexed_eval_step"]
     assert train.evaluate(MODEL, state, test_set, batch_size=7) == got
-    assert train.TRACE_COUNTS["indexed_eval_step"] == traces  # compiled once per setting
+    assert TRACES["indexed_eval_step"] == traces  # compiled once per setting
 
 
 def test_evaluate_rejects_arrays():

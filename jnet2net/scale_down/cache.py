@@ -33,7 +33,6 @@ from jnet2net.data.dataset import normalize
 from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down.split import check_cut
 from jnet2net.train.sharding import DATA_AXIS, batch_sharding, data_mesh, replicated
-from jnet2net.train.steps import TRACE_COUNTS
 from jnet2net.variables import Variables
 
 
@@ -230,8 +229,7 @@ def cache_fn(
         out_specs=PartitionSpec(DATA_AXIS),
     )
 
-    def move(frozen: Variables, x: jax.Array) -> jax.Array:
-        TRACE_COUNTS["scale_down_cache"] += 1
+    def scale_down_cache(frozen: Variables, x: jax.Array) -> jax.Array:
         if start == 0:
             pad = padded_rows(x.shape[0], mesh) - x.shape[0]
             x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
@@ -241,7 +239,9 @@ def cache_fn(
                 )
         return sharded(frozen, x)
 
-    return jax.jit(move, in_shardings=(replicated(mesh), None), out_shardings=batch_sharding(mesh))
+    return jax.jit(
+        scale_down_cache, in_shardings=(replicated(mesh), None), out_shardings=batch_sharding(mesh)
+    )
 
 
 def build_cache(

@@ -23,7 +23,6 @@ from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down.split import check_cut
 from jnet2net.train.batches import batch_indices
 from jnet2net.train.sharding import batch_sharding, replicated
-from jnet2net.train.steps import TRACE_COUNTS
 from jnet2net.variables import Variables
 
 
@@ -68,8 +67,9 @@ def recalibration_fn(
     names = model.layer_names()[start:stop]
     dtype = compute_dtype(model)
 
-    def recalibrate(variables: Variables, images: jax.Array, permutation: jax.Array) -> Any:
-        TRACE_COUNTS["scale_down_recalibrate"] += 1
+    def scale_down_recalibrate(
+        variables: Variables, images: jax.Array, permutation: jax.Array
+    ) -> Any:
         stats = variables.get("batch_stats", {})
         stage = {name: stats[name] for name in names if name in stats}
         if not stage:
@@ -97,4 +97,6 @@ def recalibration_fn(
         momentum = jax.tree.map(jnp.subtract, update(0, ones), update(0, zeros))
         return jax.tree.map(lambda t, m: t / (batches * (1.0 - m)), total, momentum)
 
-    return jax.jit(recalibrate, in_shardings=replicated(mesh), out_shardings=replicated(mesh))
+    return jax.jit(
+        scale_down_recalibrate, in_shardings=replicated(mesh), out_shardings=replicated(mesh)
+    )

@@ -36,10 +36,10 @@ from jnet2net.train.config import TrainConfig
 from jnet2net.train.sharding import batch_sharding, replicated
 from jnet2net.train.state import TrainState, variables_of
 from jnet2net.train.steps import (
-    TRACE_COUNTS,
     augment_batch,
     correct_predictions,
     cross_entropy_loss,
+    named,
 )
 from jnet2net.variables import Variables
 
@@ -174,7 +174,6 @@ def make_scaled_train_step(
         permutation: jax.Array,
         freeze_at: jax.Array,
     ) -> tuple[TrainState, Metrics]:
-        TRACE_COUNTS["scale_down_step"] += 1
         index = indices(state, permutation)
         x = augment_batch(config, augment_key(config.seed, state.step), images[index])
         h = prefix_apply(model, frozen, normalize(x, mean, std, dtype), cut)
@@ -187,7 +186,6 @@ def make_scaled_train_step(
         permutation: jax.Array,
         freeze_at: jax.Array,
     ) -> tuple[TrainState, Metrics]:
-        TRACE_COUNTS["scale_down_step"] += 1
         index = indices(state, permutation)
         view, key = None, augment_key(config.seed, state.step)
         if random_view:
@@ -198,14 +196,24 @@ def make_scaled_train_step(
         return update(state, h, labels[index], freeze_at)
 
     if mesh is None:
-        return jax.jit(cached_step if cached else nograd_step, donate_argnums=0)
+        return jax.jit(
+            named("scale_down_step", cached_step if cached else nograd_step), donate_argnums=0
+        )
     rep, rows = replicated(mesh), batch_sharding(mesh)
     if cached:
         shardings = (rep, rows, rep, rep, rep)
         return jax.jit(
-            cached_step, donate_argnums=0, in_shardings=shardings, out_shardings=(rep, rep)
+            named("scale_down_step", cached_step),
+            donate_argnums=0,
+            in_shardings=shardings,
+            out_shardings=(rep, rep),
         )
-    return jax.jit(nograd_step, donate_argnums=0, in_shardings=rep, out_shardings=(rep, rep))
+    return jax.jit(
+        named("scale_down_step", nograd_step),
+        donate_argnums=0,
+        in_shardings=rep,
+        out_shardings=(rep, rep),
+    )
 
 
 # --- the cut -------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ from jnet2net.train.sharding import (
 )
 from jnet2net.train.state import TrainState, create_train_state, init_variables, variables_of
 from jnet2net.train.steps import (
-    TRACE_COUNTS,
     augment_batch,
     correct_predictions,
     cross_entropy_loss,
@@ -63,7 +62,6 @@ from jnet2net.train.tensorboard import TensorBoardWriter
 __all__ = [
     "DATA_AXIS",
     "DeviceEvalSet",
-    "TRACE_COUNTS",
     "CompiledStep",
     "FitResult",
     "Grow",

@@ -7,7 +7,6 @@ and the state is replicated.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +25,6 @@ from jnet2net.train.sharding import batch_sharding, replicated
 from jnet2net.train.state import TrainState, variables_of
 
 Metrics = dict[str, jax.Array]
-
-#: How often each kind of step has been traced (compiled) in this process.
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
 
 def cross_entropy_loss(
@@ -125,12 +121,15 @@ def train_step_fn(
     return step
 
 
-def _counted(name: str, fun: Callable[..., Any]) -> Callable[..., Any]:
-    def traced(*args: Any) -> Any:
-        TRACE_COUNTS[name] += 1
+def named(name: str, fun: Callable[..., Any]) -> Callable[..., Any]:
+    """``fun`` under the name ``name``: what JAX calls the program it traces and compiles
+    (profiles, compile logs, and the ``fun_name`` of its tracing events)."""
+
+    def program(*args: Any) -> Any:
         return fun(*args)
 
-    return traced
+    program.__name__ = program.__qualname__ = name
+    return program
 
 
 def make_train_step(
@@ -146,7 +145,7 @@ def make_train_step(
     The state is donated. With ``mesh``, ``images (b, h, w, c)`` and ``labels (b,)`` are
     sharded on ``'data'`` (``b`` a multiple of the device count) and the state replicated.
     """
-    step = _counted("train_step", train_step_fn(model, config, mean=mean, std=std))
+    step = named("train_step", train_step_fn(model, config, mean=mean, std=std))
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     rep, batch = replicated(mesh), batch_sharding(mesh)
@@ -181,7 +180,7 @@ def make_indexed_train_step(
             index = jax.lax.with_sharding_constraint(index, batch_sharding(mesh))
         return inner(state, images[index], labels[index])
 
-    step = _counted("indexed_train_step", step)
+    step = named("indexed_train_step", step)
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     rep = replicated(mesh)
@@ -224,9 +223,7 @@ def make_eval_step(
     mesh: Mesh | None = None,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], Metrics]:
     """Jitted :func:`eval_step_fn`; with ``mesh`` the batch is sharded on ``'data'``."""
-    step = _counted(
-        "eval_step", eval_step_fn(model, mean=mean, std=std, compute_dtype=compute_dtype)
-    )
+    step = named("eval_step", eval_step_fn(model, mean=mean, std=std, compute_dtype=compute_dtype))
     if mesh is None:
         return jax.jit(step)
     rep, batch = replicated(mesh), batch_sharding(mesh)
@@ -262,7 +259,7 @@ def make_indexed_eval_step(
         sums = inner(variables, x, jnp.maximum(y, 0), y >= 0)
         return jax.tree.map(jnp.add, totals, sums)
 
-    step = _counted("indexed_eval_step", step)
+    step = named("indexed_eval_step", step)
     if mesh is None:
         return jax.jit(step, donate_argnums=4)
     rep = replicated(mesh)
