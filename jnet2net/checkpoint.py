@@ -49,6 +49,7 @@ import orbax.checkpoint as ocp
 from flax.core import FrozenDict, unfreeze
 
 from jnet2net import distributed
+from jnet2net.compile import ONE_SHOT_COMPILER_OPTIONS, run_once  # noqa: F401 (kept importable)
 from jnet2net.grow import deepen as deepen_network
 from jnet2net.grow import widen as widen_network
 from jnet2net.models import model_config, model_from_config
@@ -791,22 +792,6 @@ def _check_state_fits(info: CheckpointInfo, state: Any) -> None:
 
 
 # --- growth between checkpoints ------------------------------------------------------
-
-#: XLA options for programs that run once: skip the expensive optimisation passes.
-ONE_SHOT_COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
-
-
-def run_once(fn: Callable[..., Any], static: dict[str, Any], **dynamic: Any) -> Any:
-    """``fn(**static, **dynamic)`` as one program compiled without XLA's slow passes.
-
-    Growth runs once: compiled whole it is several times faster than op by op, and
-    skipping the optimisation passes cuts the compile time several-fold again.
-    """
-    lowered = jax.jit(fn, static_argnames=tuple(static)).lower(**static, **dynamic)
-    return lowered.compile(compiler_options=ONE_SHOT_COMPILER_OPTIONS)(**dynamic)
 
 
 class Grown(NamedTuple):
