@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -291,6 +292,20 @@ def checked_input_shape(
                 f"shape {expected[path].shape}, the variables have {np.shape(leaf)}"
             )
     return shape
+
+
+def shape_differences(
+    have: Mapping[tuple[str, ...], tuple[int, ...]],
+    want: Mapping[tuple[str, ...], tuple[int, ...]],
+    line: str,
+) -> list[str]:
+    """``line.format(path=, have=, want=)`` for each path, in order, whose shapes differ
+    (``None`` on the side that lacks it)."""
+    return [
+        line.format(path=path_str(p), have=have.get(p), want=want.get(p))
+        for p in sorted(set(have) | set(want))
+        if have.get(p) != want.get(p)
+    ]
 
 
 def check_architecture(info: CheckpointInfo, model: nn.Module) -> None:

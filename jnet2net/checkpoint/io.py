@@ -41,10 +41,11 @@ from jnet2net.checkpoint.format import (
     manager,
     parse_arch,
     plain,
+    shape_differences,
     split_rng,
 )
 from jnet2net.checkpoint.steps import check_no_stray_steps, check_not_a_file, resolve_step
-from jnet2net.variables import Variables, check_variables, flatten, path_str
+from jnet2net.variables import Variables, check_variables, flatten
 
 
 class Restored(NamedTuple):
@@ -330,18 +331,17 @@ class _ArchitectureMismatch(Exception):
     pass
 
 
-def _check_stored_variables(info: CheckpointInfo, stored: Any, abstract: Any) -> None:
+def _check_stored_variables(info: CheckpointInfo, stored: Any, target: Any) -> None:
+    """Raises _ArchitectureMismatch unless the stored variables have ``target``'s shapes."""
     if not isinstance(stored, dict) or "variables" not in stored:
         raise _ArchitectureMismatch(
             f"checkpoint {info.path} is corrupt: its state has no variables"
         )
     have = {p: tuple(m.shape) for p, m in flatten(stored["variables"]).items()}
-    want = {p: tuple(a.shape) for p, a in flatten(abstract).items()}
-    problems = [
-        f"{path_str(p)} stored with shape {have.get(p)}, the architecture needs {want.get(p)}"
-        for p in sorted(set(have) | set(want))
-        if have.get(p) != want.get(p)
-    ]
+    want = {p: tuple(a.shape) for p, a in flatten(target).items()}
+    problems = shape_differences(
+        have, want, "{path} stored with shape {have}, the architecture needs {want}"
+    )
     if problems:
         raise _ArchitectureMismatch(
             f"checkpoint {info.path} is corrupt: its state does not fit the architecture in its "
@@ -433,11 +433,7 @@ def _check_state_fits(info: CheckpointInfo, state: Any) -> None:
     )
     have = {p: tuple(x.shape) for p, x in saved.items()}
     want = {p: tuple(np.shape(x)) for p, x in wanted.items()}
-    problems = [
-        f"{path_str(p)}: checkpoint {have.get(p)}, state {want.get(p)}"
-        for p in sorted(set(have) | set(want))
-        if have.get(p) != want.get(p)
-    ]
+    problems = shape_differences(have, want, "{path}: checkpoint {have}, state {want}")
     if problems:
         raise ValueError(
             f"checkpoint {info.path} holds another architecture than the train state "
