@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 
 from jnet2net import checkpoint, data, train
+from jnet2net.compile import run_once
 from jnet2net.models import ResNet
 from jnet2net.plot import plot_runs
 
@@ -107,7 +108,7 @@ def init_variables(model: nn.Module, image_shape: tuple[int, ...], *, seed: int)
     """
     example = jax.numpy.zeros((1, *image_shape), jax.numpy.float32)
     key = train.stream_key(seed, "init")
-    return checkpoint.run_once(_init, {"model": model}, key=key, example=example)
+    return run_once(_init, {"model": model}, key=key, example=example)
 
 
 def _count_params(variables: Any) -> int:
