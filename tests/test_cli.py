@@ -652,8 +652,8 @@ def test_unexpected_errors_and_interrupts_print_one_line(monkeypatch, capsys) ->
         raise KeyboardInterrupt
 
     args = ["eval", "--from", "x"]
-    monkeypatch.setattr(cli, "cmd_eval", crash)
-    monkeypatch.setattr(cli, "cmd_plot", interrupt)
+    monkeypatch.setattr(cli.evaluate, "cmd_eval", crash)  # the modules the parser reads
+    monkeypatch.setattr(cli.plot, "cmd_plot", interrupt)
     err = _error_of(args, capsys)
     assert "RuntimeError: boom (JNET2NET_TRACEBACK=1 shows the traceback)" in err
     monkeypatch.setenv("JNET2NET_TRACEBACK", "1")

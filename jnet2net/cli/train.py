@@ -1,0 +1,389 @@
+"""``jnet2net train``: start a run, resume it, or start from a checkpoint; growth events and
+scale-down inside the run."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Any
+
+from jnet2net import signals
+from jnet2net.cli.arch import check_param_limit, describe, model_from_args
+from jnet2net.cli.args import EXAMPLES, PROG, check_out
+from jnet2net.cli.datasets import (
+    check_dataset_fits,
+    data_flags,
+    data_metadata,
+    dataset_name,
+    training_data,
+)
+from jnet2net.cli.format import HelpFormatter, format_record, print_line, run_summary
+from jnet2net.cli.grow_at import growth_events
+from jnet2net.cli.train_flags import add_train_args, train_config_from_args
+
+
+def add_parser(sub: Any) -> None:
+    """Adds the ``train`` sub-parser."""
+    p = sub.add_parser(
+        "train",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLES["train"],
+        help="train a network (new, resumed, or from a grown checkpoint)",
+        description=(
+            "Train a network and write a checkpoint every epoch plus metrics.jsonl into --out. "
+            "The network is a preset (--arch, --arch-json, --width-mult), the variables of "
+            "a checkpoint (--from, e.g. one written by 'jnet2net grow'), or, with --resume, the "
+            "run already in --out, which continues where it stopped with its saved config "
+            "(only --epochs, --max-steps, --eval-every-steps and --progress may change)."
+        ),
+    )
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``jnet2net train``: joins a multi-process run first when asked, then holds
+    ``--out``'s lock (process 0) while it trains; only process 0 prints to stdout."""
+    from jnet2net import distributed
+
+    start_distributed(args)
+    check_out(args.out)
+    # Orbax's directory checks are collective: all look before process 0 creates --out
+    distributed.barrier("check_out")
+    quiet = contextlib.nullcontext() if distributed.is_primary() else _stdout_to_devnull()
+    with distributed.primary_locked(args.out), quiet:
+        train_run(args)
+    return 0
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """``jnet2net.distributed.initialize`` when ``--distributed``, ``--coordinator``,
+    ``--num-processes`` or ``--process-id`` is given (before any JAX work)."""
+    from jnet2net import distributed
+
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in given):
+        info = distributed.initialize(*given)
+        if info.process_id == 0:
+            print(
+                f"{info.num_processes} processes, {info.global_devices} devices "
+                f"({info.local_devices} in this process)"
+            )
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull() -> Any:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def set_aside_damaged_checkpoints(out: pathlib.Path) -> None:
+    """Before a resume: damaged checkpoints at the end of the run are moved aside, one line
+    each on stderr, so the run continues from its newest intact checkpoint.
+
+    Raises:
+      ValueError: no checkpoint of the run is intact.
+    """
+    from jnet2net import checkpoint
+
+    moved = checkpoint.set_aside_damaged(out)
+    if not moved:
+        return
+    step = checkpoint.latest_step(out)
+    for i, (_, target, reason) in enumerate(moved):
+        then = f", resuming from step {step}" if step is not None and i == len(moved) - 1 else ""
+        print(f"{PROG} train: {reason}; moved it to {target.name}{then}", file=sys.stderr)
+    if step is None:
+        raise ValueError(
+            f"{out} holds no intact checkpoint to resume (damaged ones were moved to "
+            f"{', '.join(t.name for _, t, _ in moved)}); start a new --out"
+        )
+
+
+def check_run_log(log: pathlib.Path) -> None:
+    """Before a resume: a partial last line of ``log`` (a write cut by a kill) is dropped with
+    a line on stderr; any other unreadable line is an error naming the file and line."""
+    from jnet2net.train import repair_jsonl
+
+    if log.is_file():
+        dropped = repair_jsonl(log)
+        if dropped is not None:
+            print(
+                f"{PROG} train: dropped the partial last line of {log} (a write cut short): "
+                f"{dropped[:60]!r}",
+                file=sys.stderr,
+            )
+
+
+def check_epochs_left(info: Any, config: Any, steps_per_epoch: int, out: pathlib.Path) -> bool:
+    """Whether a resumed run has steps left; raises ValueError when ``--epochs`` ends before the
+    run's latest checkpoint (the run would do nothing)."""
+    end = config.epochs * steps_per_epoch
+    if info.step > end:
+        done = info.step / steps_per_epoch
+        raise ValueError(
+            f"--epochs {config.epochs} ends at step {end}, but the run in {out} is already at "
+            f"step {info.step} (epoch {done:g}); pass --epochs {math.ceil(done)} or more to train "
+            "on, or start a new --out"
+        )
+    return info.step < end
+
+
+def train_run(args: argparse.Namespace) -> Any:
+    """Runs ``jnet2net train``; returns ``jnet2net.train.FitResult``."""
+    import jax
+    import numpy as np
+
+    from jnet2net import checkpoint, distributed, train
+
+    out = check_out(args.out)
+    saved_steps = checkpoint.all_steps(out)
+    if saved_steps and not args.resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint steps {saved_steps}); pass --resume to "
+            "continue it, or choose another --out"
+        )
+    resuming = args.resume and bool(saved_steps)
+    if resuming and (args.source or args.arch or args.arch_json or args.width_mult):
+        raise ValueError(
+            "--resume continues the run in --out with its own architecture; drop "
+            "--from/--arch/--arch-json/--width-mult"
+        )
+    if args.source and (args.arch or args.arch_json or args.width_mult):
+        raise ValueError(
+            "--from takes the architecture from the checkpoint; drop "
+            "--arch/--arch-json/--width-mult"
+        )
+    if resuming:
+        set_aside_damaged_checkpoints(out)
+        if jax.process_index() == 0:  # the log's one writer
+            check_run_log(out / "metrics.jsonl")
+    dataset = dataset_name(args, out if resuming else args.source, strict=resuming)
+    flags = data_flags(args, out if resuming else args.source, strict=resuming)
+    saved_config = checkpoint.checkpoint_info(out).train_config if resuming else None
+    train_set, test_set = training_data(
+        dataset, flags, args, args.input or (saved_config or {}).get("input", "auto")
+    )
+    signals.check_interrupt()
+    start_dir = out if resuming else args.source
+    if start_dir is not None:
+        hint = "" if resuming else "; for other classes, 'jnet2net transfer --num-classes N' first"
+        check_dataset_fits(checkpoint.checkpoint_info(start_dir), train_set, hint)
+    spe = train.steps_per_epoch(len(train_set), _batch_size(args, out, resuming))
+
+    state = variables = None
+    metadata: dict[str, Any] = {"dataset": train_set.name, **data_metadata(flags)}
+    if resuming:
+        info = checkpoint.checkpoint_info(out)
+        if info.train_config is None:
+            raise ValueError(f"{info.path} has no training config to resume with")
+        config = train_config_from_args(args, dataset, info.train_config)
+        if not check_epochs_left(info, config, spe, out):
+            print(f"run {out} already finished its {config.epochs} epochs (step {info.step})")
+            return None
+        model = info.model
+        metadata.update(info.metadata)
+        metadata.pop("record", None)
+        abstract = jax.eval_shape(
+            lambda: train.create_train_state(
+                model,
+                config,
+                np.zeros((1, *train_set.image_shape), np.uint8),
+                key=jax.random.key(0),
+                steps_per_epoch=spe,
+            )
+        )
+        state, restored = checkpoint.restore_train_state(out, abstract, model=model)
+        print(f"resuming {restored.path}: {describe(model)}, step {restored.step}")
+    else:
+        config = train_config_from_args(args, dataset)
+        if args.source:
+            start = checkpoint.restore(args.source)
+            model, variables = start.model, start.variables
+            metadata["started_from"] = str(start.path)
+            print(f"starting from {start.path}: {describe(model)}")
+        else:
+            model = model_from_args(
+                args.arch, args.arch_json, args.width_mult, train_set.num_classes
+            )
+            check_param_limit(model, train_set.image_shape, args.max_params, "the network")
+            print(f"new network: {describe(model)}")
+    signals.check_interrupt()
+    growth = ()
+    if resuming and "growth" in metadata:
+        if args.grow_at:
+            raise ValueError(
+                "a resumed run keeps its growth schedule; drop --grow-at (saved: "
+                f"{metadata['growth']})"
+            )
+        growth = tuple(train.Grow(**fields) for fields in metadata["growth"])
+    elif args.grow_at:
+        if resuming:
+            raise ValueError("--grow-at starts a growth schedule; a resumed run keeps its own")
+        if args.scale_down:
+            raise ValueError("--grow-at and --scale-down do not combine yet; pick one")
+        growth = growth_events(
+            model, args.grow_at, train_set.image_shape, max_params=args.max_params
+        )
+        metadata["growth"] = [event.to_dict() for event in growth]
+        for event in growth:
+            print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
+    if args.scale_down:
+        if resuming:
+            raise ValueError(
+                "a --scale-down run cannot be resumed (its frozen prefix is not a train "
+                "state); start a new --out, e.g. --from its last checkpoint"
+            )
+        return _train_scale_down(args, model, train_set, test_set, config, variables, metadata)
+    if args.scale_json:
+        raise ValueError("--scale-json configures --scale-down; pass --scale-down too")
+    keep = None if args.keep == 0 else args.keep
+    save_epoch = checkpoint.epoch_saver(
+        out,
+        model,
+        config,
+        input_shape=train_set.image_shape,
+        metadata=metadata,
+        max_to_keep=keep,
+    )
+
+    savers = [save_epoch]
+    board = None
+    if args.tensorboard and distributed.is_primary():
+        board = train.TensorBoardWriter(args.tensorboard)
+
+    def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
+        if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
+            savers[-1](state, record)
+        if board is not None:
+            board.write(record)
+        print_line(format_record(record, config.epochs), config.progress)
+        signals.check_interrupt()
+
+    def on_grow(new_model: Any, state: Any, record: dict[str, Any]) -> None:
+        savers.append(
+            checkpoint.epoch_saver(
+                out,
+                new_model,
+                config,
+                input_shape=train_set.image_shape,
+                metadata=metadata,
+                max_to_keep=keep,
+            )
+        )
+        if board is not None:
+            board.write(record)
+        print_line(
+            f"grew at epoch {record['epoch']:g} (step {record['step']}): {describe(new_model)}, "
+            f"output error {record['output_error']:.1e}",
+            config.progress,
+        )
+        signals.check_interrupt()
+
+    with board if board is not None else contextlib.nullcontext():
+        result = train.fit(
+            model,
+            train_set,
+            test_set,
+            config,
+            state=state,
+            variables=variables,
+            on_epoch_end=on_epoch_end,
+            growth=growth,
+            on_grow=on_grow,
+            initial_eval=variables is not None,
+            on_step=lambda step: signals.check_interrupt(),
+        )
+    final = checkpoint.latest_step(out)
+    if distributed.is_primary():
+        print(run_summary(result.history))
+    print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
+    return result
+
+
+def scale_down_config(text: str | None) -> Any:
+    """A ``ScaleDownConfig`` from ``--scale-json`` (``None``: the defaults)."""
+    from jnet2net.scale_down import ScaleDownConfig
+
+    try:
+        fields = json.loads(text) if text else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--scale-json is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--scale-json must be a JSON object, got {text!r}")
+    known = {f.name for f in dataclasses.fields(ScaleDownConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown ScaleDownConfig fields {unknown}; known: {sorted(known)}")
+    return ScaleDownConfig(**fields)
+
+
+def _train_scale_down(
+    args: argparse.Namespace,
+    model: Any,
+    train_set: Any,
+    test_set: Any,
+    config: Any,
+    variables: Any,
+    metadata: dict[str, Any],
+) -> Any:
+    """``train --scale-down``: Learn&Drop training; the whole network is saved at the end."""
+    from jnet2net import checkpoint, train
+
+    scale_config = scale_down_config(args.scale_json)
+
+    def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
+        line = format_record(record, config.epochs)
+        print_line(f"{line} cut {record.get('cut')}", config.progress)
+        signals.check_interrupt()
+
+    result = train.fit(
+        model,
+        train_set,
+        test_set,
+        config,
+        scale_down=scale_config,
+        variables=variables,
+        on_epoch_end=on_epoch_end,
+        on_step=lambda step: signals.check_interrupt(),
+    )
+    run = result.scale_down
+    summary = json.loads(json.dumps(run.summary, default=str))
+    path = checkpoint.save(
+        args.out,
+        model=model,
+        variables=run.variables,
+        step=summary["steps"],
+        train_config=config,
+        metadata={
+            **metadata,
+            "scale_down": dataclasses.asdict(scale_config),
+            "cut": run.cut,
+            "summary": summary,
+        },
+        input_shape=train_set.image_shape,
+    )
+    saved = summary.get("flops_saved")
+    saved_text = "n/a" if saved is None else f"{saved:.1%}"
+    print(
+        f"scale-down: cut {run.cut} (frozen {summary.get('frozen')}), training FLOPs saved "
+        f"{saved_text}; saved {path} (variables only: not resumable)"
+    )
+    return result
+
+
+def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> int:
+    """The batch size the run uses (a resumed run keeps its own)."""
+    from jnet2net import checkpoint
+    from jnet2net.train import TrainConfig
+
+    if resuming:
+        saved = checkpoint.checkpoint_info(out).train_config or {}
+        return int(saved.get("batch_size", TrainConfig.batch_size))
+    return args.batch_size or TrainConfig.batch_size
