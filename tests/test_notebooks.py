@@ -95,3 +95,15 @@ def test_notebook_runs_in_small_mode(path, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "SMALL mode: True" in text
     assert not [o for o in outputs if o.output_type == "error"]
+
+
+def test_the_shared_cells_are_the_same_in_every_notebook():
+    """Each notebook stands alone (Colab opens one file), so the install cell and the text
+    on accelerators are written in each source; they must not drift apart."""
+    first_cells = []
+    for name in sorted(build_notebooks.NOTEBOOKS):
+        cells = nbformat.read(NOTEBOOK_DIR / name, as_version=4).cells
+        install = next(c.source for c in cells if c.cell_type == "code")
+        accelerator = next(c.source for c in cells if c.source.startswith("**Accelerator"))
+        first_cells.append((install, accelerator))
+    assert len(set(first_cells)) == 1, "the install or accelerator cells differ"
