@@ -37,12 +37,13 @@ STEPS_PER_EPOCH = 2
 #: Runs the CLI with a signal to itself shortly after each checkpoint save starts.
 SIGNAL_DURING_SAVE = """
 import os, signal, sys, threading
-from jnet2net import checkpoint, cli
-real = checkpoint.save_train_state
+from jnet2net import cli
+from jnet2net.checkpoint import io  # where epoch_saver finds save_train_state
+real = io.save_train_state
 def save(*args, **kwargs):
     threading.Timer(0.01, os.kill, (os.getpid(), signal.{sig})).start()
     return real(*args, **kwargs)
-checkpoint.save_train_state = save
+io.save_train_state = save
 sys.exit(cli.main(sys.argv[1:]))
 """
 
