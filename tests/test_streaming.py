@@ -299,7 +299,7 @@ def test_fit_streams_a_large_test_set_and_records_what_memory_records(
     assert inputs.streams_eval(CONFIG, stream, mesh)
     assert not inputs.streams_eval(CONFIG.replace(input="memory"), stream, mesh)
     seen = []
-    run_stream_eval = inputs.run_stream_eval
+    run_stream_eval = evaluation.run_stream_eval
 
     def spy(step, variables, test, batch_size, mesh):
         seen.append(len(test))

@@ -13,18 +13,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net.data.dataset import Dataset
-from jnet2net.data.streaming import StreamSet
+from jnet2net.data.streaming import StreamSet, eval_batches
 from jnet2net.train.config import TrainConfig
-from jnet2net.train.inputs import (
-    StreamEvalSet,
-    as_stream,
-    batch_eval_step,
-    run_stream_eval,
-    streams_eval,
-)
-from jnet2net.train.sharding import data_mesh, put_replicated
+from jnet2net.train.inputs import as_stream, streams_eval
+from jnet2net.train.sharding import batch_sharding, data_mesh, put_replicated, replicated
 from jnet2net.train.state import TrainState, cached_call
-from jnet2net.train.steps import make_indexed_eval_step
+from jnet2net.train.steps import eval_step_fn, make_indexed_eval_step
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:
@@ -71,11 +65,16 @@ def eval_batch_size(requested: int, num_examples: int, mesh: Mesh) -> int:
     return -(-size // mesh.size) * mesh.size
 
 
+def check_not_empty(dataset: Dataset | StreamSet) -> None:
+    """Raises ValueError when ``dataset`` holds no example (no accuracy to measure)."""
+    if len(dataset) == 0:
+        raise ValueError(f"the evaluation set {dataset.name!r} is empty: no accuracy to measure")
+
+
 def put_eval_set(dataset: Dataset, batch_size: int, mesh: Mesh) -> DeviceEvalSet:
     """``dataset`` padded to a multiple of ``batch_size`` and replicated over ``mesh``."""
+    check_not_empty(dataset)
     n = len(dataset)
-    if n == 0:
-        raise ValueError(f"the evaluation set {dataset.name!r} is empty: no accuracy to measure")
     num_batches = -(-n // batch_size)
     pad = num_batches * batch_size - n
     images = np.concatenate([dataset.images, np.zeros((pad, *dataset.image_shape), np.uint8)])
@@ -100,17 +99,67 @@ def eval_step_for(
     )
 
 
+class StreamEvalSet(NamedTuple):
+    """An evaluation set that ``fit`` streams: ``data`` read in global batches of
+    ``batch_size`` (a multiple of the devices)."""
+
+    data: StreamSet
+    batch_size: int
+
+
+@functools.lru_cache(maxsize=16)
+def batch_eval_step(
+    model: nn.Module,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    compute_dtype: str | None,
+    mesh: Mesh,
+) -> Callable[..., Any]:
+    """Jitted ``(variables, images (b, ...) uint8, labels (b,), totals) -> totals``: adds
+    one streamed batch's sums to ``totals`` (donated); labels ``-1`` are padding."""
+    inner = eval_step_fn(model, mean=mean, std=std, compute_dtype=compute_dtype)
+
+    def step(variables: Any, images: jax.Array, labels: jax.Array, totals: Any) -> Any:
+        sums = inner(variables, images, jnp.maximum(labels, 0), labels >= 0)
+        return jax.tree.map(jnp.add, totals, sums)
+
+    rep, batch = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, donate_argnums=3, in_shardings=(rep, batch, batch, rep), out_shardings=rep)
+
+
+def zero_totals(mesh: Mesh) -> dict[str, jax.Array]:
+    """``{'loss', 'correct', 'count'}`` sums at zero, replicated over ``mesh``."""
+    zero = np.zeros((), np.float32)
+    return put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
+
+
+def mean_loss_accuracy(totals: dict[str, jax.Array]) -> tuple[float, float]:
+    """``(loss, accuracy)`` from the sums (fetched from device once)."""
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return float(totals["loss"]) / count, float(totals["correct"]) / count
+
+
 def run_eval(
     eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh
 ) -> tuple[float, float]:
     """``(loss, accuracy)`` of an indexed eval step over every batch of ``data``."""
-    zero = np.zeros((), np.float32)
-    totals = put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
+    totals = zero_totals(mesh)
     for index in range(data.num_batches):
         totals = eval_step(variables, data.images, data.labels, np.int32(index), totals)
-    totals = jax.device_get(totals)
-    count = max(float(totals["count"]), 1.0)
-    return float(totals["loss"]) / count, float(totals["correct"]) / count
+    return mean_loss_accuracy(totals)
+
+
+def run_stream_eval(
+    eval_step: Callable[..., Any], variables: Any, test: StreamSet, batch_size: int, mesh: Mesh
+) -> tuple[float, float]:
+    """``(loss, accuracy)`` of :func:`batch_eval_step` over every record of ``test``,
+    streamed once in order."""
+    totals = zero_totals(mesh)
+    with eval_batches(test, mesh, batch_size=batch_size) as batches:
+        for images, labels in batches:
+            totals = eval_step(variables, images, labels, totals)
+    return mean_loss_accuracy(totals)
 
 
 def eval_metrics(
@@ -144,18 +193,28 @@ def put_test_set(
     return put_eval_set(test, batch, mesh)
 
 
+def eval_set_of(
+    dataset: Dataset | StreamSet, batch_size: int, mesh: Mesh
+) -> DeviceEvalSet | StreamEvalSet:
+    """``dataset`` on device (a :class:`Dataset`) or to stream (a ``StreamSet``)."""
+    if isinstance(dataset, StreamSet):
+        check_not_empty(dataset)
+        return StreamEvalSet(dataset, batch_size)
+    return put_eval_set(dataset, batch_size, mesh)
+
+
 def test_step_for(
     model: nn.Module,
     eval_set: DeviceEvalSet | StreamEvalSet,
     mean: Any,
     std: Any,
-    config: Any,
+    compute_dtype: str | None,
     mesh: Mesh,
 ) -> Callable[..., Any]:
     """The eval step that :func:`eval_metrics` runs over ``eval_set``."""
     if isinstance(eval_set, StreamEvalSet):
-        return cached_call(batch_eval_step, model, mean, std, config.compute_dtype, mesh)
-    return eval_step_for(model, mean, std, eval_set.batch_size, config.compute_dtype, mesh)
+        return cached_call(batch_eval_step, model, mean, std, compute_dtype, mesh)
+    return cached_call(eval_step_for, model, mean, std, eval_set.batch_size, compute_dtype, mesh)
 
 
 def evaluate(
@@ -193,11 +252,7 @@ def evaluate(
         check_model_outputs(model, variables, dataset, "evaluation", exact=False)
     mesh = data_mesh() if mesh is None else mesh
     batch = eval_batch_size(batch_size, len(dataset), mesh)
-    if isinstance(dataset, StreamSet):
-        if not len(dataset):
-            raise ValueError(f"the evaluation set {dataset.name!r} is empty: nothing to measure")
-        step = cached_call(batch_eval_step, model, dataset.mean, dataset.std, compute_dtype, mesh)
-        return run_stream_eval(step, put_replicated(variables, mesh), dataset, batch, mesh)
-    data = put_eval_set(dataset, batch, mesh)
-    step = cached_call(eval_step_for, model, dataset.mean, dataset.std, batch, compute_dtype, mesh)
-    return run_eval(step, put_replicated(variables, mesh), data, mesh)
+    eval_set = eval_set_of(dataset, batch, mesh)
+    step = test_step_for(model, eval_set, dataset.mean, dataset.std, compute_dtype, mesh)
+    metrics = eval_metrics(step, put_replicated(variables, mesh), eval_set, mesh)
+    return metrics["test_loss"], metrics["test_acc"]

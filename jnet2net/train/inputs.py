@@ -13,25 +13,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net.data.dataset import Dataset
 from jnet2net.data.streaming import (
     DeviceBatches,
     StreamSet,
-    eval_batches,
     stream_batches,
     stream_from_dataset,
 )
 from jnet2net.train.config import TrainConfig
-from jnet2net.train.sharding import batch_sharding, put_replicated, replicated
-from jnet2net.train.steps import eval_step_fn, make_train_step
+from jnet2net.train.sharding import batch_sharding
+from jnet2net.train.steps import make_train_step
 
 #: ``'auto'`` keeps a training set in device memory up to this many bytes when the device
 #: does not report its memory, else up to a quarter of it.
@@ -131,14 +129,6 @@ def batch_train_step(
 # --- evaluation ---------------------------------------------------------------------------
 
 
-class StreamEvalSet(NamedTuple):
-    """An evaluation set that ``fit`` streams: ``data`` read in global batches of
-    ``batch_size`` (a multiple of the devices)."""
-
-    data: StreamSet
-    batch_size: int
-
-
 def streams_eval(config: TrainConfig, test: Dataset | StreamSet, mesh: Mesh) -> bool:
     """Whether ``fit`` streams its evaluation set (``True``) or holds it on device.
 
@@ -152,42 +142,3 @@ def streams_eval(config: TrainConfig, test: Dataset | StreamSet, mesh: Mesh) -> 
         return True
     size = test.nbytes if isinstance(test, StreamSet) else test.images.nbytes
     return size > memory_budget(mesh)
-
-
-@functools.lru_cache(maxsize=16)
-def batch_eval_step(
-    model: nn.Module,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    compute_dtype: str | None,
-    mesh: Mesh,
-) -> Callable[..., Any]:
-    """Jitted ``(variables, images (b, ...) uint8, labels (b,), totals) -> totals``: adds
-    one streamed batch's sums to ``totals`` (donated); labels ``-1`` are padding."""
-    inner = eval_step_fn(model, mean=mean, std=std, compute_dtype=compute_dtype)
-
-    def step(variables: Any, images: jax.Array, labels: jax.Array, totals: Any) -> Any:
-        sums = inner(variables, images, jnp.maximum(labels, 0), labels >= 0)
-        return jax.tree.map(jnp.add, totals, sums)
-
-    rep, batch = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(
-        step,
-        donate_argnums=3,
-        in_shardings=(rep, batch, batch, rep),
-        out_shardings=rep,
-    )
-
-
-def run_stream_eval(
-    eval_step: Callable[..., Any], variables: Any, test: StreamSet, batch_size: int, mesh: Mesh
-) -> tuple[float, float]:
-    """``(loss, accuracy)`` over every record of ``test``, streamed once in order."""
-    zero = np.zeros((), np.float32)
-    totals = put_replicated({"loss": zero, "correct": zero, "count": zero}, mesh)
-    with eval_batches(test, mesh, batch_size=batch_size) as batches:
-        for images, labels in batches:
-            totals = eval_step(variables, images, labels, totals)
-    totals = jax.device_get(totals)
-    count = max(float(totals["count"]), 1.0)
-    return float(totals["loss"]) / count, float(totals["correct"]) / count

@@ -335,7 +335,9 @@ def fit(
     def tested(state: TrainState) -> Record:
         eval_step = None
         if eval_set is not None:
-            eval_step = test_step_for(stepper.model, eval_set, train.mean, train.std, config, mesh)
+            eval_step = test_step_for(
+                stepper.model, eval_set, train.mean, train.std, config.compute_dtype, mesh
+            )
         return eval_metrics(eval_step, stepper.variables(state), eval_set, mesh)
 
     def trained(metrics: list[Any], epoch: int, lo: int, stop: int) -> Record:
