@@ -101,6 +101,19 @@ def test_raw_key_variables_only_and_latest_step(tmp_path: pathlib.Path) -> None:
     assert last.step == 5 and last.rng is None
 
 
+def test_extra_arrays_round_trip_and_are_checksummed(tmp_path: pathlib.Path) -> None:
+    variables = _init(RESNET)
+    extra = {"snapshot": {"a": jnp.arange(3.0)}, "norms": jnp.ones((2,), jnp.int32)}
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=1, extra=extra)
+    checkpoint.save(tmp_path, model=RESNET, variables=variables, step=2)
+    assert checkpoint.checkpoint_info(tmp_path, step=1).has_extra
+    assert "has_extra" not in json.loads(_arch_file(tmp_path / "2").read_text())
+    _assert_bitwise(checkpoint.restore(tmp_path, step=1).extra, extra)
+    assert checkpoint.restore(tmp_path, step=2).extra is None
+    checksums = checkpoint.checkpoint_info(tmp_path, step=1).checksums
+    assert {"extra/snapshot/a", "extra/norms"} <= set(checksums)
+
+
 def test_max_to_keep_and_other_files_are_left_alone(tmp_path: pathlib.Path) -> None:
     variables = _init(RESNET)
     (tmp_path / "metrics.jsonl").write_text("{}\n")

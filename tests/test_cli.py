@@ -398,22 +398,6 @@ def test_transfer_to_a_deeper_network(
     assert "name an architecture: --to NAME (a preset) or --arch-json" in capsys.readouterr().err
 
 
-def test_train_scale_down(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "learn_drop"
-    scale = '{"check_every": 5, "target_compute": 1.0, "patience": 1}'
-    args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "1", "--out", str(out)]
-    assert cli.main([*args, *TRAIN, "--scale-down", "--scale-json", scale]) == 0
-    assert "scale-down: cut " in capsys.readouterr().out
-    restored = checkpoint.restore(out)
-    assert restored.step == STEPS_PER_EPOCH and restored.opt_state is None
-    assert restored.metadata["scale_down"]["check_every"] == 5
-    assert cli.main([*args, "--scale-json", "{}", "--out", str(tmp_path / "x")]) == 2
-    assert "--scale-json configures --scale-down" in capsys.readouterr().err
-    bad = ["--scale-down", "--scale-json", '{"every": 3}', "--out", str(tmp_path / "y")]
-    assert cli.main([*args[:-2], *bad]) == 2
-    assert "unknown ScaleDownConfig fields ['every']" in capsys.readouterr().err
-
-
 # --- user errors: one line, exit 2, never a traceback ------------------------------------
 
 
@@ -768,3 +752,53 @@ def test_bad_grow_at_gets_a_one_line_error(
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+SCALE_FORCED = (
+    '{"target_compute": 1.0, "not_before": 0.3, "min_spacing": 0.0, "ramp": 0.0, '
+    '"check_every": 2, "ready_ratio": 1e9, "patience": 1, "bn_batches": 2, "max_stages": 1}'
+)
+
+
+def test_a_scale_down_run_saves_each_epoch_and_resumes_bitwise(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Stopped mid-epoch after its freeze, then resumed: the uninterrupted run's state."""
+    args = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "3", *GROW_TRAIN]
+    scale = ["--scale-down", "--scale-json", SCALE_FORCED, "--augment", "none"]
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert cli.main([*args, *scale, "--out", str(whole)]) == 0
+    assert "scale-down: cut 2 " in capsys.readouterr().out
+    straight = checkpoint.restore(whole)
+    assert checkpoint.all_steps(whole) == [10, 20, 30] and straight.opt_state is not None
+    assert straight.metadata["scale_down"]["check_every"] == 2
+    assert cli.main([*args, *scale, "--out", str(run), "--max-steps", "15"]) == 0
+    assert checkpoint.all_steps(run) == [10, 15]
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(run), "--resume", "--scale-json", "{}"]) == 2
+    assert "a resumed scale-down run keeps its own config" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(run), "--resume"]) == 0
+    assert "resuming " in capsys.readouterr().out
+    resumed = checkpoint.restore(run)
+    assert resumed.step == straight.step == 30
+    _assert_bitwise(resumed.variables, straight.variables)
+    _assert_bitwise(resumed.opt_state, straight.opt_state)
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [(r.get("event"), r["step"]) for r in records if "summary" not in r] == [
+        (None, 10),
+        ("freeze", 10),
+        (None, 15),
+        (None, 20),
+        (None, 30),
+    ]
+    plain = tmp_path / "plain"
+    shutil.copytree(teacher_run, plain)
+    again = ["train", "--out", str(plain), "--resume", "--epochs", "3", "--scale-down"]
+    assert cli.main(again) == 2
+    assert "trains the whole network; resume it without --scale-down" in capsys.readouterr().err
+    tiny = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "1", *GROW_TRAIN]
+    assert cli.main([*tiny, "--scale-json", "{}", "--out", str(tmp_path / "x")]) == 2
+    assert "--scale-json configures --scale-down" in capsys.readouterr().err
+    bad = ["--scale-down", "--scale-json", '{"every": 3}', "--out", str(tmp_path / "y")]
+    assert cli.main([*tiny, *bad]) == 2
+    assert "unknown ScaleDownConfig fields ['every']" in capsys.readouterr().err

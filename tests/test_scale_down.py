@@ -19,6 +19,7 @@ import pytest
 from helpers import TRACES  # tests/ is on sys.path
 from jax.sharding import PartitionSpec
 
+from jnet2net import checkpoint as checkpoint_lib
 from jnet2net import widen
 from jnet2net.data import from_arrays
 from jnet2net.data.augment import augment, augment_choices, crop_at
@@ -40,6 +41,7 @@ from jnet2net.scale_down.policy import (
     update_plan,
 )
 from jnet2net.scale_down.recalibrate import recalibration_fn
+from jnet2net.scale_down.saving import restore_run, save_run
 from jnet2net.scale_down.scores import (
     change_norms,
     empty_history,
@@ -55,13 +57,14 @@ from jnet2net.scale_down.split import (
     suffix_apply,
 )
 from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
-from jnet2net.scale_down.steps import flip_choices, suffix_update_fn
+from jnet2net.scale_down.steps import flip_choices, suffix_update_fn, whole_variables
 from jnet2net.train import (
     Grow,
     TrainConfig,
     create_train_state,
     fit,
     read_jsonl,
+    steps_per_epoch,
 )
 from jnet2net.train.batches import augment_key, epoch_permutation
 from jnet2net.train.sharding import data_mesh
@@ -1311,6 +1314,32 @@ def test_fit_with_scale_down_logs_the_records_of_a_plain_fit_and_its_freezes(fit
     assert lines[-1]["summary"]["cut"] == 2 and lines[-1]["step"] == 12
 
 
+def _orbax_round_trip(run, config, scale, directory):
+    """``run`` saved with ``save_run`` and restored with ``restore_run``, checked equal."""
+    train, _ = tiny_data()
+    model = tiny_resnet()
+    save_run(directory, model, run, config, scale, input_shape=(1, *train.image_shape))
+    spe = steps_per_epoch(len(train), config.batch_size)
+    back, restored = restore_run(directory, model, config, train.image_shape, spe)
+    assert restored.metadata["scale_down"] == dataclasses.asdict(scale)
+    for field in ("step", "params", "batch_stats", "opt_state"):  # bitwise, same structure
+        chex.assert_trees_all_equal(getattr(back.state, field), getattr(run.state, field))
+    chex.assert_trees_all_equal(back.frozen, run.frozen)
+    chex.assert_trees_all_equal(back.snapshot, run.snapshot)
+    chex.assert_trees_all_equal(back.pending_norms, run.pending_norms)
+    assert (back.plan, back.pending_step, back.totals) == (run.plan, run.pending_step, run.totals)
+    assert back.events == run.events
+    for field in ("steps", "changes", "candidate", "readiness"):
+        np.testing.assert_array_equal(getattr(back.scores, field), getattr(run.scores, field))
+    whole = checkpoint_lib.restore(directory).variables  # an ordinary checkpoint too
+    chex.assert_trees_all_equal(whole, whole_variables(run.frozen, run.state))
+    with pytest.raises(ValueError, match="holds no scale-down run state"):
+        plain = directory.parent / "plain"
+        checkpoint_lib.save(plain, model=model, variables=whole, step=1)
+        restore_run(plain, model, config, train.image_shape, spe)
+    return back
+
+
 def test_fit_with_scale_down_resumes_bitwise_from_a_mid_run_checkpoint(fit_runs, tmp_path):
     whole, saved = fit_runs["result"], fit_runs["saved"]
     assert sorted(saved) == [2, 4, 6, 8, 10, 12]
@@ -1325,9 +1354,10 @@ def test_fit_with_scale_down_resumes_bitwise_from_a_mid_run_checkpoint(fit_runs,
             )
         )
         config = fit_runs["config"].replace(log_path=str(log))
-        rest = fit(
-            tiny_resnet(), train, test, config, scale_down=fit_runs["scale"], state=saved[step]
-        )
+        state = saved[step]
+        if step == 8:  # through an Orbax checkpoint: the same run state
+            state = _orbax_round_trip(state, config, fit_runs["scale"], tmp_path / "run")
+        rest = fit(tiny_resnet(), train, test, config, scale_down=fit_runs["scale"], state=state)
         assert int(rest.state.state.step) == 12 and rest.scale_down.cut == 2
         chex.assert_trees_all_equal(rest.scale_down.variables, whole.scale_down.variables)
         chex.assert_trees_all_equal(rest.state.state.opt_state, whole.state.state.opt_state)

@@ -7,9 +7,11 @@ step, each with two items::
                               "input_shape": [1, h, w, c], "input_shape_given": bool,
                               "train_config": {...} | null,
                               "has_opt_state": bool, "rng_impl": str | null, "metadata": {...},
+                              "has_extra": true (only when there are extras),
                               "checksums": {"variables/params/...": [dtype, sha256], ...}}
     DIR/<step>/state   {"variables": {"params": ..., "batch_stats": ...},
-                        "opt_state": ... (optional), "rng": uint32 key data (optional)}
+                        "opt_state": ... (optional), "rng": uint32 key data (optional),
+                        "extra": {name: array tree} (optional)}
 
 Every array of ``state`` has its SHA-256 in ``arch``; restoring recomputes them and raises
 :class:`CorruptCheckpointError` naming the step and the array when one differs (a flipped bit
@@ -72,6 +74,8 @@ class CheckpointInfo(NamedTuple):
         a ResNet's do not fix.
       checksums: ``{array path: [dtype, sha256 hex]}`` of the state's arrays, or ``None``
         for a checkpoint saved without them.
+      has_extra: whether the state holds extra arrays of the run (e.g. a scale-down run's
+        readiness snapshot), besides variables, optimizer state and key.
     """
 
     path: pathlib.Path
@@ -84,6 +88,7 @@ class CheckpointInfo(NamedTuple):
     metadata: dict[str, Any]
     input_shape_given: bool = True
     checksums: dict[str, list[str]] | None = None
+    has_extra: bool = False
 
 
 # --- the directory and its items -----------------------------------------------------
@@ -222,9 +227,10 @@ def arch_item(
     has_opt_state: bool,
     rng_impl: str | None,
     metadata: dict[str, Any] | None,
+    has_extra: bool = False,
 ) -> dict[str, Any]:
     """The ``arch`` record of a checkpoint, without its checksums."""
-    return {
+    record = {
         "format": FORMAT,
         "model": model_config(model),
         "input_shape": list(input_shape),
@@ -234,6 +240,9 @@ def arch_item(
         "rng_impl": rng_impl,
         "metadata": dict(metadata or {}),
     }
+    if has_extra:  # only then: checkpoints without extras keep their exact record
+        record["has_extra"] = True
+    return record
 
 
 def parse_arch(arch: Any, where: pathlib.Path, step: int) -> CheckpointInfo:
@@ -271,6 +280,7 @@ def parse_arch(arch: Any, where: pathlib.Path, step: int) -> CheckpointInfo:
         metadata=arch.get("metadata") or {},
         input_shape_given=bool(arch.get("input_shape_given", True)),
         checksums=checksums,
+        has_extra=bool(arch.get("has_extra")),
     )
 
 

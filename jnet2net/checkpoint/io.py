@@ -61,6 +61,8 @@ class Restored(NamedTuple):
       train_config: the training config dict, or ``None``.
       metadata: free-form JSON saved with the checkpoint.
       path: the step directory it came from.
+      extra: the extra arrays saved with ``save(..., extra=)`` (in the structure of
+        ``extra_like`` when one was given, else as stored), or ``None``.
     """
 
     model: nn.Module
@@ -71,6 +73,7 @@ class Restored(NamedTuple):
     train_config: dict[str, Any] | None
     metadata: dict[str, Any]
     path: pathlib.Path
+    extra: Any = None
 
 
 def save(
@@ -85,6 +88,7 @@ def save(
     metadata: dict[str, Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
     max_to_keep: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> pathlib.Path:
     """Saves variables, optimizer state, RNG key and architecture as step ``step``.
 
@@ -101,6 +105,8 @@ def save(
       input_shape: ``(1, h, w, c)`` of the images the network sees (default:
         ``model.example_input(variables)``, whose size may differ for ResNets).
       max_to_keep: keep only this many most recent steps (``None``: keep all).
+      extra: other arrays the run needs to continue, ``{name: array tree}`` (e.g. a
+        scale-down run's readiness snapshot); checksummed like the rest.
 
     Returns:
       The step directory ``directory/<step>``.
@@ -115,10 +121,10 @@ def save(
     step = int(step)
     variables = plain(variables)
     check_variables(model, variables)
-    extra = sorted(set(variables) - set(COLLECTIONS))
-    if extra:
+    others = sorted(set(variables) - set(COLLECTIONS))
+    if others:
         raise ValueError(
-            f"checkpoints hold the collections {COLLECTIONS}; variables also have {extra}"
+            f"checkpoints hold the collections {COLLECTIONS}; variables also have {others}"
         )
     input_shape_given = input_shape is not None
     input_shape = checked_input_shape(model, variables, input_shape)
@@ -134,6 +140,7 @@ def save(
         has_opt_state=opt_state is not None,
         rng_impl=rng_impl,
         metadata=metadata,
+        has_extra=bool(extra),
     )
     json.dumps(arch)  # fail here, not half-way through a save, on non-JSON values
     state: dict[str, Any] = {"variables": variables}
@@ -141,6 +148,8 @@ def save(
         state["opt_state"] = plain(opt_state)
     if rng_data is not None:
         state["rng"] = rng_data
+    if extra:
+        state["extra"] = plain(extra)
     arch["checksums"] = array_checksums(state)
     with manager(path, create=True, max_to_keep=max_to_keep) as opened:
         if step in opened.all_steps():
@@ -249,6 +258,7 @@ def restore(
     step: int | None = None,
     model: nn.Module | None = None,
     opt_state_like: Any = None,
+    extra_like: Any = None,
 ) -> Restored:
     """Restores a checkpoint against the architecture it stores.
 
@@ -260,6 +270,7 @@ def restore(
       opt_state_like: a tree (arrays or ``jax.ShapeDtypeStruct``, e.g.
         ``jax.eval_shape(tx.init, params)``) giving the optimizer state's structure; without
         it the optimizer state comes back as stored (dicts and lists of arrays).
+      extra_like: the same for the extra arrays (``save(..., extra=)``).
 
     Returns:
       A :class:`Restored`.
@@ -278,6 +289,8 @@ def restore(
         target["opt_state"] = None if opt_state_like is None else abstract(opt_state_like)
     if info.rng_impl is not None:
         target["rng"] = None
+    if info.has_extra:
+        target["extra"] = None if extra_like is None else abstract(extra_like)
     state = _restore_state(info, target)
     check_checksums(info, state)
     return Restored(
@@ -289,6 +302,7 @@ def restore(
         train_config=info.train_config,
         metadata=info.metadata,
         path=info.path,
+        extra=state.get("extra"),
     )
 
 

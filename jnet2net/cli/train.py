@@ -138,9 +138,9 @@ def check_epochs_left(info: Any, config: Any, steps_per_epoch: int, out: pathlib
 def train_run(args: argparse.Namespace) -> Any:
     """Runs ``jnet2net train``; returns ``jnet2net.train.FitResult``."""
     import jax
-    import numpy as np
 
     from jnet2net import checkpoint, distributed, train
+    from jnet2net.scale_down.saving import is_run_checkpoint
 
     out = check_out(args.out)
     saved_steps = checkpoint.all_steps(out)
@@ -177,7 +177,7 @@ def train_run(args: argparse.Namespace) -> Any:
         check_dataset_fits(checkpoint.checkpoint_info(start_dir), train_set, hint)
     spe = train.steps_per_epoch(len(train_set), _batch_size(args, out, resuming))
 
-    state = variables = None
+    state = variables = run_state = None
     metadata: dict[str, Any] = {"dataset": train_set.name, **data_metadata(flags)}
     if resuming:
         info = checkpoint.checkpoint_info(out)
@@ -190,17 +190,10 @@ def train_run(args: argparse.Namespace) -> Any:
         model = info.model
         metadata.update(info.metadata)
         metadata.pop("record", None)
-        abstract = jax.eval_shape(
-            lambda: train.create_train_state(
-                model,
-                config,
-                np.zeros((1, *train_set.image_shape), np.uint8),
-                key=jax.random.key(0),
-                steps_per_epoch=spe,
-            )
-        )
-        state, restored = checkpoint.restore_train_state(out, abstract, model=model)
-        print(f"resuming {restored.path}: {describe(model)}, step {restored.step}")
+        if is_run_checkpoint(info):
+            run_state = _restore_scale_down(args, out, model, config, train_set, spe, metadata)
+        else:
+            state = _restore_plain(out, model, config, train_set, spe)
     else:
         config = train_config_from_args(args, dataset)
         if args.source:
@@ -234,13 +227,15 @@ def train_run(args: argparse.Namespace) -> Any:
         metadata["growth"] = [event.to_dict() for event in growth]
         for event in growth:
             print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
-    if args.scale_down:
-        if resuming:
-            raise ValueError(
-                "a --scale-down run cannot be resumed (its frozen prefix is not a train "
-                "state); start a new --out, e.g. --from its last checkpoint"
-            )
-        return _train_scale_down(args, model, train_set, test_set, config, variables, metadata)
+    if args.scale_down and resuming and run_state is None:
+        raise ValueError(
+            f"the run in {out} trains the whole network; resume it without --scale-down, or "
+            "start a scale-down run in a new --out with --from its last checkpoint"
+        )
+    if args.scale_down or run_state is not None:
+        return _train_scale_down(
+            args, model, train_set, test_set, config, variables, metadata, run_state
+        )
     if args.scale_json:
         raise ValueError("--scale-json configures --scale-down; pass --scale-down too")
     keep = None if args.keep == 0 else args.keep
@@ -307,6 +302,51 @@ def train_run(args: argparse.Namespace) -> Any:
     return result
 
 
+def _restore_plain(out: pathlib.Path, model: Any, config: Any, train_set: Any, spe: int) -> Any:
+    """The train state of the run in ``out``, restored to continue it."""
+    import jax
+    import numpy as np
+
+    from jnet2net import checkpoint, train
+
+    abstract = jax.eval_shape(
+        lambda: train.create_train_state(
+            model,
+            config,
+            np.zeros((1, *train_set.image_shape), np.uint8),
+            key=jax.random.key(0),
+            steps_per_epoch=spe,
+        )
+    )
+    state, restored = checkpoint.restore_train_state(out, abstract, model=model)
+    print(f"resuming {restored.path}: {describe(model)}, step {restored.step}")
+    return state
+
+
+def _restore_scale_down(
+    args: argparse.Namespace,
+    out: pathlib.Path,
+    model: Any,
+    config: Any,
+    train_set: Any,
+    spe: int,
+    metadata: dict[str, Any],
+) -> Any:
+    """The run state of the scale-down run in ``out``; it keeps its scale-down config."""
+    from jnet2net.scale_down.saving import RUN_KEY, restore_run
+
+    if args.scale_json:
+        raise ValueError(
+            "a resumed scale-down run keeps its own config; drop --scale-json (saved: "
+            f"{json.dumps(metadata.get('scale_down'))})"
+        )
+    run_state, restored = restore_run(out, model, config, train_set.image_shape, spe)
+    metadata.pop(RUN_KEY, None)
+    cut = restored.metadata[RUN_KEY]["cut"]
+    print(f"resuming {restored.path}: {describe(model)}, step {restored.step}, cut {cut}")
+    return run_state
+
+
 def scale_down_config(text: str | None) -> Any:
     """A ``ScaleDownConfig`` from ``--scale-json`` (``None``: the defaults)."""
     from jnet2net.scale_down import ScaleDownConfig
@@ -332,13 +372,32 @@ def _train_scale_down(
     config: Any,
     variables: Any,
     metadata: dict[str, Any],
+    run_state: Any = None,
 ) -> Any:
-    """``train --scale-down``: Learn&Drop training; the whole network is saved at the end."""
-    from jnet2net import checkpoint, train
+    """``train --scale-down``: Learn&Drop training, the run state saved at every epoch's end
+    (``--resume`` continues it); ``run_state`` continues a saved run with its own config."""
+    from jnet2net import checkpoint, distributed, train
+    from jnet2net.scale_down import ScaleDownConfig
+    from jnet2net.scale_down.saving import CONFIG_KEY, run_saver
 
-    scale_config = scale_down_config(args.scale_json)
+    if run_state is None:
+        scale_config = scale_down_config(args.scale_json)
+    else:
+        scale_config = ScaleDownConfig(**metadata[CONFIG_KEY])
+    keep = None if args.keep == 0 else args.keep
+    save_epoch = run_saver(
+        args.out,
+        model,
+        config,
+        scale_config,
+        input_shape=train_set.image_shape,
+        metadata=metadata,
+        max_to_keep=keep,
+    )
 
-    def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
+    def on_epoch_end(run: Any, record: dict[str, Any]) -> None:
+        if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
+            save_epoch(run, record)
         line = format_record(record, config.epochs)
         print_line(f"{line} cut {record.get('cut')}", config.progress)
         signals.check_interrupt()
@@ -349,31 +408,22 @@ def _train_scale_down(
         test_set,
         config,
         scale_down=scale_config,
+        state=run_state,
         variables=variables,
         on_epoch_end=on_epoch_end,
+        initial_eval=variables is not None,
         on_step=lambda step: signals.check_interrupt(),
     )
     run = result.scale_down
-    summary = json.loads(json.dumps(run.summary, default=str))
-    path = checkpoint.save(
-        args.out,
-        model=model,
-        variables=run.variables,
-        step=summary["steps"],
-        train_config=config,
-        metadata={
-            **metadata,
-            "scale_down": dataclasses.asdict(scale_config),
-            "cut": run.cut,
-            "summary": summary,
-        },
-        input_shape=train_set.image_shape,
-    )
+    summary = run.summary
     saved = summary.get("flops_saved")
     saved_text = "n/a" if saved is None else f"{saved:.1%}"
+    if distributed.is_primary():
+        print(run_summary(result.history))
     print(
         f"scale-down: cut {run.cut} (frozen {summary.get('frozen')}), training FLOPs saved "
-        f"{saved_text}; saved {path} (variables only: not resumable)"
+        f"{saved_text}; run {args.out}: checkpoint step {checkpoint.latest_step(args.out)}, "
+        f"metrics {config.log_path}"
     )
     return result
 
