@@ -8,7 +8,6 @@ import numpy as np
 #: Host augmentations a stream applies before batching.
 HOST_AUGMENTATIONS = ("none", "crop_flip", "crop", "flip", "resized_crop_flip")
 
-
 #: Seeds host augmentation apart from every other use of the seed.
 HOST_AUGMENT_STREAM = 12
 
