@@ -30,6 +30,7 @@ from jnet2net import checkpoint, data, train
 from jnet2net.compile import run_once
 from jnet2net.models import ResNet
 from jnet2net.plot import plot_runs
+from jnet2net.train.batches import stream_key
 
 RUNS = ("teacher", "student", "scratch")
 GROWN = "grown"
@@ -107,7 +108,7 @@ def init_variables(model: nn.Module, image_shape: tuple[int, ...], *, seed: int)
     Initialisation runs once per network; optimising its program costs more than it saves.
     """
     example = jax.numpy.zeros((1, *image_shape), jax.numpy.float32)
-    key = train.stream_key(seed, "init")
+    key = stream_key(seed, "init")
     return run_once(_init, {"model": model}, key=key, example=example)
 
 

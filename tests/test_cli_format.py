@@ -13,6 +13,7 @@ import pytest
 
 from jnet2net import cli, train
 from jnet2net.cli_format import flag_names, in_flag_terms, quiet_third_party_logs, subparser
+from jnet2net.train.records import nonfinite_loss_error
 
 COMMANDS = ("demo", "train", "grow", "transfer", "eval", "plot")
 
@@ -138,7 +139,7 @@ def test_a_missing_dataset_says_which_flags_prepare_it(tmp_path, capsys) -> None
 
 def test_divergence_is_one_line_in_flag_terms(tmp_path, capsys, monkeypatch) -> None:
     def diverge(model, train_set, test_set, config, **kwargs):
-        raise train.nonfinite_loss_error(1, 0, 44, 3.0, config)
+        raise nonfinite_loss_error(1, 0, 44, 3.0, config)
 
     monkeypatch.setattr(train, "fit", diverge)
     argv = ["train", "--arch", "resnet20", "--out", str(tmp_path / "r"), "--lr", "3"]

@@ -10,6 +10,7 @@ from helpers import TRACES  # tests/ is on sys.path
 
 import jnet2net
 from jnet2net import data, models, train
+from jnet2net.train.events import grow_at_event
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -104,7 +105,7 @@ def test_schedule_and_step_continue_across_events(digits, grown_run):
 def test_an_event_grows_the_state_exactly_and_maps_the_moments(digits):
     train_set, test_set = digits
     before = train.fit(MODEL, train_set, test_set, CONFIG, max_steps=3)
-    new_model, state = train.grow_at_event(MODEL, before.state, GROWTH[0], KEY)
+    new_model, state = grow_at_event(MODEL, before.state, GROWTH[0], KEY)
     assert new_model == WIDE and int(state.step) == 3
     xs = jax.random.normal(jax.random.key(0), (2, 8, 8, 8, 1))
     jnet2net.assert_function_preserved(

@@ -10,6 +10,7 @@ import pytest
 
 import jnet2net
 from jnet2net import data, train
+from jnet2net.train.events import grow_at_event
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -69,7 +70,7 @@ def test_an_event_maps_the_moments_like_the_params(digits, noise):
     train_set, test_set = digits
     before = train.fit(MODEL, train_set, test_set, CONFIG, max_steps=3)
     event = train.Grow(1, target=WIDE, noise=noise)
-    new_model, state = train.grow_at_event(MODEL, before.state, event, KEY, example_input=X)
+    new_model, state = grow_at_event(MODEL, before.state, event, KEY, example_input=X)
     assert new_model == WIDE and int(state.step) == 3
     xs = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 1))
     jnet2net.assert_function_preserved(
@@ -96,7 +97,7 @@ def test_a_deepening_event_keeps_old_moments_and_zeroes_new_ones(digits):
     train_set, _ = digits
     before = train.fit(MODEL, train_set, None, CONFIG, max_steps=3)
     event = train.Grow(1, target=DigitsMLP(depth=2))
-    _, state = train.grow_at_event(MODEL, before.state, event, KEY, example_input=X)
+    _, state = grow_at_event(MODEL, before.state, event, KEY, example_input=X)
     trace, old = state.opt_state[1][0].trace, before.state.opt_state[1][0].trace
     np.testing.assert_array_equal(trace["hidden0"]["kernel"], old["hidden0"]["kernel"])
     assert not np.any(trace["hidden1"]["kernel"])

@@ -6,7 +6,8 @@ import pathlib
 
 import pytest
 
-from jnet2net.train import progress, read_jsonl, repair_jsonl
+from jnet2net.train import progress, read_jsonl
+from jnet2net.train.progress import repair_jsonl
 
 LINES = ['{"epoch": 1, "step": 10}\n', '{"epoch": 2, "step": 20}\n', '{"epoch": 3, "step": 30}\n']
 

@@ -14,6 +14,10 @@ from helpers import read_scalars  # tests/ is on sys.path
 from jnet2net import data, models, train
 from jnet2net.data import streaming
 from jnet2net.train import evaluation, inputs
+from jnet2net.train.batches import augment_key, batch_indices, epoch_permutation
+from jnet2net.train.loop import check_fit_inputs
+from jnet2net.train.sharding import batch_sharding
+from jnet2net.train.steps import augment_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -45,8 +49,8 @@ def colour():
 def memory_batch(dataset, seed, step, batch_size):
     """The batch the in-memory train step gathers on device for ``step``."""
     spe = len(dataset) // batch_size
-    order = train.epoch_permutation(seed, step // spe, len(dataset))
-    index = np.asarray(train.batch_indices(order, step % spe, batch_size))
+    order = epoch_permutation(seed, step // spe, len(dataset))
+    index = np.asarray(batch_indices(order, step % spe, batch_size))
     return dataset.images[index], dataset.labels[index]
 
 
@@ -63,9 +67,9 @@ def test_streamed_batches_equal_the_in_memory_batches(colour, seed, step):
     np.testing.assert_array_equal(labels, want_labels)
     # Augmented on device with the step's key, both paths give the same images.
     config = CONFIG.replace(seed=seed, augment="crop_flip", crop_padding=2)
-    key = train.augment_key(seed, step)
+    key = augment_key(seed, step)
     chex.assert_trees_all_equal(
-        train.augment_batch(config, key, images), train.augment_batch(config, key, want_images)
+        augment_batch(config, key, images), augment_batch(config, key, want_images)
     )
     # Another step is another batch.
     other, _ = streaming.batch_for_step(stream, seed=seed, step=step + 1, batch_size=8)
@@ -99,7 +103,7 @@ def test_stream_batches_are_global_arrays_sharded_over_the_mesh(colour):
         got = list(it)
     assert len(got) == 3
     for step, (images, labels) in zip(range(5, 8), got, strict=True):
-        assert images.sharding == train.batch_sharding(mesh) and images.shape == (8, 8, 8, 3)
+        assert images.sharding == batch_sharding(mesh) and images.shape == (8, 8, 8, 3)
         want = memory_batch(colour, 2, step, 8)
         np.testing.assert_array_equal(np.asarray(images), want[0])
         np.testing.assert_array_equal(np.asarray(labels), want[1])
@@ -468,7 +472,7 @@ def test_stream_sets_reject_bad_fields(colour):
     with pytest.raises(ValueError, match="image_size must be an int >= 1 or None, got 0"):
         data.stream("cifar10", "train", image_size=0)
     with pytest.raises(TypeError, match=r"train must be a jnet2net.data.Dataset, got StreamSet"):
-        train.check_fit_inputs(MODEL, data.stream_from_dataset(colour), None, CONFIG)
+        check_fit_inputs(MODEL, data.stream_from_dataset(colour), None, CONFIG)
 
 
 def test_batches_read_in_chunks_equal_batches_read_whole(colour, monkeypatch):

@@ -13,6 +13,11 @@ import pytest
 from helpers import TRACES  # tests/ is on sys.path
 
 from jnet2net import data, models, plot, train
+from jnet2net.train.batches import batch_indices, epoch_permutation, stream_key
+from jnet2net.train.progress import ProgressBar, append_jsonl, progress_enabled
+from jnet2net.train.records import nonfinite_loss_error
+from jnet2net.train.sharding import check_batch_size, put_batch, put_replicated
+from jnet2net.train.steps import augment_batch, cross_entropy_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -186,9 +191,9 @@ def test_create_train_state_from_scratch_and_from_variables(digits):
 
 def test_cross_entropy_with_label_smoothing():
     logits = jnp.array([[2.0, 0.0, -1.0]])
-    plain = train.cross_entropy_loss(logits, jnp.array([0]))
+    plain = cross_entropy_loss(logits, jnp.array([0]))
     np.testing.assert_allclose(plain, -jax.nn.log_softmax(logits)[:, 0], rtol=1e-6)
-    smooth = train.cross_entropy_loss(logits, jnp.array([0]), label_smoothing=0.3)
+    smooth = cross_entropy_loss(logits, jnp.array([0]), label_smoothing=0.3)
     expected = -(
         0.8 * jax.nn.log_softmax(logits)[0, 0] + 0.1 * jax.nn.log_softmax(logits)[0, 1:].sum()
     )
@@ -202,7 +207,7 @@ def test_cross_entropy_with_label_smoothing():
 def test_augment_batch_follows_the_config(mode, padding, flip):
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 6, 6, 1), dtype=np.uint8))
     key = jax.random.key(4)
-    got = train.augment_batch(CONFIG.replace(augment=mode, crop_padding=2), key, images)
+    got = augment_batch(CONFIG.replace(augment=mode, crop_padding=2), key, images)
     expected = data.augment(key, images, crop_padding=padding, flip=flip)
     np.testing.assert_array_equal(got, expected)
 
@@ -218,7 +223,7 @@ def test_train_step_lowers_the_loss_and_compiles_once(digits):
     mesh = train.data_mesh()
     state = train.create_train_state(MODEL, config, train_set.images, steps_per_epoch=1, mesh=mesh)
     step = train.make_train_step(MODEL, config, mean=train_set.mean, std=train_set.std, mesh=mesh)
-    images, labels = train.put_batch(_batch(train_set), mesh)
+    images, labels = put_batch(_batch(train_set), mesh)
     traces = TRACES["train_step"]
     losses = []
     for _ in range(4):
@@ -504,30 +509,30 @@ def test_evaluate_rejects_an_empty_set(digits):
 
 
 def test_epoch_permutations_are_pure_functions_of_seed_and_epoch():
-    a = train.epoch_permutation(0, 1, 50)
-    chex.assert_trees_all_equal(a, train.epoch_permutation(0, 1, 50))
+    a = epoch_permutation(0, 1, 50)
+    chex.assert_trees_all_equal(a, epoch_permutation(0, 1, 50))
     assert sorted(np.asarray(a).tolist()) == list(range(50))
-    assert not np.array_equal(a, train.epoch_permutation(0, 2, 50))
-    assert not np.array_equal(a, train.epoch_permutation(1, 1, 50))
-    np.testing.assert_array_equal(train.batch_indices(a, 2, 8), np.asarray(a)[16:24])
+    assert not np.array_equal(a, epoch_permutation(0, 2, 50))
+    assert not np.array_equal(a, epoch_permutation(1, 1, 50))
+    np.testing.assert_array_equal(batch_indices(a, 2, 8), np.asarray(a)[16:24])
     with pytest.raises(ValueError, match="unknown random stream 'noise'"):
-        train.stream_key(0, "noise")
+        stream_key(0, "noise")
 
 
 def test_sharding_helpers():
     mesh = train.data_mesh()
     assert mesh.axis_names == ("data",) and mesh.size == 4
-    batch = train.put_batch(np.arange(8.0), mesh)
+    batch = put_batch(np.arange(8.0), mesh)
     assert batch.sharding.spec == jax.sharding.PartitionSpec("data")
     assert len(batch.addressable_shards) == 4 and batch.addressable_shards[0].data.shape == (2,)
     original = jnp.arange(3.0)
-    copy = train.put_replicated({"a": original}, mesh)["a"]
+    copy = put_replicated({"a": original}, mesh)["a"]
     assert copy.sharding.is_fully_replicated and copy is not original
     np.testing.assert_array_equal(copy, original)
     jax.jit(lambda x: x + 1, donate_argnums=0)(copy)  # a donating step consumes the copy only
     assert copy.is_deleted() and not original.is_deleted()
     with pytest.raises(ValueError, match="batch_size=6 must be a multiple of the 4 devices"):
-        train.check_batch_size(6, mesh)
+        check_batch_size(6, mesh)
 
 
 class FakeTerminal(io.StringIO):
@@ -537,22 +542,22 @@ class FakeTerminal(io.StringIO):
 
 def test_progress_bar_only_on_terminals_outside_ci(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
-    assert train.progress_enabled(None, FakeTerminal())
-    assert not train.progress_enabled(None, io.StringIO())
-    assert train.progress_enabled(True, io.StringIO())
+    assert progress_enabled(None, FakeTerminal())
+    assert not progress_enabled(None, io.StringIO())
+    assert progress_enabled(True, io.StringIO())
     monkeypatch.setenv("CI", "true")
-    assert not train.progress_enabled(None, FakeTerminal())
+    assert not progress_enabled(None, FakeTerminal())
     for unset in ("", "0", "false", "False", "no"):
         monkeypatch.setenv("CI", unset)
-        assert train.progress_enabled(None, FakeTerminal()), unset
+        assert progress_enabled(None, FakeTerminal()), unset
     stream = FakeTerminal()
-    with train.ProgressBar(4, desc="fit", stream=stream) as bar:
+    with ProgressBar(4, desc="fit", stream=stream) as bar:
         for _ in range(4):
             bar.update(note="loss 1.0")
     text = stream.getvalue()
     assert "fit [" in text and "4/4" in text and "loss 1.0" in text and text.endswith("\n")
     silent = io.StringIO()
-    with train.ProgressBar(4, enabled=False, stream=silent) as bar:
+    with ProgressBar(4, enabled=False, stream=silent) as bar:
         bar.update(4)
     assert silent.getvalue() == ""
 
@@ -567,8 +572,8 @@ def test_optimizer_state_holds_params_shaped_trees(digits):
 
 def test_jsonl_lines_are_strict_json_with_nulls_for_non_finite_numbers(tmp_path) -> None:
     path = tmp_path / "log" / "metrics.jsonl"
-    train.append_jsonl(path, {"epoch": 1, "test_loss": float("nan"), "lr": np.float32(0.5)})
-    train.append_jsonl(path, {"epoch": 2, "test_loss": float("inf"), "acc": [1.0, -np.inf]})
+    append_jsonl(path, {"epoch": 1, "test_loss": float("nan"), "lr": np.float32(0.5)})
+    append_jsonl(path, {"epoch": 2, "test_loss": float("inf"), "acc": [1.0, -np.inf]})
     for line in path.read_text().splitlines():
         assert "NaN" not in line and "Infinity" not in line, line
     assert train.read_jsonl(path) == [
@@ -654,7 +659,7 @@ def test_progress_lines_where_no_bar_is_drawn(monkeypatch):
     assert not train.progress.progress_lines_enabled(False, io.StringIO())
     monkeypatch.setattr(train.progress, "LINE_EVERY_S", 0.0)
     stream = io.StringIO()
-    bar = train.ProgressBar(
+    bar = ProgressBar(
         4, desc="fit", enabled=False, lines=True, offset=2, batch_size=8, stream=stream
     )
     bar.update(metrics={"loss": np.float32(1.5)})
@@ -663,17 +668,17 @@ def test_progress_lines_where_no_bar_is_drawn(monkeypatch):
     assert len(lines) == 2 and lines[0].startswith("fit step 3/6 (25%) loss 1.500 ")
     assert lines[1].startswith("fit step 4/6 (50%) loss 1.500 ") and lines[1].endswith(" img/s")
     monkeypatch.setattr(train.progress, "LINE_EVERY_S", 1e9)
-    quiet = train.ProgressBar(4, enabled=False, lines=True, stream=io.StringIO())
+    quiet = ProgressBar(4, enabled=False, lines=True, stream=io.StringIO())
     quiet.update(4)
     assert quiet.stream.getvalue() == ""
 
 
 def test_divergence_advice_leaves_out_what_is_set_already():
-    text = str(train.nonfinite_loss_error(2, 3, 6, 0.5, CONFIG))
+    text = str(nonfinite_loss_error(2, 3, 6, 0.5, CONFIG))
     assert "a lower learning_rate (now 0.05)" in text
     assert "warmup_epochs" not in text and "compute_dtype" not in text  # warm-up 0.5, float32
     text = str(
-        train.nonfinite_loss_error(
+        nonfinite_loss_error(
             1, 0, 3, 0.5, CONFIG.replace(warmup_epochs=0.0, compute_dtype="bfloat16")
         )
     )

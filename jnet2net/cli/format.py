@@ -151,7 +151,7 @@ def run_summary(history: list[dict[str, Any]]) -> str:
 
 def print_line(text: str, progress: bool | None) -> None:
     """Prints ``text``; over the progress bar's line (which redraws below) when it is shown."""
-    from jnet2net.train import progress_enabled
+    from jnet2net.train.progress import progress_enabled
 
     if progress_enabled(progress):
         sys.stderr.write("\r" + " " * 100 + "\r")

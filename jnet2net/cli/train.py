@@ -109,7 +109,7 @@ def set_aside_damaged_checkpoints(out: pathlib.Path) -> None:
 def check_run_log(log: pathlib.Path) -> None:
     """Before a resume: a partial last line of ``log`` (a write cut by a kill) is dropped with
     a line on stderr; any other unreadable line is an error naming the file and line."""
-    from jnet2net.train import repair_jsonl
+    from jnet2net.train.progress import repair_jsonl
 
     if log.is_file():
         dropped = repair_jsonl(log)

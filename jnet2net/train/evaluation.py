@@ -92,7 +92,7 @@ def eval_step_for(
     compute_dtype: str | None,
     mesh: Mesh,
 ) -> Callable[..., Any]:
-    """The indexed eval step (:func:`~jnet2net.train.make_indexed_eval_step`), shared by
+    """The indexed eval step (:func:`~jnet2net.train.steps.make_indexed_eval_step`), shared by
     calls with equal settings."""
     return make_indexed_eval_step(
         model, mean=mean, std=std, batch_size=batch_size, compute_dtype=compute_dtype, mesh=mesh
