@@ -802,3 +802,35 @@ def test_a_scale_down_run_saves_each_epoch_and_resumes_bitwise(
     bad = ["--scale-down", "--scale-json", '{"every": 3}', "--out", str(tmp_path / "y")]
     assert cli.main([*tiny, *bad]) == 2
     assert "unknown ScaleDownConfig fields ['every']" in capsys.readouterr().err
+
+
+# --- ViT checkpoints ----------------------------------------------------------------------
+
+
+def test_width_mult_of_a_vit_scales_embed_heads_and_mlp() -> None:
+    vit = cli.model_from_args("vit_tiny", '{"embed_dim": 8, "num_heads": 2, "mlp_dim": 6}', 2, 10)
+    assert (vit.embed_dim, vit.num_heads, vit.mlp_dim, vit.head_dim) == (16, 4, 12, None)
+    odd = cli.scaled_model(vit, 0.3)  # 5 units, 1 head of the old width 4
+    assert (odd.embed_dim, odd.num_heads, odd.mlp_dim, odd.resolved_head_dim()) == (5, 1, 4, 4)
+
+
+def test_transfer_of_a_vit_checkpoint(tmp_path: pathlib.Path, capsys) -> None:
+    src = tmp_path / "vit"
+    model = jnet2net.ViT(patch_size=4, embed_dim=8, depth=1, num_heads=2, mlp_dim=8)
+    variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+    checkpoint.save(src, model=model, variables=variables, step=0, input_shape=(8, 8, 1))
+    sizes = '{"embed_dim": 8, "depth": 2, "num_heads": 2, "mlp_dim": 8}'
+    argv = ["transfer", "--from", str(src), "--to", "vit_tiny", "--arch-json", sizes]
+    out = tmp_path / "big"
+    assert cli.main([*argv, "--width-mult", "2", "--report", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "params/block1/mlp_out/kernel" in printed and "function-preserving: yes" in printed
+    error = float(printed.split("max relative output error ")[1].split()[0])
+    assert error < 1e-5
+    big = model.clone(embed_dim=16, depth=2, num_heads=4, mlp_dim=16)
+    assert checkpoint.restore(out).model == big
+    argv = ["transfer", "--from", str(src), "--to", "resnet20", "--out", str(tmp_path / "r")]
+    assert "a ViT and a ResNet have no layers in common" in _error_of(argv, capsys)
+    bad = json.dumps({**jnet2net.model_config(model), "patch_size": 3})
+    argv = ["transfer", "--from", str(src), "--to", bad, "--out", str(tmp_path / "p")]
+    assert "h and w multiples of 3, got shape (1, 8, 8, 1)" in _error_of(argv, capsys)

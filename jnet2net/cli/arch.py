@@ -75,7 +75,20 @@ def int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def scaled_model(model: Any, factor: float) -> Any:
-    """``model`` with every width field multiplied by ``factor`` (at least 1 unit each)."""
+    """``model`` with every width field multiplied by ``factor`` (at least 1 unit each).
+
+    A ViT's ``embed_dim``, ``num_heads`` and ``mlp_dim`` are scaled and its head width kept
+    (``head_dim`` is set when ``embed_dim`` is no longer ``num_heads`` heads of it).
+    """
+    if not hasattr(model, "stage_widths"):  # a ViT
+        heads, embed = scale_width(model.num_heads, factor), scale_width(model.embed_dim, factor)
+        head_dim = model.resolved_head_dim()
+        return model.clone(
+            embed_dim=embed,
+            num_heads=heads,
+            mlp_dim=scale_width(model.mlp_dim, factor),
+            head_dim=None if embed == heads * head_dim else head_dim,
+        )
 
     def scale(widths: Any) -> Any:
         if widths is None:

@@ -25,8 +25,9 @@ def add_parser(sub: Any) -> None:
         epilog=EXAMPLES["transfer"],
         help="initialise another architecture from a checkpoint (weight reuse), save it",
         description=(
-            "Restore a checkpoint and build variables for another VGG/ResNet of the same "
-            "family (deeper or shallower, wider or narrower, other kernel sizes or classes) "
+            "Restore a checkpoint and build variables for another VGG/ResNet/ViT of the same "
+            "family (deeper or shallower, wider or narrower, other kernel sizes or classes; a "
+            "ViT's heads, MLP and patch size, its position embedding interpolated) "
             "that reuse its weights (jnet2net.reuse.transfer); print what was reused and save "
             "the result as a new checkpoint at step 0. A superset architecture computes the "
             "same function (the relative error is printed)."
@@ -37,7 +38,7 @@ def add_parser(sub: Any) -> None:
         "--to",
         metavar="ARCH",
         default=None,
-        help="destination: a preset (resnet32, vgg13, ...) or a JSON spec with 'family'",
+        help="destination: a preset (resnet32, vgg13, vit_tiny, ...) or a JSON spec with 'family'",
     )
     p.add_argument(
         "--arch-json", metavar="JSON", default=None, help="architecture JSON or --to overrides"
@@ -47,7 +48,7 @@ def add_parser(sub: Any) -> None:
         metavar="X",
         type=positive_float,
         default=None,
-        help="scale every width field",
+        help="scale every width field (a ViT: embed_dim, num_heads, mlp_dim)",
     )
     p.add_argument(
         "--num-classes", metavar="N", type=int, default=None, help="default: the source's"
@@ -102,6 +103,7 @@ def transfer_run(args: argparse.Namespace) -> int:
 
     from jnet2net import checkpoint, model_config, output_error
     from jnet2net.reuse import transfer
+    from jnet2net.reuse.layout import check_pair
 
     to, arch_json, json_flag = args.to, args.arch_json, "--arch-json"
     if to is not None and to.lstrip().startswith(("{", "[")):
@@ -111,6 +113,7 @@ def transfer_run(args: argparse.Namespace) -> int:
     dst_model = model_from_args(
         to, arch_json, args.width_mult, classes, arch_flag="--to", json_flag=json_flag
     )
+    check_pair(info.model, dst_model)  # a refusal (ViT -> ResNet, ...) before any restore
     check_param_limit(dst_model, info.input_shape, args.max_params, "the destination")
     src = checkpoint.restore(args.source, step=info.step)
     print(f"source {src.path}: {describe(src.model)}")

@@ -73,7 +73,12 @@ from jnet2net.reuse.layout import (
 )
 from jnet2net.reuse.report import LeafReport, Status, TransferReport
 from jnet2net.reuse.vit import (
+    POS_EMBED,
+    check_vit_input,
+    grid_changes,
+    grid_note,
     head_dim_note,
+    resize_grid,
     resize_head_dim,
     vit_changes,
     vit_layout,
@@ -531,10 +536,14 @@ def _run(plan: TransferPlan, src_flat: FlatVariables, mode: Mode, dtype: Any) ->
 
 
 def _resized_heads(plan: TransferPlan, mid: FlatVariables, mode: Mode) -> FlatVariables:
-    """A ViT's attention leaves at the destination's ``head_dim`` (others unchanged)."""
+    """A ViT's attention leaves at the destination's ``head_dim``, its patch and position
+    embeddings at its patch size and token grid (others unchanged)."""
     if not isinstance(plan.src_model, ViT):
         return mid
-    return resize_head_dim(mid, plan.src_model, plan.dst_model, rescale=mode == "values")
+    mid = resize_head_dim(mid, plan.src_model, plan.dst_model, rescale=mode == "values")
+    return resize_grid(
+        mid, plan.src_model, plan.dst_model, plan.input_shape, values=mode == "values"
+    )
 
 
 # --- group operations ----------------------------------------------------------------------
@@ -731,7 +740,10 @@ def _leaf_rows(plan: TransferPlan) -> tuple[LeafReport, ...]:
                 notes.append(f"kernel {mid_shape[0]}x{mid_shape[1]} {how} to {target.shape[0]}")
             heads = None
             if isinstance(plan.src_model, ViT):
-                heads = head_dim_note(path, plan.src_model, plan.dst_model)
+                tokens = plan.src_shapes[POS_EMBED].shape[1]
+                heads = head_dim_note(path, plan.src_model, plan.dst_model) or grid_note(
+                    path, plan.src_model, plan.dst_model, tokens, plan.input_shape
+                )
             if heads is not None:
                 changed = True
                 fraction *= heads[0]
@@ -762,8 +774,8 @@ def _input_shape(
     src: nn.Module, dst: nn.Module, src_variables: Variables, input_shape: Any
 ) -> tuple[int, ...]:
     default = tuple(src.example_input(src_variables).shape)
-    if input_shape is None:
-        return default
+    if input_shape is None:  # the source's images, checked as given ones are
+        input_shape = default
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, np.ndarray)) else ()
     if len(shape) != 4 or any(
         isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in shape
@@ -777,13 +789,7 @@ def _input_shape(
             f"input_shape {shape} has {shape[-1]}; both networks need the same input channels"
         )
     if isinstance(src, ViT):
-        p = src.patch_size
-        if shape[1] % p or shape[2] % p or shape[1] * shape[2] != default[1] * default[2]:
-            raise ValueError(
-                f"cannot transfer {pair}: input_shape {shape} does not cut into the source's "
-                f"{default[1] * default[2] // p**2} patches of {p}x{p} (pos_embed has one row "
-                "per token); a ViT transfer keeps the number of tokens"
-            )
+        check_vit_input(dst, shape, pair)
         return (1, *shape[1:])
     if isinstance(src, VGG) and shape[1:3] != default[1:3]:
         raise ValueError(
@@ -832,6 +838,8 @@ def transfer_plan(
     specs = _group_specs(mid_model, dst_model, layout, changes)
     widens = any(s.new > s.old for s in specs)
     changes += _model_changes(src_model, dst_model, noise, noise_scale, widens)
+    if isinstance(src_model, ViT):
+        changes += grid_changes(src_model, dst_model, src_flat[POS_EMBED].shape[1], shape)
     plan = TransferPlan(
         src_model=src_model,
         dst_model=dst_model,
@@ -893,16 +901,19 @@ def transfer(
     """Variables for ``dst_model`` that reuse the weights of ``src_model``.
 
     The two networks are of one family (VGG -> VGG, ResNet -> ResNet with the same block and
-    stem layout, ViT -> ViT with the same ``patch_size``, ``pool`` and number of tokens) with
-    the same number of stages (a ViT's blocks are one stage); anything else may differ:
+    stem layout, ViT -> ViT with the same ``pool``) with the same number of stages (a ViT's
+    blocks are one stage); anything else may differ:
     stage depths (larger or smaller), widths (larger or smaller), VGG hidden Dense layers
     and widths, ``num_classes``, ``kernel_size``, the ResNet stem kind, a ViT's ``depth``,
-    ``embed_dim``, ``mlp_dim``, ``num_heads`` and ``head_dim``. When ``dst_model`` is a
+    ``embed_dim``, ``mlp_dim``, ``num_heads`` and ``head_dim``, and its ``patch_size`` and
+    token grid (``pos_embed`` interpolated bilinearly, ``patch_embed`` resized as in
+    FlexiViT; reported as inexact: :mod:`jnet2net.reuse.vit`). When ``dst_model`` is a
     superset of ``src_model`` (every depth and width at least as large, odd kernel sizes at
     least as large and, for a ResNet with more than one stage, not 1, a ViT's ``embed_dim`` a
-    multiple of the source's, the same stem, classes and compute ``dtype``) and
-    ``noise != 'paper'``, the destination computes the source's function in eval mode
-    (< 1e-5 relative; for ``bfloat16`` models, of the weights computed in float32), as
+    multiple of the source's, the same stem (a ViT: patch size and token grid), classes and
+    compute ``dtype``) and ``noise != 'paper'``, the destination computes the source's
+    function in eval mode (< 1e-5 relative; for ``bfloat16`` models, of the weights
+    computed in float32), as
     ``jnet2net.widen`` and ``jnet2net.deepen`` do; ``report.function_preserving`` says
     whether it does. (Hidden Dense layers added to a VGG head without any start as
     identities of the flattened features, so they are exact when at least that wide.)
@@ -930,7 +941,8 @@ def transfer(
         scale above ``jnet2net.grow.MAX_EXACT_SPLIT_SCALE`` (2.0) is reported as inexact
         (float32 rounding of the large shares).
       input_shape: ``(n, h, w, c)`` images for the destination (default: the source's
-        example input). The channels, and for VGG the image size, must be the source's.
+        example input). The channels, and for VGG the image size, must be the source's; a
+        ViT's grid is these images cut into the destination's patches.
 
     Returns:
       ``(dst_variables, report)``: ``dst_variables`` fit ``dst_model``, with the leaves and
