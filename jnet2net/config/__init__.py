@@ -30,6 +30,7 @@ _EXPORTS = {
     "to_dict": "jnet2net.config.tree",
     "apply_overrides": "jnet2net.config.overrides",
     "config_keys": "jnet2net.config.overrides",
+    "field_docs": "jnet2net.config.overrides",
     "parse_value": "jnet2net.config.overrides",
     "model_from_fields": "jnet2net.config.model",
     "scaled_model": "jnet2net.config.model",
@@ -41,6 +42,7 @@ __all__ = [
     "RunConfig",
     "apply_overrides",
     "config_keys",
+    "field_docs",
     "from_dict",
     "load_config",
     "model_from_fields",
@@ -51,7 +53,12 @@ __all__ = [
 
 if TYPE_CHECKING:
     from jnet2net.config.model import model_from_fields, scaled_model
-    from jnet2net.config.overrides import apply_overrides, config_keys, parse_value
+    from jnet2net.config.overrides import (
+        apply_overrides,
+        config_keys,
+        field_docs,
+        parse_value,
+    )
     from jnet2net.config.tree import (
         DataConfig,
         ModelSpec,

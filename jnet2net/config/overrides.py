@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -109,6 +111,30 @@ def field_hints(kind: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
 
 
+def field_docs(kind: type) -> dict[str, str]:
+    """``{field: text}`` from the ``Attributes:`` section of dataclass ``kind``'s docstring,
+    each text on one line, without reST markup (double backquotes, ``:mod:`` roles)."""
+    docs: dict[str, str] = {}
+    name = None
+    lines = inspect.cleandoc(kind.__doc__ or "").splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+    for line in lines[start or len(lines) :]:
+        if not line.strip():
+            break
+        match = re.match(r"^  (\w+): (.*)$", line)
+        if match:
+            name, text = match.groups()
+            docs[name] = text
+        elif name is not None:
+            docs[name] += " " + line.strip()
+    return {k: _plain(v) for k, v in docs.items()}
+
+
+def _plain(text: str) -> str:
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]*)``", r"\1", text)
+
+
 # --- internals ----------------------------------------------------------------------------
 
 
@@ -127,7 +153,7 @@ def _field_path(kind: type, key: str) -> tuple[list[str], Any]:
         if part not in hints:
             raise ValueError(
                 f"unknown config key {key!r}: {where} has no field {part!r}; its fields: "
-                f"{', '.join(hints)}"
+                f"{', '.join(map(repr, hints))}"
             )
         hint = hints[part]
     return parts, hint
