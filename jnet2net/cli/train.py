@@ -250,16 +250,17 @@ def train_run(args: argparse.Namespace) -> Any:
         metadata["growth"] = [event.to_dict() for event in growth]
         for event in growth:
             print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
+    saved_as = {"model": model, "started_from": bool(args.source)}
     if args.scale_down:
         if resuming:
             raise ValueError(
                 "a --scale-down run cannot be resumed (its frozen prefix is not a train "
                 "state); start a new --out, e.g. --from its last checkpoint"
             )
-        save_run_config(out, run, dataset, flags, config, growth)
+        save_run_config(out, run, dataset, flags, config, growth, **saved_as)
         return _train_scale_down(args, model, train_set, test_set, config, variables, metadata)
     if not resuming:
-        save_run_config(out, run, dataset, flags, config, growth)
+        save_run_config(out, run, dataset, flags, config, growth, **saved_as)
     keep = None if args.keep == 0 else args.keep
     save_epoch = checkpoint.epoch_saver(
         out,
@@ -331,16 +332,23 @@ def save_run_config(
     flags: dict[str, Any],
     config: Any,
     growth: tuple,
+    *,
+    model: Any = None,
+    started_from: bool = False,
 ) -> None:
     """Writes ``out/config.json`` (process 0): the run's config tree as it trains, with the
-    data and training settings it resolved and its growth events, for ``--config``."""
+    data and training settings it resolved and its growth events, for ``--config``; a run
+    started from a checkpoint (``started_from``) has its architecture as ``model.fields``."""
     from jnet2net import config as run_config
-    from jnet2net import distributed
+    from jnet2net import distributed, models
 
     if not distributed.is_primary():
         return
+    spec = run.model
+    if started_from:
+        spec = run_config.ModelSpec(fields=models.model_config(model))
     data = dataclasses.replace(run.data, dataset=dataset, **flags)
-    resolved = dataclasses.replace(run, data=data, train=config, growth=growth)
+    resolved = dataclasses.replace(run, model=spec, data=data, train=config, growth=growth)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(run_config.to_dict(resolved), indent=2)
     (out / CONFIG_FILE).write_text(text + "\n")
