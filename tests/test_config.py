@@ -291,3 +291,21 @@ def test_train_with_a_config_file_saves_its_config(tmp_path: pathlib.Path) -> No
     saved = load_config(out / "config.json")
     assert saved.model == ModelSpec("resnet20", TINY) and saved.data.train_subset == 64
     assert saved.train.log_path == str(out / "metrics.jsonl")
+
+
+def test_the_progressive_experiment_reads_its_training_settings_from_a_config() -> None:
+    from experiments.progressive import run as progressive
+
+    path = CONFIGS[0].parent / "resnet20_cifar10_progressive.py"
+    args = progressive.build_parser().parse_args(["--config", str(path), "--lr", "0.05"])
+    config = progressive.train_config(args, 7, 2, pathlib.Path("log.jsonl"))
+    expected = load_config(path).train.replace(
+        learning_rate=0.05, epochs=7, seed=2, progress=False, log_path="log.jsonl"
+    )
+    assert config == expected and config.crop_padding == 2
+    plain = progressive.train_config(
+        progressive.build_parser().parse_args([]), 7, 2, pathlib.Path("log.jsonl")
+    )
+    assert dataclasses.replace(plain, compute_dtype="float32") == expected.replace(
+        learning_rate=0.1
+    )
