@@ -61,6 +61,7 @@ def config_help(width: int = 88) -> str:
     """The ``--help`` text of the config: how files, flags and overrides combine, then every
     key with its type."""
     from jnet2net.config import RunConfig, config_keys
+    from jnet2net.config.overrides import field_hints
 
     intro = (
         "A run is one config tree: model, data, train, growth, scale_down. --config FILE "
@@ -79,11 +80,15 @@ def config_help(width: int = 88) -> str:
         section, _, name = key.partition(".")
         if key == "model.fields":
             name = "fields.NAME"
-        sections.setdefault(section, []).append(f"{name or section}={short_type(hint)}")
+        heading = f"{section}: " if name else ""
+        if name and type(None) in typing.get_args(field_hints(RunConfig)[section]):
+            heading = f"{section} (or {section}=none): "
+        entry = f"{name or section}={short_type(hint)}"
+        sections.setdefault(heading or key, []).append(entry)
     lines = textwrap.wrap(intro, width)
-    for section, entries in sections.items():
+    for heading, entries in sections.items():
         lines += textwrap.wrap(
-            f"{section}: {', '.join(entries)}",
+            f"{heading if heading.endswith(': ') else ''}{', '.join(entries)}",
             width,
             initial_indent="  ",
             subsequent_indent="    ",

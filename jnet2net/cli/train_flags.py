@@ -170,7 +170,7 @@ def add_training_flags(group: Any) -> None:
         if field in CLI_NOTES:
             help_text += f"; {CLI_NOTES[field]}"
         if field == "progress":
-            help_text += f" (every {_progress_every_s():g} s)"
+            help_text += f"; the line comes every {_progress_every_s():g} s"
         if defaults[field] is not None and "default" not in help_text:
             help_text += f" (default: {defaults[field]})"
         group.add_argument(
