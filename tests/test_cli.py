@@ -775,7 +775,8 @@ def test_a_scale_down_run_saves_each_epoch_and_resumes_bitwise(
     assert cli.main([*args, *scale, "--out", str(run), "--max-steps", "15"]) == 0
     assert checkpoint.all_steps(run) == [10, 15]
     capsys.readouterr()
-    assert cli.main(["train", "--out", str(run), "--resume", "--scale-json", "{}"]) == 2
+    other = ["--scale-down", "--scale-json", '{"check_every": 3}']
+    assert cli.main(["train", "--out", str(run), "--resume", *other]) == 2
     assert "a resumed scale-down run keeps its own config" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(run), "--resume"]) == 0
     assert "resuming " in capsys.readouterr().out

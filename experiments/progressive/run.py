@@ -42,6 +42,8 @@ CPU (2 cores, about 6 CPU-minutes per scratch run, 3 per grown run)::
 
     python experiments/progressive/run.py --data-dir ../shared/data --seeds 0 1 2
     python experiments/progressive/run.py --summarize
+    python experiments/progressive/run.py --config configs/resnet20_cifar10_progressive.py \\
+        --data-dir ../shared/data --seeds 0   # the training settings from a config file
 
 GPU (full CIFAR-10, wired into benchmarks/gpu_suite.sh)::
 
@@ -67,6 +69,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from experiments import common
 from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
 from jnet2net import data as data_lib
+from jnet2net.config import load_config
 from jnet2net.models import ResNet
 from jnet2net.train import Grow, TrainConfig, fit, read_jsonl
 
@@ -117,14 +120,23 @@ def protocol_data(args: argparse.Namespace) -> tuple[data_lib.Dataset, data_lib.
 def train_config(
     args: argparse.Namespace, epochs: int, seed: int, log: pathlib.Path
 ) -> TrainConfig:
-    return TrainConfig(
+    """The protocol's training settings, or with ``--config`` the file's ``train`` section,
+    with the arm's epochs and seed; ``--batch-size``, ``--lr`` and ``--dtype`` set theirs."""
+    if args.config:
+        base = load_config(args.config).train
+    else:
+        base = TrainConfig(
+            batch_size=128,
+            learning_rate=0.1,
+            weight_decay=5e-4,
+            augment="crop_flip",
+            crop_padding=2 if args.protocol == "cpu" else 4,
+            compute_dtype=common.default_dtype(),
+        )
+    given = {"batch_size": args.batch_size, "learning_rate": args.lr, "compute_dtype": args.dtype}
+    return base.replace(
+        **{k: v for k, v in given.items() if v is not None},
         epochs=epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        weight_decay=5e-4,
-        augment="crop_flip",
-        crop_padding=2 if args.protocol == "cpu" else 4,
-        compute_dtype=args.dtype or common.default_dtype(),
         seed=seed,
         progress=False,
         log_path=str(log),
@@ -378,13 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--npz", default=None, help="the cifar10_jpeg.npz pack")
     parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a run config (e.g. configs/resnet20_cifar10_progressive.py) whose train section "
+        "sets the training settings and --epochs' default; the arms set model, growth, seeds",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="default: 10, or the config's")
     parser.add_argument("--grow-at", type=float, nargs="+", default=[0.3, 0.6])
     parser.add_argument("--arms", nargs="+", default=["scratch", "fresh", "scratch_eq"])
     parser.add_argument("--headline", default="fresh", help="arm that scratch_eq matches")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 128")
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.1")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
     parser.add_argument(
@@ -399,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = load_config(args.config).train.epochs if args.config else 10
     default_out = "cifar10-16px" if args.protocol == "cpu" else "cifar10-32px"
     out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
     args.out = str(out)

@@ -18,9 +18,10 @@ safe point on SIGINT (130) or SIGTERM (143) and prints how to resume.
 
 This module holds the parser and ``main`` (errors, interrupts, signals); each command is a
 module (``demo``, ``train``, ``grow``, ``transfer``, ``evaluate``, ``plot``) with its
-``add_parser`` and ``cmd_*``; ``train_flags`` and ``grow_at`` hold ``train``'s flags and
-growth schedule, ``arch`` the architecture from flags, ``datasets`` the data flags, ``args``
-the argument types and shared flags, ``format`` how the command line speaks. Their public
+``add_parser`` and ``cmd_*``; ``train_flags``, ``run_config`` and ``grow_at`` hold ``train``'s
+flags, its config tree (``--config FILE``, ``--config.KEY=VALUE``) and growth schedule,
+``arch`` the architecture from flags, ``datasets`` the data flags, ``args`` the argument
+types and shared flags, ``format`` how the command line speaks. Their public
 names are re-exported here. Modules import JAX on first use only.
 """
 
@@ -81,6 +82,7 @@ from jnet2net.cli.format import (
 from jnet2net.cli.grow import cmd_grow, grow_run
 from jnet2net.cli.grow_at import GROW_KEYS, growth_events, parse_grow_at
 from jnet2net.cli.plot import cmd_plot, default_labels, run_log, x_axes
+from jnet2net.cli.run_config import run_config_from_args, split_config_overrides
 from jnet2net.cli.train import (
     check_epochs_left,
     check_run_log,
@@ -92,15 +94,17 @@ from jnet2net.cli.train import (
 )
 from jnet2net.cli.train_flags import (
     DEFAULT_AUGMENT,
+    FLAG_DESTS,
     RESUME_FIELDS,
-    TRAIN_FLAGS,
     train_config_from_args,
+    train_flags,
 )
 from jnet2net.cli.transfer import cmd_transfer, transfer_run
 
 __all__ = [
     "main",
     "build_parser",
+    "parse_args",
     "COMMANDS",
     "FLAG_ALIASES",
     "TRACEBACK_ENV",
@@ -140,7 +144,11 @@ __all__ = [
     "DEFAULT_AUGMENT",
     "RESUME_FIELDS",
     "TRAIN_FLAGS",
+    "FLAG_DESTS",
     "train_config_from_args",
+    "train_flags",
+    "run_config_from_args",
+    "split_config_overrides",
     "check_epochs_left",
     "check_run_log",
     "cmd_train",
@@ -230,8 +238,14 @@ def _drop_closed_loop_reports(report: Any) -> None:
     sys.__unraisablehook__(report)
 
 
-#: Library names of settings -> the ``dest`` of the flag that sets them.
-FLAG_ALIASES = {field: dest for dest, field in TRAIN_FLAGS.items()}
+#: Library names of settings -> the ``dest`` of the flag that sets them, where they differ.
+FLAG_ALIASES = dict(FLAG_DESTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TRAIN_FLAGS":  # made from TrainConfig on first use (which imports JAX)
+        return train_flags()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def error_text(err: BaseException, command_parser: argparse.ArgumentParser | None) -> str:
@@ -259,6 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed by ``parser`` (:func:`build_parser`), the ``--config.KEY=VALUE`` items
+    of a command with ``--config`` in ``args.config_overrides``; anything else unknown is
+    an error of the command's parser (``jnet2net train: error: ...``, exit 2)."""
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "config_overrides"):
+        try:
+            args.config_overrides, unknown = split_config_overrides(unknown)
+        except ValueError as err:
+            subparser(parser, args.command).error(str(err))
+    if unknown:
+        subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jnet2net ARGV``; returns the exit status.
 
@@ -269,9 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported by the command's parser: 'jnet2net train: error: ...'
-        subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parse_args(parser, argv)
     sys.unraisablehook = _drop_closed_loop_reports
     if not os.environ.get(TRACEBACK_ENV):
         quiet_third_party_logs()

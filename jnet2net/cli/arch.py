@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from jnet2net.config.model import model_from_fields, scale_width, scaled_model
+
 
 def parse_widths(text: str, current: Sequence[int], *, what: str = "widths") -> tuple[int, ...]:
     """``'16,32,64'`` -> that tuple; ``'1.5x'`` (or ``'x1.5'``) -> ``current`` scaled, rounded.
@@ -45,11 +47,6 @@ def parse_depths(text: str, current: Sequence[int], *, what: str = "deepen") -> 
     return values
 
 
-def scale_width(width: int, factor: float) -> int:
-    """``width * factor`` rounded half up (``1.5x`` of 3 is 5, of 5 is 8), at least 1."""
-    return max(1, math.floor(width * factor + 0.5))
-
-
 def multiplier(text: str) -> float | None:
     lowered = text.lower()
     if not (lowered.endswith("x") or lowered.startswith("x")):
@@ -72,36 +69,6 @@ def int_list(text: str, what: str) -> tuple[int, ...]:
     if not values or min(values) <= 0:
         raise ValueError(f"--{what} takes positive comma-separated ints, got {text!r}")
     return values
-
-
-def scaled_model(model: Any, factor: float) -> Any:
-    """``model`` with every width field multiplied by ``factor`` (at least 1 unit each).
-
-    A ViT's ``embed_dim``, ``num_heads`` and ``mlp_dim`` are scaled and its head width kept
-    (``head_dim`` is set when ``embed_dim`` is no longer ``num_heads`` heads of it).
-    """
-    if not hasattr(model, "stage_widths"):  # a ViT
-        heads, embed = scale_width(model.num_heads, factor), scale_width(model.embed_dim, factor)
-        head_dim = model.resolved_head_dim()
-        return model.clone(
-            embed_dim=embed,
-            num_heads=heads,
-            mlp_dim=scale_width(model.mlp_dim, factor),
-            head_dim=None if embed == heads * head_dim else head_dim,
-        )
-
-    def scale(widths: Any) -> Any:
-        if widths is None:
-            return None
-        if isinstance(widths, int):
-            return scale_width(widths, factor)
-        return tuple(scale_width(w, factor) for w in widths)
-
-    changes = {"stage_widths": scale(model.stage_widths)}
-    for field in ("hidden_widths", "inner_widths", "stem_width"):
-        if hasattr(model, field):
-            changes[field] = scale(getattr(model, field))
-    return model.clone(**changes)
 
 
 def widening_sizes(model: Any, text: str) -> dict[str, Any]:
@@ -133,8 +100,6 @@ def model_from_args(
     flag's name in messages (``--to`` for ``transfer``) and ``json_flag`` the JSON's
     (``--to`` when ``transfer --to`` is given JSON).
     """
-    from jnet2net import models
-
     overrides: dict[str, Any] = {}
     if arch_json:
         try:
@@ -143,35 +108,9 @@ def model_from_args(
             raise ValueError(f"{json_flag} is not valid JSON ({err}): {arch_json!r}") from None
         if not isinstance(overrides, dict):
             raise ValueError(f"{json_flag} must be a JSON object, got {arch_json!r}")
-    if "family" in overrides:
-        config = {"num_classes": num_classes, **overrides}
-        try:
-            model = models.model_from_config(config)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"{json_flag}: {err}") from None
-    elif arch is None:
-        raise ValueError(
-            f"name an architecture: {arch_flag} NAME (a preset) or --arch-json with 'family'"
-        )
-    else:
-        base = models.preset(arch)
-        known = set(models.model_config(base)) - {"family"}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(
-                f"{json_flag}: unknown {type(base).__name__} fields {unknown}; known: "
-                f"{sorted(known)}"
-            )
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        model = models.preset(arch, **{"num_classes": num_classes, **fields})
-    if model.num_classes != num_classes:
-        raise ValueError(
-            f"the architecture has num_classes={model.num_classes} but the dataset has "
-            f"{num_classes} classes"
-        )
-    if width_mult is not None:
-        model = scaled_model(model, width_mult)
-    return model
+    return model_from_fields(
+        arch, overrides, width_mult, num_classes, arch_name=arch_flag, fields_name=json_flag
+    )
 
 
 def describe(model: Any) -> str:

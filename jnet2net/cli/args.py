@@ -12,8 +12,10 @@ from typing import Any
 PROG = "jnet2net"
 #: The ``--noise`` choices of ``grow`` and ``transfer``.
 NOISES = ("split", "none", "paper")
+#: The config tree a run trains with, written into its directory (``train --config`` reads it).
+CONFIG_FILE = "config.json"
 #: What a run directory may hold besides its checkpoint steps.
-RUN_FILES = ("metrics.jsonl",)
+RUN_FILES = ("metrics.jsonl", CONFIG_FILE)
 
 #: The examples that end each command's ``--help``.
 EXAMPLES = {
@@ -23,7 +25,9 @@ EXAMPLES = {
         "  jnet2net train --arch resnet20 --width-mult 0.5 --dataset digits --epochs 5 "
         "--out runs/t\n"
         "  jnet2net train --from runs/grown --dataset digits --epochs 5 --out runs/student\n"
-        "  jnet2net train --resume --out runs/t --epochs 10"
+        "  jnet2net train --resume --out runs/t --epochs 10\n"
+        "  jnet2net train --config configs/resnet20_digits.py --config.train.epochs=3 "
+        "--out runs/c"
     ),
     "grow": "example:\n  jnet2net grow --from runs/t --widen 2x --deepen +1 --out runs/grown",
     "transfer": (

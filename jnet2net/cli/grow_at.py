@@ -72,13 +72,14 @@ def parse_grow_at(text: str) -> tuple[float, dict[str, str]]:
 
 def growth_events(
     model: Any,
-    texts: Sequence[str],
+    texts: Sequence[Any],
     image_shape: tuple[int, ...],
     *,
     max_params: int | None = None,
 ) -> tuple:
-    """The ``train.Grow`` events of ``--grow-at`` flags, with sizes resolved against the
-    network each event grows (multipliers and ``+N`` are relative to it).
+    """The ``train.Grow`` events of ``--grow-at`` flags (or of ``train.Grow`` events, which
+    are kept as they are), with sizes resolved against the network each event grows
+    (multipliers and ``+N`` are relative to it).
 
     Raises:
       ValueError: a malformed flag, an event that does not fit its network, or one whose
@@ -86,40 +87,22 @@ def growth_events(
     """
     from jnet2net import train
 
-    parsed = sorted((parse_grow_at(text) for text in texts), key=lambda item: item[0])
+    parsed = sorted(
+        (
+            (item.at_epoch, item) if isinstance(item, train.Grow) else parse_grow_at(item)
+            for item in texts
+        ),
+        key=lambda item: item[0],
+    )
     events = []
     current = model
     for epoch, fields in parsed:
-        sizes: dict[str, Any] = {}
-        if "widen" in fields:
-            sizes.update(widening_sizes(current, fields["widen"]))
-        if "widen_hidden" in fields:
-            if not getattr(current, "hidden_widths", None):
-                raise ValueError(f"widen_hidden applies to VGG hidden layers; {describe(current)}")
-            sizes["hidden_widths"] = parse_widths(
-                fields["widen_hidden"], current.hidden_widths, what="grow-at widen_hidden"
-            )
-        if "deepen" in fields:
-            sizes["depths"] = parse_depths(
-                fields["deepen"], current.stage_depths, what="grow-at deepen"
-            )
-        if "deepen_hidden" in fields:
-            sizes["hidden_depths"] = int_list(fields["deepen_hidden"], "grow-at deepen_hidden")[0]
-        options: dict[str, Any] = {}
-        if "noise" in fields:
-            options["noise"] = fields["noise"]
-        for key, name in (("noise_scale", "noise_scale"), ("rewarm", "rewarm_epochs")):
-            if key in fields:
-                try:
-                    options[name] = float(fields[key])
-                except ValueError:
-                    raise ValueError(
-                        f"--grow-at {key}= takes a number, got {fields[key]!r}"
-                    ) from None
-        if "moments" in fields:
-            options["moments"] = fields["moments"]
-        event = train.Grow(epoch, **sizes, **options)
-        if max_params is not None:
+        if isinstance(fields, train.Grow):
+            event, sizes = fields, _event_sizes(fields)
+        else:
+            sizes, options = _sizes_and_options(current, fields)
+            event = train.Grow(epoch, **sizes, **options)
+        if max_params is not None and event.target is None:
             widen = {k: sizes[k] for k in sizes if k not in ("depths", "hidden_depths")}
             deepen = {k: sizes[k] for k in ("depths", "hidden_depths") if k in sizes}
             what = f"the network grown at epoch {epoch:g}"
@@ -127,3 +110,40 @@ def growth_events(
         (current,) = train.planned_models(current, [event], image_shape)
         events.append(event)
     return tuple(events)
+
+
+def _event_sizes(event: Any) -> dict[str, Any]:
+    """The sizes a ``train.Grow`` event sets, by ``grown_model``'s names."""
+    names = ("widths", "hidden_widths", "inner_widths", "stem_width", "depths", "hidden_depths")
+    return {name: getattr(event, name) for name in names if getattr(event, name) is not None}
+
+
+def _sizes_and_options(current: Any, fields: dict[str, str]) -> tuple[dict, dict]:
+    """``(sizes, options)`` of ``train.Grow`` for one ``--grow-at`` event's ``fields``."""
+    sizes: dict[str, Any] = {}
+    if "widen" in fields:
+        sizes.update(widening_sizes(current, fields["widen"]))
+    if "widen_hidden" in fields:
+        if not getattr(current, "hidden_widths", None):
+            raise ValueError(f"widen_hidden applies to VGG hidden layers; {describe(current)}")
+        sizes["hidden_widths"] = parse_widths(
+            fields["widen_hidden"], current.hidden_widths, what="grow-at widen_hidden"
+        )
+    if "deepen" in fields:
+        sizes["depths"] = parse_depths(
+            fields["deepen"], current.stage_depths, what="grow-at deepen"
+        )
+    if "deepen_hidden" in fields:
+        sizes["hidden_depths"] = int_list(fields["deepen_hidden"], "grow-at deepen_hidden")[0]
+    options: dict[str, Any] = {}
+    if "noise" in fields:
+        options["noise"] = fields["noise"]
+    for key, name in (("noise_scale", "noise_scale"), ("rewarm", "rewarm_epochs")):
+        if key in fields:
+            try:
+                options[name] = float(fields[key])
+            except ValueError:
+                raise ValueError(f"--grow-at {key}= takes a number, got {fields[key]!r}") from None
+    if "moments" in fields:
+        options["moments"] = fields["moments"]
+    return sizes, options

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from jnet2net import signals
-from jnet2net.cli.arch import check_param_limit, describe, model_from_args
-from jnet2net.cli.args import EXAMPLES, PROG, check_out
+from jnet2net.cli.arch import check_param_limit, describe
+from jnet2net.cli.args import CONFIG_FILE, EXAMPLES, PROG, check_out
 from jnet2net.cli.datasets import (
     check_dataset_fits,
     data_flags,
@@ -25,7 +25,14 @@ from jnet2net.cli.datasets import (
 )
 from jnet2net.cli.format import HelpFormatter, format_record, print_line, run_summary
 from jnet2net.cli.grow_at import growth_events
-from jnet2net.cli.train_flags import add_train_args, train_config_from_args
+from jnet2net.cli.run_config import (
+    overridden,
+    run_config_from_args,
+    scale_down_config,
+    stated_train_fields,
+    with_run_config,
+)
+from jnet2net.cli.train_flags import add_train_args, train_config_from_args, train_flags
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +47,9 @@ def add_parser(sub: Any) -> None:
             "The network is a preset (--arch, --arch-json, --width-mult), the variables of "
             "a checkpoint (--from, e.g. one written by 'jnet2net grow'), or, with --resume, the "
             "run already in --out, which continues where it stopped with its saved config "
-            "(only --epochs, --max-steps, --eval-every-steps and --progress may change)."
+            "(only --epochs, --max-steps, --eval-every-steps and --progress may change). "
+            "--config FILE reads the whole run (network, data, training, growth, scale-down) "
+            "from a config file, and --config.KEY=VALUE sets one field of it."
         ),
     )
     add_train_args(p)
@@ -150,12 +159,15 @@ def train_run(args: argparse.Namespace) -> Any:
             "continue it, or choose another --out"
         )
     resuming = args.resume and bool(saved_steps)
-    if resuming and (args.source or args.arch or args.arch_json or args.width_mult):
+    run = run_config_from_args(args)
+    args = with_run_config(args, run)
+    model_given = bool(args.arch or args.arch_json or args.width_mult) or overridden(args, "model")
+    if resuming and (args.source or model_given):
         raise ValueError(
             "--resume continues the run in --out with its own architecture; drop "
             "--from/--arch/--arch-json/--width-mult"
         )
-    if args.source and (args.arch or args.arch_json or args.width_mult):
+    if args.source and model_given:
         raise ValueError(
             "--from takes the architecture from the checkpoint; drop "
             "--arch/--arch-json/--width-mult"
@@ -167,9 +179,11 @@ def train_run(args: argparse.Namespace) -> Any:
     dataset = dataset_name(args, out if resuming else args.source, strict=resuming)
     flags = data_flags(args, out if resuming else args.source, strict=resuming)
     saved_config = checkpoint.checkpoint_info(out).train_config if resuming else None
-    train_set, test_set = training_data(
-        dataset, flags, args, args.input or (saved_config or {}).get("input", "auto")
-    )
+    stated = stated_train_fields(args, train_flags())
+    input_mode = run.train.input
+    if resuming and "input" not in stated:
+        input_mode = (saved_config or {}).get("input", "auto")
+    train_set, test_set = training_data(dataset, flags, args, input_mode)
     signals.check_interrupt()
     start_dir = out if resuming else args.source
     if start_dir is not None:
@@ -202,42 +216,45 @@ def train_run(args: argparse.Namespace) -> Any:
             metadata["started_from"] = str(start.path)
             print(f"starting from {start.path}: {describe(model)}")
         else:
-            model = model_from_args(
-                args.arch, args.arch_json, args.width_mult, train_set.num_classes
-            )
+            names = {} if args.config else {"arch_name": "--arch", "fields_name": "--arch-json"}
+            model = run.model.build(train_set.num_classes, **names)
             check_param_limit(model, train_set.image_shape, args.max_params, "the network")
             print(f"new network: {describe(model)}")
     signals.check_interrupt()
     growth = ()
+    growth_given = bool(args.grow_at) or overridden(args, "growth")
+    if args.grow_at and overridden(args, "growth"):
+        raise ValueError("give the growth schedule once: --grow-at or --config.growth")
     if resuming and "growth" in metadata:
-        if args.grow_at:
+        if growth_given:
             raise ValueError(
                 "a resumed run keeps its growth schedule; drop --grow-at (saved: "
                 f"{metadata['growth']})"
             )
         growth = tuple(train.Grow(**fields) for fields in metadata["growth"])
-    elif args.grow_at:
+    elif growth_given or (run.growth and not resuming):
         if resuming:
             raise ValueError("--grow-at starts a growth schedule; a resumed run keeps its own")
         if args.scale_down:
             raise ValueError("--grow-at and --scale-down do not combine yet; pick one")
         growth = growth_events(
-            model, args.grow_at, train_set.image_shape, max_params=args.max_params
+            model, args.grow_at or run.growth, train_set.image_shape, max_params=args.max_params
         )
         metadata["growth"] = [event.to_dict() for event in growth]
         for event in growth:
             print(f"growth at epoch {event.at_epoch:g}: {event.to_dict()}")
+    saved_as = {"model": model, "started_from": bool(args.source)}
     if args.scale_down and resuming and run_state is None:
         raise ValueError(
             f"the run in {out} trains the whole network; resume it without --scale-down, or "
             "start a scale-down run in a new --out with --from its last checkpoint"
         )
+    if not resuming:
+        save_run_config(out, run, dataset, flags, config, growth, **saved_as)
     if args.scale_down or run_state is not None:
         return _train_scale_down(
             args, model, train_set, test_set, config, variables, metadata, run_state
         )
-    if args.scale_json:
-        raise ValueError("--scale-json configures --scale-down; pass --scale-down too")
     keep = None if args.keep == 0 else args.keep
     save_epoch = checkpoint.epoch_saver(
         out,
@@ -335,10 +352,11 @@ def _restore_scale_down(
     """The run state of the scale-down run in ``out``; it keeps its scale-down config."""
     from jnet2net.scale_down.saving import RUN_KEY, restore_run
 
-    if args.scale_json:
+    given, saved = args.run_config.scale_down, metadata.get("scale_down")
+    if given is not None and dataclasses.asdict(given) != saved:
         raise ValueError(
-            "a resumed scale-down run keeps its own config; drop --scale-json (saved: "
-            f"{json.dumps(metadata.get('scale_down'))})"
+            "a resumed scale-down run keeps its own config; drop --scale-down/--scale-json "
+            f"or give the saved one (saved: {json.dumps(saved)})"
         )
     run_state, restored = restore_run(out, model, config, train_set.image_shape, spe)
     metadata.pop(RUN_KEY, None)
@@ -347,21 +365,33 @@ def _restore_scale_down(
     return run_state
 
 
-def scale_down_config(text: str | None) -> Any:
-    """A ``ScaleDownConfig`` from ``--scale-json`` (``None``: the defaults)."""
-    from jnet2net.scale_down import ScaleDownConfig
+def save_run_config(
+    out: pathlib.Path,
+    run: Any,
+    dataset: str,
+    flags: dict[str, Any],
+    config: Any,
+    growth: tuple,
+    *,
+    model: Any = None,
+    started_from: bool = False,
+) -> None:
+    """Writes ``out/config.json`` (process 0): the run's config tree as it trains, with the
+    data and training settings it resolved and its growth events, for ``--config``; a run
+    started from a checkpoint (``started_from``) has its architecture as ``model.fields``."""
+    from jnet2net import config as run_config
+    from jnet2net import distributed, models
 
-    try:
-        fields = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--scale-json is not valid JSON ({err}): {text!r}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"--scale-json must be a JSON object, got {text!r}")
-    known = {f.name for f in dataclasses.fields(ScaleDownConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown ScaleDownConfig fields {unknown}; known: {sorted(known)}")
-    return ScaleDownConfig(**fields)
+    if not distributed.is_primary():
+        return
+    spec = run.model
+    if started_from:
+        spec = run_config.ModelSpec(fields=models.model_config(model))
+    data = dataclasses.replace(run.data, dataset=dataset, **flags)
+    resolved = dataclasses.replace(run, model=spec, data=data, train=config, growth=growth)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(run_config.to_dict(resolved), indent=2)
+    (out / CONFIG_FILE).write_text(text + "\n")
 
 
 def _train_scale_down(
@@ -436,4 +466,4 @@ def _batch_size(args: argparse.Namespace, out: pathlib.Path, resuming: bool) -> 
     if resuming:
         saved = checkpoint.checkpoint_info(out).train_config or {}
         return int(saved.get("batch_size", TrainConfig.batch_size))
-    return args.batch_size or TrainConfig.batch_size
+    return args.run_config.train.batch_size

@@ -6,35 +6,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import typing
 from typing import Any
 
 from jnet2net.cli.args import add_max_params, count_at_least, positive_float
 from jnet2net.cli.datasets import add_data_args
+from jnet2net.cli.run_config import add_config_args
 
-#: ``--flag`` dest -> ``TrainConfig`` field, for the flags that set the training config.
-TRAIN_FLAGS = {
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "optimizer": "optimizer",
-    "momentum": "momentum",
-    "weight_decay": "weight_decay",
-    "schedule": "schedule",
-    "warmup_epochs": "warmup_epochs",
-    "label_smoothing": "label_smoothing",
-    "augment": "augment",
-    "crop_padding": "crop_padding",
-    "dtype": "compute_dtype",
-    "seed": "seed",
-    "progress": "progress",
-    "max_steps": "max_steps",
-    "eval_every_steps": "eval_every_steps",
-    "input": "input",
+#: ``TrainConfig`` fields whose flag has another name: field -> flag ``dest``.
+FLAG_DESTS = {"learning_rate": "lr", "compute_dtype": "dtype"}
+#: ``TrainConfig`` fields without a flag (``--out`` names the log).
+NO_FLAG = ("log_path",)
+#: What the command line adds to a field's docstring in ``--help``.
+CLI_NOTES = {
+    "augment": "default: none for digits and mnist, else crop_flip",
+    "input": "a resumed run may switch",
+    "max_steps": "not kept by --resume",
 }
 #: ``TrainConfig`` fields that a resumed run may change (``max_steps`` is not kept).
 RESUME_FIELDS = ("epochs", "progress", "max_steps", "eval_every_steps", "input")
 #: Augmentation when --augment is not given (flipping digits changes their meaning).
 DEFAULT_AUGMENT = {"digits": "none", "mnist": "none"}
+
+
+def train_flags() -> dict[str, str]:
+    """``{flag dest: TrainConfig field}`` of every training flag, one per field (made from
+    ``TrainConfig``'s fields)."""
+    from jnet2net.train import TrainConfig
+
+    return {
+        FLAG_DESTS.get(f.name, f.name): f.name
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in NO_FLAG
+    }
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -66,92 +70,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     add_data_args(p)
     t = p.add_argument_group("training (a resumed run keeps its own)")
-    t.add_argument("--epochs", metavar="N", type=int, default=None, help=_config_help("epochs"))
-    t.add_argument(
-        "--batch-size", metavar="N", type=int, default=None, help=_config_help("batch_size")
-    )
-    t.add_argument(
-        "--lr", metavar="X", type=float, default=None, help=_config_help("learning_rate")
-    )
-    t.add_argument(
-        "--optimizer", choices=("sgd", "adamw"), default=None, help=_config_help("optimizer")
-    )
-    t.add_argument(
-        "--momentum", metavar="X", type=float, default=None, help=_config_help("momentum")
-    )
-    t.add_argument(
-        "--weight-decay", metavar="X", type=float, default=None, help=_config_help("weight_decay")
-    )
-    t.add_argument(
-        "--schedule",
-        choices=("cosine", "onecycle", "constant"),
-        default=None,
-        help=_config_help("schedule"),
-    )
-    t.add_argument(
-        "--warmup-epochs", metavar="X", type=float, default=None, help=_config_help("warmup_epochs")
-    )
-    t.add_argument(
-        "--label-smoothing",
-        metavar="X",
-        type=float,
-        default=None,
-        help=_config_help("label_smoothing"),
-    )
-    t.add_argument(
-        "--augment",
-        choices=("crop_flip", "crop", "flip", "none"),
-        default=None,
-        help="training augmentation ('crop': no flips); default: none for digits and mnist, "
-        "else crop_flip",
-    )
-    t.add_argument(
-        "--crop-padding", metavar="N", type=int, default=None, help=_config_help("crop_padding")
-    )
+    add_training_flags(t)
     t.add_argument(
         "--tensorboard",
         metavar="DIR",
         default=None,
         help="also write the records as TensorBoard scalars to DIR (needs tensorboardX: "
         "pip install 'jnet2net[tensorboard]')",
-    )
-    t.add_argument(
-        "--input",
-        choices=("auto", "memory", "stream"),
-        default=None,
-        help="where batches come from: 'stream' reads a tfds array_record dataset record by "
-        "record with grain (each process its rows; --resolution then resizes and "
-        "centre-crops), 'memory' holds the training set on every device, 'auto' (default) "
-        "streams sets larger than a quarter of a device's memory (and a resumed run may switch)",
-    )
-    t.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default=None,
-        help=_config_help("compute_dtype"),
-    )
-    t.add_argument("--seed", metavar="N", type=int, default=None, help=_config_help("seed"))
-    t.add_argument(
-        "--max-steps",
-        metavar="N",
-        type=count_at_least(1),
-        default=None,
-        help="stop at global step N, mid-epoch allowed (the schedule still spans --epochs; "
-        "not kept by --resume)",
-    )
-    t.add_argument(
-        "--eval-every-steps",
-        metavar="N",
-        type=count_at_least(1),
-        default=None,
-        help="also evaluate, log and save a checkpoint every N steps (default: at epoch ends)",
-    )
-    t.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar; default: a bar on a terminal, else a progress line every "
-        f"{_progress_every_s():g} s on stderr",
     )
     sd = p.add_argument_group("training-time scale-down (Learn&Drop)")
     sd.add_argument(
@@ -195,6 +120,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="checkpoints to keep (0: all)",
     )
     _add_distributed_args(p)
+    add_config_args(p)
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -229,29 +155,52 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_help(field: str) -> str:
-    """A training flag's help: what it sets and the ``TrainConfig`` field's default."""
+def add_training_flags(group: Any) -> None:
+    """One flag per ``TrainConfig`` field (but :data:`NO_FLAG`): its name the field's (or
+    :data:`FLAG_DESTS`'), its type, choices and help from the field's annotation, docstring
+    and default; every default is ``None`` (not given)."""
+    from jnet2net.config.overrides import field_docs, field_hints
     from jnet2net.train import TrainConfig
 
-    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
-    return f"{_FIELD_HELP[field]} (default: {default})"
+    docs = field_docs(TrainConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for dest, field in train_flags().items():
+        hint = field_hints(TrainConfig)[field]
+        help_text = docs[field].rstrip(".").replace("%", "%%")
+        if field in CLI_NOTES:
+            help_text += f"; {CLI_NOTES[field]}"
+        if field == "progress":
+            help_text += f"; the line comes every {_progress_every_s():g} s"
+        if defaults[field] is not None and "default" not in help_text:
+            help_text += f" (default: {defaults[field]})"
+        group.add_argument(
+            f"--{dest.replace('_', '-')}",
+            dest=dest,
+            default=None,
+            help=help_text,
+            **_flag_kind(hint, f"--{dest.replace('_', '-')}"),
+        )
 
 
-#: What each ``TrainConfig`` flag sets, for ``--help``.
-_FIELD_HELP = {
-    "epochs": "passes over the training set; the schedule spans them",
-    "batch_size": "global batch, a multiple of the device count",
-    "learning_rate": "peak learning rate",
-    "optimizer": "sgd (Nesterov momentum) or adamw",
-    "momentum": "SGD momentum",
-    "weight_decay": "decay of kernels (L2 for SGD, decoupled for AdamW)",
-    "schedule": "learning-rate schedule after the warm-up",
-    "warmup_epochs": "linear warm-up from 0, in epochs (fractional allowed)",
-    "label_smoothing": "weight of the uniform distribution in the targets",
-    "crop_padding": "zero padding of the random crop, in pixels",
-    "compute_dtype": "compute dtype; parameters stay float32",
-    "seed": "seeds initialisation, data order and augmentation",
-}
+def _flag_kind(hint: Any, flag: str) -> dict[str, Any]:
+    """``add_argument`` keywords for a field of type ``hint``: a ``--x/--no-x`` switch for
+    a bool, ``choices`` for a ``Literal``, else a ``type`` that reads the value."""
+    from jnet2net.config.overrides import parse_value, type_text
+
+    if hint in (bool, bool | None):
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(hint) is typing.Literal:
+        return {"choices": typing.get_args(hint)}
+
+    def read(text: str) -> Any:
+        try:
+            return parse_value(text, hint, flag)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {type_text(hint)}, got {text!r}") from None
+
+    inner = {int: "N", float: "X"}
+    metavar = next((m for t, m in inner.items() if hint in (t, t | None)), "VALUE")
+    return {"type": read, "metavar": metavar}
 
 
 def _progress_every_s() -> float:
@@ -263,19 +212,19 @@ def _progress_every_s() -> float:
 def train_config_from_args(
     args: argparse.Namespace, dataset: str, saved: dict[str, Any] | None = None
 ) -> Any:
-    """The ``TrainConfig`` of a run: flags over defaults, or a resumed run's saved config.
+    """The ``TrainConfig`` of a run: the fields the user stated (``--config FILE``, the flags,
+    ``--config.train.KEY=VALUE``) over the defaults, or a resumed run's saved config.
 
     Raises:
       ValueError: a resumed run given a flag (other than those of :data:`RESUME_FIELDS`)
         that differs from its saved config.
     """
+    from jnet2net.cli.run_config import run_config_from_args, stated_train_fields
     from jnet2net.train import TrainConfig
 
-    given = {
-        field: getattr(args, dest)
-        for dest, field in TRAIN_FLAGS.items()
-        if getattr(args, dest, None) is not None
-    }
+    run = getattr(args, "run_config", None) or run_config_from_args(args)
+    flags = train_flags()
+    given = {field: getattr(run.train, field) for field in stated_train_fields(args, flags)}
     log_path = str(pathlib.Path(args.out) / "metrics.jsonl")
     if saved is None:
         given.setdefault("augment", DEFAULT_AUGMENT.get(dataset, TrainConfig.augment))
@@ -283,7 +232,7 @@ def train_config_from_args(
     config = TrainConfig.from_dict(saved)
     for field, value in given.items():
         if field not in RESUME_FIELDS and value != getattr(config, field):
-            flag = next(d for d, f in TRAIN_FLAGS.items() if f == field).replace("_", "-")
+            flag = next(d for d, f in flags.items() if f == field).replace("_", "-")
             raise ValueError(
                 f"--{flag} {value} differs from the resumed run's --{flag} "
                 f"{getattr(config, field)}; a resumed run keeps its config (only --epochs, "
@@ -293,3 +242,9 @@ def train_config_from_args(
     changes = {k: v for k, v in given.items() if k in RESUME_FIELDS}
     changes.setdefault("max_steps", None)
     return config.replace(**changes, log_path=log_path)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TRAIN_FLAGS":  # made from TrainConfig on first use (which imports JAX)
+        return train_flags()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

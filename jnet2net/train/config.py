@@ -6,16 +6,22 @@ import dataclasses
 import math
 import numbers
 import os
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle", "constant")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-AUGMENTATIONS = ("crop_flip", "crop", "flip", "none", "resized_crop_flip")
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["cosine", "onecycle", "constant"]
+ComputeDtype = Literal["float32", "bfloat16"]
+Augmentation = Literal["crop_flip", "crop", "flip", "none", "resized_crop_flip"]
 #: Where training batches come from (see ``TrainConfig.input``).
-INPUTS = ("auto", "memory", "stream")
+Input = Literal["auto", "memory", "stream"]
+
+OPTIMIZERS = get_args(Optimizer)
+SCHEDULES = get_args(Schedule)
+COMPUTE_DTYPES = get_args(ComputeDtype)
+AUGMENTATIONS = get_args(Augmentation)
+INPUTS = get_args(Input)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +68,19 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     learning_rate: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
-    compute_dtype: str = "float32"
-    augment: str = "crop_flip"
+    compute_dtype: ComputeDtype = "float32"
+    augment: Augmentation = "crop_flip"
     crop_padding: int = 4
     min_crop_area: float = 0.08
-    input: str = "auto"
+    input: Input = "auto"
     seed: int = 0
     eval_batch_size: int = 512
     progress: bool | None = None
