@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
+from jnet2net.cli.args import json_object
 from jnet2net.config.model import model_from_fields, scale_width, scaled_model
 
 
@@ -100,14 +100,7 @@ def model_from_args(
     flag's name in messages (``--to`` for ``transfer``) and ``json_flag`` the JSON's
     (``--to`` when ``transfer --to`` is given JSON).
     """
-    overrides: dict[str, Any] = {}
-    if arch_json:
-        try:
-            overrides = json.loads(arch_json)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{json_flag} is not valid JSON ({err}): {arch_json!r}") from None
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{json_flag} must be a JSON object, got {arch_json!r}")
+    overrides = json_object(arch_json, json_flag) if arch_json else {}
     return model_from_fields(
         arch, overrides, width_mult, num_classes, arch_name=arch_flag, fields_name=json_flag
     )

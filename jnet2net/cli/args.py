@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pathlib
 from collections.abc import Callable
@@ -136,3 +137,14 @@ def add_max_params(p: Any) -> None:
         help=f"refuse a network with more parameters (default {DEFAULT_MAX_PARAMS:.0e}); it is "
         "sized from shapes before anything is allocated",
     )
+
+
+def json_object(text: str, flag: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; a one-line ValueError naming ``flag`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}")
+    return value

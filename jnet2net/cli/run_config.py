@@ -12,6 +12,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+from jnet2net.cli.args import json_object
+
 #: The prefix of an override on the command line: ``--config.train.epochs=30``.
 OVERRIDE_PREFIX = "--config."
 #: The data flags, by the ``DataConfig`` field each sets (their ``dest``).
@@ -165,12 +167,7 @@ def scale_down_config(text: str | None) -> Any:
     """A ``ScaleDownConfig`` from ``--scale-json`` (``None``: the defaults)."""
     from jnet2net.scale_down import ScaleDownConfig
 
-    try:
-        fields = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--scale-json is not valid JSON ({err}): {text!r}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"--scale-json must be a JSON object, got {text!r}")
+    fields = json_object(text, "--scale-json") if text else {}
     known = {f.name for f in dataclasses.fields(ScaleDownConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -187,7 +184,7 @@ def _with_flags(config: Any, args: argparse.Namespace) -> Any:
     if getattr(args, "arch", None) is not None:
         model["arch"] = args.arch
     if getattr(args, "arch_json", None):
-        model["fields"] = _arch_fields(args.arch_json)
+        model["fields"] = json_object(args.arch_json, "--arch-json")
     if getattr(args, "width_mult", None) is not None:
         model["width_mult"] = args.width_mult
     data = {name: getattr(args, name, None) for name in DATA_FIELDS}
@@ -210,13 +207,3 @@ def _with_flags(config: Any, args: argparse.Namespace) -> Any:
         train=config.train.replace(**train),
         scale_down=scale,
     )
-
-
-def _arch_fields(text: str) -> dict[str, Any]:
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--arch-json is not valid JSON ({err}): {text!r}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"--arch-json must be a JSON object, got {text!r}")
-    return fields
