@@ -45,12 +45,14 @@ if importlib.util.find_spec("jnet2net") is None:
 
 # %%
 import os
+import pprint
 
 import jax
 import jax.numpy as jnp
 
 import jnet2net
 from jnet2net import data, models, train
+from jnet2net.config import DataConfig, ModelSpec, RunConfig, to_dict
 
 ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 SMALL_FLAG = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1")
@@ -61,41 +63,34 @@ print("SMALL mode:", SMALL)
 # %% [markdown]
 # **Data.** `jnet2net.data.load(name, split)` returns the whole split in memory (uint8 images,
 # int labels, the channel mean and std used to normalise them). Training puts it on the
-# device at once and augments there.
+# device at once and augments there. `DataConfig` names the data set in the run's config.
 
 # %%
 if SMALL:  # 1,437 + 360 handwritten digits, 8x8x1, shipped with scikit-learn
-    train_set = data.load("digits", "train")
-    test_set = data.load("digits", "test")
+    data_config = DataConfig(dataset="digits")
 else:  # CIFAR-10, 50,000 + 10,000 images, 32x32x3, downloaded once by tensorflow-datasets
-    train_set = data.load("cifar10", "train", download=True)
-    test_set = data.load("cifar10", "test", download=True)
+    data_config = DataConfig(dataset="cifar10", download=True)
+train_set = data.load(data_config.dataset, "train", download=data_config.download)
+test_set = data.load(data_config.dataset, "test", download=data_config.download)
 print(train_set)
 print(test_set)
 
 # %% [markdown]
 # ## 1. Build a ResNet and train it briefly
 #
-# `models.ResNet` is a Flax module whose fields *are* the architecture: blocks per stage and
-# channels per stage. `model.init` gives its variables (`params` and BatchNorm
-# `batch_stats`). `train.fit` trains it with SGD on the whole dataset on device and evaluates
-# it after every epoch.
-
-# %%
-widths = (4, 8) if SMALL else (16, 32, 64)
-model = models.ResNet(stage_depths=(1,) * len(widths), stage_widths=widths, num_classes=10)
-example = jnp.zeros((1, *train_set.image_shape))
-variables = model.init(jax.random.key(0), example, train=False)
-print("layers:", model.layer_names())
-print("parameters:", sum(x.size for x in jax.tree.leaves(variables["params"])))
+# The run is one config tree, `jnet2net.config.RunConfig`: the network (`ModelSpec`: a preset
+# and field overrides), the data and the training settings (`train.TrainConfig`), the tree a
+# config file for `jnet2net train --config` holds. `to_dict` shows it as JSON values.
 
 # %%
 if SMALL:
-    config = train.TrainConfig(
+    widths = (4, 8)
+    train_config = train.TrainConfig(
         epochs=2, batch_size=32, learning_rate=0.05, augment="none", progress=False
     )
 else:
-    config = train.TrainConfig(
+    widths = (16, 32, 64)
+    train_config = train.TrainConfig(
         epochs=3,
         batch_size=128,
         learning_rate=0.1,
@@ -103,10 +98,29 @@ else:
         compute_dtype="bfloat16",
         warmup_epochs=1,
     )
-print(config)
+run = RunConfig(
+    # the resnet20 preset with one residual block per stage
+    model=ModelSpec("resnet20", {"stage_depths": (1,) * len(widths), "stage_widths": widths}),
+    data=data_config,
+    train=train_config,
+)
+pprint.pp(to_dict(run))
+
+# %% [markdown]
+# `run.model.build` gives a `models.ResNet`, a Flax module whose fields *are* the
+# architecture: blocks per stage and channels per stage. `model.init` gives its variables
+# (`params` and BatchNorm `batch_stats`). `train.fit` trains it with SGD on the whole dataset
+# on device and evaluates it after every epoch.
 
 # %%
-result = train.fit(model, train_set, test_set, config, variables=variables)
+model = run.model.build(train_set.num_classes)
+example = jnp.zeros((1, *train_set.image_shape))
+variables = model.init(jax.random.key(0), example, train=False)
+print("layers:", model.layer_names())
+print("parameters:", sum(x.size for x in jax.tree.leaves(variables["params"])))
+
+# %%
+result = train.fit(model, train_set, test_set, run.train, variables=variables)
 for record in result.history:
     print(f"epoch {record['epoch']}: test accuracy {record['test_acc']:.3f}")
 variables = result.state.variables
@@ -154,7 +168,7 @@ print("test accuracy after growing: ", train.evaluate(deep_model, deep_vars, tes
 # network's accuracy.
 
 # %%
-result = train.fit(deep_model, train_set, test_set, config, variables=deep_vars)
+result = train.fit(deep_model, train_set, test_set, run.train, variables=deep_vars)
 for record in result.history:
     print(f"epoch {record['epoch']}: test accuracy {record['test_acc']:.3f}")
 
@@ -171,7 +185,7 @@ for record in result.history:
 embed, mlp = (16, 32) if SMALL else (96, 192)
 vit = models.ViT(patch_size=4, embed_dim=embed, depth=2, num_heads=2, mlp_dim=mlp)
 vit_vars = vit.init(jax.random.key(5), jnp.zeros((1, *train_set.image_shape)), train=False)
-vit_vars = train.fit(vit, train_set, test_set, config, variables=vit_vars).state.variables
+vit_vars = train.fit(vit, train_set, test_set, run.train, variables=vit_vars).state.variables
 sizes = dict(embed_dim=2 * embed, num_heads=4, mlp_dim=2 * mlp)
 big_vit, big_vars = jnet2net.widen(vit, vit_vars, key=jax.random.key(6), noise="fresh", **sizes)
 big_vit, big_vars = jnet2net.deepen(big_vit, big_vars, depth=4, key=jax.random.key(7))

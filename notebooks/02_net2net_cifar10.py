@@ -41,12 +41,14 @@ if importlib.util.find_spec("jnet2net") is None:
 
 # %%
 import os
+import pprint
 
 import jax
 import matplotlib.pyplot as plt
 
 import jnet2net
-from jnet2net import data, models, train
+from jnet2net import data, train
+from jnet2net.config import DataConfig, ModelSpec, RunConfig, to_dict
 
 ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 SMALL_FLAG = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1")
@@ -57,31 +59,35 @@ print("SMALL mode:", SMALL)
 # %% [markdown]
 # **Data.** `jnet2net.data.load(name, split)` returns the whole split in memory (uint8 images,
 # int labels, the channel mean and std used to normalise them). Training puts it on the
-# device at once and augments there.
+# device at once and augments there. `DataConfig` names the data set in the run's config.
 
 # %%
 if SMALL:  # 1,437 + 360 handwritten digits, 8x8x1, shipped with scikit-learn
-    train_set = data.load("digits", "train")
-    test_set = data.load("digits", "test")
+    data_config = DataConfig(dataset="digits")
 else:  # CIFAR-10, 50,000 + 10,000 images, 32x32x3, downloaded once by tensorflow-datasets
-    train_set = data.load("cifar10", "train", download=True)
-    test_set = data.load("cifar10", "test", download=True)
+    data_config = DataConfig(dataset="cifar10", download=True)
+train_set = data.load(data_config.dataset, "train", download=data_config.download)
+test_set = data.load(data_config.dataset, "test", download=data_config.download)
 print(train_set)
 print(test_set)
 
 # %% [markdown]
 # ## 1. Train the teacher
 #
-# A CIFAR-style ResNet with one residual block per stage. Every run below uses the same
-# training config (SGD with Nesterov momentum, cosine learning-rate schedule).
+# A CIFAR-style ResNet with one residual block per stage. The teacher's run is one config
+# tree, `jnet2net.config.RunConfig` (the tree a config file for `jnet2net train --config`
+# holds); every run below uses its training settings `run.train` (SGD with Nesterov
+# momentum, cosine learning-rate schedule).
 
 # %%
 if SMALL:
-    config = train.TrainConfig(
+    widths = (4, 8)
+    train_config = train.TrainConfig(
         epochs=2, batch_size=32, learning_rate=0.05, augment="none", progress=False
     )
 else:
-    config = train.TrainConfig(
+    widths = (16, 32, 64)
+    train_config = train.TrainConfig(
         epochs=10,
         batch_size=128,
         learning_rate=0.1,
@@ -89,13 +95,18 @@ else:
         compute_dtype="bfloat16",
         warmup_epochs=1,
     )
-print(config)
+run = RunConfig(
+    # the resnet20 preset with one residual block per stage
+    model=ModelSpec("resnet20", {"stage_depths": (1,) * len(widths), "stage_widths": widths}),
+    data=data_config,
+    train=train_config,
+)
+pprint.pp(to_dict(run))
 
 # %%
-widths = (4, 8) if SMALL else (16, 32, 64)
-teacher = models.ResNet(stage_depths=(1,) * len(widths), stage_widths=widths)
+teacher = run.model.build(train_set.num_classes)
 teacher_vars = train.init_variables(teacher, train_set.images, key=jax.random.key(0))
-teacher_run = train.fit(teacher, train_set, test_set, config, variables=teacher_vars)
+teacher_run = train.fit(teacher, train_set, test_set, run.train, variables=teacher_vars)
 teacher_vars = teacher_run.state.variables
 teacher_acc = teacher_run.history[-1]["test_acc"]
 print(f"teacher test accuracy: {teacher_acc:.3f}")
@@ -121,15 +132,15 @@ for name, model, variables in [("wider", wider, wider_vars), ("deeper", deeper, 
 # %% [markdown]
 # ## 3. Students vs. scratch
 #
-# Each network trains for the same number of epochs. `run` evaluates the starting point
+# Each network trains for the same number of epochs. `train_from` evaluates the starting point
 # (step 0) and returns its records: step, test accuracy and, after each epoch, the seconds
 # so far (`wall_s`).
 
 
 # %%
-def run(model, variables):
+def train_from(model, variables):
     start = {"step": 0, "test_acc": train.evaluate(model, variables, test_set)[1]}
-    result = train.fit(model, train_set, test_set, config, variables=variables)
+    result = train.fit(model, train_set, test_set, run.train, variables=variables)
     return [start, *result.history]
 
 
@@ -138,10 +149,10 @@ def random_init(model, seed):
 
 
 runs = {
-    "Net2WiderNet student": run(wider, wider_vars),
-    "wider, random init": run(wider, random_init(wider, 3)),
-    "Net2DeeperNet student": run(deeper, deeper_vars),
-    "deeper, random init": run(deeper, random_init(deeper, 4)),
+    "Net2WiderNet student": train_from(wider, wider_vars),
+    "wider, random init": train_from(wider, random_init(wider, 3)),
+    "Net2DeeperNet student": train_from(deeper, deeper_vars),
+    "deeper, random init": train_from(deeper, random_init(deeper, 4)),
 }
 
 # %% [markdown]

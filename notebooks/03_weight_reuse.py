@@ -44,6 +44,7 @@ if importlib.util.find_spec("jnet2net") is None:
 
 # %%
 import os
+import pprint
 
 import jax
 import matplotlib.pyplot as plt
@@ -51,6 +52,7 @@ import numpy as np
 
 import jnet2net
 from jnet2net import data, models, train
+from jnet2net.config import DataConfig, ModelSpec, RunConfig, to_dict
 
 ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 SMALL_FLAG = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1")
@@ -61,30 +63,33 @@ print("SMALL mode:", SMALL)
 # %% [markdown]
 # **Data.** `jnet2net.data.load(name, split)` returns the whole split in memory (uint8 images,
 # int labels, the channel mean and std used to normalise them). Training puts it on the
-# device at once and augments there.
+# device at once and augments there. `DataConfig` names the data set in the run's config.
 
 # %%
 if SMALL:  # 1,437 + 360 handwritten digits, 8x8x1, shipped with scikit-learn
-    train_set = data.load("digits", "train")
-    test_set = data.load("digits", "test")
+    data_config = DataConfig(dataset="digits")
 else:  # CIFAR-10, 50,000 + 10,000 images, 32x32x3, downloaded once by tensorflow-datasets
-    train_set = data.load("cifar10", "train", download=True)
-    test_set = data.load("cifar10", "test", download=True)
+    data_config = DataConfig(dataset="cifar10", download=True)
+train_set = data.load(data_config.dataset, "train", download=data_config.download)
+test_set = data.load(data_config.dataset, "test", download=data_config.download)
 print(train_set)
 print(test_set)
 
 # %% [markdown]
 # ## 1. Train the source network
 #
-# A CIFAR-style ResNet with two residual blocks per stage.
+# A CIFAR-style ResNet with two residual blocks per stage. Its run is one config tree,
+# `jnet2net.config.RunConfig` (the tree a config file for `jnet2net train --config` holds).
 
 # %%
 if SMALL:
-    config = train.TrainConfig(
+    widths = (8, 12)
+    train_config = train.TrainConfig(
         epochs=2, batch_size=32, learning_rate=0.05, augment="none", progress=False
     )
 else:
-    config = train.TrainConfig(
+    widths = (32, 64, 128)
+    train_config = train.TrainConfig(
         epochs=10,
         batch_size=128,
         learning_rate=0.1,
@@ -92,13 +97,18 @@ else:
         compute_dtype="bfloat16",
         warmup_epochs=1,
     )
-print(config)
+stages = len(widths)
+run = RunConfig(
+    # the resnet20 preset with two residual blocks per stage
+    model=ModelSpec("resnet20", {"stage_depths": (2,) * stages, "stage_widths": widths}),
+    data=data_config,
+    train=train_config,
+)
+pprint.pp(to_dict(run))
 
 # %%
-widths = (8, 12) if SMALL else (32, 64, 128)
-stages = len(widths)
-source = models.ResNet(stage_depths=(2,) * stages, stage_widths=widths)
-source_run = train.fit(source, train_set, test_set, config)
+source = run.model.build(train_set.num_classes)
+source_run = train.fit(source, train_set, test_set, run.train)
 source_vars = source_run.state.variables
 print(f"source test accuracy: {source_run.history[-1]['test_acc']:.3f}")
 
@@ -145,7 +155,7 @@ print(reports["narrower"])
 # initialisation. Accuracy is measured before (step 0) and after.
 
 # %%
-brief = config.replace(epochs=1)
+brief = run.train.replace(epochs=1)
 results = {}
 for name, model in destinations.items():
     random_vars = train.init_variables(model, train_set.images, key=jax.random.key(2))

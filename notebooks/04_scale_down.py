@@ -44,11 +44,13 @@ if importlib.util.find_spec("jnet2net") is None:
 
 # %%
 import os
+import pprint
 
 import jax
 import matplotlib.pyplot as plt
 
-from jnet2net import data, models, scale_down, train
+from jnet2net import data, scale_down, train
+from jnet2net.config import DataConfig, ModelSpec, RunConfig, to_dict
 
 ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 SMALL_FLAG = os.environ.get("JNET2NET_SMALL", "0" if ACCELERATOR else "1")
@@ -59,33 +61,17 @@ print("SMALL mode:", SMALL)
 # %% [markdown]
 # **Data.** `jnet2net.data.load(name, split)` returns the whole split in memory (uint8 images,
 # int labels, the channel mean and std used to normalise them). Training puts it on the
-# device at once and augments there.
+# device at once and augments there. `DataConfig` names the data set in the run's config.
 
 # %%
 if SMALL:  # 1,437 + 360 handwritten digits, 8x8x1, shipped with scikit-learn
-    train_set = data.load("digits", "train")
-    test_set = data.load("digits", "test")
+    data_config = DataConfig(dataset="digits")
 else:  # CIFAR-10, 50,000 + 10,000 images, 32x32x3, downloaded once by tensorflow-datasets
-    train_set = data.load("cifar10", "train", download=True)
-    test_set = data.load("cifar10", "test", download=True)
+    data_config = DataConfig(dataset="cifar10", download=True)
+train_set = data.load(data_config.dataset, "train", download=data_config.download)
+test_set = data.load(data_config.dataset, "test", download=data_config.download)
 print(train_set)
 print(test_set)
-
-# %%
-if SMALL:
-    config = train.TrainConfig(
-        epochs=4, batch_size=32, learning_rate=0.05, augment="none", progress=False
-    )
-else:
-    config = train.TrainConfig(
-        epochs=15,
-        batch_size=128,
-        learning_rate=0.1,
-        augment="crop_flip",
-        compute_dtype="bfloat16",
-        warmup_epochs=1,
-    )
-print(config)
 
 # %% [markdown]
 # ## 1. Scale-down settings
@@ -98,19 +84,43 @@ print(config)
 # `ramp`, and its BatchNorm statistics are recalibrated. `mode='cache'` stores the frozen
 # prefix's outputs (without random crops; mirror images with `cache_augment='flip'`),
 # `'nograd'` recomputes them every step with the usual augmentation.
+#
+# The run is one config tree, `jnet2net.config.RunConfig`: the network, the data, the
+# training settings and the scale-down settings, the tree a config file for
+# `jnet2net train --config` holds.
 
 # %%
 if SMALL:
-    model = models.ResNet(stage_depths=(2, 2), stage_widths=(8, 16))
-    scale_config = scale_down.ScaleDownConfig(
-        target_compute=0.85, check_every=5, mode="cache", cache_augment="none"
+    run = RunConfig(
+        model=ModelSpec("resnet20", {"stage_depths": (2, 2), "stage_widths": (8, 16)}),
+        data=data_config,
+        train=train.TrainConfig(
+            epochs=4, batch_size=32, learning_rate=0.05, augment="none", progress=False
+        ),
+        scale_down=scale_down.ScaleDownConfig(
+            target_compute=0.85, check_every=5, mode="cache", cache_augment="none"
+        ),
     )
 else:
-    model = models.preset("resnet20")
-    scale_config = scale_down.ScaleDownConfig(target_compute=0.7, mode="cache")
+    run = RunConfig(
+        model=ModelSpec("resnet20"),
+        data=data_config,
+        train=train.TrainConfig(
+            epochs=15,
+            batch_size=128,
+            learning_rate=0.1,
+            augment="crop_flip",
+            compute_dtype="bfloat16",
+            warmup_epochs=1,
+        ),
+        scale_down=scale_down.ScaleDownConfig(target_compute=0.7, mode="cache"),
+    )
+pprint.pp(to_dict(run))
+
+# %%
+model = run.model.build(train_set.num_classes)
 print("layers:", model.layer_names())
-print("candidate cuts:", scale_down.candidate_cuts(model, scale_config.max_stages))
-print(scale_config)
+print("candidate cuts:", scale_down.candidate_cuts(model, run.scale_down.max_stages))
 
 # %% [markdown]
 # ## 2. Train with scale-down
@@ -120,7 +130,7 @@ print(scale_config)
 # against full training's, and the time.
 
 # %%
-result = scale_down.fit_scale_down(model, train_set, test_set, config, scale_config)
+result = scale_down.fit_scale_down(model, train_set, test_set, run.train, run.scale_down)
 
 print(f"{'epoch':>5}{'cut':>5}{'step MFLOP':>12}{'FLOPs vs full':>15}{'time s':>8}{'test acc':>10}")
 for r in result.history:
@@ -143,7 +153,7 @@ for event in result.summary["events"]:
 # CIFAR-10 with an accelerator the shorter steps of the later epochs win.
 
 # %%
-full = train.fit(model, train_set, test_set, config)
+full = train.fit(model, train_set, test_set, run.train)
 summary = result.summary
 print(f"frozen at the end:     {summary['frozen']}")
 print(f"training FLOPs saved:  {summary['flops_saved']:.1%}")

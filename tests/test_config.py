@@ -309,3 +309,52 @@ def test_the_progressive_experiment_reads_its_training_settings_from_a_config() 
     assert dataclasses.replace(plain, compute_dtype="float32") == expected.replace(
         learning_rate=0.1
     )
+
+
+def _resolved(module, argv: list[str]) -> tuple[dict, object]:
+    """An experiment's flags after ``resolve_settings`` (``--config`` left out) and args."""
+    args = module.build_parser().parse_args(argv)
+    module.resolve_settings(args)
+    return {k: v for k, v in vars(args).items() if k != "config"}, args
+
+
+def test_the_scale_down_experiment_config_gives_its_default_settings(monkeypatch) -> None:
+    from experiments import common
+    from experiments.scale_down import run as scale_down
+
+    monkeypatch.setattr(common, "default_dtype", lambda: "float32")  # the CPU protocol's
+    path = CONFIGS[0].parent / "scale_down_cifar10_16px.py"
+    assert load_config(path).model.build(10) == scale_down.NETWORKS["resnet18"]()
+
+    def settings(argv: list[str]) -> tuple:
+        flags, args = _resolved(scale_down, argv)
+        train_config = scale_down.train_config(args, args.epochs, 1, pathlib.Path("log.jsonl"))
+        arms = [scale_down.scale_config(args, arm, 78) for arm in scale_down.SCALED_ARMS]
+        return flags, train_config, arms
+
+    plain = settings([])
+    assert plain[1].epochs == 15 and plain[2][0].target_compute == 0.6
+    assert settings(["--config", str(path)]) == plain
+    _, config, arms = settings(["--config", str(path), "--lr", "0.05", "--target", "0.5"])
+    assert config.learning_rate == 0.05 and arms[0].target_compute == 0.5  # flags win
+
+
+def test_the_net2net_experiment_config_gives_its_default_settings(monkeypatch) -> None:
+    from experiments import common
+    from experiments.net2net import protocol
+
+    monkeypatch.setattr(common, "default_dtype", lambda: "float32")  # the CPU protocol's
+    path = CONFIGS[0].parent / "net2net_cifar10_16px.py"
+    assert load_config(path).model.build(10) == protocol.architectures()["resnet"]["teacher"]
+
+    def settings(argv: list[str]) -> tuple:
+        flags, args = _resolved(protocol, argv)
+        teacher = protocol.config_for(args, args.teacher_epochs, args.lr, 1, "t.jsonl")
+        student = protocol.config_for(args, 3, args.student_lr, 1, "s.jsonl", 0.5)
+        return flags, teacher, student
+
+    plain = settings([])
+    assert plain[1].epochs == 10 and plain[1].learning_rate == 0.1 and plain[0]["dtype"] is None
+    assert settings(["--config", str(path)]) == plain
+    flags, teacher, _ = settings(["--config", str(path), "--teacher-epochs", "4"])
+    assert flags["teacher_epochs"] == 4 and teacher.epochs == 4  # flags win

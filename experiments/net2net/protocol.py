@@ -30,6 +30,13 @@ CPU::
 
     python experiments/net2net/protocol.py --data-dir ../shared/data --archs resnet \\
         --changes wider --budgets 3 10 --seeds 0 1 2
+    python experiments/net2net/protocol.py --config configs/net2net_cifar10_16px.py \\
+        --data-dir ../shared/data --seeds 0   # the training settings from a config file
+
+A config file's ``train`` section is the teacher's run and sets what ``--teacher-epochs``,
+``--batch-size``, ``--lr`` and ``--dtype`` set (flags given still win); students and scratch
+runs take it with their own epochs, learning rate and warm-up. Networks and data stay the
+protocol's.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from experiments import common
 from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
 from experiments.net2net.run import student_model
 from jnet2net import data as data_lib
+from jnet2net.config import load_config
 from jnet2net.models import resnet20, vgg11
 from jnet2net.train import TrainConfig, fit
 
@@ -75,18 +83,52 @@ def architectures() -> dict[str, dict[str, Any]]:
     }
 
 
-def config_for(
-    args: argparse.Namespace, epochs: int, lr: float, seed: int, log: Any, warmup: float = 0.0
-) -> Any:
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    """The training settings the flags start from: the ``--config`` file's ``train`` section
+    (the teacher's run), or the protocol's."""
+    if args.config:
+        return load_config(args.config).train
     return TrainConfig(
-        epochs=epochs,
-        batch_size=args.batch_size,
-        learning_rate=lr,
-        warmup_epochs=warmup,
+        epochs=10,
+        batch_size=128,
+        learning_rate=0.1,
+        warmup_epochs=0.0,
         weight_decay=5e-4,
         augment="crop_flip",
         crop_padding=2 if args.protocol == "cpu" else 4,
-        compute_dtype=args.dtype or common.default_dtype(),
+        compute_dtype=common.default_dtype(),
+    )
+
+
+def resolve_settings(args: argparse.Namespace) -> None:
+    """Sets ``--teacher-epochs``, ``--batch-size`` and ``--lr`` when not given (``None``) to
+    :func:`base_config`'s values (``--dtype`` stays ``None``: the base's)."""
+    base = base_config(args)
+    for name, field in (("teacher_epochs", "epochs"), ("batch_size", "batch_size")):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(base, field))
+    if args.lr is None:
+        args.lr = base.learning_rate
+
+
+def config_for(
+    args: argparse.Namespace,
+    epochs: int,
+    lr: float,
+    seed: int,
+    log: Any,
+    warmup: float | None = None,
+) -> TrainConfig:
+    """:func:`base_config` with a run's epochs, learning rate, seed and log, ``warmup`` epochs
+    (``None``: the base's) and the flags' batch size and dtype (after
+    :func:`resolve_settings`)."""
+    base = base_config(args)
+    return base.replace(
+        epochs=epochs,
+        batch_size=args.batch_size,
+        learning_rate=lr,
+        warmup_epochs=base.warmup_epochs if warmup is None else warmup,
+        compute_dtype=args.dtype or base.compute_dtype,
         seed=seed,
         progress=False,
         log_path=str(log),
@@ -146,7 +188,7 @@ def run_pair(
         if finished(log, budget):
             continue
         start = time.perf_counter()
-        warmup = 0.0
+        warmup = None
         if init != "scratch":
             key = jax.random.key(2000 + seed)
             model, variables = grown(change, spec, spec["teacher"], teacher, key, args.noise)
@@ -276,11 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--archs", nargs="+", default=["resnet"], choices=("resnet", "vgg"))
     parser.add_argument("--changes", nargs="+", default=list(CHANGES), choices=CHANGES)
     parser.add_argument("--budgets", type=int, nargs="+", default=[3, 10, 20])
-    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a run config (e.g. configs/net2net_cifar10_16px.py) whose train section is the "
+        "teacher's run and sets the defaults of --teacher-epochs, --batch-size, --lr, --dtype",
+    )
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="default 10")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", default="split", help="widen's noise for the students")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 128")
+    parser.add_argument("--lr", type=float, default=None, help="default 0.1 (teacher, scratch)")
     parser.add_argument("--student-lr", type=float, default=0.05)
     parser.add_argument(
         "--student-warmup", type=float, default=0.0, help="students' linear warm-up, epochs"
@@ -290,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a student recipe's name: its logs are student-<tag> (scratch and teachers shared)",
     )
-    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on an accelerator")
     parser.add_argument("--train-subset", type=int, default=10000, help="cpu protocol only")
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
     return parser
@@ -298,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_settings(args)
     default_out = "cifar10-16px" if args.protocol == "cpu" else "cifar10-32px"
     out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / default_out)
     args.out = str(out)
@@ -320,7 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(out, args.teacher_epochs)
     payload = {
         "rows": summary,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("summarize",)},
+        "settings": {
+            k: v
+            for k, v in vars(args).items()
+            if k != "summarize" and not (k == "config" and v is None)
+        },
         "environment": common.environment(
             "CIFAR-10 (JPEG q75) 16x16, 10k stratified train subset, full test set"
             if args.protocol == "cpu"

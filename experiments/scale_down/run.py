@@ -41,6 +41,13 @@ and VGG-11, and ResNet-50; ``benchmarks/gpu_suite.sh`` runs ResNet-50 this way):
         --nets resnet50 --arms full scale_down --seeds 0 --batch-size 512 --lr 0.2 \
         --warmup-epochs 2 --dtype bfloat16
 
+The settings from a config file (its ``train`` and ``scale_down`` sections set what
+``--epochs``, ``--batch-size``, ``--lr``, ``--warmup-epochs``, ``--dtype`` and the scale-down
+flags set; flags given still win; the networks and data stay the protocol's)::
+
+    python experiments/scale_down/run.py --config configs/scale_down_cifar10_16px.py \
+        --data-dir ../shared/data --seeds 0
+
 Smoke runs (minutes): ``--tiny`` (digits, tiny networks, 2 epochs) or ``--train-limit 512
 --epochs 1``.
 """
@@ -48,6 +55,7 @@ Smoke runs (minutes): ``--tiny`` (digits, tiny networks, 2 epochs) or ``--train-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -59,6 +67,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from experiments import common
 from experiments.common import mean_spread, run_seconds
 from jnet2net import data as data_lib
+from jnet2net.config import load_config
 from jnet2net.models import resnet18, resnet50, vgg11
 from jnet2net.scale_down import ScaleDownConfig
 from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
@@ -66,6 +75,35 @@ from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
 SCALED_ARMS = ("scale_down", "freezeout", "scale_down_views")
 BASELINES = ("freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
+
+#: The protocol's scale-down settings (``check_every`` is set from the data: a quarter epoch).
+PROTOCOL_SCALE_DOWN = ScaleDownConfig(
+    target_compute=0.6,
+    not_before=0.3,
+    min_spacing=0.1,
+    ramp=0.05,
+    mode="cache",
+    cache_augment="flip",
+    cache_views=4,
+)
+#: Flags that set a ``ScaleDownConfig`` field: ``{args attribute: field}``.
+SCALE_FLAGS = {
+    "target": "target_compute",
+    "not_before": "not_before",
+    "min_spacing": "min_spacing",
+    "ramp": "ramp",
+    "mode": "mode",
+    "cache_augment": "cache_augment",
+    "cache_views": "cache_views",
+}
+#: Flags that set a ``TrainConfig`` field: ``{args attribute: field}``.
+TRAIN_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "warmup_epochs": "warmup_epochs",
+    "dtype": "compute_dtype",
+}
 
 NETWORKS: dict[str, Callable[[], Any]] = {
     "resnet18": lambda: resnet18(stage_widths=(16, 32, 64, 128), num_classes=10),
@@ -114,27 +152,56 @@ def protocol_data(args: argparse.Namespace) -> tuple[data_lib.Dataset, data_lib.
     )
 
 
+def base_configs(args: argparse.Namespace) -> tuple[TrainConfig, ScaleDownConfig]:
+    """The settings the flags start from: the ``--config`` file's ``train`` and
+    ``scale_down`` sections (none: :data:`PROTOCOL_SCALE_DOWN`), or the protocol's."""
+    if args.config:
+        run = load_config(args.config)
+        return run.train, run.scale_down or PROTOCOL_SCALE_DOWN
+    train = TrainConfig(
+        epochs=15,
+        batch_size=128,
+        learning_rate=0.1,
+        weight_decay=5e-4,
+        augment="crop_flip",
+        crop_padding=2 if args.protocol == "cpu" else 4,
+        warmup_epochs=0.0,
+        compute_dtype=common.default_dtype(),
+    )
+    return train, PROTOCOL_SCALE_DOWN
+
+
+def resolve_settings(args: argparse.Namespace) -> None:
+    """Sets each training and scale-down flag not given (``None``) to its value in
+    :func:`base_configs` (``--tiny``: 2 epochs)."""
+    train, scale = base_configs(args)
+    if not args.epochs:
+        args.epochs = 2 if args.tiny else train.epochs
+    for flags, config in ((TRAIN_FLAGS, train), (SCALE_FLAGS, scale)):
+        for name, field in flags.items():
+            if getattr(args, name) is None:
+                setattr(args, name, getattr(config, field))
+
+
 def train_config(
     args: argparse.Namespace, epochs: int, seed: int, log: pathlib.Path
 ) -> TrainConfig:
-    """The arms' training config (digits: 1-pixel crops and no flips)."""
-    return TrainConfig(
-        epochs=epochs,
-        batch_size=32 if args.tiny else args.batch_size,
-        learning_rate=0.05 if args.tiny else args.lr,
-        weight_decay=5e-4,
-        augment="crop" if args.tiny else "crop_flip",
-        crop_padding=1 if args.tiny else (2 if args.protocol == "cpu" else 4),
+    """The arms' training config: :func:`base_configs`' with the flags' values (after
+    :func:`resolve_settings`); digits (``--tiny``): 1-pixel crops and no flips."""
+    config = base_configs(args)[0].replace(
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
         warmup_epochs=args.warmup_epochs,
-        compute_dtype=args.dtype or common.default_dtype(),
-        seed=seed,
-        progress=False,
-        log_path=str(log),
+        compute_dtype=args.dtype,
     )
+    if args.tiny:
+        config = config.replace(batch_size=32, learning_rate=0.05, augment="crop", crop_padding=1)
+    return config.replace(epochs=epochs, seed=seed, progress=False, log_path=str(log))
 
 
 def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfig:
-    """The budgeted policy (``scale_down``) or its fixed FreezeOut-style twin (``freezeout``)."""
+    """The budgeted policy (``scale_down``) or its fixed FreezeOut-style twin (``freezeout``):
+    :func:`base_configs`' with the flags' values (after :func:`resolve_settings`)."""
     fields: dict[str, Any] = {
         "target_compute": 1.0 if args.tiny else args.target,
         "not_before": args.not_before,
@@ -148,7 +215,7 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
         fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
     if arm == "scale_down_views" and not args.tiny:
         fields.update(cache_augment="views", cache_views=args.cache_views)
-    return ScaleDownConfig(**fields)
+    return dataclasses.replace(base_configs(args)[1], **fields)
 
 
 def log_path(out: pathlib.Path, net: str, arm: str, seed: int) -> pathlib.Path:
@@ -364,23 +431,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=list(FULL_NETWORKS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a run config (e.g. configs/scale_down_cifar10_16px.py) whose train and "
+        "scale_down sections set the defaults of the training and scale-down flags below",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="default 15 (--tiny: 2)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--warmup-epochs", type=float, default=0.0)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--mode", choices=("cache", "nograd"), default="cache")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 128")
+    parser.add_argument("--lr", type=float, default=None, help="default 0.1")
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="default 0")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on an accelerator")
+    parser.add_argument("--mode", choices=("cache", "nograd"), default=None, help="default cache")
     parser.add_argument(
         "--cache-augment",
         choices=("views", "flip", "none"),
-        default="flip",
-        help="what cached stages keep of the augmentation (scale_down and freezeout arms)",
+        default=None,
+        help="what cached stages keep of the augmentation (scale_down and freezeout arms; "
+        "default flip)",
     )
-    parser.add_argument("--cache-views", type=int, default=4, help="scale_down_views' copies")
-    parser.add_argument("--target", type=float, default=0.6, help="target_compute")
-    parser.add_argument("--not-before", type=float, default=0.3)
-    parser.add_argument("--min-spacing", type=float, default=0.1)
-    parser.add_argument("--ramp", type=float, default=0.05)
+    parser.add_argument(
+        "--cache-views", type=int, default=None, help="scale_down_views' copies (default 4)"
+    )
+    parser.add_argument("--target", type=float, default=None, help="target_compute (default 0.6)")
+    parser.add_argument("--not-before", type=float, default=None, help="default 0.3")
+    parser.add_argument("--min-spacing", type=float, default=None, help="default 0.1")
+    parser.add_argument("--ramp", type=float, default=None, help="default 0.05")
     parser.add_argument("--freezeout-ramp", type=float, default=0.3)
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
     return parser
@@ -393,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(args.nets) - set(networks(args)))
     if unknown:
         parser.error(f"--nets {' '.join(unknown)}: not in the {args.protocol} protocol")
-    args.epochs = args.epochs or (2 if args.tiny else 15)
+    resolve_settings(args)
     default_out = (
         "digits-tiny"
         if args.tiny
