@@ -22,6 +22,8 @@ from jnet2net.variables import check_variables
 
 @functools.lru_cache(maxsize=16)
 def device_permutation(mesh: Mesh) -> Callable[[int, int, int], jax.Array]:
+    """:func:`~jnet2net.train.batches.epoch_permutation` jitted for ``mesh``:
+    ``(seed, epoch, n) -> (n,)`` int32, replicated (one compile per mesh)."""
     return jax.jit(epoch_permutation, static_argnums=(0, 2), out_shardings=replicated(mesh))
 
 
