@@ -20,9 +20,10 @@ This module holds the parser and ``main`` (errors, interrupts, signals); each co
 module (``demo``, ``train``, ``grow``, ``transfer``, ``evaluate``, ``plot``) with its
 ``add_parser`` and ``cmd_*``; ``train_flags``, ``run_config`` and ``grow_at`` hold ``train``'s
 flags, its config tree (``--config FILE``, ``--config.KEY=VALUE``) and growth schedule,
-``arch`` the architecture from flags, ``datasets`` the data flags, ``args`` the argument
-types and shared flags, ``format`` how the command line speaks. Their public
-names are re-exported here. Modules import JAX on first use only.
+``resume`` what ``train --resume`` checks and restores, ``arch`` the architecture from
+flags, ``datasets`` the data flags, ``args`` the argument types and shared flags, ``format``
+how the command line speaks. Their public names are re-exported here. Modules import JAX
+on first use only.
 """
 
 from __future__ import annotations
@@ -82,16 +83,9 @@ from jnet2net.cli.format import (
 from jnet2net.cli.grow import cmd_grow, grow_run
 from jnet2net.cli.grow_at import GROW_KEYS, growth_events, parse_grow_at
 from jnet2net.cli.plot import cmd_plot, default_labels, run_log, x_axes
+from jnet2net.cli.resume import check_epochs_left, check_run_log, set_aside_damaged_checkpoints
 from jnet2net.cli.run_config import run_config_from_args, split_config_overrides
-from jnet2net.cli.train import (
-    check_epochs_left,
-    check_run_log,
-    cmd_train,
-    scale_down_config,
-    set_aside_damaged_checkpoints,
-    start_distributed,
-    train_run,
-)
+from jnet2net.cli.train import cmd_train, scale_down_config, start_distributed, train_run
 from jnet2net.cli.train_flags import (
     DEFAULT_AUGMENT,
     FLAG_DESTS,

@@ -7,15 +7,13 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import pathlib
-import sys
 from typing import Any
 
 from jnet2net import signals
 from jnet2net.cli.arch import check_param_limit, describe
-from jnet2net.cli.args import CONFIG_FILE, EXAMPLES, PROG, check_out
+from jnet2net.cli.args import CONFIG_FILE, EXAMPLES, check_out
 from jnet2net.cli.datasets import (
     check_dataset_fits,
     data_flags,
@@ -25,6 +23,13 @@ from jnet2net.cli.datasets import (
 )
 from jnet2net.cli.format import HelpFormatter, format_record, print_line, run_summary
 from jnet2net.cli.grow_at import growth_events
+from jnet2net.cli.resume import (
+    check_epochs_left,
+    check_run_log,
+    restore_plain,
+    restore_scale_down,
+    set_aside_damaged_checkpoints,
+)
 from jnet2net.cli.run_config import (
     overridden,
     run_config_from_args,
@@ -33,6 +38,18 @@ from jnet2net.cli.run_config import (
     with_run_config,
 )
 from jnet2net.cli.train_flags import add_train_args, train_config_from_args, train_flags
+
+__all__ = [
+    "add_parser",
+    "check_epochs_left",
+    "check_run_log",
+    "cmd_train",
+    "save_run_config",
+    "scale_down_config",
+    "set_aside_damaged_checkpoints",
+    "start_distributed",
+    "train_run",
+]
 
 
 def add_parser(sub: Any) -> None:
@@ -90,58 +107,6 @@ def start_distributed(args: argparse.Namespace) -> None:
 def _stdout_to_devnull() -> Any:
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         yield
-
-
-def set_aside_damaged_checkpoints(out: pathlib.Path) -> None:
-    """Before a resume: damaged checkpoints at the end of the run are moved aside, one line
-    each on stderr, so the run continues from its newest intact checkpoint.
-
-    Raises:
-      ValueError: no checkpoint of the run is intact.
-    """
-    from jnet2net import checkpoint
-
-    moved = checkpoint.set_aside_damaged(out)
-    if not moved:
-        return
-    step = checkpoint.latest_step(out)
-    for i, (_, target, reason) in enumerate(moved):
-        then = f", resuming from step {step}" if step is not None and i == len(moved) - 1 else ""
-        print(f"{PROG} train: {reason}; moved it to {target.name}{then}", file=sys.stderr)
-    if step is None:
-        raise ValueError(
-            f"{out} holds no intact checkpoint to resume (damaged ones were moved to "
-            f"{', '.join(t.name for _, t, _ in moved)}); start a new --out"
-        )
-
-
-def check_run_log(log: pathlib.Path) -> None:
-    """Before a resume: a partial last line of ``log`` (a write cut by a kill) is dropped with
-    a line on stderr; any other unreadable line is an error naming the file and line."""
-    from jnet2net.train.progress import repair_jsonl
-
-    if log.is_file():
-        dropped = repair_jsonl(log)
-        if dropped is not None:
-            print(
-                f"{PROG} train: dropped the partial last line of {log} (a write cut short): "
-                f"{dropped[:60]!r}",
-                file=sys.stderr,
-            )
-
-
-def check_epochs_left(info: Any, config: Any, steps_per_epoch: int, out: pathlib.Path) -> bool:
-    """Whether a resumed run has steps left; raises ValueError when ``--epochs`` ends before the
-    run's latest checkpoint (the run would do nothing)."""
-    end = config.epochs * steps_per_epoch
-    if info.step > end:
-        done = info.step / steps_per_epoch
-        raise ValueError(
-            f"--epochs {config.epochs} ends at step {end}, but the run in {out} is already at "
-            f"step {info.step} (epoch {done:g}); pass --epochs {math.ceil(done)} or more to train "
-            "on, or start a new --out"
-        )
-    return info.step < end
 
 
 def train_run(args: argparse.Namespace) -> Any:
@@ -205,9 +170,9 @@ def train_run(args: argparse.Namespace) -> Any:
         metadata.update(info.metadata)
         metadata.pop("record", None)
         if is_run_checkpoint(info):
-            run_state = _restore_scale_down(args, out, model, config, train_set, spe, metadata)
+            run_state = restore_scale_down(args, out, model, config, train_set, spe, metadata)
         else:
-            state = _restore_plain(out, model, config, train_set, spe)
+            state = restore_plain(out, model, config, train_set, spe)
     else:
         config = train_config_from_args(args, dataset)
         if args.source:
@@ -317,52 +282,6 @@ def train_run(args: argparse.Namespace) -> Any:
         print(run_summary(result.history))
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
     return result
-
-
-def _restore_plain(out: pathlib.Path, model: Any, config: Any, train_set: Any, spe: int) -> Any:
-    """The train state of the run in ``out``, restored to continue it."""
-    import jax
-    import numpy as np
-
-    from jnet2net import checkpoint, train
-
-    abstract = jax.eval_shape(
-        lambda: train.create_train_state(
-            model,
-            config,
-            np.zeros((1, *train_set.image_shape), np.uint8),
-            key=jax.random.key(0),
-            steps_per_epoch=spe,
-        )
-    )
-    state, restored = checkpoint.restore_train_state(out, abstract, model=model)
-    print(f"resuming {restored.path}: {describe(model)}, step {restored.step}")
-    return state
-
-
-def _restore_scale_down(
-    args: argparse.Namespace,
-    out: pathlib.Path,
-    model: Any,
-    config: Any,
-    train_set: Any,
-    spe: int,
-    metadata: dict[str, Any],
-) -> Any:
-    """The run state of the scale-down run in ``out``; it keeps its scale-down config."""
-    from jnet2net.scale_down.saving import RUN_KEY, restore_run
-
-    given, saved = args.run_config.scale_down, metadata.get("scale_down")
-    if given is not None and dataclasses.asdict(given) != saved:
-        raise ValueError(
-            "a resumed scale-down run keeps its own config; drop --scale-down/--scale-json "
-            f"or give the saved one (saved: {json.dumps(saved)})"
-        )
-    run_state, restored = restore_run(out, model, config, train_set.image_shape, spe)
-    metadata.pop(RUN_KEY, None)
-    cut = restored.metadata[RUN_KEY]["cut"]
-    print(f"resuming {restored.path}: {describe(model)}, step {restored.step}, cut {cut}")
-    return run_state
 
 
 def save_run_config(

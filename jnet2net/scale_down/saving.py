@@ -30,11 +30,11 @@ import numpy as np
 from jnet2net import checkpoint
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.policy import FreezePlan
+from jnet2net.scale_down.results import ScaleDownCheckpoint
 from jnet2net.scale_down.runners import trained_from
 from jnet2net.scale_down.scores import ScoreHistory
 from jnet2net.scale_down.split import merge_variables, split_variables
 from jnet2net.scale_down.steps import move_cut, whole_variables
-from jnet2net.scale_down.strategy import ScaleDownCheckpoint
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.state import TrainState, create_train_state
 

@@ -7,11 +7,13 @@ per stage into relative updates ``||theta_g(t) - theta_g(t - K)|| / ||theta_g(t 
 (:func:`group_changes`) and compares the next stage to freeze with the median of the
 deeper stages (:func:`readiness`). The score is relative across stages, never normalised
 by a stage's own history: all stages share the learning rate, so it cancels.
+:func:`read_check` records a check and counts it toward the freeze plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnet2net.scale_down.config import ScaleDownConfig
+from jnet2net.scale_down.policy import FreezePlan, step_times, update_plan
 from jnet2net.scale_down.stages import Stage
 
 Params = Mapping[str, Any]  # {layer_name: subtree of arrays}
@@ -137,3 +141,27 @@ def record_scores(
         np.append(history.candidate, np.int64(candidate)),
         np.append(history.readiness, float(ready)),
     )
+
+
+def read_check(
+    plan: FreezePlan,
+    scores: ScoreHistory,
+    pending: tuple[int, jax.Array],
+    step: int,
+    groups: Sequence[Any],
+    config: ScaleDownConfig,
+    total_steps: int,
+) -> tuple[FreezePlan, ScoreHistory]:
+    """Records the check measured at ``pending[0]`` and counts it toward the plan at ``step``.
+
+    The candidate is the first stage whose ramp has not started at ``step``; it is ready
+    when :func:`~jnet2net.scale_down.scores.readiness` is below ``config.ready_ratio``.
+    """
+    measured, norms = pending
+    changes = group_changes(np.asarray(norms), groups)
+    times = step_times(config, total_steps)
+    candidate = next((k for k, f in enumerate(plan.freeze_steps) if step < f - times.ramp), -1)
+    ratio = readiness(changes, candidate) if candidate >= 0 else math.nan
+    scores = record_scores(scores, measured, changes, candidate, ratio)
+    ready = bool(ratio < config.ready_ratio) if math.isfinite(ratio) else None
+    return update_plan(plan, step, ready, config, total_steps), scores

@@ -5,15 +5,16 @@ before the run it compiles every candidate cut (:func:`~jnet2net.scale_down.runn
 compile_runners`) and plans the freezes on the compute target; each step runs the current
 cut's executable; after a step it may run a readiness check; before a step whose cut the
 plan moves it freezes the stages (recalibration, cut, cache) as an event; its run state is a
-:class:`ScaleDownCheckpoint`, from which ``fit(state=...)`` continues bitwise.
+:class:`ScaleDownCheckpoint`, from which ``fit(state=...)`` continues bitwise. The run state
+and result types are in :mod:`~jnet2net.scale_down.results`, the run's closing summary in
+:mod:`~jnet2net.scale_down.summary`.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,17 +27,15 @@ from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.policy import (
     NEVER,
-    FreezePlan,
     compute_fraction,
     cut_at,
     layer_freeze_steps,
     plan_freezes,
     step_times,
-    update_plan,
 )
+from jnet2net.scale_down.results import ScaleDownCheckpoint, ScaleDownResult
 from jnet2net.scale_down.runners import (
     Compiler,
-    CutRunner,
     RunSetup,
     abstract_full_state,
     compile_runners,
@@ -45,15 +44,10 @@ from jnet2net.scale_down.runners import (
     rebuild_cache,
     trained_from,
 )
-from jnet2net.scale_down.scores import (
-    ScoreHistory,
-    empty_history,
-    group_changes,
-    readiness,
-    record_scores,
-)
+from jnet2net.scale_down.scores import empty_history, read_check
 from jnet2net.scale_down.stages import candidate_cuts, score_groups
 from jnet2net.scale_down.steps import move_cut, whole_variables
+from jnet2net.scale_down.summary import scale_down_summary
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.loop import fit
 from jnet2net.train.sharding import put_replicated
@@ -61,69 +55,15 @@ from jnet2net.train.state import TrainState, create_train_state
 from jnet2net.train.steppers import Stepper
 from jnet2net.train.steps import with_compute_dtype
 
+__all__ = [
+    "ScaleDownCheckpoint",
+    "ScaleDownResult",
+    "ScaleDownSteps",
+    "fit_scale_down",
+    "scale_down_steps",
+]
+
 Record = dict[str, Any]
-
-
-class ScaleDownCheckpoint(NamedTuple):
-    """Everything a scale-down run needs to continue exactly where it stopped: its run
-    state (what ``fit``'s callbacks get, and ``fit(..., state=...)`` continues from).
-
-    The activation cache is not kept: it is a function of ``frozen`` and the images, and
-    is rebuilt with the same compiled moves.
-
-    Attributes:
-      state: the trained suffix's state (its ``step`` is where the run continues; the next
-        training step donates its buffers: copy it to keep it).
-      frozen: variables of the frozen prefix.
-      plan: the freeze plan (deadlines, freezes brought forward, readiness count).
-      scores: the readiness checks so far.
-      snapshot: ``params`` of the whole network at the last check (``None``: none yet).
-      pending_step: step of the last check, whose norms are read at the next one.
-      pending_norms: its :func:`~jnet2net.scale_down.scores.change_norms` (or ``None``).
-      totals: ``fit``'s cumulative compute counts and ``move_flops``.
-      events: the freezes so far.
-    """
-
-    state: TrainState
-    frozen: dict
-    plan: FreezePlan
-    scores: ScoreHistory
-    snapshot: Any
-    pending_step: int | None
-    pending_norms: Any
-    totals: dict[str, float]
-    events: list[Record]
-
-
-class ScaleDownResult(NamedTuple):
-    """What a scale-down run gives: ``train.fit(..., scale_down=...).scale_down``, or
-    :func:`fit_scale_down`'s result.
-
-    Attributes:
-      state: the trained suffix's state (layers ``[cut, end)``; replicated over the mesh).
-      frozen: variables of the frozen prefix (layers ``[0, cut)``).
-      variables: the whole network's ``{'params', 'batch_stats'}`` (``frozen`` and
-        ``state`` merged; no ``batch_stats`` without BatchNorm, as ``model.init``), ready
-        for ``model.apply``.
-      cut: the final cut.
-      history: ``fit``'s records without the freeze events (those are in
-        ``summary["events"]``).
-      summary: totals of the run against full training for as many steps (also the
-        ``{"step", "summary"}`` line that ends the log).
-      scores: every readiness check (empty with ``ready_ratio=None``).
-      plan: the freeze plan at the end (deadlines and the freeze steps used).
-      checkpoint: the run state to continue from (``fit(..., state=)``, ``resume=``).
-    """
-
-    state: TrainState
-    frozen: dict
-    variables: dict
-    cut: int
-    history: list[Record]
-    summary: Record
-    scores: ScoreHistory
-    plan: FreezePlan
-    checkpoint: ScaleDownCheckpoint
 
 
 def scale_down_steps(
@@ -323,7 +263,7 @@ class ScaleDownSteps(Stepper):
             return
         if self.pending is not None:
             before = self.plan.freeze_steps
-            self.plan, self.scores = _read_check(
+            self.plan, self.scores = read_check(
                 self.plan,
                 self.scores,
                 self.pending,
@@ -377,7 +317,7 @@ class ScaleDownSteps(Stepper):
         steps = int(state.step)
         variables = whole_variables(self.frozen, state)
         epochs = [r for r in history if "epoch_s" in r]
-        summary = _summary(self, steps, totals, epochs, _num_params(variables["params"]))
+        summary = scale_down_summary(self, steps, totals, epochs, _num_params(variables["params"]))
         result = ScaleDownResult(
             state,
             self.frozen,
@@ -392,102 +332,8 @@ class ScaleDownSteps(Stepper):
         return result, {"step": steps, "summary": summary}
 
 
-def _read_check(
-    plan: FreezePlan,
-    scores: ScoreHistory,
-    pending: tuple[int, jax.Array],
-    step: int,
-    groups: Sequence[Any],
-    config: ScaleDownConfig,
-    total_steps: int,
-) -> tuple[FreezePlan, ScoreHistory]:
-    """Records the check measured at ``pending[0]`` and counts it toward the plan at ``step``.
-
-    The candidate is the first stage whose ramp has not started at ``step``; it is ready
-    when :func:`~jnet2net.scale_down.scores.readiness` is below ``config.ready_ratio``.
-    """
-    measured, norms = pending
-    changes = group_changes(np.asarray(norms), groups)
-    times = step_times(config, total_steps)
-    candidate = next((k for k, f in enumerate(plan.freeze_steps) if step < f - times.ramp), -1)
-    ratio = readiness(changes, candidate) if candidate >= 0 else math.nan
-    scores = record_scores(scores, measured, changes, candidate, ratio)
-    ready = bool(ratio < config.ready_ratio) if math.isfinite(ratio) else None
-    return update_plan(plan, step, ready, config, total_steps), scores
-
-
 def _num_params(params: Any) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b and math.isfinite(a) and math.isfinite(b) else None
-
-
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _steady_step_s(segments: list[tuple[int, int, float]], cut: int) -> float | None:
-    """Seconds per step at ``cut`` over its timed segments (the run's first one left out
-    when there are others: it holds the first steps' warm-up)."""
-    timed = [(steps, seconds) for c, steps, seconds in segments[1:] if c == cut and steps]
-    if not timed:
-        timed = [(steps, seconds) for c, steps, seconds in segments[:1] if c == cut and steps]
-    if not timed:
-        return None
-    return sum(seconds for _, seconds in timed) / sum(steps for steps, _ in timed)
-
-
-def _summary(
-    run: ScaleDownSteps,
-    steps: int,
-    totals: dict[str, float],
-    epochs: list[Record],
-    total_params: int,
-) -> Record:
-    """The run against full training for ``steps`` steps (FLOPs measured, seconds estimated
-    from each cut's steady step time)."""
-    runners: Sequence[CutRunner] = run.runners
-    full_flops = runners[0].step.flops * steps
-    flops_ratio = _ratio(totals["train_flops"], full_flops)
-    step_s = {str(r.cut): _steady_step_s(run.segments, r.cut) for r in runners}
-    full_step_s = step_s["0"]
-    train_s = totals["train_s"] + totals["move_s"]  # the freezes are part of the training
-    full_train_s = None if full_step_s is None else full_step_s * steps
-    last = epochs[-1] if epochs else {}
-    cut, plan = run.runner.cut, run.plan
-    return {
-        "epochs": len(epochs),
-        "steps": steps,
-        "cut": cut,
-        "frozen": list(run.names[:cut]),
-        "trained": list(run.names[cut:]),
-        "trained_params": last.get("trained_params"),
-        "total_params": total_params,
-        "candidate_cuts": [r.cut for r in runners[1:]],
-        "deadlines": [None if d == NEVER else d for d in plan.deadlines],
-        "freeze_steps": [None if f == NEVER else f for f in plan.freeze_steps],
-        "early": list(plan.early),
-        "planned_compute": run.planned_compute,
-        "events": run.events,
-        "cut_step_flops": {str(r.cut): _json_float(r.step.flops) for r in runners},
-        "cut_step_s": step_s,
-        "train_flops": _json_float(totals["train_flops"]),
-        "full_train_flops": _json_float(full_flops),
-        "flops_ratio": flops_ratio,
-        "flops_saved": None if flops_ratio is None else 1.0 - flops_ratio,
-        "move_flops": _json_float(run.move_flops),
-        "train_s": totals["train_s"],
-        "move_s": totals["move_s"],
-        "compile_s": totals["compile_s"],
-        "total_s": train_s + totals["compile_s"],
-        "full_step_s": full_step_s,
-        "full_train_s_estimate": full_train_s,
-        "speedup_estimate": None if not full_train_s or not train_s else full_train_s / train_s,
-        "test_acc": last.get("test_acc"),
-        "test_loss": last.get("test_loss"),
-    }
 
 
 def fit_scale_down(

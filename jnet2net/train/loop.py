@@ -1,9 +1,11 @@
 """``fit``: one training loop for every strategy, data parallel over a mesh.
 
-Sections: the result, inputs, the training loop. The loop owns epochs, records,
-evaluation, the log, callbacks and timing; a stepper (:mod:`jnet2net.train.steppers`) owns
-the step and the events that change it: :class:`~jnet2net.train.steppers.GrowthSteps` (the
-plain step, grown at growth events) or scale-down's (:mod:`jnet2net.scale_down.strategy`).
+The loop owns epochs, records, evaluation, the log, callbacks and timing; a stepper
+(:mod:`jnet2net.train.steppers`) owns the step and the events that change it:
+:class:`~jnet2net.train.steppers.GrowthSteps` (the plain step, grown at growth events) or
+scale-down's (:mod:`jnet2net.scale_down.strategy`). What it returns is in
+:mod:`~jnet2net.train.result`, the checks of its arguments in :mod:`~jnet2net.train.checks`,
+the state and epoch order it starts from in :mod:`~jnet2net.train.start`.
 """
 
 from __future__ import annotations
@@ -13,28 +15,20 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import Mesh
 
 from jnet2net import distributed
 from jnet2net.data.dataset import Dataset
-from jnet2net.data.streaming import StreamSet
-from jnet2net.train.batches import epoch_permutation
+from jnet2net.train.checks import check_fit_inputs, check_outputs_fit, steps_per_epoch
 from jnet2net.train.config import TrainConfig
-from jnet2net.train.evaluation import (
-    check_count,
-    check_model_outputs,
-    eval_metrics,
-    put_test_set,
-    test_step_for,
-)
+from jnet2net.train.evaluation import check_count, eval_metrics, put_test_set, test_step_for
 from jnet2net.train.events import Grow, check_growth, rewarm_windows
 from jnet2net.train.inputs import as_stream, streams_input, train_batches
-from jnet2net.train.optim import make_optimizer, make_schedule
+from jnet2net.train.optim import make_schedule
 from jnet2net.train.progress import (
     ProgressBar,
     append_jsonl,
@@ -48,102 +42,22 @@ from jnet2net.train.records import (
     progress_note,
     start_log,
 )
-from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated, replicated
-from jnet2net.train.state import TrainState, create_train_state
-from jnet2net.train.steppers import GrowthSteps, Stepper
-from jnet2net.variables import check_variables
+from jnet2net.train.result import FitResult
+from jnet2net.train.sharding import check_batch_size, data_mesh, put_replicated
+from jnet2net.train.start import device_permutation, start_state
+from jnet2net.train.state import TrainState
+from jnet2net.train.steppers import GrowthSteps, call_on_step
+
+__all__ = [
+    "FitResult",
+    "call_on_step",
+    "check_fit_inputs",
+    "check_outputs_fit",
+    "fit",
+    "steps_per_epoch",
+]
 
 Record = dict[str, Any]
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    Attributes:
-      state: the final run state, replicated over the mesh: the :class:`TrainState`, or
-        with ``scale_down`` a :class:`~jnet2net.scale_down.ScaleDownCheckpoint` (the
-        trained suffix's state, the frozen prefix, the policy's state). ``fit(...,
-        state=result.state)`` continues the run.
-      history: one record per epoch run: ``epoch`` (1-based; ``step / steps_per_epoch``
-        when ``max_steps`` stops it early), ``step`` (global step at its end), ``wall_s``
-        (wall time: since ``fit`` started, compiles and evaluations included), ``train_s``
-        (training seconds: the training steps only, cumulative over resumes),
-        ``epoch_s`` (this epoch's training steps), ``images_per_s`` (over those steps, the
-        first step of ``fit`` left out; ``None`` when that was the epoch's only step),
-        ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
-        epoch's augmented batches),
-        ``test_loss``, ``test_acc`` (``None`` without a test set), ``epoch_flops`` (the
-        epoch's training FLOPs); the first record also has
-        ``first_step_s`` (compile and run of the first step) and, when the run resumed a
-        state past step 0, ``resumed: true`` (its ``wall_s`` clock starts again). Every
-        record also counts compute (``step_flops``, the cumulative totals
-        :data:`~jnet2net.train.records.TOTALS`). Events add records to the history:
-        ``{"event": "grow", ...}`` (growth) or ``{"event": "freeze", ...}`` (scale-down),
-        each with ``epoch``, ``step``, ``event_s`` and the totals after it.
-        ``config.eval_every_steps`` adds records between epoch ends, whose ``epoch`` is
-        fractional (``step / steps_per_epoch``), without ``epoch_s``/``images_per_s`` and
-        with the epoch's means so far; ``initial_eval`` adds a first record at epoch 0,
-        step 0 (``test_loss``, ``test_acc``, zero totals).
-      model: the final module (the grown one after growth events).
-      scale_down: with ``scale_down``, the run's
-        :class:`~jnet2net.scale_down.ScaleDownResult` (frozen prefix, whole variables,
-        cut, summary, scores, plan); else ``None``.
-    """
-
-    state: Any
-    history: list[Record]
-    model: nn.Module | None = None
-    scale_down: Any = None
-
-
-# --- inputs -------------------------------------------------------------------------------
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped)."""
-    if batch_size > num_examples:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {num_examples} training examples"
-        )
-    return num_examples // batch_size
-
-
-def check_fit_inputs(
-    model: nn.Module, train: Any, test: Any, config: Any, *, streams: bool = False
-) -> None:
-    """Raises TypeError/ValueError unless the datasets, model outputs and config fit
-    (``streams``: :class:`~jnet2net.data.StreamSet` s are accepted too)."""
-    kinds = (Dataset, StreamSet) if streams else (Dataset,)
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    for what, data in (("train", train), ("test", test)):
-        if data is None and what == "test":
-            continue
-        if not isinstance(data, kinds):
-            allowed = "Dataset or StreamSet" if streams else "Dataset"
-            raise TypeError(f"{what} must be a jnet2net.data.{allowed}, got {type(data).__name__}")
-        classes = getattr(model, "num_classes", data.num_classes)
-        if classes != data.num_classes:
-            raise ValueError(
-                f"the model has {classes} outputs but the {what} set {data.name!r} has "
-                f"{data.num_classes} classes"
-            )
-    if test is not None and test.image_shape != train.image_shape:
-        raise ValueError(
-            f"train images {train.image_shape} and test images {test.image_shape} differ in shape"
-        )
-
-
-def check_outputs_fit(model: nn.Module, variables: Any, train: Dataset, test: Any) -> None:
-    """:func:`check_model_outputs` for the train set and, when given, the test set."""
-    for what, data in (("train", train), ("test", test)):
-        if data is not None:
-            check_model_outputs(model, variables, data, what)
-
-
-@functools.lru_cache(maxsize=16)
-def _permutation(mesh: Mesh) -> Callable[[int, int, int], jax.Array]:
-    return jax.jit(epoch_permutation, static_argnums=(0, 2), out_shardings=replicated(mesh))
 
 
 # --- the training loop --------------------------------------------------------------------
@@ -296,7 +210,7 @@ def fit(
         windows: tuple = ()
     else:
         windows = rewarm_windows(events, spe)
-        state = _start_state(model, config, train, spe, state, variables, windows, mesh)
+        state = start_state(model, config, train, spe, state, variables, windows, mesh)
         stepper = GrowthSteps(
             model,
             config,
@@ -324,7 +238,7 @@ def fit(
     images = labels = None  # streaming: each step gets its batch from the stream
     if not streaming:
         images, labels = put_replicated((train.images, train.labels), mesh)
-    permutation = _permutation(mesh)
+    permutation = device_permutation(mesh)
     eval_set = None if test is None else put_test_set(test, config, mesh)
     schedule = make_schedule(config, spe, rewarm=windows)
     history: list[Record] = []
@@ -477,46 +391,3 @@ def fit(
     if summary is not None and log_path:
         append_jsonl(log_path, summary)
     return FitResult(stepper.run_state(state, totals), history, stepper.model, extra)
-
-
-def _start_state(
-    model: nn.Module,
-    config: TrainConfig,
-    train: Any,
-    spe: int,
-    state: Any,
-    variables: Any,
-    windows: tuple[tuple[int, int], ...],
-    mesh: Mesh,
-) -> TrainState:
-    """The state to train from (replicated): ``state`` to resume, else a fresh one (from
-    ``variables`` when given); its optimizer knows the re-warm ``windows``."""
-    tx = make_optimizer(config, spe, rewarm=windows)
-    if state is None:
-        example = np.zeros((1, *train.image_shape), np.uint8)
-        state = create_train_state(
-            model, config, example, variables=variables, steps_per_epoch=spe, tx=tx
-        )
-    elif not isinstance(state, TrainState):
-        raise TypeError(f"state must be a jnet2net TrainState, got {type(state).__name__}")
-    else:
-        if hasattr(model, "example_input"):
-            check_variables(model, state.variables)
-        if windows:
-            state = state.replace(tx=tx)
-    return put_replicated(state, mesh)
-
-
-def call_on_step(
-    on_step: Callable[[int], None], step: int, state: TrainState, stepper: Stepper
-) -> None:
-    """``on_step(step)``; when it raises, the steps dispatched to the device and the
-    stepper's background work finish first (an interpreter that exits while XLA runs them
-    can crash)."""
-    try:
-        on_step(step)
-    except BaseException:
-        jax.block_until_ready(state)
-        with contextlib.suppress(Exception):
-            stepper.wait()
-        raise

@@ -11,6 +11,7 @@ the plain step with :class:`~jnet2net.train.Grow` events; scale-down's lives in
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -105,6 +106,21 @@ class Stepper:
     ) -> tuple[Any, Record | None]:
         """``(FitResult.scale_down``-like summary, a last log record``)``, or ``None`` each."""
         return None, None
+
+
+def call_on_step(
+    on_step: Callable[[int], None], step: int, state: TrainState, stepper: Stepper
+) -> None:
+    """``on_step(step)``; when it raises, the steps dispatched to the device and the
+    stepper's background work finish first (an interpreter that exits while XLA runs them
+    can crash)."""
+    try:
+        on_step(step)
+    except BaseException:
+        jax.block_until_ready(state)
+        with contextlib.suppress(Exception):
+            stepper.wait()
+        raise
 
 
 #: The config fields that the train step depends on (the optimizer lives in the state).
