@@ -139,3 +139,23 @@ def test_new_sources_take_their_value_and_zero_moments():
     moments = plan.map(PARAMS)
     np.testing.assert_array_equal(moments["c"]["kernel"], jnp.zeros((3, 3)))
     np.testing.assert_array_equal(moments["a"]["kernel"], PARAMS["a"]["kernel"])
+
+
+def test_a_transfer_plan_applies_and_maps_like_a_growth_plan():
+    from helpers import random_variables  # tests/ on sys.path
+
+    from jnet2net import VGG
+    from jnet2net.reuse import transfer_plan
+
+    src = VGG(stage_widths=(2, 3), stage_depths=(1, 1), hidden_widths=(), num_classes=2)
+    dst = src.clone(stage_widths=(4, 2), stage_depths=(2, 1))
+    variables = random_variables(src, 0)
+    plan = transfer_plan(src, variables, dst, key=jax.random.key(0), noise="none")
+    assert (plan.model, plan.new_model) == (src, dst)
+    jax.tree.map(np.testing.assert_array_equal, plan.apply(variables), plan.variables)
+    mapped = plan.map(variables["params"])
+    np.testing.assert_array_equal(  # widened producers copy, narrowed ones keep units
+        mapped["stage0_layer0"]["conv"]["kernel"],
+        plan.variables["params"]["stage0_layer0"]["conv"]["kernel"],
+    )
+    assert np.all(mapped["stage0_layer1"]["conv"]["kernel"] == 0.0)  # identity layer: new

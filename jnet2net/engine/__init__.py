@@ -12,7 +12,14 @@ from jnet2net.engine.ops import (
     replicate,
     split,
 )
-from jnet2net.engine.plan import GroupStep, GrowthPlan, Source, keep_empty_collections, run_groups
+from jnet2net.engine.plan import (
+    GroupStep,
+    GrowthPlan,
+    Source,
+    deepening_plan,
+    keep_empty_collections,
+    run_groups,
+)
 
 __all__ = [
     "GroupStep",
@@ -20,6 +27,7 @@ __all__ = [
     "Source",
     "UnitOp",
     "chain",
+    "deepening_plan",
     "fold",
     "identity",
     "keep_empty_collections",

@@ -161,7 +161,7 @@ class GrowthPlan:
     """How ``model``'s variables become ``new_model``'s; see the module docstring.
 
     Attributes:
-      model: the module before.
+      model: the module before (``None`` for a plan of bare group steps).
       new_model: the module after.
       groups: the unit-group steps, run in order.
       sources: ``{new path: Source}``; ``None``: every leaf is its own source. Old leaves
@@ -169,15 +169,18 @@ class GrowthPlan:
       key: the noise key of ``apply`` (split among keyed ops).
       init: ``key -> new_model``'s variables, for ``fresh`` groups.
       init_key: the key of ``init`` (default: ``key``).
+      check: ``(variables, new_variables) -> None``, run by ``apply``; raises when the
+        result is not what the plan promised (e.g. not the same function).
     """
 
-    model: nn.Module
-    new_model: nn.Module
+    model: nn.Module | None
+    new_model: nn.Module | None
     groups: tuple[GroupStep, ...] = ()
     sources: Mapping[Path, Source] | None = None
     key: jax.Array | None = None
     init: Callable[[jax.Array], Variables] | None = None
     init_key: jax.Array | None = None
+    check: Callable[[Variables, Variables], None] | None = None
 
     def _start(self, old: FlatVariables, zeros_dtype: Any = None) -> FlatVariables:
         if self.sources is None:
@@ -209,7 +212,10 @@ class GrowthPlan:
         flat = run_groups(self._start(flatten(variables)), self.groups, noise_key, moments=False)
         if self.init is not None and any(step.fresh for step in self.groups):
             flat = fill_fresh(flat, flatten(self.init(init_key)), self.groups)
-        return keep_empty_collections(unflatten_like(flat, variables), variables)
+        grown = keep_empty_collections(unflatten_like(flat, variables), variables)
+        if self.check is not None:
+            self.check(variables, grown)
+        return grown
 
     def map(self, tree: Any) -> Any:
         """A tree shaped like ``model``'s params mapped to one shaped like ``new_model``'s.
@@ -223,3 +229,12 @@ class GrowthPlan:
         flat = run_groups(self._start(old, dtype), self.groups, None, moments=True)
         out = unflatten_like(flat, {}).get("params", {})
         return freeze(out) if frozen else out
+
+
+def deepening_plan(
+    model: nn.Module, new_model: nn.Module, old: FlatVariables, new: FlatVariables
+) -> GrowthPlan:
+    """A plan that keeps every leaf of ``old`` (by path) and adds the others of ``new`` as
+    new leaves (identity layers, zero-output blocks, fresh weights: moments zero)."""
+    sources = {p: Source(p) if p in old else Source(value=leaf) for p, leaf in new.items()}
+    return GrowthPlan(model, new_model, sources=sources)
