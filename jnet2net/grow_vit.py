@@ -35,16 +35,15 @@ import jax
 import jax.numpy as jnp
 
 from jnet2net import surgery
-from jnet2net.grow import (
+from jnet2net.engine import GrowthPlan, keep_empty_collections
+from jnet2net.engine.widening import (
     GroupGrowth,
     GroupMapping,
     Noise,
-    _keep_empty_collections,
-    apply_widening,
-    embed_widening,
-    fresh_widening,
+    fresh_steps,
     grown_groups,
-    replicated_widening,
+    warn_paper,
+    widening_steps,
 )
 from jnet2net.models.vit import ViT
 from jnet2net.variables import (
@@ -202,30 +201,53 @@ def widen_vit(
       ValueError: a size would shrink, ``embed_dim`` is not a multiple of the old one, or
         ``variables`` do not fit ``model``.
     """
+    plan = vit_widen_plan(
+        model,
+        variables,
+        key=key,
+        embed_dim=embed_dim,
+        mlp_dim=mlp_dim,
+        num_heads=num_heads,
+        noise=noise,
+        noise_scale=noise_scale,
+    )
+    warn_paper(noise, plan, stacklevel=2)
+    return plan.new_model, plan.apply(variables)
+
+
+def vit_widen_plan(
+    model: ViT,
+    variables: Variables,
+    *,
+    key: jax.Array,
+    embed_dim: int | None = None,
+    mlp_dim: int | None = None,
+    num_heads: int | None = None,
+    noise: Noise = "split",
+    noise_scale: float = 0.1,
+) -> GrowthPlan:
+    """The :class:`~jnet2net.engine.GrowthPlan` of :func:`widen_vit` (same arguments)."""
     if not isinstance(model, ViT):
         raise TypeError(f"widen_vit grows ViT modules, got {type(model).__name__}")
     new_model = widened_vit(model, embed_dim=embed_dim, mlp_dim=mlp_dim, num_heads=num_heads)
     check_variables(model, variables)
     map_key, noise_key = jax.random.split(key)  # as jnet2net.widen splits it
-    if noise == "fresh":
-        stream_key, init_key = jax.random.split(noise_key)
-        grown = apply_widening(
-            variables,
-            _stream_plan(model, new_model),
-            key=stream_key,
-            noise="split",
-            noise_scale=noise_scale,
-        )
-        growths = _unit_growths(model, new_model)
-        fresh: Variables = {}
-        if growths:
-            fresh = new_model.init(init_key, model.example_input(variables), train=False)
-        return new_model, fresh_widening(grown, fresh, growths)
-    plan = vit_widening_plan(model, new_model, map_key)
-    new_variables = replicated_widening(
-        variables, plan, key=noise_key, noise=noise, noise_scale=noise_scale, stacklevel=3
+    if noise != "fresh":
+        steps = widening_steps(vit_widening_plan(model, new_model, map_key), noise, noise_scale)
+        return GrowthPlan(model, new_model, steps, key=noise_key)
+    # the stream replicated with split noise, heads and MLP units fresh
+    stream_key, init_key = jax.random.split(noise_key)
+    steps = widening_steps(_stream_plan(model, new_model), "split", noise_scale)
+    steps += fresh_steps(_unit_growths(model, new_model))
+    example = model.example_input(variables)
+    return GrowthPlan(
+        model,
+        new_model,
+        steps,
+        key=stream_key,
+        init=lambda k: new_model.init(k, example, train=False),
+        init_key=init_key,
     )
-    return new_model, new_variables
 
 
 def embed_vit_widening(variables: Variables, model: ViT, new_model: ViT) -> Variables:
@@ -236,8 +258,9 @@ def embed_vit_widening(variables: Variables, model: ViT, new_model: ViT) -> Vari
     optimizer moments: replicas of a stream unit get its moments (``1/k`` of them on
     consumer rows), new heads and MLP units get zeros.
     """
-    grown = apply_widening(variables, _stream_plan(model, new_model), noise="none")
-    return embed_widening(grown, _unit_growths(model, new_model))
+    steps = widening_steps(_stream_plan(model, new_model))
+    steps += fresh_steps(_unit_growths(model, new_model))
+    return GrowthPlan(model, new_model, steps).apply(variables)
 
 
 def deepen_vit(
@@ -291,4 +314,4 @@ def deepen_vit(
     for path, leaf in old.items():  # other collections pass through unchanged
         if path[0] != "params":
             new_flat[path] = leaf
-    return new_model, _keep_empty_collections(unflatten_like(new_flat, variables), variables)
+    return new_model, keep_empty_collections(unflatten_like(new_flat, variables), variables)

@@ -8,15 +8,10 @@
     print(report)  # one row per destination leaf; totals; function-preserving or not
 """
 
+from jnet2net.reuse.groups import GroupOp, GroupSpec
+from jnet2net.reuse.layers import LayerSource
 from jnet2net.reuse.layout import check_pair, describe, stage_slots
-from jnet2net.reuse.plan import (
-    GroupOp,
-    GroupSpec,
-    LayerSource,
-    TransferPlan,
-    transfer,
-    transfer_plan,
-)
+from jnet2net.reuse.plan import TransferPlan, transfer, transfer_plan
 from jnet2net.reuse.report import LeafReport, TransferReport
 
 __all__ = [

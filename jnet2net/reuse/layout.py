@@ -8,7 +8,10 @@ are filled by ``fill``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Literal
+
+import numpy as np
 
 from jnet2net.models import VGG, ResNet, ViT, model_config
 
@@ -46,8 +49,8 @@ def check_pair(src_model: Any, dst_model: Any) -> None:
     Raises:
       TypeError: either model is not a ``VGG``, ``ResNet`` or ``ViT``.
       ValueError: the families, the number of stages, VGG ``batch_norm``, ResNet ``block``,
-        the ResNet stem layout (a separate ``stem_width`` or none) or the ViT ``patch_size``
-        or ``pool`` differ; the message names both architectures.
+        the ResNet stem layout (a separate ``stem_width`` or none) or the ViT ``pool``
+        differ; the message names both architectures.
     """
     for model, role in ((src_model, "source"), (dst_model, "destination")):
         if not isinstance(model, (VGG, ResNet, ViT)):
@@ -147,3 +150,44 @@ def stage_slots(
     else:
         kept = [0] if m == 1 else [i * (n - 1) // (m - 1) for i in range(m)]
     return tuple(kept)
+
+
+def check_input_shape(src: Any, dst: Any, src_variables: Any, input_shape: Any) -> tuple[int, ...]:
+    """``(1, h, w, c)``: the batch-of-one input both networks of a transfer are traced with
+    (``input_shape``, else the source's example input).
+
+    Raises:
+      ValueError: ``input_shape`` is malformed, or does not fit the source (channels; a
+        VGG's image size; a ViT's images must cut into the destination's patches), naming
+        both architectures.
+    """
+    default = tuple(src.example_input(src_variables).shape)
+    if input_shape is None:  # the source's images, checked as given ones are
+        input_shape = default
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, np.ndarray)) else ()
+    if len(shape) != 4 or any(
+        isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in shape
+    ):
+        raise ValueError(f"input_shape must be (n, h, w, c) of positive ints, got {input_shape!r}")
+    shape = tuple(int(d) for d in shape)
+    pair = f"{describe(src)} -> {describe(dst)}"
+    if shape[-1] != default[-1]:
+        raise ValueError(
+            f"cannot transfer {pair}: the source reads {default[-1]} input channels but "
+            f"input_shape {shape} has {shape[-1]}; both networks need the same input channels"
+        )
+    if isinstance(src, ViT):
+        h, w, p = shape[1], shape[2], dst.patch_size
+        if h % p or w % p:
+            raise ValueError(
+                f"cannot transfer {pair}: {h}x{w} images do not cut into {p}x{p} patches of "
+                f"the destination; give an input_shape (n, h, w, c) with h and w multiples of {p}"
+            )
+        return (1, *shape[1:])
+    if isinstance(src, VGG) and shape[1:3] != default[1:3]:
+        raise ValueError(
+            f"cannot transfer {pair}: the source's dense head reads the features of "
+            f"{default[1]}x{default[2]} images but input_shape {shape} is {shape[1]}x{shape[2]}; "
+            "a VGG transfer keeps the image size"
+        )
+    return (1, *shape[1:])

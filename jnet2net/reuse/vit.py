@@ -66,21 +66,10 @@ def check_vit_pair(src: ViT, dst: ViT, pair: str) -> None:
         )
 
 
-def check_vit_input(dst: ViT, input_shape: Sequence[int], pair: str) -> None:
-    """Raises ValueError (naming ``pair``) unless ``input_shape``'s ``(n, h, w, c)`` images cut
-    into ``dst``'s patches."""
-    h, w, p = input_shape[1], input_shape[2], dst.patch_size
-    if h % p or w % p:
-        raise ValueError(
-            f"cannot transfer {pair}: {h}x{w} images do not cut into {p}x{p} patches of the "
-            f"destination; give an input_shape (n, h, w, c) with h and w multiples of {p}"
-        )
-
-
 def vit_layout(
     src: ViT, dst: ViT, depth_map: DepthMap, shrink: Shrink
 ) -> tuple[ViT, dict[str, Any], list[list[str]], list[str]]:
-    """``(mid_model, layout, stages, changes)`` as ``plan._layout`` returns them; layout
+    """``(mid_model, layout, stages, changes)`` as ``reuse.layers.mid_layout`` returns them; layout
     values are ``('copy', source_layer)`` pairs or ``None`` (a gap), made into
     ``LayerSource``s by the caller. ``mid_model`` has ``dst``'s patch size, so it traces at
     the destination's images (its patch and position embeddings are resized last)."""

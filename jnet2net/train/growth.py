@@ -10,14 +10,18 @@ and ``tx``, so the learning-rate schedule continues where it was.
 
 The three ways to grow give their params maps:
 
-* :func:`widen_train_state`: ``jnet2net.widen``'s mapping (the same key draws the same
-  replicas) replayed with ``noise='none'``: replicated units copy their moments, split
-  consumers get ``1 / count`` of them; with ``noise='fresh'``, ``embed_widening``: old units
-  keep their moments, every entry of a new unit is zero;
-* :func:`deepen_train_state`: every existing leaf keeps its moments, new layers get zeros;
+Every growth builds one :class:`~jnet2net.engine.GrowthPlan`; its ``apply`` gives the new
+variables and its linear ``map`` is the params map:
+
+* :func:`widen_train_state` (``jnet2net.grow.widen_plan``): replicated units copy their
+  moments, split consumers get ``1 / count`` of them (no noise); with ``noise='fresh'`` old
+  units keep their moments and every entry of a new unit is zero;
+* :func:`deepen_train_state` (``jnet2net.grow.deepen_plan``): every existing leaf keeps its
+  moments, new layers get zeros;
 * :func:`target_train_state`: growth to any target module (``widen``/``deepen`` with
-  ``target=``), whose maps are the two above's (``grow_any.widened_moments``);
-* :func:`transfer_train_state`: ``TransferPlan.map_params`` of ``jnet2net.reuse``.
+  ``target=``), by the same two plans;
+* :func:`transfer_train_state`: ``jnet2net.reuse.TransferPlan``, which has the same
+  ``apply``/``map``.
 
 Example::
 
@@ -36,14 +40,13 @@ import jax.numpy as jnp
 import optax
 from flax.core import FrozenDict, freeze, unfreeze
 
-from jnet2net.grow import Noise, deepen, embed_widening, grown_groups, widen
-from jnet2net.grow_any import Rule, target_kind, widened_moments
-from jnet2net.grow_vit import embed_vit_widening
-from jnet2net.models.vit import ViT
+from jnet2net.engine import GrowthPlan
+from jnet2net.grow import Noise, deepen_plan, widen_plan
+from jnet2net.grow_any import Rule, target_kind
 from jnet2net.reuse import TransferReport, transfer_plan
 from jnet2net.reuse.layout import DepthMap, Fill, Shrink
 from jnet2net.train.state import TrainState, variables_of
-from jnet2net.variables import Variables, flatten, path_str, unflatten_like
+from jnet2net.variables import Variables, flatten, path_str
 
 Moments = Literal["map", "reset"]
 MOMENTS = ("map", "reset")
@@ -138,13 +141,13 @@ def widen_train_state(
 ) -> tuple[nn.Module, TrainState]:
     """``jnet2net.widen`` of a train state; the sizes, ``key`` and noise are ``widen``'s.
 
-    The params are exactly ``widen(model, variables, key=key, ...)``'s. The moments follow
-    the same mapping without noise: a replica's moments equal its original's, a split
+    The params are exactly ``widen(model, variables, key=key, ...)``'s; the moments go
+    through the same plan's ``map``: a replica's moments equal its original's, a split
     consumer's are ``1 / count`` of them, so (with ``noise='none'``) replicas stay equal
     under further SGD-momentum or Adam steps. With ``noise='fresh'`` old units keep their
-    moments in place and every entry of a new unit (incoming or outgoing) is zero
-    (``jnet2net.grow.embed_widening``; no second init); a ViT's stream, replicated under
-    every noise, maps its moments like its replicas (``grow_vit.embed_vit_widening``).
+    moments in place and every entry of a new unit (incoming or outgoing) is zero (no
+    second init); a ViT's stream, replicated under every noise, maps its moments like its
+    replicas.
 
     Returns:
       ``(new_model, new_state)``.
@@ -160,19 +163,15 @@ def widen_train_state(
         "mlp_dim": mlp_dim,
         "num_heads": num_heads,
     }
-    new_model, new_variables = widen(
-        model, variables, key=key, noise=noise, noise_scale=noise_scale, **sizes
-    )
+    plan = widen_plan(model, variables, key=key, noise=noise, noise_scale=noise_scale, **sizes)
+    return plan.new_model, _grown(state, plan, variables, moments)
 
-    def params_map(tree: Any) -> Any:
-        if noise == "fresh" and isinstance(model, ViT):
-            return embed_vit_widening({"params": tree}, model, new_model)["params"]
-        if noise == "fresh":
-            return embed_widening({"params": tree}, grown_groups(model, new_model))["params"]
-        _, grown = widen(model, {**variables, "params": tree}, key=key, noise="none", **sizes)
-        return grown["params"]
 
-    return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
+def _grown(state: TrainState, plan: GrowthPlan, variables: Variables, moments: Moments) -> Any:
+    """``state`` carried through ``plan``: its ``apply`` for the variables, ``map`` for
+    the optimizer moments."""
+    new_variables = plan.apply(variables)
+    return grow_train_state(state, plan.new_model, new_variables, plan.map, moments=moments)
 
 
 def deepen_train_state(
@@ -194,32 +193,17 @@ def deepen_train_state(
       ``(new_model, new_state)``.
     """
     _check_moments(moments)
-    new_model, new_variables = deepen(
+    variables = variables_of(state.params, state.batch_stats)
+    plan = deepen_plan(
         model,
-        variables_of(state.params, state.batch_stats),
+        variables,
         depths=depths,
         hidden_depths=hidden_depths,
         key=key,
         calibration_batch=calibration_batch,
         depth=depth,
     )
-    params_map = _kept_or_zero(new_variables["params"])
-    return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
-
-
-def _kept_or_zero(new_params: Any) -> ParamsMap:
-    """The params map of a deepening: old leaves kept, leaves of new layers zero."""
-
-    def params_map(tree: Any) -> Any:
-        old = flatten(unfreeze(tree) if isinstance(tree, FrozenDict) else tree)
-        dtype = jnp.result_type(*old.values())
-        new = {
-            path: old[path] if path in old else jnp.zeros(leaf.shape, dtype)
-            for path, leaf in flatten(unfreeze(new_params)).items()
-        }
-        return unflatten_like(new, tree)
-
-    return params_map
+    return plan.new_model, _grown(state, plan, variables, moments)
 
 
 def target_train_state(
@@ -267,12 +251,9 @@ def target_train_state(
     variables = variables_of(state.params, state.batch_stats)
     common = {"key": key, "target": target, "example_input": example_input}
     if target_kind(model, variables, target, example_input, apply_kwargs) == "deepen":
-        new_model, new_variables = deepen(
-            model, variables, rules=rules, apply_kwargs=apply_kwargs, **common
-        )
-        params_map = _kept_or_zero(new_variables["params"])
+        plan = deepen_plan(model, variables, rules=rules, apply_kwargs=apply_kwargs, **common)
     else:
-        new_model, new_variables = widen(
+        plan = widen_plan(
             model,
             variables,
             noise=noise,
@@ -280,10 +261,7 @@ def target_train_state(
             apply_kwargs=apply_kwargs,
             **common,
         )
-        params_map = widened_moments(
-            model, variables, apply_kwargs=apply_kwargs, noise=noise, **common
-        )
-    return new_model, grow_train_state(state, new_model, new_variables, params_map, moments=moments)
+    return plan.new_model, _grown(state, plan, variables, moments)
 
 
 def transfer_train_state(
@@ -302,7 +280,7 @@ def transfer_train_state(
 ) -> tuple[TrainState, TransferReport]:
     """``jnet2net.reuse.transfer`` of a train state; the arguments are ``transfer``'s.
 
-    The moments go through the same plan (``TransferPlan.map_params``): copied, replicated,
+    The moments go through the same plan (``TransferPlan.map``): copied, replicated,
     split, folded or cropped like their parameters, zero where the parameters are new.
 
     Returns:
@@ -321,5 +299,5 @@ def transfer_train_state(
         noise_scale=noise_scale,
         input_shape=input_shape,
     )
-    new_state = grow_train_state(state, dst_model, plan.variables, plan.map_params, moments=moments)
+    new_state = grow_train_state(state, plan.new_model, plan.variables, plan.map, moments=moments)
     return new_state, plan.report
