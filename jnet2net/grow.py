@@ -106,6 +106,20 @@ def _widened_model(
     return model.clone(**changes)
 
 
+def _check_noise_options(noise: Any, key: Any, noise_scale: Any) -> None:
+    """``widen``'s checks of its randomness options, on the sizes and the target path alike.
+
+    Raises:
+      ValueError: ``noise`` is not one of ``NOISES``, or ``noise_scale`` is negative or not
+        finite.
+      TypeError: ``key`` is not one JAX key, or ``noise_scale`` is not a number.
+    """
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    check_key("widen", key)
+    check_noise_scale(noise_scale)
+
+
 def widen(
     model: nn.Module,
     variables: Variables,
@@ -229,10 +243,7 @@ def widen_plan(
         warn_paper(noise, plan, stacklevel=3)
         return plan
     _check_family(model)
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    check_key("widen", key)
-    check_noise_scale(noise_scale)
+    _check_noise_options(noise, key, noise_scale)
     vit_sizes = {"embed_dim": embed_dim, "mlp_dim": mlp_dim, "num_heads": num_heads}
     cnn_sizes = {"widths": widths, "hidden_widths": hidden_widths}
     cnn_sizes.update(inner_widths=inner_widths, stem_width=stem_width)
@@ -290,10 +301,7 @@ def _widen_to_target(
         )
     if not isinstance(target, nn.Module):
         raise TypeError(f"target must be a flax linen module, got {type(target).__name__}")
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    check_key("widen", key)
-    check_noise_scale(noise_scale)
+    _check_noise_options(noise, key, noise_scale)
     if example_input is None and isinstance(model, (VGG, ResNet, ViT)):
         example_input = model.example_input(variables)
     return widen_to_target_plan(

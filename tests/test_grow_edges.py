@@ -150,3 +150,21 @@ def test_vgg_trained_on_rectangular_images_grows_exactly(image):
 def test_deepen_rejects_calibration_batches_that_do_not_fit(vgg_vars, batch, match):
     with pytest.raises(ValueError, match=match):
         jnet2net.deepen(VGG_SMALL, vgg_vars, depths=(2, 1), calibration_batch=batch)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"noise": "gaussian"}, ValueError, r"noise must be one of .*'gaussian'"),
+        ({"key": 0}, TypeError, r"widen needs key=jax.random.key\(seed\)"),
+        ({"noise_scale": -0.5}, ValueError, "noise_scale must be a finite number >= 0"),
+    ],
+)
+def test_widen_checks_its_noise_options_with_sizes_and_with_a_target(
+    vgg_vars, options, error, match
+):
+    kwargs = {"key": jax.random.key(0), **options}
+    with pytest.raises(error, match=match):
+        jnet2net.widen(VGG_SMALL, vgg_vars, widths=(4, 5), **kwargs)
+    with pytest.raises(error, match=match):
+        jnet2net.widen(VGG_SMALL, vgg_vars, target=VGG_SMALL.clone(stage_widths=(4, 5)), **kwargs)
