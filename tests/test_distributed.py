@@ -258,8 +258,12 @@ def test_the_train_command_runs_as_two_processes(tmp_path):
     )
     assert "2 processes, 4 devices (2 in this process)" in stdout[0]
     assert f"checkpoint step 6, metrics {run_dir / 'metrics.jsonl'}" in stdout[0]
-    # process 0 alone prints (gloo's own C++ lines, "[Gloo] Rank ...", go to every stdout)
-    assert [line for line in stdout[1].splitlines() if not line.startswith("[Gloo]")] == []
+    # process 0 alone prints (gloo's own C++ lines, "[Gloo] Rank ... peer ranks ...", go to
+    # every stdout, and its threads may break one of them in two under load)
+    ours = [
+        line for line in stdout[1].splitlines() if "[Gloo]" not in line and "peer rank" not in line
+    ]
+    assert ours == []
     assert checkpoint.all_steps(run_dir) == [4, 6]
     records = train.read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [4, 6]
