@@ -139,7 +139,6 @@ def save_run(
         variables=whole_variables(run.frozen, state),
         step=int(state.step),
         opt_state=state.opt_state,
-        rng=getattr(state, "rng", None),
         train_config=train_config,
         metadata=info,
         input_shape=input_shape,
@@ -246,8 +245,6 @@ def restore_run(
         "opt_state": restored.opt_state,
         "step": jnp.asarray(restored.step, like.step.dtype),
     }
-    if hasattr(like, "rng") and restored.rng is not None:
-        changes["rng"] = restored.rng
     extra = restored.extra or {}
     run = ScaleDownCheckpoint(
         state=like.replace(**changes),
