@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from jnet2net.data.dataset import Dataset
 from jnet2net.data.streaming import StreamSet, eval_batches
+from jnet2net.train import dispatch
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.inputs import as_stream, streams_eval
 from jnet2net.train.sharding import batch_sharding, data_mesh, put_replicated, replicated
@@ -144,9 +145,10 @@ def run_eval(
     eval_step: Callable[..., Any], variables: Any, data: DeviceEvalSet, mesh: Mesh
 ) -> tuple[float, float]:
     """``(loss, accuracy)`` of an indexed eval step over every batch of ``data``."""
-    totals = zero_totals(mesh)
+    totals, sync = zero_totals(mesh), dispatch.Every()
     for index in range(data.num_batches):
         totals = eval_step(variables, data.images, data.labels, np.int32(index), totals)
+        sync.push(totals)
     return mean_loss_accuracy(totals)
 
 
@@ -155,10 +157,11 @@ def run_stream_eval(
 ) -> tuple[float, float]:
     """``(loss, accuracy)`` of :func:`batch_eval_step` over every record of ``test``,
     streamed once in order."""
-    totals = zero_totals(mesh)
+    totals, sync = zero_totals(mesh), dispatch.Every()
     with eval_batches(test, mesh, batch_size=batch_size) as batches:
         for images, labels in batches:
             totals = eval_step(variables, images, labels, totals)
+            sync.push(totals)
     return mean_loss_accuracy(totals)
 
 

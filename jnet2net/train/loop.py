@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from jnet2net import distributed
 from jnet2net.data.dataset import Dataset
+from jnet2net.train import dispatch
 from jnet2net.train.checks import check_fit_inputs, check_outputs_fit, steps_per_epoch
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.evaluation import check_count, eval_metrics, put_test_set, test_step_for
@@ -294,6 +295,7 @@ def fit(
     if not streaming:
         data = (images, labels, permutation(config.seed, start // spe, len(train)))
     stepper.begin(state, data, totals)
+    in_flight = dispatch.DispatchWindow()  # see dispatch: unbounded queues abort on CPU
     with progress, batches:
         for epoch in range(start // spe, config.epochs):
             lo, hi = max(start, epoch * spe), min(end, (epoch + 1) * spe)
@@ -327,6 +329,7 @@ def fit(
                     t_epoch, mark = time.perf_counter(), step
                 state, metrics = stepper.step(state, next(batches) if streaming else data)
                 step_metrics.append(metrics)
+                in_flight.push(metrics)
                 totals["train_flops"] += stepper.step_flops
                 if first_step_s is None:  # kept out of the rates
                     jax.block_until_ready(metrics)
