@@ -170,6 +170,7 @@ def test_a_run_config_needs_a_study_that_takes_config():
         study_lib.study_argv(study_lib.Study("progressive", {"config": "x.py"}, run=run))
 
 
+@pytest.mark.slow  # the script's entry point in a fresh interpreter (imports JAX)
 def test_the_script_prints_the_resolved_command():
     script = [sys.executable, "experiments/run.py", "configs/studies/progressive_cpu.py"]
     result = subprocess.run(
