@@ -98,15 +98,12 @@ if wanted resnet20; then  # the reference: ResNet-20, 60 epochs, 88.5% in 23 s o
     "${EPOCHS[@]}" --no-progress --keep 1 --out "$OUT/runs/resnet20"
 fi
 if wanted progressive && [ "$SMALL" != 1 ]; then  # quarter -> half -> full ResNet-20 vs scratch
-  run_step progressive 150 "$PY" experiments/progressive/run.py --protocol full \
-    --npz /tmp/cifar10_raw/cifar10.npz --epochs 15 --batch-size 512 --lr 0.2 \
-    --arms scratch fresh scratch_eq split0.1 --seeds 0 1 2 --out "$OUT/results/progressive"
+  run_step progressive 150 "$PY" experiments/run.py configs/studies/progressive_gpu.py \
+    --set out="$OUT/results/progressive"
 fi
 if wanted net2net && [ "$SMALL" != 1 ]; then  # half-width teacher -> wider student vs scratch
-  run_step net2net 150 "$PY" experiments/net2net/protocol.py --protocol full \
-    --npz /tmp/cifar10_raw/cifar10.npz --archs resnet --changes wider deeper both \
-    --budgets 3 10 20 --teacher-epochs 10 --batch-size 512 --lr 0.2 --student-lr 0.1 \
-    --seeds 0 1 2 --out "$OUT/results/net2net" --cache /tmp/net2net_teachers
+  run_step net2net 150 "$PY" experiments/run.py configs/studies/net2net_protocol_gpu.py \
+    --set out="$OUT/results/net2net"
 fi
 if wanted time_to_accuracy; then  # half-width ResNet-20 -> full width, 10-epoch budget
   BUDGET=(--epochs 10 --teacher-epochs 15 --batch-size 512 --lr 0.2)
@@ -124,10 +121,8 @@ if wanted scale_down; then  # ResNet-18: full vs scale-down (cache mode), equal 
     --out "$OUT/runs/resnet18_scale_down"
 fi
 if wanted scale_down && [ "$SMALL" != 1 ]; then  # ResNet-50: the >= 2x at <= 1 point target
-  run_step scale_down_resnet50 200 "$PY" experiments/scale_down/run.py --protocol full \
-    --npz /tmp/cifar10_raw/cifar10.npz --nets resnet50 --arms full scale_down --seeds 0 \
-    --epochs 15 --batch-size 512 --lr 0.2 --warmup-epochs 2 --dtype bfloat16 \
-    --out "$OUT/results/scale_down"
+  run_step scale_down_resnet50 200 "$PY" experiments/run.py \
+    configs/studies/scale_down_gpu_resnet50.py --set out="$OUT/results/scale_down"
 fi
 
 if wanted throughput_more && [ "$SMALL" != 1 ]; then  # rows are written as each net finishes

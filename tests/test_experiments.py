@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import types
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 
 from experiments import common
+from experiments import run as runner
+from experiments import study as study_lib
 from experiments.net2net import run as net2net
 from experiments.net2net import symmetry
 from experiments.scale_down import run as scale_down
@@ -497,6 +500,9 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
     }
     seen = []
     for argv in invocations:
+        if argv[0] == "experiments/run.py":  # a study config: the study script's argv
+            study = runner.resolved_study(runner.build_parser().parse_args(argv[1:]))
+            argv = shlex.split(runner.command_text(study, study_lib.study_argv(study)))[1:]
         if argv[0] in parsers:
             parsers[argv[0]].parse_args(argv[1:])
             seen.append(argv[0])

@@ -382,8 +382,8 @@ def plot_family(out: pathlib.Path, arch: str, family: dict[str, Any]) -> None:
         common.plot_budget(series, out / f"budget_{arch}_{change}.png", title=f"{arch} {change}")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the protocol and writes the outputs; returns the results dict."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
     parser.add_argument("--budgets", type=int, nargs="*", default=None)
@@ -394,7 +394,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--archs", nargs="*", default=["resnet", "vgg"])
     parser.add_argument("--changes", nargs="*", default=list(CHANGES))
     parser.add_argument("--noises", nargs="*", default=list(NOISES), help="for 'wider'")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the protocol and writes the outputs; returns the results dict."""
+    args = build_parser().parse_args(argv)
     common.configure_reduced_mode(args.dataset)
 
     setup = settings(args.dataset, args.tiny)

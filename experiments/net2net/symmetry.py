@@ -121,13 +121,18 @@ def table(results: dict[str, Any]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the study and writes ``symmetry.json`` and ``symmetry.md``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--archs", nargs="*", default=["resnet", "vgg"])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the study and writes ``symmetry.json`` and ``symmetry.md``."""
+    args = build_parser().parse_args(argv)
     common.configure_reduced_mode(args.dataset)
     setup = settings(args.dataset, args.tiny)
     train, test = common.data_for(args)

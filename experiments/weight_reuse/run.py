@@ -170,15 +170,20 @@ def plot_setting(out: pathlib.Path, name: str, item: dict[str, Any]) -> None:
     common.plot_curves(runs, path, title=f"{name}: random vs reuse init", step_label="epoch")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs every setting and writes the outputs; returns the results dict."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--src-epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs every setting and writes the outputs; returns the results dict."""
+    args = build_parser().parse_args(argv)
     common.configure_reduced_mode(args.dataset)
 
     setup = settings(args.dataset, args.tiny)
