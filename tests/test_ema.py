@@ -210,6 +210,8 @@ def test_a_resumed_run_with_ema_equals_the_whole_run_bitwise(digits, grown_run, 
     )
     state, _ = checkpoint.restore_train_state(tmp_path, abstract, model=first.model)
     chex.assert_trees_all_equal(host_copy(state.ema), host_copy(first.state.ema))
+    # The run's own module object: its apply method keys the compiled steps (no recompile).
+    state = state.replace(apply_fn=first.state.apply_fn)
     second = train.fit(
         first.model, train_set, test_set, EMA, state=state, growth=GROWTH, growth_key=KEY
     )
@@ -242,6 +244,27 @@ def test_a_run_without_ema_drops_the_ema_of_its_state(digits, ema_run):
     train_set, _ = digits
     result = train.fit(MODEL, train_set, None, CONFIG, state=host_copy(ema_run[0].state))
     assert result.state.ema is None and result.ema_variables is None
+
+
+def test_the_train_command_saves_the_ema_and_resumes_it_bitwise(tmp_path):
+    """A run stopped mid-epoch by --max-steps and resumed ends where the whole run ends."""
+    arch = ["--arch", "resnet20", "--arch-json", '{"stage_depths": [1], "stage_widths": [3]}']
+    flags = ["--dataset", "digits", "--train-subset", "96", "--batch-size", "32", "--lr", "0.05"]
+    flags += ["--epochs", "2", "--ema-decay", "0.5", "--augment", "none", *arch]
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    assert cli.main(["train", *flags, "--out", str(whole)]) == 0
+    assert cli.main(["train", *flags, "--max-steps", "4", "--out", str(parted)]) == 0
+    assert cli.main(["train", "--out", str(parted), "--resume"]) == 0
+    a, b = checkpoint.restore(whole), checkpoint.restore(parted)
+    assert a.step == b.step == 6 and set(a.extra) == {"ema"}
+    chex.assert_trees_all_equal(a.extra["ema"], b.extra["ema"])
+    chex.assert_trees_all_equal(a.variables, b.variables)
+    assert not np.allclose(  # the average is saved, not the weights again
+        jax.tree.leaves(a.extra["ema"]["params"])[0], jax.tree.leaves(a.variables["params"])[0]
+    )
+    record = train.read_jsonl(parted / "metrics.jsonl")[-1]
+    assert record["test_acc"] == train.read_jsonl(whole / "metrics.jsonl")[-1]["test_acc"]
+    assert "test_acc_live" in record
 
 
 # --- refusals -----------------------------------------------------------------------------
