@@ -3,6 +3,8 @@ records, growth events, checkpoints and resume, the refusals and the flag."""
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -246,13 +248,15 @@ def test_a_run_without_ema_drops_the_ema_of_its_state(digits, ema_run):
     assert result.state.ema is None and result.ema_variables is None
 
 
-def test_the_train_command_saves_the_ema_and_resumes_it_bitwise(tmp_path):
+def test_the_train_command_saves_the_ema_and_resumes_it_bitwise(tmp_path, capsys):
     """A run stopped mid-epoch by --max-steps and resumed ends where the whole run ends."""
     arch = ["--arch", "resnet20", "--arch-json", '{"stage_depths": [1], "stage_widths": [3]}']
     flags = ["--dataset", "digits", "--train-subset", "96", "--batch-size", "32", "--lr", "0.05"]
     flags += ["--epochs", "2", "--ema-decay", "0.5", "--augment", "none", *arch]
     whole, parted = tmp_path / "whole", tmp_path / "parted"
     assert cli.main(["train", *flags, "--out", str(whole)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"epoch 2/2 step 6 .* test_acc \d\.\d{3} \(live \d\.\d{3}\)", out), out
     assert cli.main(["train", *flags, "--max-steps", "4", "--out", str(parted)]) == 0
     assert cli.main(["train", "--out", str(parted), "--resume"]) == 0
     a, b = checkpoint.restore(whole), checkpoint.restore(parted)
