@@ -271,6 +271,14 @@ def test_the_train_command_saves_the_ema_and_resumes_it_bitwise(tmp_path, capsys
     assert "test_acc_live" in record
 
 
+def test_fit_checks_the_ema_of_a_resumed_state_against_the_model(digits, ema_run):
+    train_set, _ = digits
+    state = host_copy(ema_run[0].state)
+    state = state.replace(ema={"params": state.ema["params"]})  # no batch_stats
+    with pytest.raises(ValueError, match=r"batch_stats"):
+        train.fit(MODEL, train_set, None, EMA, state=state)
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 

@@ -116,8 +116,9 @@ def fit(
     weights (``state.ema``, started at the starting weights, updated in the step, grown by
     each event's plan like the weights, saved by ``checkpoint.save_train_state``); records'
     ``test_loss``/``test_acc`` are the average's and ``test_loss_live``/``test_acc_live``
-    the live weights'; ``FitResult.ema_variables`` is the average. It does not combine with
-    ``scale_down`` (ValueError).
+    the live weights'; ``FitResult.ema_variables`` is the average. A resumed ``state``
+    without an average starts one at its weights; a run without ``ema_decay`` drops a
+    state's average. It does not combine with ``scale_down`` (ValueError).
 
     Under ``jax.distributed`` (:func:`jnet2net.distributed.initialize`) every process calls
     ``fit`` with the same arguments and data; the default mesh spans every process's

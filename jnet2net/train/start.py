@@ -55,6 +55,8 @@ def start_state(
     else:
         if hasattr(model, "example_input"):
             check_variables(model, state.variables)
+            if state.ema is not None:
+                check_variables(model, state.ema)
         if windows:
             state = state.replace(tx=tx)
         if config.ema_decay is None and state.ema is not None:
