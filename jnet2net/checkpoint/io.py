@@ -47,6 +47,9 @@ from jnet2net.checkpoint.format import (
 from jnet2net.checkpoint.steps import check_no_stray_steps, check_not_a_file, resolve_step
 from jnet2net.variables import Variables, check_variables, flatten
 
+#: The name of a train state's moving average of the weights among a checkpoint's extras.
+EMA = "ema"
+
 
 class Restored(NamedTuple):
     """A restored checkpoint.
@@ -178,8 +181,9 @@ def save_train_state(
 ) -> pathlib.Path:
     """Saves a flax ``TrainState`` with ``batch_stats`` at ``state.step``.
 
-    Params, batch stats, optimizer state and step are saved; ``rng`` defaults to
-    ``state.rng`` when the state has one. See :func:`save`.
+    Params, batch stats, optimizer state and step are saved, and the moving average of the
+    weights (``state.ema``, as the extra arrays ``{'ema': ...}``) when the state has one;
+    ``rng`` defaults to ``state.rng`` when the state has one. See :func:`save`.
     """
     variables = {"params": state.params}
     batch_stats = getattr(state, "batch_stats", None)
@@ -187,6 +191,7 @@ def save_train_state(
         variables["batch_stats"] = batch_stats
     if rng is None:
         rng = getattr(state, "rng", None)
+    ema = getattr(state, "ema", None)
     return save(
         directory,
         model=model,
@@ -198,6 +203,7 @@ def save_train_state(
         metadata=metadata,
         input_shape=input_shape,
         max_to_keep=max_to_keep,
+        extra=None if ema is None else {EMA: ema},
     )
 
 
@@ -407,6 +413,9 @@ def restore_train_state(
 
     Returns:
       ``(state with params, batch_stats, opt_state, step (and rng) replaced, restored)``.
+      A ``state`` with a moving average of the weights (``ema`` not ``None``) gets the
+      checkpoint's, or, from a checkpoint saved without one, an average that starts at the
+      restored variables.
 
     Raises:
       ValueError: the checkpoint has no optimizer state, or see :func:`restore`.
@@ -415,7 +424,15 @@ def restore_train_state(
     if model is not None:
         check_architecture(info, model)
     _check_state_fits(info, state)
-    restored = restore(directory, step=info.step, model=model, opt_state_like=state.opt_state)
+    ema_like = getattr(state, "ema", None)
+    extra_like = {EMA: ema_like} if ema_like is not None and info.has_extra else None
+    restored = restore(
+        directory,
+        step=info.step,
+        model=model,
+        opt_state_like=state.opt_state,
+        extra_like=extra_like,
+    )
     if restored.opt_state is None:
         raise ValueError(
             f"checkpoint {restored.path} holds no optimizer state, so it cannot resume a "
@@ -435,6 +452,11 @@ def restore_train_state(
     }
     if hasattr(state, "rng") and restored.rng is not None:
         changes["rng"] = restored.rng
+    if ema_like is not None:
+        ema = (restored.extra or {}).get(EMA)
+        if ema is None:  # saved without an average: it starts at the restored weights
+            ema = jax.tree.map(jnp.copy, restored.variables)
+        changes["ema"] = ema
     return state.replace(**changes), restored
 
 

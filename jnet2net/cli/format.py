@@ -161,10 +161,13 @@ def print_line(text: str, progress: bool | None) -> None:
 
 def format_record(record: dict[str, Any], epochs: int) -> str:
     """``epoch 3/10 step 66 loss 0.412 acc 0.871 test_loss 0.3 test_acc 0.903 (2.1 s)``;
-    a record between epoch ends shows its fractional epoch, the step-0 record no loss."""
+    a record between epoch ends shows its fractional epoch, the step-0 record no loss; with
+    a moving average of the weights ``test_acc`` is its, then ``(live 0.897)``."""
     text = f"epoch {record['epoch']:.4g}/{epochs} step {record['step']}"
     if record.get("train_loss") is not None:
         text += f" loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
     if record.get("test_acc") is not None:
         text += f" test_loss {record['test_loss']:.3f} test_acc {record['test_acc']:.3f}"
+    if record.get("test_acc_live") is not None:
+        text += f" (live {record['test_acc_live']:.3f})"
     return text + f" ({record['wall_s']:.1f} s)"

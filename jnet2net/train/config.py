@@ -42,6 +42,10 @@ class TrainConfig:
         (warm-up, then constant).
       warmup_epochs: linear warm-up from 0, in epochs (may be fractional).
       label_smoothing: weight of the uniform distribution in the training targets.
+      ema_decay: keep an exponential moving average of the weights (params and BatchNorm
+        statistics), ``ema = decay * ema + (1 - decay) * new`` after every step, started at
+        the starting weights; evaluation reports the average (``test_acc``) and the live
+        weights (``test_acc_live``); ``None``: no average.
       compute_dtype: ``'float32'`` or ``'bfloat16'``; parameters stay float32.
       augment: ``'crop_flip'`` (random crop with ``crop_padding``, then a random
         horizontal flip), ``'crop'`` (for digits and letters, which flips would change),
@@ -76,6 +80,7 @@ class TrainConfig:
     schedule: Schedule = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    ema_decay: float | None = None
     compute_dtype: ComputeDtype = "float32"
     augment: Augmentation = "crop_flip"
     crop_padding: int = 4
@@ -109,6 +114,11 @@ class TrainConfig:
         _check_number("weight_decay", self.weight_decay, low=0.0)
         _check_number("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs)
         _check_number("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        if self.ema_decay is not None:
+            _check_number(
+                "ema_decay", self.ema_decay, low=0.0, high=1.0, low_open=True, high_open=True
+            )
+            object.__setattr__(self, "ema_decay", float(self.ema_decay))
         if not isinstance(self.nesterov, bool):
             raise TypeError(f"TrainConfig.nesterov must be a bool, got {self.nesterov!r}")
         if self.progress is not None and not isinstance(self.progress, bool):

@@ -183,6 +183,23 @@ def eval_metrics(
     return {"test_loss": loss, "test_acc": accuracy}
 
 
+def ema_eval_metrics(
+    eval_step: Any,
+    variables: Any,
+    ema_variables: Any,
+    eval_set: DeviceEvalSet | StreamEvalSet | None,
+    mesh: Mesh,
+) -> dict[str, float | None]:
+    """:func:`eval_metrics` of ``variables``, or with a moving average ``ema_variables``
+    (not ``None``): ``test_loss``/``test_acc`` of the average and ``test_loss_live``/
+    ``test_acc_live`` of ``variables``."""
+    live = eval_metrics(eval_step, variables, eval_set, mesh)
+    if ema_variables is None:
+        return live
+    kept = eval_metrics(eval_step, ema_variables, eval_set, mesh)
+    return {**kept, "test_loss_live": live["test_loss"], "test_acc_live": live["test_acc"]}
+
+
 def put_test_set(
     test: Dataset | StreamSet, config: TrainConfig, mesh: Mesh
 ) -> DeviceEvalSet | StreamEvalSet:

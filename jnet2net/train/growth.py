@@ -81,6 +81,7 @@ def grow_train_state(
     params_map: ParamsMap,
     *,
     moments: Moments = "map",
+    variables_map: Callable[[Variables], Variables] | None = None,
 ) -> TrainState:
     """The train state of ``new_model``: new variables, optimizer moments mapped or reset.
 
@@ -91,6 +92,9 @@ def grow_train_state(
       params_map: old params-shaped tree -> new params-shaped tree (linear, new entries
         zero), applied to every params-shaped tree of ``state.opt_state``.
       moments: ``'map'`` (moments follow their parameters) or ``'reset'`` (zeros).
+      variables_map: old variables -> new variables (the growth's ``plan.apply``, with its
+        key), applied to the state's moving average of the weights (``state.ema``) when it
+        has one, so the average grows as exactly as the weights.
 
     Returns:
       The new state; ``step``, ``tx`` and the optimizer's counters (so its schedule) are
@@ -98,9 +102,16 @@ def grow_train_state(
       ``state.params`` is, plain dicts otherwise.
 
     Raises:
-      ValueError: ``moments`` is unknown, or the map's output does not fit the new params.
+      ValueError: ``moments`` is unknown, the map's output does not fit the new params, or
+        the state has a moving average and no ``variables_map`` is given.
     """
     _check_moments(moments)
+    ema = getattr(state, "ema", None)
+    if ema is not None and variables_map is None:
+        raise ValueError(
+            "the state carries a moving average of its weights (ema): pass variables_map= "
+            "(the growth's plan.apply) to grow it too"
+        )
     like_state = freeze if isinstance(state.params, FrozenDict) else unfreeze
     new_params = like_state(new_variables["params"])
 
@@ -115,11 +126,18 @@ def grow_train_state(
     opt_state = optax.tree_map_params(
         state.tx, map_moments, state.opt_state, is_leaf=lambda _: True
     )
+    changes = {}
+    if ema is not None:
+        grown = variables_map(ema)
+        changes["ema"] = variables_of(
+            like_state(grown["params"]), like_state(grown.get("batch_stats", {}))
+        )
     return state.replace(
         apply_fn=new_model.apply,
         params=new_params,
         batch_stats=like_state(new_variables.get("batch_stats", {})),
         opt_state=opt_state,
+        **changes,
     )
 
 
@@ -168,10 +186,12 @@ def widen_train_state(
 
 
 def _grown(state: TrainState, plan: GrowthPlan, variables: Variables, moments: Moments) -> Any:
-    """``state`` carried through ``plan``: its ``apply`` for the variables, ``map`` for
-    the optimizer moments."""
+    """``state`` carried through ``plan``: its ``apply`` for the variables (and their
+    moving average, with the plan's key), ``map`` for the optimizer moments."""
     new_variables = plan.apply(variables)
-    return grow_train_state(state, plan.new_model, new_variables, plan.map, moments=moments)
+    return grow_train_state(
+        state, plan.new_model, new_variables, plan.map, moments=moments, variables_map=plan.apply
+    )
 
 
 def deepen_train_state(
@@ -299,5 +319,7 @@ def transfer_train_state(
         noise_scale=noise_scale,
         input_shape=input_shape,
     )
-    new_state = grow_train_state(state, plan.new_model, plan.variables, plan.map, moments=moments)
+    new_state = grow_train_state(
+        state, plan.new_model, plan.variables, plan.map, moments=moments, variables_map=plan.apply
+    )
     return new_state, plan.report

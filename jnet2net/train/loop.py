@@ -26,7 +26,7 @@ from jnet2net.data.dataset import Dataset
 from jnet2net.train import dispatch
 from jnet2net.train.checks import check_fit_inputs, check_outputs_fit, steps_per_epoch
 from jnet2net.train.config import TrainConfig
-from jnet2net.train.evaluation import check_count, eval_metrics, put_test_set, test_step_for
+from jnet2net.train.evaluation import check_count, ema_eval_metrics, put_test_set, test_step_for
 from jnet2net.train.events import Grow, check_growth, rewarm_windows
 from jnet2net.train.inputs import as_stream, streams_input, train_batches
 from jnet2net.train.optim import make_schedule
@@ -113,6 +113,14 @@ def fit(
     The training set must be in memory; growth events and ``scale_down`` do not combine
     (ValueError).
 
+    With ``config.ema_decay``, the state carries an exponential moving average of the
+    weights (``state.ema``, started at the starting weights, updated in the step, grown by
+    each event's plan like the weights, saved by ``checkpoint.save_train_state``); records'
+    ``test_loss``/``test_acc`` are the average's and ``test_loss_live``/``test_acc_live``
+    the live weights'; ``FitResult.ema_variables`` is the average. A resumed ``state``
+    without an average starts one at its weights; a run without ``ema_decay`` drops a
+    state's average. It does not combine with ``scale_down`` (ValueError).
+
     Under ``jax.distributed`` (:func:`jnet2net.distributed.initialize`) every process calls
     ``fit`` with the same arguments and data; the default mesh spans every process's
     devices, batches are sharded over all of them and the state stays replicated. Process 0
@@ -178,7 +186,8 @@ def fit(
 
     Raises:
       FloatingPointError: the loss became NaN or infinite.
-      ValueError: growth events with ``scale_down``, or ``scale_down`` with streamed input.
+      ValueError: growth events or ``config.ema_decay`` with ``scale_down``, or
+        ``scale_down`` with streamed input.
     """
     check_fit_inputs(model, train, test, config, streams=True)
     if state is not None and variables is not None:
@@ -195,6 +204,11 @@ def fit(
     spe = steps_per_epoch(len(train), config.batch_size)
     events = check_growth(growth, config.epochs, spe)
     if scale_down is not None:
+        if config.ema_decay is not None:
+            raise ValueError(
+                "TrainConfig.ema_decay and scale_down do not combine in one fit (scale-down "
+                "trains a suffix of the network); pick one"
+            )
         if events:
             raise ValueError("growth events and scale_down do not combine in one fit; pick one")
         if streaming:
@@ -235,7 +249,7 @@ def fit(
     log_path = config.log_path if distributed.is_primary() else None  # one writer
 
     if start >= end and scale_down is None:  # nothing to train (scale-down still summarises)
-        return FitResult(state, [], model)
+        return FitResult(state, [], model, ema_variables=ema_of(state))
     images = labels = None  # streaming: each step gets its batch from the stream
     if not streaming:
         images, labels = put_replicated((train.images, train.labels), mesh)
@@ -253,7 +267,7 @@ def fit(
             eval_step = test_step_for(
                 stepper.model, eval_set, train.mean, train.std, config.compute_dtype, mesh
             )
-        return eval_metrics(eval_step, stepper.variables(state), eval_set, mesh)
+        return ema_eval_metrics(eval_step, stepper.variables(state), ema_of(state), eval_set, mesh)
 
     def trained(metrics: list[Any], epoch: int, lo: int, stop: int) -> Record:
         """``lr``, ``train_loss``, ``train_acc`` after steps ``lo..stop-1`` of ``epoch``
@@ -393,4 +407,10 @@ def fit(
     extra, summary = stepper.finish(state, history, totals)
     if summary is not None and log_path:
         append_jsonl(log_path, summary)
-    return FitResult(stepper.run_state(state, totals), history, stepper.model, extra)
+    run_state = stepper.run_state(state, totals)
+    return FitResult(run_state, history, stepper.model, extra, ema_of(run_state))
+
+
+def ema_of(state: Any) -> Any:
+    """The moving average of the weights that ``state`` carries, or ``None``."""
+    return getattr(state, "ema", None)

@@ -25,7 +25,9 @@ class FitResult(NamedTuple):
         first step of ``fit`` left out; ``None`` when that was the epoch's only step),
         ``lr`` (of the epoch's last step), ``train_loss``, ``train_acc`` (means over the
         epoch's augmented batches),
-        ``test_loss``, ``test_acc`` (``None`` without a test set), ``epoch_flops`` (the
+        ``test_loss``, ``test_acc`` (``None`` without a test set; with
+        ``config.ema_decay`` those of the moving average, and ``test_loss_live``,
+        ``test_acc_live`` those of the live weights), ``epoch_flops`` (the
         epoch's training FLOPs); the first record also has
         ``first_step_s`` (compile and run of the first step) and, when the run resumed a
         state past step 0, ``resumed: true`` (its ``wall_s`` clock starts again). Every
@@ -41,9 +43,13 @@ class FitResult(NamedTuple):
       scale_down: with ``scale_down``, the run's
         :class:`~jnet2net.scale_down.ScaleDownResult` (frozen prefix, whole variables,
         cut, summary, scores, plan); else ``None``.
+      ema_variables: with ``config.ema_decay``, the moving average of the weights
+        (``{'params', 'batch_stats'}`` of ``model``, the network to keep; ``state.ema``);
+        else ``None``. ``state.variables`` are the live weights.
     """
 
     state: Any
     history: list[Record]
     model: nn.Module | None = None
     scale_down: Any = None
+    ema_variables: Any = None

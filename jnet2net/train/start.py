@@ -16,7 +16,7 @@ from jnet2net.train.batches import epoch_permutation
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.optim import make_optimizer
 from jnet2net.train.sharding import put_replicated, replicated
-from jnet2net.train.state import TrainState, create_train_state
+from jnet2net.train.state import TrainState, create_train_state, with_ema
 from jnet2net.variables import check_variables
 
 
@@ -38,7 +38,12 @@ def start_state(
     mesh: Mesh,
 ) -> TrainState:
     """The state to train from (replicated): ``state`` to resume, else a fresh one (from
-    ``variables`` when given); its optimizer knows the re-warm ``windows``."""
+    ``variables`` when given); its optimizer knows the re-warm ``windows``.
+
+    With ``config.ema_decay`` a resumed state without a moving average (e.g. restored from
+    a checkpoint of a run without one) starts it at its variables; without ``ema_decay`` a
+    state's average is dropped.
+    """
     tx = make_optimizer(config, spe, rewarm=windows)
     if state is None:
         example = np.zeros((1, *train.image_shape), np.uint8)
@@ -50,6 +55,12 @@ def start_state(
     else:
         if hasattr(model, "example_input"):
             check_variables(model, state.variables)
+            if state.ema is not None:
+                check_variables(model, state.ema)
         if windows:
             state = state.replace(tx=tx)
+        if config.ema_decay is None and state.ema is not None:
+            state = state.replace(ema=None)
+        elif config.ema_decay is not None and state.ema is None:
+            state = with_ema(state)
     return put_replicated(state, mesh)

@@ -1,4 +1,5 @@
-"""The training state: parameters, BatchNorm statistics, optimizer state and step."""
+"""The training state: parameters, BatchNorm statistics, optimizer state, step, and the
+moving average of the weights (``TrainConfig.ema_decay``)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ class TrainState(train_state.TrainState):
     """Flax's ``TrainState`` plus ``batch_stats`` (``{}`` for models without BatchNorm).
 
     ``step`` is an int32 array that counts optimizer steps; data order and augmentation
-    are functions of it, so a restored state resumes the same run.
+    are functions of it, so a restored state resumes the same run. ``ema`` is the
+    exponential moving average of the variables (``{'params', 'batch_stats'}``, shaped like
+    :attr:`variables`) when ``TrainConfig.ema_decay`` is set, else ``None`` (no arrays).
     """
 
     batch_stats: Any
+    ema: Any = None
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -40,6 +44,24 @@ def variables_of(params: Any, batch_stats: Any) -> dict[str, Any]:
     if batch_stats:
         return {"params": params, "batch_stats": batch_stats}
     return {"params": params}
+
+
+def with_ema(state: TrainState) -> TrainState:
+    """``state`` with its moving average started at its variables (a copy: a donating step
+    must not see one buffer twice)."""
+    return state.replace(ema=jax.tree.map(jnp.copy, state.variables))
+
+
+def ema_update(ema: Any, variables: Any, decay: float) -> Any:
+    """``decay * ema + (1 - decay) * variables``, leaf by leaf in each ``ema`` leaf's dtype
+    (a leaf that is not floating, e.g. a counter, takes the new value)."""
+
+    def update(old: jax.Array, new: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(old.dtype, jnp.floating):
+            return new
+        return (decay * old + (1.0 - decay) * new).astype(old.dtype)
+
+    return jax.tree.map(update, ema, variables)
 
 
 def init_variables(model: nn.Module, example_images: Any, *, key: jax.Array) -> dict[str, Any]:
@@ -88,7 +110,8 @@ def create_train_state(
         same mesh expects; ``fit`` places it itself).
 
     Returns:
-      The :class:`TrainState`, with ``step`` an int32 0.
+      The :class:`TrainState`, with ``step`` an int32 0 and, when ``config.ema_decay`` is
+      set, ``ema`` a copy of the starting variables.
     """
     shape = getattr(example_images, "shape", None)
     if shape is None or len(shape) != 4:
@@ -106,4 +129,6 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
     )
     state = state.replace(step=jnp.zeros((), jnp.int32))
+    if config.ema_decay is not None:
+        state = with_ema(state)
     return state if mesh is None else put_replicated(state, mesh)

@@ -124,7 +124,15 @@ def call_on_step(
 
 
 #: The config fields that the train step depends on (the optimizer lives in the state).
-STEP_FIELDS = ("batch_size", "compute_dtype", "augment", "crop_padding", "seed", "label_smoothing")
+STEP_FIELDS = (
+    "batch_size",
+    "compute_dtype",
+    "augment",
+    "crop_padding",
+    "seed",
+    "label_smoothing",
+    "ema_decay",
+)
 
 #: Images of the held batch on which a growth event's output change is measured.
 HELD_BATCH = 64
@@ -290,14 +298,17 @@ def _grow(
         "event": "grow",
         "grow": event.to_dict(),
         "model": _architecture(new_model),
-        "output_error": relative_output_error(before, after),
+        "output_error": relative_output_error(before[0], after[0]),
     }
+    if len(before) > 1:  # the moving average of the weights grew too
+        record["ema_output_error"] = relative_output_error(before[1], after[1])
     return new_model, new_state, record
 
 
 @functools.lru_cache(maxsize=8)
 def _jitted_growth(model: nn.Module, event: Grow) -> Callable[..., Any]:
-    """``(state, key, held) -> (grown state, logits before, logits after)``, jitted."""
+    """``(state, key, held) -> (grown state, logits before, logits after)``, jitted; the
+    logits are a tuple: the weights', then (when the state has one) their average's."""
 
     def grow(state: TrainState, key: jax.Array, held: jax.Array) -> Any:
         # Threefry draws for every leaf make this program compile several times slower on a
@@ -306,8 +317,11 @@ def _jitted_growth(model: nn.Module, event: Grow) -> Callable[..., Any]:
         key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
         example = example_input(held.shape[1:])  # numpy: concrete inside the trace
         new_model, new_state = grow_at_event(model, state, event, key, example_input=example)
-        before = model.apply(state.variables, held, train=False)
-        after = new_model.apply(new_state.variables, held, train=False)
+        trees = [(state.variables, new_state.variables)]
+        if state.ema is not None:
+            trees.append((state.ema, new_state.ema))
+        before = tuple(model.apply(old, held, train=False) for old, _ in trees)
+        after = tuple(new_model.apply(new, held, train=False) for _, new in trees)
         return new_state, before, after
 
     return jax.jit(grow)

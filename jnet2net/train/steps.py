@@ -22,7 +22,7 @@ from jnet2net.models.common import compute_dtype as dtype_of
 from jnet2net.train.batches import batch_indices, stream_key
 from jnet2net.train.config import TrainConfig
 from jnet2net.train.sharding import batch_sharding, replicated
-from jnet2net.train.state import TrainState, variables_of
+from jnet2net.train.state import TrainState, ema_update, variables_of
 
 Metrics = dict[str, jax.Array]
 
@@ -93,13 +93,20 @@ def train_step_fn(
     ``images (b, h, w, c)`` uint8 are augmented with :func:`augment_key` of
     ``(config.seed, state.step)``, normalised with ``mean``/``std`` and run in
     ``config.compute_dtype``; ``loss`` (with label smoothing) and ``accuracy`` are batch
-    means. Build on this to make steps that differ in what they feed or freeze.
+    means. With ``config.ema_decay`` the state's ``ema`` moves towards the updated
+    variables (:func:`~jnet2net.train.state.ema_update`); the state must carry one. Build on
+    this to make steps that differ in what they feed or freeze.
     """
     compute_model = with_compute_dtype(model, config.compute_dtype)
     dtype = jnp.dtype(config.compute_dtype)
     augment_root = stream_key(config.seed, "augment")  # concrete: keeps the compile small
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
+        if config.ema_decay is not None and getattr(state, "ema", None) is None:
+            raise ValueError(
+                "TrainConfig.ema_decay is set but the state has no EMA: make it with "
+                "create_train_state(config=...) or train.state.with_ema(state)"
+            )
         if config.augment != "none":
             key = jax.random.fold_in(augment_root, state.step)  # == augment_key(seed, step)
             images = augment_batch(config, key, images)
@@ -115,6 +122,10 @@ def train_step_fn(
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (batch_stats, logits)), grads = grad_fn(state.params)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        if config.ema_decay is not None:
+            new_state = new_state.replace(
+                ema=ema_update(state.ema, new_state.variables, config.ema_decay)
+            )
         metrics = {"loss": loss, "accuracy": correct_predictions(logits, labels).mean()}
         return new_state, metrics
 
