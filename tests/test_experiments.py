@@ -625,3 +625,26 @@ def test_net2net_protocol_recipe_tag_shares_scratch_and_teacher(tmp_path):
     assert tagged["dip_pts"] == pytest.approx(100 * (0.5 - 0.49))
     with pytest.raises(ValueError, match="--tag"):
         protocol.student_name("a_b")
+
+
+def test_net2net_protocol_pairs_moving_average_students_with_their_scratch(tmp_path):
+    from experiments.net2net import protocol
+
+    runs = tmp_path / "runs"
+    student = protocol.student_name("fresh", 0.99)
+    scratch = protocol.scratch_name(0.99)
+    assert (student, scratch) == ("student-fresh-ema0.99", "scratch-ema0.99")
+    _write_log(runs / "resnet_teacher_s0.jsonl", [0.4, 0.5], 2.0, 1.0)
+    _write_log(runs / "resnet_wider_scratch_b3_s0.jsonl", [0.3, 0.5, 0.9], 4.0, 1.0)
+    _write_log(runs / f"resnet_wider_{scratch}_b3_s0.jsonl", [0.3, 0.5, 0.6], 4.0, 1.0)
+    log = runs / f"resnet_wider_{student}_b3_s0.jsonl"
+    _write_log(log, [0.49, 0.60, 0.62], 4.0, 1.0)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for record, live in zip(records, [0.45, 0.58, 0.62], strict=True):
+        record["test_acc_live"] = live
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = protocol.summarize(tmp_path, teacher_epochs=2)["resnet/wider[fresh-ema0.99]/b3"]
+    row = row["per_seed"][0]
+    assert row["scratch_acc"] == pytest.approx(0.6)  # scratch-ema0.99, not plain scratch
+    assert row["dip_pts"] == pytest.approx(1.0)
+    assert row["dip_live_pts"] == pytest.approx(5.0)

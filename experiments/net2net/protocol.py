@@ -25,6 +25,9 @@ not counted); ``dip_pts`` (teacher's accuracy minus the student's lowest test ac
 after growth, in points). ``--tag NAME`` runs a student recipe variant (``--noise``,
 ``--student-lr``, ``--student-warmup``) as ``student-NAME`` logs beside the default
 students, sharing their teachers and scratch runs; its rows read ``arch/change[NAME]/bB``.
+``--ema-decay D`` makes students and scratch runs evaluate a moving average of their weights
+(``TrainConfig.ema_decay``; logs ``student[-NAME]-emaD`` and ``scratch-emaD``, paired in the
+summary); ``dip_pts`` is then the average's dip and ``dip_live_pts`` the raw weights'.
 
 CPU::
 
@@ -132,6 +135,7 @@ def config_for(
         seed=seed,
         progress=False,
         log_path=str(log),
+        ema_decay=args.ema_decay,
     )
 
 
@@ -161,7 +165,7 @@ def teacher_variables(args: argparse.Namespace, arch: str, seed: int, train: Any
         )
         return flax.serialization.from_bytes(template, cache.read_bytes())
     log.parent.mkdir(parents=True, exist_ok=True)
-    config = config_for(args, args.teacher_epochs, args.lr, seed, log)
+    config = config_for(args, args.teacher_epochs, args.lr, seed, log).replace(ema_decay=None)
     result = fit(model, train, test, config)
     variables = jax.device_get(result.state.variables)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -183,13 +187,13 @@ def run_pair(
     spec = architectures()[arch]
     out = pathlib.Path(args.out) / "runs"
     train, test = data
-    for init in (student_name(args.tag), "scratch"):
+    for init in (student_name(args.tag, args.ema_decay), scratch_name(args.ema_decay)):
         log = out / f"{arch}_{change}_{init}_b{budget}_s{seed}.jsonl"
         if finished(log, budget):
             continue
         start = time.perf_counter()
         warmup = None
-        if init != "scratch":
+        if init.startswith("student"):
             key = jax.random.key(2000 + seed)
             model, variables = grown(change, spec, spec["teacher"], teacher, key, args.noise)
             lr, warmup = args.student_lr, args.student_warmup
@@ -205,13 +209,25 @@ def run_pair(
         )
 
 
-def student_name(tag: str | None) -> str:
-    """The students' name in run logs: ``student``, or ``student-<tag>`` for a recipe variant."""
-    if tag is None:
-        return "student"
-    if not re.fullmatch(r"[A-Za-z0-9.\-]+", tag):
+def student_name(tag: str | None, ema_decay: float | None = None) -> str:
+    """The students' name in run logs: ``student``, or ``student-<tag>`` for a recipe variant;
+    ``-ema<decay>`` is appended when the runs evaluate a moving average of the weights."""
+    if tag is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+", tag):
         raise ValueError(f"--tag takes letters, digits, '.' and '-', got {tag!r}")
-    return f"student-{tag}"
+    parts = ["student", tag, None if ema_decay is None else f"ema{ema_decay:g}"]
+    return "-".join(p for p in parts if p)
+
+
+def scratch_name(ema_decay: float | None) -> str:
+    """Scratch runs' name: ``scratch``, or ``scratch-ema<decay>`` (evaluated the same way as
+    the students it is compared with)."""
+    return "scratch" if ema_decay is None else f"scratch-ema{ema_decay:g}"
+
+
+def scratch_partner(recipe: str) -> str:
+    """The scratch runs of a student recipe: ``'a-ema0.99'`` -> ``scratch-ema0.99``."""
+    match = re.search(r"(?:^|-)ema([0-9.e-]+)$", recipe)
+    return scratch_name(float(match.group(1)) if match else None)
 
 
 def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
@@ -221,7 +237,8 @@ def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
         arch, change, init, budget_text, seed_text = log.stem.split("_")
         recipe = init.partition("-")[2]
         budget, seed = int(budget_text[1:]), int(seed_text[1:])
-        scratch_log = out / "runs" / f"{arch}_{change}_scratch_b{budget}_s{seed}.jsonl"
+        partner = scratch_partner(recipe)
+        scratch_log = out / "runs" / f"{arch}_{change}_{partner}_b{budget}_s{seed}.jsonl"
         teacher_log = out / "runs" / f"{arch}_teacher_s{seed}.jsonl"
         if not (finished(log, budget) and finished(scratch_log, budget)):
             continue
@@ -245,6 +262,12 @@ def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
             "dip_pts": (
                 100 * (teacher_acc - min(r["test_acc"] for r in student)) if teacher else None
             ),
+            # with a moving average: the dip of the raw (live) weights, trained identically
+            "dip_live_pts": (
+                100 * (teacher_acc - min(r["test_acc_live"] for r in student))
+                if teacher and "test_acc_live" in student[0]
+                else None
+            ),
         }
         name = f"{arch}/{change}[{recipe}]/b{budget}" if recipe else f"{arch}/{change}/b{budget}"
         rows.setdefault(name, []).append(row)
@@ -256,6 +279,7 @@ def summarize(out: pathlib.Path, teacher_epochs: int) -> dict[str, Any]:
         "seconds_ratio_to_target",
         "teacher_flops_over_scratch",
         "dip_pts",
+        "dip_live_pts",
     )
     return {
         name: {"per_seed": seeds, "mean": {k: mean_spread([r[k] for r in seeds]) for k in keys}}
@@ -286,6 +310,7 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
                 cell(mean["seconds_ratio_to_target"]),
                 cell(mean["teacher_flops_over_scratch"]),
                 cell(mean["dip_pts"], 1, 1),
+                cell(mean["dip_live_pts"], 1, 1),
             ]
         )
     headers = [
@@ -298,6 +323,7 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
         "seconds to target / scratch's",
         "teacher FLOPs / scratch run",
         "dip below teacher (pts)",
+        "live weights' dip (pts)",
     ]
     (out / "table.md").write_text(
         "# Net2Net students vs scratch (target: scratch's final accuracy - 0.3 points; the "
@@ -337,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tag",
         default=None,
         help="a student recipe's name: its logs are student-<tag> (scratch and teachers shared)",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="students and scratch evaluate a moving average of their weights "
+        "(TrainConfig.ema_decay); logs student[-tag]-ema<decay> and scratch-ema<decay>",
     )
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on an accelerator")
     parser.add_argument("--train-subset", type=int, default=10000, help="cpu protocol only")
