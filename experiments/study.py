@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import importlib.util
 import os
 import pathlib
 import re
@@ -66,18 +65,9 @@ def load_study(path: str | os.PathLike) -> Study:
         raise FileNotFoundError(f"study config {path} does not exist")
     if path.suffix != ".py":
         raise ValueError(f"study config {path}: expected a .py file with get_config()")
-    spec = importlib.util.spec_from_file_location(f"jnet2net_study_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-        raise ValueError(f"study config {path} defines no get_config()")
-    study = module.get_config()
-    if not isinstance(study, Study):
-        raise TypeError(
-            f"get_config() of {path} must return an experiments.study.Study, got "
-            f"{type(study).__name__}"
-        )
-    return study
+    from jnet2net.config.tree import run_get_config
+
+    return run_get_config(path, Study, "an experiments.study.Study", "study config")
 
 
 def known_studies() -> list[str]:

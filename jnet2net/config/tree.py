@@ -200,18 +200,7 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         return from_dict(values)
     if path.suffix != ".py":
         raise ValueError(f"config file {path}: expected a .py file with get_config() or .json")
-    spec = importlib.util.spec_from_file_location(f"jnet2net_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-        raise ValueError(f"config file {path} defines no get_config()")
-    config = module.get_config()
-    if not isinstance(config, RunConfig):
-        raise TypeError(
-            f"get_config() of {path} must return a jnet2net.config.RunConfig, got "
-            f"{type(config).__name__}"
-        )
-    return config
+    return run_get_config(path, RunConfig, "a jnet2net.config.RunConfig", "config file")
 
 
 def _dataclass_from_dict(kind: type, values: Any, where: str) -> Any:
@@ -235,3 +224,24 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_json_ready(v) for v in value]
     return value
+
+
+def run_get_config(path: pathlib.Path, kind: type, kind_name: str, what: str) -> Any:
+    """Imports the ``.py`` file ``path`` and returns its ``get_config()``, checked to be a
+    ``kind`` (called ``kind_name`` in errors; ``what`` names the file's role).
+
+    Raises:
+      ValueError: the file defines no ``get_config``.
+      TypeError: ``get_config()`` returned something else.
+    """
+    spec = importlib.util.spec_from_file_location(f"jnet2net_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"{what} {path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, kind):
+        raise TypeError(
+            f"get_config() of {path} must return {kind_name}, got {type(config).__name__}"
+        )
+    return config
