@@ -310,7 +310,9 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
                 cell(mean["seconds_ratio_to_target"]),
                 cell(mean["teacher_flops_over_scratch"]),
                 cell(mean["dip_pts"], 1, 1),
-                cell(mean["dip_live_pts"], 1, 1),
+                cell(mean["dip_live_pts"], 1, 1)
+                if mean["dip_live_pts"]["mean"] is not None
+                else "-",
             ]
         )
     headers = [
