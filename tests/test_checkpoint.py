@@ -85,6 +85,7 @@ def test_round_trip_is_bitwise(tmp_path: pathlib.Path, model: Any) -> None:
     _assert_bitwise(jax.tree.leaves(plain.opt_state), jax.tree.leaves(opt_state))
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_raw_key_variables_only_and_latest_step(tmp_path: pathlib.Path) -> None:
     variables = _init(RESNET)
     raw_key = jax.random.PRNGKey(3)
@@ -433,6 +434,7 @@ def test_epoch_saver_saves_each_epoch(tmp_path: pathlib.Path) -> None:
     _assert_bitwise(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_grown_checkpoint_keeps_whether_the_input_shape_was_given(tmp_path: pathlib.Path) -> None:
     variables = _init(RESNET)
     key = jax.random.key(0)

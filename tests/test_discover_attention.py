@@ -113,6 +113,7 @@ def test_softmax_over_heads_is_refused():
 VIT = ViT(patch_size=4, embed_dim=8, depth=2, num_heads=2, mlp_dim=12, num_classes=3)
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_vit_discovery_agrees_with_grow_vit(pool):
     model = VIT.clone(pool=pool)

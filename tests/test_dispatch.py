@@ -46,6 +46,7 @@ def test_bad_depth_is_a_one_line_error(depth):
         dispatch.Every(depth)
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_fit_keeps_at_most_the_window_of_steps_in_flight(monkeypatch):
     """``fit`` pushes every train step's outputs through one window (and eval through
     ``Every``), so a loop never queues more than ``MAX_IN_FLIGHT`` steps."""

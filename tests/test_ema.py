@@ -188,6 +188,7 @@ def test_growth_events_grow_the_ema_exactly(grown_run):
         chex.assert_trees_all_equal_shapes(after.ema, after.variables)
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_the_ema_grows_by_the_same_plan_and_key_as_the_weights(grown_run):
     """Fresh units of the average get the weights' random incoming weights (same key)."""
     _, states, grown = grown_run

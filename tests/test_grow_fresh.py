@@ -147,6 +147,7 @@ def test_pure_consumer_gets_zero_rows_for_new_units(vgg_grown):
     np.testing.assert_array_equal(wide[("params", "head", "bias")], old[("params", "head", "bias")])
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_resnet_stream_members_have_the_same_blocks():
     variables = random_variables(RESNET, 5)
     key = jax.random.key(3)

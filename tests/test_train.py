@@ -235,6 +235,7 @@ def test_train_step_lowers_the_loss_and_compiles_once(digits):
     chex.assert_tree_all_finite(state.params)
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_bfloat16_compute_keeps_float32_params(digits):
     train_set, _ = digits
     results = {}

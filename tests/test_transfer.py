@@ -192,6 +192,7 @@ def test_bad_pairs_are_named(family, dst, message):
         transfer(src, variables, dst, key=jax.random.key(0))
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_bad_inputs_are_named():
     src, variables = small_vgg()
     key = jax.random.key(0)

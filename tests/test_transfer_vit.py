@@ -77,6 +77,7 @@ def test_a_smaller_vit_runs_and_reports_what_it_reused():
     assert table["params/block0/query/kernel"].status == "transformed"
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_an_embed_dim_that_is_not_a_multiple_is_reported_as_inexact():
     variables = random_variables(MODEL)
     dst = MODEL.clone(embed_dim=12, head_dim=4)
@@ -97,6 +98,7 @@ def test_fill_repeat_copies_a_block():
     assert not report.function_preserving
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_moments_follow_the_params():
     variables = random_variables(MODEL)
     dst = MODEL.clone(depth=3, embed_dim=16, head_dim=4, num_heads=3, mlp_dim=14)
@@ -202,6 +204,7 @@ def test_resize_patch_kernel_keeps_the_embedding_of_upsampled_patches():
         resize_patch_kernel(jnp.zeros((2, 3, 3, 5)), 4)
 
 
+@pytest.mark.slow  # several seconds on a 2-core machine
 def test_larger_images_interpolate_pos_embed_and_report_it():
     variables = random_variables(MODEL)
     new_vars, report = jnet2net.transfer(
