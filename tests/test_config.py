@@ -272,6 +272,7 @@ def test_a_bad_override_is_one_line_on_the_command_line(tmp_path, capsys) -> Non
     assert "unrecognized arguments: --config.x=1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_train_with_a_config_file_saves_its_config(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "run"
     argv = ["train", "--config", str(CONFIGS[0].parent / "resnet20_digits.py"), "--out", str(out)]

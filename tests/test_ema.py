@@ -172,6 +172,7 @@ def test_records_give_the_ema_and_the_live_accuracies(digits, ema_run):
 # --- growth events ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_growth_events_grow_the_ema_exactly(grown_run):
     result, states, grown = grown_run
     assert result.model == WIDER_DEEP
@@ -200,6 +201,7 @@ def test_the_ema_grows_by_the_same_plan_and_key_as_the_weights(grown_run):
     chex.assert_trees_all_close(after.ema, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_a_resumed_run_with_ema_equals_the_whole_run_bitwise(digits, grown_run, tmp_path):
     """Stopped after the first growth event, saved and restored through Orbax."""
     train_set, _ = digits
@@ -248,6 +250,7 @@ def test_a_run_without_ema_drops_the_ema_of_its_state(digits, ema_run):
     assert result.state.ema is None and result.ema_variables is None
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_the_train_command_saves_the_ema_and_resumes_it_bitwise(tmp_path, capsys):
     """A run stopped mid-epoch by --max-steps and resumed ends where the whole run ends."""
     arch = ["--arch", "resnet20", "--arch-json", '{"stage_depths": [1], "stage_widths": [3]}']

@@ -203,6 +203,7 @@ def test_fit_streaming_ends_with_the_params_of_fit_in_memory(digits, memory_run)
             assert a[key] == b[key], key
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_resume_with_streaming_input_equals_an_uninterrupted_run(digits, memory_run):
     train_set, test_set = digits
     config = CONFIG.replace(input="stream")
@@ -216,6 +217,7 @@ def test_resume_with_streaming_input_equals_an_uninterrupted_run(digits, memory_
     assert int(saved.step) == 4  # the caller's state is not consumed
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_streamed_run_checkpoints_and_resumes_from_orbax_to_the_memory_run(
     digits, memory_run, tmp_path
 ):
