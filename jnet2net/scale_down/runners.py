@@ -79,14 +79,18 @@ class RunSetup(NamedTuple):
     cache_budget: int | None  # bytes over all devices
 
 
-def _augment_name(train_config: TrainConfig, mode: str, views: int, augmented: bool = False) -> str:
-    if train_config.augment == "none":
-        return "none"
+def _augment_name(
+    train_config: TrainConfig, mode: str, views: int, augmented: bool = False, mixup: float = 0.0
+) -> str:
     if mode == "nograd":
         return train_config.augment
-    if augmented:
-        return f"{train_config.augment} ({views} cached views)"
-    return "flip (cached mirror view)" if views > 1 else "none (cached)"
+    if train_config.augment == "none":
+        name = "none"
+    elif augmented:
+        name = f"{train_config.augment} ({views} cached views)"
+    else:
+        name = "flip (cached mirror view)" if views > 1 else "none (cached)"
+    return f"{name} + mixup {mixup:g}" if mixup else name
 
 
 class Compiler:
@@ -240,6 +244,7 @@ def compile_runners(
             cut,
             cached=cached,
             random_view=cached and augmented is not None,
+            mixup=config.cache_mixup if cached else 0.0,
             **common,
         )
         cache, cache_from, move_flops = None, 0, 0.0
@@ -268,7 +273,13 @@ def compile_runners(
                 used_views,
                 recalibrate,
                 move_flops,
-                _augment_name(train_config, mode, used_views, augmented is not None),
+                _augment_name(
+                    train_config,
+                    mode,
+                    used_views,
+                    augmented is not None,
+                    config.cache_mixup if cached else 0.0,
+                ),
             )
         )
         previous, previous_cached = cut, cached
