@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -196,19 +195,6 @@ def test_scale_down_main_tiny(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["networks"]["resnet18"]["speedup"] == pytest.approx(entry["speedup"])
     assert "| resnet18 | scale_down |" in (tmp_path / "table.md").read_text()
-
-
-def test_scale_down_arms_differ_from_scale_down_in_their_one_setting():
-    args = scale_down.build_parser().parse_args(["--cache-mixup", "0.4"])
-    scale_down.resolve_settings(args)
-    base = scale_down.scale_config(args, "scale_down", 10)
-    assert base.cache_mixup == 0.0 and base.cache_augment == "flip" and base.mode == "cache"
-    mixup = scale_down.scale_config(args, "scale_down_mixup", 10)
-    assert mixup == dataclasses.replace(base, cache_mixup=0.4)
-    views = scale_down.scale_config(args, "scale_down_views", 10)
-    assert views == dataclasses.replace(base, cache_augment="views", cache_views=4)
-    args.mode = "nograd"  # no cache, nothing to mix
-    assert scale_down.scale_config(args, "scale_down_mixup", 10).cache_mixup == 0.0
 
 
 def test_scale_down_refuses_a_network_outside_its_protocol(capsys):

@@ -57,13 +57,7 @@ from jnet2net.scale_down.split import (
     suffix_apply,
 )
 from jnet2net.scale_down.stages import Stage, candidate_cuts, model_stages, score_groups
-from jnet2net.scale_down.steps import (
-    flip_choices,
-    mix_batch,
-    mixup_key,
-    suffix_update_fn,
-    whole_variables,
-)
+from jnet2net.scale_down.steps import flip_choices, suffix_update_fn, whole_variables
 from jnet2net.train import (
     Grow,
     TrainConfig,
@@ -139,13 +133,6 @@ class Mlp(flax.linen.Module):
             "cache_augment must be one of 'views', 'flip', 'none'",
         ),
         ({"cache_max_bytes": -1}, ValueError, "cache_max_bytes must be >= 0"),
-        ({"cache_mixup": -0.5}, ValueError, "cache_mixup must be >= 0 .*got -0.5"),
-        ({"cache_mixup": "yes"}, TypeError, "cache_mixup must be a number"),
-        (
-            {"cache_mixup": 0.4, "mode": "nograd"},
-            ValueError,
-            "cache_mixup mixes cached activations: it needs mode='cache', got mode='nograd'",
-        ),
     ],
 )
 def test_config_rejects_bad_values(kwargs, error, message):
@@ -892,60 +879,6 @@ def test_cached_step_with_random_views_trains_on_the_view_its_key_picks():
     chex.assert_trees_all_close(reference.params, state.params, atol=1e-5)
 
 
-def test_cached_step_with_mixup_trains_on_mixed_activations_and_mixed_losses():
-    model = tiny_resnet()
-    train, _ = tiny_data()
-    config = train_config(augment="none")
-    state = create_train_state(model, config, train.images, steps_per_epoch=4)
-    state, frozen = move_cut(model, state, {}, 2)
-    labels = jnp.asarray(train.labels)
-    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
-    cache = cache_lib.build_cache(
-        model, frozen, jnp.asarray(train.images), 2, mean=train.mean, std=train.std, flips=False
-    )
-    common = {"mean": train.mean, "std": train.std, "steps_per_epoch": 4}
-    mixed = make_scaled_train_step(model, config, 2, cached=True, mixup=0.4, **common)
-    plain = make_scaled_train_step(model, config, 2, cached=True, **common)
-    update = jax.jit(suffix_update_fn(model, config, 2))
-
-    @jax.jit
-    def loss_by_hand(state, h, y, other, weight):
-        # The suffix on the mixed maps, each label's cross-entropy weighted.
-        logits, _ = suffix_apply(model, state.params, state.batch_stats, h, 2, train=True)
-        log_p = jax.nn.log_softmax(logits)
-        rows = jnp.arange(y.shape[0])
-        return -(weight * log_p[rows, y] + (1 - weight) * log_p[rows, other]).mean()
-
-    reference = jax.tree.map(jnp.copy, state)
-    unmixed = jax.tree.map(jnp.copy, state)
-    weights = []
-    for step in range(3):
-        index = order[step * 16 : (step + 1) * 16]
-        h0 = cache.activations[index, 0]
-        h, partner, weight = mix_batch(mixup_key(config.seed, step), h0, 0.4)
-        weights.append(float(weight))
-        np.testing.assert_array_equal(partner, np.arange(16)[::-1])
-        chex.assert_trees_all_close(h, weight * h0 + (1 - weight) * h0[::-1], atol=1e-6)
-        y = labels[index]
-        expected = loss_by_hand(reference, h, y, y[::-1], weight)
-        reference, _ = update(reference, h, y, never_frozen(4), (y[::-1], weight))
-        state, metrics = mixed(state, cache.activations, labels, order, never_frozen(4))
-        np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
-        unmixed, plain_metrics = plain(unmixed, cache.activations, labels, order, never_frozen(4))
-    assert all(0.0 < w < 1.0 for w in weights) and len(set(weights)) == 3
-    chex.assert_trees_all_close(reference.params, state.params, atol=1e-5)
-    assert not np.allclose(metrics["loss"], plain_metrics["loss"])
-    with pytest.raises(ValueError, match="mixup must be >= 0 and needs cached=True"):
-        make_scaled_train_step(model, config, 2, mixup=0.4, **common)
-
-
-def test_mix_batch_draws_its_weight_from_a_symmetric_beta():
-    draws = jnp.stack([mix_batch(jax.random.key(i), jnp.ones((2, 1)), 0.4)[2] for i in range(400)])
-    # Beta(0.4, 0.4): mean 1/2, variance 1 / (4 (2 * 0.4 + 1)) = 0.139.
-    assert abs(float(draws.mean()) - 0.5) < 0.06
-    assert abs(float(draws.var()) - 1 / 7.2) < 0.03
-
-
 # --- the loop --------------------------------------------------------------------------
 
 #: Always ready: stage 0 freezes at the first check that counts. Of 12 steps (3 epochs of
@@ -1044,23 +977,6 @@ def test_cache_mode_with_augmented_views_compiles_nothing_after_the_start():
     assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
     assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
-
-
-def test_cache_mode_with_mixup_mixes_the_cached_steps_only_and_compiles_nothing_after_the_start():
-    config = train_config(augment="flip")
-    scale = dataclasses.replace(FORCED, mode="cache", cache_mixup=0.4)
-    result, traces, compiles = _fit(tiny_resnet(), config, scale)
-    assert [r["augment"] for r in result.history] == [
-        "flip",
-        "flip (cached mirror view) + mixup 0.4",
-        "flip (cached mirror view) + mixup 0.4",
-    ]
-    assert traces["scale_down_step"] == 2
-    assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
-    # The first epoch (nothing frozen) trains exactly as without mixup.
-    plain, _, _ = _fit(tiny_resnet(), config, dataclasses.replace(scale, cache_mixup=0.0))
-    assert result.history[0]["train_loss"] == plain.history[0]["train_loss"]
-    assert result.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
 
 
 def test_cache_mode_trains_like_nograd_mode_without_augmentation(resnet_runs):

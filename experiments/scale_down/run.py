@@ -15,9 +15,6 @@ Arms, per network and seed (``--arms``, ``--seeds``):
 * ``scale_down_views``: ``scale_down`` whose caches hold ``--cache-views`` augmented copies
   of each image (random crops and flips drawn once; ``cache_augment='views'``) instead of
   each image and its mirror image;
-* ``scale_down_mixup``: ``scale_down`` whose cached steps mix each batch with itself
-  reversed (``cache_mixup=--cache-mixup``: manifold mixup of the cached activations, in
-  place of the random crops a cache cannot keep);
 * ``freezeout``: the same budget on a fixed schedule (no readiness) whose learning-rate ramps
   last ``--freezeout-ramp`` of training (FreezeOut-style per-stage annealing);
 * ``full_eq_flops`` / ``full_eq_seconds``: full training for ``round(epochs * r)`` epochs
@@ -75,23 +72,9 @@ from jnet2net.models import resnet18, resnet50, vgg11
 from jnet2net.scale_down import ScaleDownConfig
 from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 
-ARMS = (
-    "full",
-    "scale_down",
-    "freezeout",
-    "full_eq_flops",
-    "full_eq_seconds",
-    "scale_down_views",
-    "scale_down_mixup",
-)
-SCALED_ARMS = ("scale_down", "freezeout", "scale_down_views", "scale_down_mixup")
-BASELINES = (
-    "freezeout",
-    "full_eq_flops",
-    "full_eq_seconds",
-    "scale_down_views",
-    "scale_down_mixup",
-)
+ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
+SCALED_ARMS = ("scale_down", "freezeout", "scale_down_views")
+BASELINES = ("freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
 
 #: The protocol's scale-down settings (``check_every`` is set from the data: a quarter epoch).
 PROTOCOL_SCALE_DOWN = ScaleDownConfig(
@@ -232,8 +215,6 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
         fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
     if arm == "scale_down_views" and not args.tiny:
         fields.update(cache_augment="views", cache_views=args.cache_views)
-    if arm == "scale_down_mixup" and args.mode == "cache":
-        fields.update(cache_mixup=args.cache_mixup)
     return dataclasses.replace(base_configs(args)[1], **fields)
 
 
@@ -471,12 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cache-views", type=int, default=None, help="scale_down_views' copies (default 4)"
-    )
-    parser.add_argument(
-        "--cache-mixup",
-        type=float,
-        default=1.0,
-        help="scale_down_mixup's Beta parameter of the mixup of cached activations (default 1)",
     )
     parser.add_argument("--target", type=float, default=None, help="target_compute (default 0.6)")
     parser.add_argument("--not-before", type=float, default=None, help="default 0.3")

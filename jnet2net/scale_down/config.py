@@ -53,10 +53,7 @@ class ScaleDownConfig:
     its mirror image and each step picks the view the augmentation would have flipped (no
     random crops); ``'views'`` holds ``cache_views`` augmented copies of each image (random
     crops and flips drawn once, as the training augmentation draws them) and each step
-    picks one at random; ``'none'`` holds the plain images. A cache cannot keep random
-    crops; ``cache_mixup`` regularises the suffix in their place (manifold mixup: each
-    cached batch mixed with itself reversed, the two labels' losses weighted alike, the
-    weight drawn from ``Beta(cache_mixup, cache_mixup)``).
+    picks one at random; ``'none'`` holds the plain images.
 
     Attributes:
       target_compute: the run's training FLOPs over full training's, in ``(0, 1]``.
@@ -73,8 +70,6 @@ class ScaleDownConfig:
       mode: ``'nograd'`` or ``'cache'``.
       cache_augment: ``'views'``, ``'flip'`` or ``'none'`` (cache mode only).
       cache_views: augmented copies per example with ``cache_augment='views'`` (>= 1).
-      cache_mixup: Beta parameter of the mixup of cached activations, >= 0 (0: none;
-        cache mode only).
       cache_max_bytes: largest activation cache (over all devices); a cut whose cache
         would not fit runs in no-grad mode instead (``None``: half the accelerator's free
         memory where the device reports it, else no limit).
@@ -92,7 +87,6 @@ class ScaleDownConfig:
     mode: Mode = "nograd"
     cache_augment: CacheAugment = "flip"
     cache_views: int = 4
-    cache_mixup: float = 0.0
     cache_max_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -126,16 +120,6 @@ class ScaleDownConfig:
             self._set("cache_max_bytes", _non_negative_int("cache_max_bytes", self.cache_max_bytes))
         _choice("mode", self.mode, MODES)
         _choice("cache_augment", self.cache_augment, CACHE_AUGMENTS)
-        self._set("cache_mixup", _real("cache_mixup", self.cache_mixup))
-        if self.cache_mixup < 0.0:
-            raise ValueError(
-                f"ScaleDownConfig.cache_mixup must be >= 0 (0: no mixup), got {self.cache_mixup}"
-            )
-        if self.cache_mixup and self.mode != "cache":
-            raise ValueError(
-                "ScaleDownConfig.cache_mixup mixes cached activations: it needs mode='cache', "
-                f"got mode={self.mode!r}"
-            )
 
     def _set(self, name: str, value: object) -> None:
         """Stores a checked value as its plain Python type (numpy scalars become int/float)."""

@@ -79,18 +79,14 @@ class RunSetup(NamedTuple):
     cache_budget: int | None  # bytes over all devices
 
 
-def _augment_name(
-    train_config: TrainConfig, mode: str, views: int, augmented: bool = False, mixup: float = 0.0
-) -> str:
+def _augment_name(train_config: TrainConfig, mode: str, views: int, augmented: bool = False) -> str:
+    if train_config.augment == "none":
+        return "none"
     if mode == "nograd":
         return train_config.augment
-    if train_config.augment == "none":
-        name = "none"
-    elif augmented:
-        name = f"{train_config.augment} ({views} cached views)"
-    else:
-        name = "flip (cached mirror view)" if views > 1 else "none (cached)"
-    return f"{name} + mixup {mixup:g}" if mixup else name
+    if augmented:
+        return f"{train_config.augment} ({views} cached views)"
+    return "flip (cached mirror view)" if views > 1 else "none (cached)"
 
 
 class Compiler:
@@ -244,7 +240,6 @@ def compile_runners(
             cut,
             cached=cached,
             random_view=cached and augmented is not None,
-            mixup=config.cache_mixup if cached else 0.0,
             **common,
         )
         cache, cache_from, move_flops = None, 0, 0.0
@@ -273,13 +268,7 @@ def compile_runners(
                 used_views,
                 recalibrate,
                 move_flops,
-                _augment_name(
-                    train_config,
-                    mode,
-                    used_views,
-                    augmented is not None,
-                    config.cache_mixup if cached else 0.0,
-                ),
+                _augment_name(train_config, mode, used_views, augmented is not None),
             )
         )
         previous, previous_cached = cut, cached

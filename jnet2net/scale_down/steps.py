@@ -61,29 +61,6 @@ def flip_choices(key: jax.Array, n: int) -> jax.Array:
     return augment_choices(key, n, crop_padding=0, flip=True)[1].astype(jnp.int32)
 
 
-def mixup_key(seed: int, step: jax.Array) -> jax.Array:
-    """The key of step ``step``'s mixup draw, a stream apart from its augmentation's."""
-    return jax.random.fold_in(augment_key(seed, step), 1)
-
-
-def mix_batch(key: jax.Array, h: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mixup of a batch with itself reversed (manifold mixup of cached activations).
-
-    Args:
-      key: draws the weight ``lam ~ Beta(alpha, alpha)``, one per batch.
-      h: ``(batch, ...)`` activations.
-      alpha: the Beta distribution's parameter, > 0.
-
-    Returns:
-      ``(lam * h + (1 - lam) * h[::-1], partner, lam)``: the mixed activations,
-      ``partner (batch,)`` int32 the row each example is mixed with (``batch - 1 - i``),
-      and ``lam ()`` float32.
-    """
-    lam = jax.random.beta(key, alpha, alpha)
-    mixed = lam.astype(h.dtype) * h + (1 - lam).astype(h.dtype) * h[::-1]
-    return mixed, jnp.arange(h.shape[0], dtype=jnp.int32)[::-1], lam
-
-
 def scaled_updates(
     names: Sequence[str], updates: Any, step: jax.Array, freeze_at: jax.Array, ramp_steps: int
 ) -> Any:
@@ -98,36 +75,23 @@ def scaled_updates(
 
 def suffix_update_fn(
     model: nn.Module, config: TrainConfig, cut: int, ramp_steps: int = 0
-) -> Callable[..., tuple[TrainState, Metrics]]:
-    """``(state, h, labels, freeze_at, mix=None) -> (state, {'loss', 'accuracy'})``: one
-    suffix step.
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+    """``(state, h, labels, freeze_at) -> (state, {'loss', 'accuracy'})``: one suffix step.
 
     ``h`` is the input of layer ``cut`` (normalised images at ``cut == 0``); ``state``
     holds the params, batch stats and optimizer state of layers ``[cut, end)`` only, so
     the gradient, the backward pass and the update cover the suffix alone. Each layer's
     update is multiplied by its learning-rate ramp (:func:`ramp_multipliers` of
-    ``freeze_at (layers,)`` int32 and ``ramp_steps``). With ``mix = (other_labels, lam)``
-    (mixup, :func:`mix_batch`) the loss is ``lam`` times the loss on ``labels`` plus
-    ``1 - lam`` times the loss on ``other_labels``; the accuracy counts ``labels``.
+    ``freeze_at (layers,)`` int32 and ``ramp_steps``).
     """
     names = model.layer_names()
 
     def update(
-        state: TrainState,
-        h: jax.Array,
-        labels: jax.Array,
-        freeze_at: jax.Array,
-        mix: tuple[jax.Array, jax.Array] | None = None,
+        state: TrainState, h: jax.Array, labels: jax.Array, freeze_at: jax.Array
     ) -> tuple[TrainState, Metrics]:
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
             logits, stats = suffix_apply(model, params, state.batch_stats, h, cut, train=True)
             losses = cross_entropy_loss(logits, labels, label_smoothing=config.label_smoothing)
-            if mix is not None:
-                other, lam = mix
-                other_losses = cross_entropy_loss(
-                    logits, other, label_smoothing=config.label_smoothing
-                )
-                losses = lam * losses + (1 - lam) * other_losses
             return losses.mean(), (stats, logits)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -156,7 +120,6 @@ def make_scaled_train_step(
     ramp_steps: int = 0,
     cached: bool = False,
     random_view: bool = False,
-    mixup: float = 0.0,
     mesh: Mesh | None = None,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """The jitted step that trains layers ``[cut, end)`` on device data (state donated).
@@ -174,9 +137,7 @@ def make_scaled_train_step(
     (:func:`flip_choices` of ``augment_key(seed, step)``), with one view (or when
     ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one. With
     ``random_view`` (a cache of augmented views) each example takes a view drawn uniformly
-    with ``augment_key(seed, step)``. With ``mixup > 0`` each batch of cached activations
-    is mixed with itself reversed by a weight drawn from ``Beta(mixup, mixup)`` with
-    :func:`mixup_key` (:func:`mix_batch`), and so are the two labels' losses.
+    with ``augment_key(seed, step)``.
 
     ``freeze_at (layers,)`` int32 gives each layer's freeze step; its updates ramp to zero
     over the ``ramp_steps`` before it (:func:`suffix_update_fn`).
@@ -190,14 +151,11 @@ def make_scaled_train_step(
       ramp_steps: length of the learning-rate ramps.
       cached: read the prefix's output from a cache.
       random_view: pick cached views at random (augmented views) instead of by flips.
-      mixup: Beta parameter of the mixup of cached activations (0: none; cached only).
       mesh: shard batches over ``'data'``, replicate the rest (the cache stays sharded).
 
     Returns:
       the jitted step ``-> (state, {'loss', 'accuracy'})``.
     """
-    if mixup < 0 or (mixup and not cached):
-        raise ValueError(f"mixup must be >= 0 and needs cached=True, got {mixup} (cached={cached})")
     update = suffix_update_fn(model, config, cut, ramp_steps)
     dtype = compute_dtype(model)
     batch_size = config.batch_size
@@ -235,11 +193,7 @@ def make_scaled_train_step(
         elif activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS:
             view = flip_choices(key, batch_size)
         h = cache_lib.gather_views(activations, index, view)
-        batch_labels = labels[index]
-        if not mixup:
-            return update(state, h, batch_labels, freeze_at)
-        h, partner, lam = mix_batch(mixup_key(config.seed, state.step), h, mixup)
-        return update(state, h, batch_labels, freeze_at, (batch_labels[partner], lam))
+        return update(state, h, labels[index], freeze_at)
 
     if mesh is None:
         return jax.jit(
