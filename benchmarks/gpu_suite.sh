@@ -6,12 +6,17 @@
 #   SMALL=1 OUT=/tmp/suite bash benchmarks/gpu_suite.sh  # CPU smoke test of the script itself
 #
 # Environment: OUT (results folder), NPZ (CIFAR-10 pack, default .data/cifar10_jpeg.npz),
-# PYTHON (default python3), STEPS (space-separated subset of: throughput resnet20
-# progressive net2net time_to_accuracy scale_down throughput_more; default all, in that
-# order of priority),
-# SMALL=1 (tiny settings, CPU), BUDGET_S (seconds for the whole run, see below).
+# PYTHON (default python3), STEPS (the steps to run, in that order; default: throughput
+# resnet20 progressive net2net time_to_accuracy scale_down scale_down_resnet50
+# throughput_more; also scale_down_resnet50_alt: ResNet-50 scale-down with other settings
+# against scale_down_resnet50's full run), SET_<step> (space-separated KEY=VALUE options
+# for a study step's config, e.g. SET_net2net="seeds=0 budgets=10,20"),
+# SMALL=1 (tiny settings, CPU), BUDGET_S (seconds for the whole run, see below),
+# COPY_TO (a folder that receives suite.log and results.tgz after each step).
 # It needs jax, flax, optax, orbax-checkpoint, chex, pillow and matplotlib (torch for the
 # throughput reference), and runs from the checkout: no install, no tensorflow-datasets.
+# Compiled programs go to JAX's persistent cache (JAX_COMPILATION_CACHE_DIR, default
+# /tmp/jax_cache), so later steps and seeds reuse the compiles of earlier ones.
 # Writes $OUT/suite.log (one line per step: command, exit code, seconds) and
 # $OUT/results.tgz (every step's log and result files), refreshed after each step.
 set -uo pipefail
@@ -19,7 +24,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite}
 NPZ=${NPZ:-.data/cifar10_jpeg.npz}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-throughput resnet20 progressive net2net time_to_accuracy scale_down throughput_more}
+STEPS=${STEPS:-throughput resnet20 progressive net2net time_to_accuracy scale_down scale_down_resnet50 throughput_more}
 SMALL=${SMALL:-0}
 # Whole-run budget (default 540 s; 3600 s with SMALL=1): a step's limit shrinks to what is
 # left, and a step with under 30 s left is skipped, so the suite ends inside one device call.
@@ -27,11 +32,13 @@ BUDGET_S=${BUDGET_S:-$([ "$SMALL" = 1 ] && echo 3600 || echo 540)}
 DEADLINE=$(($(date +%s) + BUDGET_S))
 mkdir -p "$OUT/results" "$OUT/logs"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
 LOG="$OUT/suite.log"
 
 pack() {  # every result so far into $OUT/results.tgz (after each step: a cut-off keeps them)
   (cd "$OUT" && { find runs -name metrics.jsonl 2>/dev/null; echo results; echo logs; } |
     tar czf results.tgz -T -)
+  if [ -n "${COPY_TO:-}" ]; then mkdir -p "$COPY_TO" && cp "$OUT/results.tgz" "$LOG" "$COPY_TO/"; fi
 }
 
 run_step() {  # name limit_s command... ; the limit shrinks to what the whole budget has left
@@ -52,7 +59,10 @@ run_step() {  # name limit_s command... ; the limit shrinks to what the whole bu
   pack
 }
 
-wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+study_sets() {  # SET_<step>="key=value ..." as experiments/run.py --set flags
+  local var="SET_$1" kv
+  for kv in ${!var:-}; do printf -- '--set %s ' "$kv"; done
+}
 
 {
   date -u +"%Y-%m-%d %H:%M UTC"
@@ -87,48 +97,69 @@ print({s: d.images.shape for s, d in splits.items()})"
   THROUGHPUT=(--nets resnet18)
 fi
 
-if wanted throughput; then
+step_throughput() {
   run_step throughput 120 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" \
     --json "$OUT/results/throughput.jsonl"
-fi
-if wanted resnet20; then  # the reference: ResNet-20, 60 epochs, 88.5% in 23 s of training (H100)
-  EPOCHS=(--epochs 60)
-  [ "$SMALL" = 1 ] && EPOCHS=()
+}
+step_resnet20() {  # the reference: ResNet-20, 60 epochs, 88.5% in 23 s of training (H100)
+  local epochs=(--epochs 60)
+  [ "$SMALL" = 1 ] && epochs=()
   run_step resnet20 150 "$PY" -m jnet2net train "${ARCH[@]}" "${DATA[@]}" "${TRAIN[@]}" \
-    "${EPOCHS[@]}" --no-progress --keep 1 --out "$OUT/runs/resnet20"
-fi
-if wanted progressive && [ "$SMALL" != 1 ]; then  # quarter -> half -> full ResNet-20 vs scratch
+    "${epochs[@]}" --no-progress --keep 1 --out "$OUT/runs/resnet20"
+}
+step_progressive() {  # quarter -> half -> full ResNet-20 vs scratch
+  [ "$SMALL" = 1 ] && return
   run_step progressive 150 "$PY" experiments/run.py configs/studies/progressive_gpu.py \
-    --set out="$OUT/results/progressive"
-fi
-if wanted net2net && [ "$SMALL" != 1 ]; then  # half-width teacher -> wider student vs scratch
+    --set out="$OUT/results/progressive" $(study_sets progressive)
+}
+step_net2net() {  # half-width teacher -> wider / deeper / both students vs scratch
+  [ "$SMALL" = 1 ] && return
   run_step net2net 150 "$PY" experiments/run.py configs/studies/net2net_protocol_gpu.py \
-    --set out="$OUT/results/net2net"
-fi
-if wanted time_to_accuracy; then  # half-width ResNet-20 -> full width, 10-epoch budget
-  BUDGET=(--epochs 10 --teacher-epochs 15 --batch-size 512 --lr 0.2)
-  [ "$SMALL" = 1 ] && BUDGET=()
+    --set out="$OUT/results/net2net" $(study_sets net2net)
+}
+step_time_to_accuracy() {  # half-width ResNet-20 -> full width, 10-epoch budget
+  local budget=(--epochs 10 --teacher-epochs 15 --batch-size 512 --lr 0.2)
+  [ "$SMALL" = 1 ] && budget=()
   run_step time_to_accuracy 150 "$PY" benchmarks/time_to_accuracy.py "${EXPERIMENT[@]}" \
-    "${BUDGET[@]}" --out "$OUT/results/time_to_accuracy" --json "$OUT/results/time_to_accuracy.jsonl"
-fi
-if wanted scale_down; then  # ResNet-18: full vs scale-down (cache mode), equal epochs
-  ARCH18=(--arch resnet18 --epochs 15)
-  [ "$SMALL" = 1 ] && ARCH18=("${ARCH[@]}")
-  run_step scale_down_full 90 "$PY" -m jnet2net train "${ARCH18[@]}" "${DATA[@]}" \
+    "${budget[@]}" --out "$OUT/results/time_to_accuracy" --json "$OUT/results/time_to_accuracy.jsonl"
+}
+step_scale_down() {  # ResNet-18: full vs scale-down (cache mode), equal epochs
+  local arch18=(--arch resnet18 --epochs 15)
+  [ "$SMALL" = 1 ] && arch18=("${ARCH[@]}")
+  run_step scale_down_full 90 "$PY" -m jnet2net train "${arch18[@]}" "${DATA[@]}" \
     "${TRAIN[@]}" --no-progress --keep 1 --out "$OUT/runs/resnet18_full"
-  run_step scale_down_cut 90 "$PY" -m jnet2net train "${ARCH18[@]}" "${DATA[@]}" \
+  run_step scale_down_cut 90 "$PY" -m jnet2net train "${arch18[@]}" "${DATA[@]}" \
     "${TRAIN[@]}" --no-progress --keep 1 --scale-down --scale-json "$SCALE_JSON" \
     --out "$OUT/runs/resnet18_scale_down"
-fi
-if wanted scale_down && [ "$SMALL" != 1 ]; then  # ResNet-50: the >= 2x at <= 1 point target
-  run_step scale_down_resnet50 200 "$PY" experiments/run.py \
-    configs/studies/scale_down_gpu_resnet50.py --set out="$OUT/results/scale_down"
-fi
-
-if wanted throughput_more && [ "$SMALL" != 1 ]; then  # rows are written as each net finishes
+}
+step_scale_down_resnet50() {  # ResNet-50: the >= 2x at <= 1 point target
+  [ "$SMALL" = 1 ] && return
+  run_step scale_down_resnet50 240 "$PY" experiments/run.py \
+    configs/studies/scale_down_gpu_resnet50.py --set out="$OUT/results/scale_down" \
+    $(study_sets scale_down_resnet50)
+}
+step_scale_down_resnet50_alt() {  # the same against the same full run, other settings
+  [ "$SMALL" = 1 ] && return
+  local alt="$OUT/results/scale_down_alt"
+  mkdir -p "$alt/runs"
+  cp "$OUT"/results/scale_down/runs/resnet50_full_s*.jsonl "$alt/runs/" 2>/dev/null
+  run_step scale_down_resnet50_alt 150 "$PY" experiments/run.py \
+    configs/studies/scale_down_gpu_resnet50.py --set out="$alt" \
+    $(study_sets scale_down_resnet50_alt)
+}
+step_throughput_more() {  # rows are written as each net finishes
+  [ "$SMALL" = 1 ] && return
   run_step throughput_more 200 "$PY" benchmarks/throughput.py --nets resnet50 vgg16 \
     --json "$OUT/results/throughput.jsonl"
-fi
+}
+
+for name in $STEPS; do
+  if ! declare -F "step_$name" >/dev/null; then
+    echo "== $name: no such step" | tee -a "$LOG"
+    continue
+  fi
+  "step_$name"
+done
 
 pack
 echo "results: $OUT/results.tgz" | tee -a "$LOG"

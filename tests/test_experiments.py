@@ -475,12 +475,8 @@ def test_gpu_suite_is_valid_bash():
     subprocess.run(["bash", "-n", str(SUITE)], check=True)
 
 
-@pytest.mark.parametrize("small", ["0", "1"])
-def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
-    from benchmarks import throughput, time_to_accuracy
-    from experiments.net2net import protocol as net2net_protocol
-    from experiments.progressive import run as progressive
-
+def _run_suite_with_fake_python(tmp_path, **env_vars: str) -> list[list[str]]:
+    """The argv of every Python call ``gpu_suite.sh`` makes, in order (nothing runs)."""
     calls = tmp_path / "calls.jsonl"
     fake = tmp_path / "python"
     fake.write_text(
@@ -488,9 +484,18 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
         f'open("{calls}", "a").write(json.dumps(sys.argv[1:]) + "\\n")\' "$@"\n'
     )
     fake.chmod(0o755)
-    env = {**os.environ, "SMALL": small, "OUT": str(tmp_path / "out"), "PYTHON": str(fake)}
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(fake), **env_vars}
     subprocess.run(["bash", str(SUITE)], env=env, check=True, capture_output=True, timeout=60)
-    invocations = [json.loads(line) for line in calls.read_text().splitlines()]
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("small", ["0", "1"])
+def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
+    from benchmarks import throughput, time_to_accuracy
+    from experiments.net2net import protocol as net2net_protocol
+    from experiments.progressive import run as progressive
+
+    invocations = _run_suite_with_fake_python(tmp_path, SMALL=small)
     parsers = {
         "benchmarks/throughput.py": throughput.build_parser(),
         "benchmarks/time_to_accuracy.py": time_to_accuracy.build_parser(),
@@ -523,6 +528,37 @@ def test_gpu_suite_passes_each_script_options_it_accepts(small, tmp_path):
         ["experiments/scale_down/run.py", "benchmarks/throughput.py"] if small == "0" else []
     )
     assert seen == expected
+
+
+def test_gpu_suite_runs_the_steps_in_the_order_given_with_their_overrides(tmp_path):
+    out = tmp_path / "out"
+    full_log = out / "results" / "scale_down" / "runs" / "resnet50_full_s0.jsonl"
+    full_log.parent.mkdir(parents=True)
+    full_log.write_text('{"epoch": 1}\n')
+    invocations = _run_suite_with_fake_python(
+        tmp_path,
+        STEPS="net2net scale_down_resnet50_alt no_such_step progressive",
+        SET_net2net="seeds=0 budgets=10,20 changes=wider,deeper",
+        SET_scale_down_resnet50_alt="target=0.7",
+        COPY_TO=str(tmp_path / "copy"),
+    )
+    studies = [argv for argv in invocations if argv[0] == "experiments/run.py"]
+    resolved = []
+    for argv in studies:
+        study = runner.resolved_study(runner.build_parser().parse_args(argv[1:]))
+        parsed = study_lib.study_parser(study.study).parse_args(study_lib.study_argv(study))
+        resolved.append((study.study, parsed))
+    assert [name for name, _ in resolved] == ["net2net.protocol", "scale_down", "progressive"]
+    net2net_args, alt_args = resolved[0][1], resolved[1][1]
+    assert net2net_args.seeds == [0] and net2net_args.budgets == [10, 20]
+    assert net2net_args.changes == ["wider", "deeper"]
+    assert alt_args.target == 0.7 and alt_args.out == str(out / "results/scale_down_alt")
+    # the alt step reuses the main step's full run, so only its scale-down arm trains
+    assert (out / "results/scale_down_alt/runs/resnet50_full_s0.jsonl").read_text() == (
+        full_log.read_text()
+    )
+    assert "no_such_step: no such step" in (out / "suite.log").read_text()
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["results.tgz", "suite.log"]
 
 
 # --- the throughput benchmark's PyTorch twins (real torch) --------------------------------
