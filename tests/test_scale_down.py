@@ -28,7 +28,13 @@ from jnet2net.models import VGG, ResNet, resnet18, vgg11
 from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down import fit_scale_down, make_scaled_train_step, move_cut
 from jnet2net.scale_down.config import ScaleDownConfig
-from jnet2net.scale_down.flops import cache_flops, flops_from_cost, step_flops
+from jnet2net.scale_down.flops import (
+    cache_flops,
+    counted_flops,
+    flops_from_cost,
+    jaxpr_flops,
+    step_flops,
+)
 from jnet2net.scale_down.policy import (
     NEVER,
     FreezePlan,
@@ -659,6 +665,89 @@ def test_flops_fall_as_the_cut_moves(make):
     assert cache_flops(model, variables, 2, 2, x) == 0.0
     with pytest.raises(ValueError, match="a cache only grows"):
         cache_flops(model, variables, 2, 1, x)
+
+
+def test_jaxpr_flops_counts_products_and_convolutions_exactly():
+    a, b = jnp.ones((4, 5)), jnp.ones((5, 3))
+    assert jaxpr_flops(lambda a, b: a @ b, a, b) == 2 * 4 * 5 * 3
+    assert jaxpr_flops(lambda a, b: a @ b + 1.0, a, b) == 2 * 4 * 5 * 3 + 4 * 3
+    x, k = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 2, 8))  # two groups of 2 -> 4 channels
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=2,
+        )  # fmt: skip
+
+    # taps on the zero padding do not count: 16 of 18 (output, tap) pairs per spatial dim
+    assert jaxpr_flops(conv, x, k) == 2 * (2 * 8) * 2 * 16 * 16
+    # nested programs count once, a scan's body once per iteration
+    assert jaxpr_flops(jax.jit(lambda a, b: a @ b), a, b) == 2 * 4 * 5 * 3
+
+    def scanned(a, b):
+        return jax.lax.scan(lambda c, _: (c, a @ b), 0.0, None, length=3)[1]
+
+    assert jaxpr_flops(scanned, a, b) == 3 * 2 * 4 * 5 * 3
+
+
+@pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet, tiny_bottleneck])
+def test_jaxpr_flops_agree_with_xla_on_network_prefixes(make):
+    model = make()
+    variables, x = init(model)
+    for stop in range(1, len(model.layer_names())):
+        frozen, _ = split_variables(model, variables, stop)
+
+        def prefix(f, x, stop=stop):
+            return model.apply(f, x, train=False, start=0, stop=stop)
+
+        xla = counted_flops(prefix, frozen, x, how="lowered")
+        assert jaxpr_flops(prefix, frozen, x) == pytest.approx(xla, rel=0.03), stop
+
+
+def test_lowered_counts_fall_back_to_the_jaxpr_where_the_backend_reports_none(monkeypatch):
+    model = tiny_resnet()
+    variables, x = init(model)
+    expected = cache_flops(model, variables, 0, 2, x, how="lowered")
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", lambda self: None)
+    fallback = cache_flops(model, variables, 0, 2, x, how="lowered")
+    assert math.isfinite(fallback) and fallback == pytest.approx(expected, rel=0.03)
+
+    def unsupported(self):
+        raise NotImplementedError("Lowered.cost_analysis not implemented on platform 'gpu'")
+
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", unsupported)
+    assert cache_flops(model, variables, 0, 2, x, how="lowered") == fallback
+
+
+@pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet, tiny_bottleneck])
+def test_jaxpr_flops_agree_with_xla_on_training_gradients(make):
+    """Backward passes hold strided transposed convolutions (dilated inputs)."""
+    model = make()
+    variables, x = init(model)
+    labels = jnp.zeros((x.shape[0],), jnp.int32)
+
+    def loss(params, x, labels):
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    grad = jax.value_and_grad(loss)
+    xla = counted_flops(grad, variables["params"], x, labels, how="lowered")
+    assert jaxpr_flops(grad, variables["params"], x, labels) == pytest.approx(xla, rel=0.03)
+
+
+def test_compiled_steps_on_gpus_are_counted_on_the_traced_program(monkeypatch):
+    """XLA's GPU analysis leaves cuDNN/cuBLAS calls out: the count comes from the jaxpr."""
+    from jnet2net.train import cost
+
+    a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+    step = jax.jit(lambda a, b: jnp.tanh(a @ b))
+    on_cpu = cost.compile_step(step, a, b)
+    assert on_cpu.flops == pytest.approx(2 * 8 * 16 * 4, rel=0.05)
+    monkeypatch.setattr(cost, "platform_of", lambda args: "gpu")
+    monkeypatch.setattr(cost, "_CACHE", type(cost._CACHE)())
+    assert cost.compile_step(step, a, b).flops == 2 * 8 * 16 * 4  # tanh: transcendental
 
 
 # --- steps -----------------------------------------------------------------------------

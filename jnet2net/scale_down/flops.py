@@ -5,8 +5,9 @@ lowered, not yet optimised, module's analysis, which needs no compile) on abstra
 unsharded inputs, so nothing is allocated or run and the counts are for the whole batch
 (the analysis of a step compiled for a mesh reports one device's share). jax 0.10
 returns a dict with a ``'flops'`` entry; older versions a list of such dicts (one per
-program), some backends ``None``: :func:`flops_from_cost` reads all of them and gives
-``nan`` when no count is reported.
+program), some backends ``None``: :func:`flops_from_cost` reads all of them. Where the
+backend reports no count (the lowered module's analysis is not implemented for GPU plugins),
+:func:`counted_flops` counts the traced program instead (:func:`jaxpr_flops`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jnet2net.scale_down.split import check_cut, prefix_apply, split_variables, suffix_apply
-from jnet2net.train.cost import flops_from_cost
+from jnet2net.train.cost import flops_from_cost, jaxpr_flops
 from jnet2net.variables import Variables
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits (n, k), labels (n,)) -> ()
@@ -47,15 +48,20 @@ def counted_flops(fn: Callable[..., Any], *args: Any, how: str = "compiled") -> 
         optimisation; no compile) or ``'off'`` (``nan``, nothing done).
 
     Returns:
-      the count, or ``nan`` when the backend reports none.
+      the count; where the backend reports none, :func:`jaxpr_flops` of the traced
+      program (``nan`` only for ``how='off'``).
     """
     if how == "off":
         return math.nan
     if how not in ("compiled", "lowered"):
         raise ValueError(f"how must be 'compiled', 'lowered' or 'off', got {how!r}")
     lowered = jax.jit(fn).lower(*abstract(args))
-    cost = lowered.compile().cost_analysis() if how == "compiled" else lowered.cost_analysis()
-    return flops_from_cost(cost)
+    try:
+        cost = lowered.compile().cost_analysis() if how == "compiled" else lowered.cost_analysis()
+    except NotImplementedError:  # e.g. the lowered analysis on a PJRT plugin (GPU)
+        cost = None
+    flops = flops_from_cost(cost)
+    return jaxpr_flops(fn, *args) if math.isnan(flops) else flops
 
 
 class StepFlops(NamedTuple):
