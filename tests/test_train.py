@@ -530,8 +530,11 @@ def test_sharding_helpers():
     copy = put_replicated({"a": original}, mesh)["a"]
     assert copy.sharding.is_fully_replicated and copy is not original
     np.testing.assert_array_equal(copy, original)
+    original_buffer = original.unsafe_buffer_pointer()
+    assert all(s.data.unsafe_buffer_pointer() != original_buffer for s in copy.addressable_shards)
     jax.jit(lambda x: x + 1, donate_argnums=0)(copy)  # a donating step consumes the copy only
-    assert copy.is_deleted() and not original.is_deleted()
+    assert not original.is_deleted()
+    np.testing.assert_array_equal(original, np.arange(3.0))
     with pytest.raises(ValueError, match="batch_size=6 must be a multiple of the 4 devices"):
         check_batch_size(6, mesh)
 
