@@ -32,12 +32,12 @@ GPU_NET2NET_ARGV = [
     "10", "--batch-size", "512", "--lr", "0.2", "--student-lr", "0.1", "--seeds", "0", "1",
     "2", "--out", "/tmp/suite/results/net2net", "--cache", "/tmp/net2net_teachers",
 ]  # fmt: skip
-#: ... its scale_down_resnet50 step.
+#: ... its scale_down_resnet50 step (target and not_before added after the first GPU run).
 GPU_SCALE_DOWN_ARGV = [
     "--protocol", "full", "--npz", "/tmp/cifar10_raw/cifar10.npz", "--nets", "resnet50",
     "--arms", "full", "scale_down", "--seeds", "0", "--epochs", "15", "--batch-size", "512",
     "--lr", "0.2", "--warmup-epochs", "2", "--dtype", "bfloat16", "--out",
-    "/tmp/suite/results/scale_down",
+    "/tmp/suite/results/scale_down", "--target", "0.5", "--not-before", "0.2",
 ]  # fmt: skip
 
 
