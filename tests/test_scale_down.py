@@ -719,6 +719,18 @@ def test_lowered_counts_fall_back_to_the_jaxpr_where_the_backend_reports_none(mo
     assert cache_flops(model, variables, 0, 2, x, how="lowered") == fallback
 
 
+def test_counted_flops_on_gpus_come_from_the_traced_program(monkeypatch):
+    from jnet2net.scale_down import flops as flops_lib
+
+    model = tiny_resnet()
+    variables, x = init(model)
+    on_cpu = cache_flops(model, variables, 0, 2, x, how="compiled")
+    monkeypatch.setattr(flops_lib, "platform_of", lambda args: "gpu")
+    monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: {"flops": 1.0})
+    on_gpu = cache_flops(model, variables, 0, 2, x, how="compiled")
+    assert on_gpu != 1.0 / x.shape[0] and on_gpu == pytest.approx(on_cpu, rel=0.03)
+
+
 @pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet, tiny_bottleneck])
 def test_jaxpr_flops_agree_with_xla_on_training_gradients(make):
     """Backward passes hold strided transposed convolutions (dilated inputs)."""

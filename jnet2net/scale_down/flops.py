@@ -5,8 +5,9 @@ lowered, not yet optimised, module's analysis, which needs no compile) on abstra
 unsharded inputs, so nothing is allocated or run and the counts are for the whole batch
 (the analysis of a step compiled for a mesh reports one device's share). jax 0.10
 returns a dict with a ``'flops'`` entry; older versions a list of such dicts (one per
-program), some backends ``None``: :func:`flops_from_cost` reads all of them. Where the
-backend reports no count (the lowered module's analysis is not implemented for GPU plugins),
+program), some backends ``None``: :func:`flops_from_cost` reads all of them. On GPUs
+(whose analysis leaves out the cuDNN/cuBLAS calls that do most of the arithmetic) and where
+the backend reports no count (the lowered module's analysis through the CUDA plugin),
 :func:`counted_flops` counts the traced program instead (:func:`jaxpr_flops`).
 """
 
@@ -22,7 +23,12 @@ import jax.numpy as jnp
 import optax
 
 from jnet2net.scale_down.split import check_cut, prefix_apply, split_variables, suffix_apply
-from jnet2net.train.cost import flops_from_cost, jaxpr_flops
+from jnet2net.train.cost import (
+    XLA_COUNTING_PLATFORMS,
+    flops_from_cost,
+    jaxpr_flops,
+    platform_of,
+)
 from jnet2net.variables import Variables
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits (n, k), labels (n,)) -> ()
@@ -48,13 +54,16 @@ def counted_flops(fn: Callable[..., Any], *args: Any, how: str = "compiled") -> 
         optimisation; no compile) or ``'off'`` (``nan``, nothing done).
 
     Returns:
-      the count; where the backend reports none, :func:`jaxpr_flops` of the traced
-      program (``nan`` only for ``how='off'``).
+      the count; :func:`jaxpr_flops` of the traced program on GPUs (whose analysis
+      leaves out cuDNN/cuBLAS calls) and where the backend reports none (``nan`` only
+      for ``how='off'``).
     """
     if how == "off":
         return math.nan
     if how not in ("compiled", "lowered"):
         raise ValueError(f"how must be 'compiled', 'lowered' or 'off', got {how!r}")
+    if platform_of(args) not in XLA_COUNTING_PLATFORMS:  # cuDNN/cuBLAS calls go uncounted
+        return jaxpr_flops(fn, *args)
     lowered = jax.jit(fn).lower(*abstract(args))
     try:
         cost = lowered.compile().cost_analysis() if how == "compiled" else lowered.cost_analysis()
