@@ -562,6 +562,27 @@ def test_cache_without_a_mesh_uses_every_device_and_extends_like_it_builds():
         cache_lib.cache_fn(model, 0, 1, chunk=0, mesh=data_mesh())
 
 
+
+@pytest.mark.parametrize("rows", [7, 8, 30])
+def test_chunked_maps_give_every_row_once_with_chunks_that_do_not_divide_the_rows(rows):
+    x = jnp.arange(rows * 3, dtype=jnp.float32).reshape(rows, 3)
+    got = cache_lib._in_chunks(lambda c: jnp.stack([c * 2, -c], axis=1), x, 4)
+    chex.assert_trees_all_equal(got, jnp.stack([x * 2, -x], axis=1))
+
+
+def test_cache_build_holds_no_second_copy_of_the_cache():
+    """The build writes each chunk in place: no padded copy of the (large) result."""
+    model = tiny_resnet()
+    variables, _ = init(model)
+    mesh = data_mesh()
+    build = cache_lib.cache_fn(
+        model, 0, 2, mean=(120.0,), std=(60.0,), flips=True, chunk=4 * 8, mesh=mesh
+    )
+    images = jax.ShapeDtypeStruct((4 * 301, *IMAGE), jnp.uint8)  # 301 rows a device, chunks of 8
+    memory = build.lower(variables, images).compile().memory_analysis()
+    assert memory.temp_size_in_bytes < memory.output_size_in_bytes / 2, memory
+
+
 def test_gather_views_picks_plain_or_mirrored_rows():
     plain = jnp.arange(3 * 1 * 2 * 1, dtype=jnp.float32).reshape(3, 1, 2, 1)
     cache = cache_lib.ActivationCache(1, jnp.stack([plain, cache_lib.mirrored(plain)], axis=1))

@@ -137,15 +137,26 @@ def augmented_views(
 
 
 def _in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
-    """``fn`` over the rows of ``x``, ``chunk`` at a time (the last chunk zero-padded)."""
+    """``fn`` over the rows of ``x``, ``chunk`` at a time, written in place into the result.
+
+    The last chunk ends at the last row (it overlaps the one before when ``chunk`` does not
+    divide the rows, and those rows are computed twice), so neither ``x`` nor the result is
+    padded and copied: a cache build holds one cache, not two.
+    """
     rows = x.shape[0]
     chunk = max(1, min(chunk, rows))
     count = -(-rows // chunk)
-    x = jnp.pad(x, [(0, count * chunk - rows)] + [(0, 0)] * (x.ndim - 1))
     if count == 1:
-        return fn(x)[:rows]
-    out = jax.lax.map(fn, x.reshape(count, chunk, *x.shape[1:]))
-    return out.reshape(count * chunk, *out.shape[2:])[:rows]
+        return fn(x)
+    shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((chunk, *x.shape[1:]), x.dtype))
+
+    def write(i: jax.Array, out: jax.Array) -> jax.Array:
+        start = jnp.minimum(i * chunk, rows - chunk)
+        part = fn(jax.lax.dynamic_slice_in_dim(x, start, chunk))
+        return jax.lax.dynamic_update_slice_in_dim(out, part, start, axis=0)
+
+    out = jnp.zeros_like(x, shape=(rows, *shape.shape[1:]), dtype=shape.dtype)  # varying like x
+    return jax.lax.fori_loop(0, count, write, out)
 
 
 def cache_fn(
