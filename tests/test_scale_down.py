@@ -562,7 +562,6 @@ def test_cache_without_a_mesh_uses_every_device_and_extends_like_it_builds():
         cache_lib.cache_fn(model, 0, 1, chunk=0, mesh=data_mesh())
 
 
-
 @pytest.mark.parametrize("rows", [7, 8, 30])
 def test_chunked_maps_give_every_row_once_with_chunks_that_do_not_divide_the_rows(rows):
     x = jnp.arange(rows * 3, dtype=jnp.float32).reshape(rows, 3)
