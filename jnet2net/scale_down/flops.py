@@ -25,6 +25,7 @@ import optax
 from jnet2net.scale_down.split import check_cut, prefix_apply, split_variables, suffix_apply
 from jnet2net.train.cost import (
     XLA_COUNTING_PLATFORMS,
+    abstract_args,
     flops_from_cost,
     jaxpr_flops,
     platform_of,
@@ -37,11 +38,6 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits (n, k), labels (
 def mean_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of ``logits (n, k)`` against int ``labels (n,)``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def abstract(tree: Any) -> Any:
-    """``tree`` with every array replaced by its ``jax.ShapeDtypeStruct``."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
 def counted_flops(fn: Callable[..., Any], *args: Any, how: str = "compiled") -> float:
@@ -64,7 +60,7 @@ def counted_flops(fn: Callable[..., Any], *args: Any, how: str = "compiled") -> 
         raise ValueError(f"how must be 'compiled', 'lowered' or 'off', got {how!r}")
     if platform_of(args) not in XLA_COUNTING_PLATFORMS:  # cuDNN/cuBLAS calls go uncounted
         return jaxpr_flops(fn, *args)
-    lowered = jax.jit(fn).lower(*abstract(args))
+    lowered = jax.jit(fn).lower(*abstract_args(args))
     try:
         cost = lowered.compile().cost_analysis() if how == "compiled" else lowered.cost_analysis()
     except NotImplementedError:  # e.g. the lowered analysis on a PJRT plugin (GPU)
@@ -128,8 +124,8 @@ def step_flops(
     """
     check_cut(model, cut)
     n = images.shape[0]
-    frozen, trained = split_variables(model, abstract(variables), cut)
-    images = abstract(images)
+    frozen, trained = split_variables(model, abstract_args(variables), cut)
+    images = abstract_args(images)
     labels = jax.ShapeDtypeStruct((n,), jnp.int32)
     h = jax.eval_shape(lambda f, x: prefix_apply(model, f, x, cut), frozen, images)
     stats = trained.get("batch_stats", {})
@@ -182,7 +178,7 @@ def cache_flops(
     if stop == start:
         return 0.0
     n = inputs.shape[0]
-    frozen, _ = split_variables(model, abstract(variables), stop)
+    frozen, _ = split_variables(model, abstract_args(variables), stop)
 
     def layers(f: Any, x: jax.Array) -> jax.Array:
         return model.apply(f, x, train=False, start=start, stop=stop)
