@@ -86,6 +86,7 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture) -> None:
         (["train", "--out", "x", "--resolution", "0"], "argument --resolution: must be >= 1"),
         (["eval", "--from", "a", "--train-subset", "-5"], "argument --train-subset: must be >="),
         (["train", "--out", "x", "--subset-seed", "-1"], "argument --subset-seed: must be >= 0"),
+        (["train", "--out", "x", "--save-every", "0"], "argument --save-every: must be >= 1"),
     ],
 )
 def test_counts_are_checked_by_the_parser(capsys: pytest.CaptureFixture, argv, message) -> None:
@@ -675,6 +676,42 @@ def test_interrupted_train_resumes_to_the_same_run(
     resumed, straight = checkpoint.restore(run), checkpoint.restore(teacher_run)
     _assert_bitwise(resumed.variables, straight.variables)
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_save_every_writes_every_nth_epoch_and_the_last(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """--save-every 2 over 3 epochs: checkpoints after epochs 2 and 3 only, and the final
+    one equals the run that saved every epoch."""
+    run = tmp_path / "run"
+    argv = ["train", "--arch", "resnet20", "--arch-json", TINY, "--epochs", "3", "--out", str(run)]
+    assert cli.main(argv + TRAIN + ["--save-every", "2"]) == 0
+    assert checkpoint.all_steps(run) == [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    two_epochs = checkpoint.restore(run, step=2 * STEPS_PER_EPOCH).variables
+    assert jax.tree.structure(two_epochs) == jax.tree.structure(
+        checkpoint.restore(teacher_run).variables
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "epoch", "every", "signal", "due"),
+    [
+        (0, 0, 1, False, False),  # the starting network's evaluation
+        (10, 1, 1, False, True),
+        (10, 1, 2, False, False),
+        (20, 2, 2, False, True),
+        (30, 3, 2, False, True),  # the last epoch
+        (10, 1, 5, True, True),  # a pending SIGTERM: save before stopping
+        (15, 1.5, 1, False, True),  # an eval_every_steps record
+        (15, 1.5, 2, False, False),
+    ],
+)
+def test_checkpoint_due(step, epoch, every, signal, due) -> None:
+    from jnet2net.cli.train import checkpoint_due
+
+    record = {"step": step, "epoch": epoch}
+    assert checkpoint_due(record, epochs=3, save_every=every, signal_pending=signal) is due
 
 
 # --- growth schedules ---------------------------------------------------------------------

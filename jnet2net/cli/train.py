@@ -236,7 +236,7 @@ def train_run(args: argparse.Namespace) -> Any:
         board = train.TensorBoardWriter(args.tensorboard)
 
     def on_epoch_end(state: Any, record: dict[str, Any]) -> None:
-        if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
+        if checkpoint_due(record, config.epochs, args.save_every, signals.pending_signal()):
             savers[-1](state, record)
         if board is not None:
             board.write(record)
@@ -282,6 +282,21 @@ def train_run(args: argparse.Namespace) -> Any:
         print(run_summary(result.history))
     print(f"run {out}: checkpoint step {final}, metrics {config.log_path}")
     return result
+
+
+def checkpoint_due(
+    record: dict[str, Any], epochs: float, save_every: int, signal_pending: Any
+) -> bool:
+    """Whether the evaluation ``record`` (``step``, ``epoch``) is followed by a checkpoint:
+    never at step 0 (the starting network), else at every record when ``save_every`` is 1,
+    every ``save_every`` epochs otherwise, after the last epoch, and whenever a signal is
+    pending (the run stops at this point)."""
+    if record["step"] <= 0:
+        return False
+    epoch = float(record["epoch"])
+    every = epoch / save_every
+    on_multiple = save_every == 1 or abs(every - round(every)) < 1e-9
+    return bool(signal_pending) or epoch >= epochs or on_multiple
 
 
 def save_run_config(
@@ -345,7 +360,7 @@ def _train_scale_down(
     )
 
     def on_epoch_end(run: Any, record: dict[str, Any]) -> None:
-        if record["step"] > 0:  # step 0: the starting network's evaluation, not saved
+        if checkpoint_due(record, config.epochs, args.save_every, signals.pending_signal()):
             save_epoch(run, record)
         line = format_record(record, config.epochs)
         print_line(f"{line} cut {record.get('cut')}", config.progress)

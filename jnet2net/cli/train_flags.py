@@ -119,6 +119,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=2,
         help="checkpoints to keep (0: all)",
     )
+    run.add_argument(
+        "--save-every",
+        metavar="N",
+        type=count_at_least(1),
+        default=1,
+        help="write a checkpoint every N epochs (always after the last one, and before "
+        "stopping on SIGINT/SIGTERM at an epoch's end)",
+    )
     _add_distributed_args(p)
     add_config_args(p)
 
