@@ -181,6 +181,12 @@ def run_seconds(record: dict[str, Any]) -> float:
     return record["train_s"] + record.get("compile_s", 0.0) + events
 
 
+def step_seconds(record: dict[str, Any]) -> float:
+    """Training seconds without compiles: the steps, growth events and scale-down freezes
+    (what a run costs once its programs are compiled or come from a compilation cache)."""
+    return record["train_s"] + record.get("grow_s", 0.0) + record.get("move_s", 0.0)
+
+
 def to_target(records: list[dict[str, Any]], target: float) -> tuple[float, float] | None:
     """``(flops, seconds)`` at the first epoch reaching ``target``."""
     for record in records:

@@ -271,13 +271,15 @@ def test_scale_down_summary_compares_every_arm_with_full_training(tmp_path):
     assert set(summary["networks"]) == {"resnet18"}
     entry = summary["networks"]["resnet18"]
     assert entry["speedup"] == pytest.approx(9 / 5)
+    assert entry["steps_speedup"] == pytest.approx(8 / 4)  # compiles left out
+    assert entry["arms"]["scale_down"]["steps_speedup"]["mean"] == pytest.approx(2.0)
     assert entry["acc_drop_pts"] == pytest.approx(1.0)
     points = entry["per_seed"][0]["points_over"]
     assert points == {"freezeout": pytest.approx(2.0), "full_eq_flops": pytest.approx(4.0)}
     assert entry["arms"]["full_eq_flops"]["flops_ratio"]["mean"] == pytest.approx(0.5)
     scale_down.write_table(tmp_path, summary)
     assert (
-        "| resnet18 | scale_down | 79.0 | 1.00 | 0.60 | 1.80 |"
+        "| resnet18 | scale_down | 79.0 | 1.00 | 0.60 | 1.80 | 2.00 |"
         in (tmp_path / "table.md").read_text()
     )
 
