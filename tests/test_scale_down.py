@@ -964,6 +964,85 @@ def test_a_cache_of_augmented_views_holds_the_prefix_of_each_augmented_copy():
         cache_lib.cache_fn(model, 1, 2, flips=True, views=views, mesh=data_mesh())
 
 
+def test_a_padded_cache_holds_the_prefix_of_the_zero_padded_images_and_their_mirrors():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    variables, _ = init(model)
+    images = jnp.asarray(train.images[:16])
+    stats = {"mean": train.mean, "std": train.std}
+    cache = cache_lib.build_cache(model, variables, images, 2, flips=True, pad=2, **stats)
+    assert cache.activations.shape == (16, 2, 12, 12, 4)
+    padded = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))  # black borders, as crops pad
+    for view, x in enumerate([padded, padded[:, :, ::-1]]):
+        expected = prefix_apply(model, variables, normalize(x, train.mean, train.std), 2)
+        chex.assert_trees_all_close(cache.activations[:, view], expected, atol=1e-5)
+    moved = cache_lib.extend_cache(model, variables, cache, 3, chunk=8)
+    assert moved.activations.shape == (16, 2, 6, 6, 8)
+    with pytest.raises(ValueError, match="pad"):
+        cache_lib.cache_fn(model, 1, 2, pad=2, mesh=data_mesh())
+
+
+def test_crop_map_scales_the_offsets_by_the_maps_stride():
+    maps = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1)  # an 8x8 image, pad 2
+    offsets = jnp.array([[0, 4], [2, 1]], jnp.int32)  # in the padded image: [0, 4]
+    out = cache_lib.crop_map(maps, offsets, window=(4, 4), padding=2)
+    chex.assert_trees_all_equal(out[0], maps[0, 0:4, 2:6])
+    chex.assert_trees_all_equal(out[1], maps[1, 1:5, 0:4])  # 2 // 2 = 1, 1 // 2 = 0
+    same = cache_lib.crop_map(maps[:, :4, :4], offsets, window=(4, 4), padding=0)
+    chex.assert_trees_all_equal(same, maps[:, :4, :4])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_cached_crops_equal_the_nograd_crops_away_from_the_window_border(flip):
+    """The stem (one 3x3 conv, stride 1) on a crop of the padded image equals the crop of
+    the stem's map of the padded image wherever its 3x3 window stays inside the crop."""
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="crop_flip" if flip else "crop", crop_padding=2)
+    variables, _ = init(model)
+    images = jnp.asarray(train.images[:16])
+    stats = {"mean": train.mean, "std": train.std}
+    cache = cache_lib.build_cache(model, variables, images, 1, flips=flip, pad=2, **stats)
+    key = augment_key(config.seed, 3)
+    x = augment(key, images, crop_padding=2, flip=flip)
+    nograd = prefix_apply(model, variables, normalize(x, train.mean, train.std), 1)
+    index = jnp.arange(16)
+    cached = cache_lib.cached_crops(
+        cache.activations, index, key, window=(8, 8), padding=2, flip=flip
+    )
+    chex.assert_trees_all_close(cached[:, 1:-1, 1:-1], nograd[:, 1:-1, 1:-1], atol=1e-5)
+    assert float(jnp.abs(cached - nograd).max()) > 1e-3  # the border is where they differ
+
+
+def test_cached_step_with_crops_trains_on_the_crops_of_the_padded_maps():
+    model = tiny_resnet()
+    train, _ = tiny_data()
+    config = train_config(augment="crop_flip", crop_padding=2)
+    state = create_train_state(model, config, train.images, steps_per_epoch=4)
+    state, frozen = move_cut(model, state, {}, 2)
+    labels = jnp.asarray(train.labels)
+    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
+    stats = {"mean": train.mean, "std": train.std}
+    images = jnp.asarray(train.images)
+    cache = cache_lib.build_cache(model, frozen, images, 2, flips=True, pad=2, **stats)
+    common = {**stats, "steps_per_epoch": 4}
+    cached = make_scaled_train_step(
+        model, config, 2, cached=True, crop_window=(8, 8), crop_padding=2, **common
+    )
+    update = jax.jit(suffix_update_fn(model, config, 2))
+    reference = jax.tree.map(jnp.copy, state)
+    for step in range(3):
+        index = order[step * 16 : (step + 1) * 16]
+        key = augment_key(config.seed, step)
+        h = cache_lib.cached_crops(
+            cache.activations, index, key, window=(8, 8), padding=2, flip=True
+        )
+        reference, metrics_a = update(reference, h, labels[index], never_frozen(4))
+        state, metrics_b = cached(state, cache.activations, labels, order, never_frozen(4))
+        chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
+    chex.assert_trees_all_close(reference.params, state.params, atol=1e-5)
+
+
 def test_cached_step_with_random_views_trains_on_the_view_its_key_picks():
     model = tiny_resnet()
     train, _ = tiny_data()
@@ -1098,6 +1177,27 @@ def test_cache_mode_with_augmented_views_compiles_nothing_after_the_start():
     assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
     assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_cache_mode_with_cached_crops_compiles_nothing_after_the_start():
+    config = train_config(augment="crop_flip", crop_padding=2)
+    scale = dataclasses.replace(FORCED, mode="cache", cache_augment="crop")
+    result, traces, compiles = _fit(tiny_resnet(), config, scale)
+    assert [r["augment"] for r in result.history] == [
+        "crop_flip",
+        "crop_flip (crops of cached padded maps)",
+        "crop_flip (crops of cached padded maps)",
+    ]
+    # 64 examples, 2 views (mirror), the stage-0 map of 12x12 padded images, 4 channels.
+    assert result.history[-1]["cache_bytes"] == 64 * 2 * 12 * 12 * 4 * 4
+    assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
+    assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    # Without crops in the augmentation the cache is the plain one ('flip').
+    flips_only = train_config(augment="flip")
+    result, _, _ = _fit(tiny_resnet(), flips_only, scale)
+    assert result.history[-1]["cache_bytes"] == 64 * 2 * 8 * 8 * 4 * 4
+    assert result.history[-1]["augment"] == "flip (cached mirror view)"
 
 
 def test_cache_mode_trains_like_nograd_mode_without_augmentation(resnet_runs):

@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("cache", "nograd"), default=None, help="default cache")
     parser.add_argument(
         "--cache-augment",
-        choices=("views", "flip", "none"),
+        choices=("crop", "views", "flip", "none"),
         default=None,
         help="what cached stages keep of the augmentation (scale_down and freezeout arms; "
         "default flip)",

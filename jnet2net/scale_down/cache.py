@@ -10,7 +10,12 @@ and the padding rows (of black images) are never read. When the cut moves from `
 
 So that random crops survive caching, a cache may instead hold ``K`` *augmented views*:
 the prefix's output on ``K`` random crops and flips of each image, drawn once
-(:func:`augmented_views`); each step then picks one view per example at random.
+(:func:`augmented_views`); each step then picks one view per example at random. Or it holds
+the prefix's output on each image zero-padded as the random crop pads it (``pad``; and on
+its mirror image), and each step crops the map where the no-grad step would crop the image
+(:func:`cached_crops`): exact wherever the prefix's receptive field stays inside the crop
+(for a prefix of stride 1; with stride ``s`` the offsets are rounded down to multiples of
+``s``), at ``((h + 2 pad) / h)^2`` times the memory.
 
 :func:`cache_fn` gives the jitted function of one such move, so that it can be compiled
 ahead of time; :func:`build_cache` and :func:`extend_cache` call it once.
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from jnet2net.data.augment import augment
+from jnet2net.data.augment import augment, augment_choices
 from jnet2net.data.dataset import normalize
 from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down.split import check_cut
@@ -120,6 +125,68 @@ def gather_views(activations: jax.Array, indices: jax.Array, view: jax.Array | N
     return activations[indices, view]
 
 
+def crop_map(
+    maps: jax.Array, offsets: jax.Array, *, window: tuple[int, int], padding: int
+) -> jax.Array:
+    """Crops ``window`` from maps of zero-padded images at the images' crop offsets.
+
+    Args:
+      maps: ``(b, H, W, c)``: a prefix's output on images zero-padded by ``padding``.
+      offsets: ``(b, 2)`` int (row, column) of each crop in the padded image, in
+        ``[0, 2 * padding]`` (:func:`~jnet2net.data.augment_choices`).
+      window: ``(h, w)``, the prefix's output size on an unpadded image.
+      padding: the images' padding (0: ``maps`` are returned as they are).
+
+    Returns:
+      ``(b, h, w, c)``; an offset ``o`` becomes ``o * (H - h) // (2 * padding)`` (``o``
+      itself for a prefix of stride 1).
+    """
+    if padding == 0:
+        return maps
+    (h, w), c = window, maps.shape[-1]
+    margin = jnp.array([maps.shape[1] - h, maps.shape[2] - w], jnp.int32)
+    scaled = offsets.astype(jnp.int32) * margin // (2 * padding)
+
+    def crop(one: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(one, (offset[0], offset[1], 0), (h, w, c))
+
+    return jax.vmap(crop)(maps, scaled)
+
+
+def cached_crops(
+    activations: jax.Array,
+    indices: jax.Array,
+    key: jax.Array,
+    *,
+    window: tuple[int, int],
+    padding: int,
+    flip: bool,
+) -> jax.Array:
+    """Rows ``indices (b,)`` of a padded cache, cropped and flipped as
+    :func:`~jnet2net.data.augment` with ``key`` crops and flips their images.
+
+    The mirrored view (view 1) is taken where the augmentation flips, and its crop column
+    mirrored (``2 * padding - column``): flipping a crop of the padded image is cropping the
+    mirrored padded image there.
+
+    Args:
+      activations: ``(n_pad, views, H, W, c)``, the prefix of images padded by ``padding``.
+      indices: ``(b,)`` example indices.
+      key: the augmentation's key for this batch.
+      window: ``(h, w)``, the prefix's output size on an unpadded image.
+      padding: the crop's padding.
+      flip: whether the augmentation flips (and view 1 is the mirror images').
+
+    Returns:
+      ``(b, h, w, c)``.
+    """
+    offsets, flips = augment_choices(key, indices.shape[0], crop_padding=padding, flip=flip)
+    column = jnp.where(flips, 2 * padding - offsets[:, 1], offsets[:, 1])
+    offsets = jnp.stack([offsets[:, 0], column], axis=1)
+    rows = gather_views(activations, indices, flips.astype(jnp.int32) if flip else None)
+    return crop_map(rows, offsets, window=window, padding=padding)
+
+
 def augmented_views(
     key: jax.Array, images: jax.Array, num_views: int, *, crop_padding: int, flip: bool
 ) -> jax.Array:
@@ -168,14 +235,16 @@ def cache_fn(
     std: tuple[float, ...] = (),
     flips: bool = False,
     views: AugmentedViews | None = None,
+    pad: int = 0,
     chunk: int = 512,
     mesh: Mesh,
 ) -> Callable[[Variables, jax.Array], jax.Array]:
     """The jitted move of a cache from cut ``start`` to cut ``stop`` (eval mode).
 
     ``start == 0``: ``(frozen, images (n, h, w, c) uint8) -> (n_pad, views, ...)``, the
-    images normalised with ``mean``/``std`` (and mirrored for view 1 when ``flips``; or,
-    with ``views``, :func:`augmented_views` of them).
+    images (zero-padded by ``pad`` pixels per side first) normalised with ``mean``/``std``
+    (and mirrored for view 1 when ``flips``; or, with ``views``, :func:`augmented_views` of
+    them).
     ``start > 0``: ``(frozen, activations (n_pad, views, ...)) -> (n_pad, views, ...)``.
     Each device runs its own rows (``shard_map`` over ``'data'``, no communication),
     ``chunk // devices`` at a time; the result is sharded by row.
@@ -187,6 +256,7 @@ def cache_fn(
       mean, std: normalisation of the images (``start == 0`` only).
       flips: store the mirror images' activations too (``start == 0`` only).
       views: store augmented views instead (``start == 0`` only).
+      pad: zero padding of the images, for :func:`cached_crops` (``start == 0`` only).
       chunk: examples per call over the whole mesh.
       mesh: the devices.
 
@@ -201,6 +271,12 @@ def cache_fn(
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if views is not None and (start or flips):
         raise ValueError("augmented views are made from the images (start == 0, no flips)")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+    if pad and (start or views is not None):
+        raise ValueError(
+            f"pad={pad} pads the images: it needs start == 0 (got {start}) and no augmented views"
+        )
     dtype = compute_dtype(model)
     local_chunk = max(1, chunk // mesh.size)
 
@@ -242,8 +318,8 @@ def cache_fn(
 
     def scale_down_cache(frozen: Variables, x: jax.Array) -> jax.Array:
         if start == 0:
-            pad = padded_rows(x.shape[0], mesh) - x.shape[0]
-            x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+            rows = padded_rows(x.shape[0], mesh) - x.shape[0]
+            x = jnp.pad(x, [(0, rows), (pad, pad), (pad, pad)] + [(0, 0)] * (x.ndim - 3))
             if views is not None:
                 x = augmented_views(
                     views.key, x, views.count, crop_padding=views.crop_padding, flip=views.flip
@@ -265,6 +341,7 @@ def build_cache(
     std: tuple[float, ...],
     flips: bool,
     views: AugmentedViews | None = None,
+    pad: int = 0,
     chunk: int = 512,
     mesh: Mesh | None = None,
 ) -> ActivationCache:
@@ -278,6 +355,7 @@ def build_cache(
       mean, std: per-channel normalisation (:func:`jnet2net.data.normalize`).
       flips: also store the mirror images' activations (second view).
       views: store these augmented views of each image instead (``flips`` must be False).
+      pad: zero-pad the images by this many pixels per side first (:func:`cached_crops`).
       chunk: examples per call over the whole mesh.
       mesh: the devices the rows are sharded over (default: all, axis ``'data'``).
 
@@ -288,7 +366,7 @@ def build_cache(
         raise ValueError(f"a cache holds the output of at least one layer, got cut={cut}")
     mesh = data_mesh() if mesh is None else mesh
     fn = cache_fn(
-        model, 0, cut, mean=mean, std=std, flips=flips, views=views, chunk=chunk, mesh=mesh
+        model, 0, cut, mean=mean, std=std, flips=flips, views=views, pad=pad, chunk=chunk, mesh=mesh
     )
     return ActivationCache(cut, fn(frozen, images))
 

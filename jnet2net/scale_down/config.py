@@ -10,10 +10,10 @@ from typing import Literal
 import numpy as np
 
 Mode = Literal["nograd", "cache"]
-CacheAugment = Literal["views", "flip", "none"]
+CacheAugment = Literal["crop", "views", "flip", "none"]
 
 MODES = ("nograd", "cache")
-CACHE_AUGMENTS = ("views", "flip", "none")
+CACHE_AUGMENTS = ("crop", "views", "flip", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +51,13 @@ class ScaleDownConfig:
     once per example (``mode='cache'``). What a cache keeps of the augmentation
     (``cache_augment``): ``'flip'`` (with an augmentation that flips) holds each image and
     its mirror image and each step picks the view the augmentation would have flipped (no
-    random crops); ``'views'`` holds ``cache_views`` augmented copies of each image (random
-    crops and flips drawn once, as the training augmentation draws them) and each step
-    picks one at random; ``'none'`` holds the plain images.
+    random crops); ``'crop'`` holds the prefix's output on each image zero-padded as the
+    random crop pads it (and on its mirror image) and each step crops those maps where the
+    no-grad step would crop the images (exact away from each crop's border for a stride-1
+    prefix; ``((h + 2 p) / h)^2`` times the memory of ``'flip'``); ``'views'`` holds
+    ``cache_views`` augmented copies of each image (random crops and flips drawn once, as
+    the training augmentation draws them) and each step picks one at random; ``'none'``
+    holds the plain images.
 
     Attributes:
       target_compute: the run's training FLOPs over full training's, in ``(0, 1]``.
@@ -68,7 +72,7 @@ class ScaleDownConfig:
       bn_batches: training batches that recalibrate a freezing stage's BatchNorm
         statistics (0: keep its running averages).
       mode: ``'nograd'`` or ``'cache'``.
-      cache_augment: ``'views'``, ``'flip'`` or ``'none'`` (cache mode only).
+      cache_augment: ``'crop'``, ``'views'``, ``'flip'`` or ``'none'`` (cache mode only).
       cache_views: augmented copies per example with ``cache_augment='views'`` (>= 1).
       cache_max_bytes: largest activation cache (over all devices); a cut whose cache
         would not fit runs in no-grad mode instead (``None``: half the accelerator's free

@@ -79,11 +79,15 @@ class RunSetup(NamedTuple):
     cache_budget: int | None  # bytes over all devices
 
 
-def _augment_name(train_config: TrainConfig, mode: str, views: int, augmented: bool = False) -> str:
+def _augment_name(
+    train_config: TrainConfig, mode: str, views: int, augmented: bool = False, pad: int = 0
+) -> str:
     if train_config.augment == "none":
         return "none"
     if mode == "nograd":
         return train_config.augment
+    if pad:
+        return f"{train_config.augment} (crops of cached padded maps)"
     if augmented:
         return f"{train_config.augment} ({views} cached views)"
     return "flip (cached mirror view)" if views > 1 else "none (cached)"
@@ -104,9 +108,12 @@ class Compiler:
         return compiled
 
 
-def _cache_spec(setup: RunSetup, frozen: dict, cut: int, views: int) -> jax.ShapeDtypeStruct:
-    """Shape, dtype and sharding of the cache at ``cut``."""
-    one = jax.ShapeDtypeStruct((1, *setup.train.image_shape), compute_dtype(setup.model))
+def _cache_spec(
+    setup: RunSetup, frozen: dict, cut: int, views: int, pad: int = 0
+) -> jax.ShapeDtypeStruct:
+    """Shape, dtype and sharding of the cache at ``cut`` (of images padded by ``pad``)."""
+    h, w, c = setup.train.image_shape
+    one = jax.ShapeDtypeStruct((1, h + 2 * pad, w + 2 * pad, c), compute_dtype(setup.model))
     feature = jax.eval_shape(lambda f, x: prefix_apply(setup.model, f, x, cut), frozen, one)
     rows = cache_lib.padded_rows(len(setup.train), setup.mesh)
     return jax.ShapeDtypeStruct(
@@ -118,6 +125,15 @@ def _layer_flops(setup: RunSetup, whole: dict, start: int, stop: int, rows: tupl
     """Eval-mode FLOPs per example of layers ``[start, stop)`` on inputs of shape ``rows``."""
     batch = jax.ShapeDtypeStruct((setup.train_config.batch_size, *rows), compute_dtype(setup.model))
     return cache_flops(setup.model, whole, start, stop, batch, how="lowered")
+
+
+def _cache_padding(setup: RunSetup) -> int:
+    """The images' padding in a cache of padded maps (``cache_augment='crop'`` with an
+    augmentation that crops), else 0."""
+    config, train_config = setup.scale_config, setup.train_config
+    if config.cache_augment != "crop" or train_config.augment not in ("crop_flip", "crop"):
+        return 0
+    return train_config.crop_padding
 
 
 def _augmented_views(setup: RunSetup) -> cache_lib.AugmentedViews | None:
@@ -139,7 +155,7 @@ def _compile_cache(
 ) -> tuple[CompiledStep, jax.ShapeDtypeStruct, float]:
     """The compiled cache move ``start -> cut``, the cache's spec and the move's FLOPs."""
     model, train = setup.model, setup.train
-    augmented = _augmented_views(setup)
+    augmented, pad = _augmented_views(setup), _cache_padding(setup)
     move = cache_lib.cache_fn(
         model,
         start,
@@ -148,16 +164,18 @@ def _compile_cache(
         std=train.std,
         flips=views > 1 and augmented is None and not start,
         views=None if start else augmented,
+        pad=0 if start else pad,
         chunk=setup.train_config.eval_batch_size,
         mesh=setup.mesh,
     )
     frozen = move_cut(model, state, {}, cut)[1]
-    spec = _cache_spec(setup, frozen, cut, views)
+    spec = _cache_spec(setup, frozen, cut, views, pad)
     if start:
-        source = _cache_spec(setup, move_cut(model, state, {}, start)[1], start, views)
+        source = _cache_spec(setup, move_cut(model, state, {}, start)[1], start, views, pad)
         rows = source.shape[2:]
     else:
-        source, rows = setup.images, train.image_shape
+        h, w, c = train.image_shape
+        source, rows = setup.images, (h + 2 * pad, w + 2 * pad, c)
     # XLA's analysis of a loop (the chunks) counts its body once: count the layers apart.
     per_example = _layer_flops(setup, whole_variables({}, state), start, cut, rows)
     return compiler(move, frozen, source), spec, per_example * spec.shape[0] * views
@@ -215,8 +233,8 @@ def compile_runners(
       ``[runner of cut 0, runner of cuts[0], ...]``.
     """
     config, train_config = setup.scale_config, setup.train_config
-    flips = config.cache_augment == "flip" and train_config.augment in FLIP_AUGMENTS
-    augmented = _augmented_views(setup)
+    flips = config.cache_augment in ("flip", "crop") and train_config.augment in FLIP_AUGMENTS
+    augmented, pad = _augmented_views(setup), _cache_padding(setup)
     views = augmented.count if augmented else (2 if flips else 1)
     common = {
         "mean": setup.train.mean,
@@ -229,17 +247,20 @@ def compile_runners(
     previous, previous_cached = 0, False
     for cut in (0, *cuts):
         cut_state, frozen = move_cut(setup.model, state, {}, cut)
-        cached = False
+        cached, window = False, None
         if cut and config.mode == "cache":
-            spec = _cache_spec(setup, frozen, cut, views)
+            spec = _cache_spec(setup, frozen, cut, views, pad)
             need = cache_lib.cache_nbytes(spec.shape, spec.dtype, 1)
             cached = setup.cache_budget is None or need <= setup.cache_budget
+            window = _cache_spec(setup, frozen, cut, views).shape[2:4] if pad else None
         jitted = make_scaled_train_step(
             setup.model,
             train_config,
             cut,
             cached=cached,
             random_view=cached and augmented is not None,
+            crop_window=window if cached else None,
+            crop_padding=pad,
             **common,
         )
         cache, cache_from, move_flops = None, 0, 0.0
@@ -268,7 +289,7 @@ def compile_runners(
                 used_views,
                 recalibrate,
                 move_flops,
-                _augment_name(train_config, mode, used_views, augmented is not None),
+                _augment_name(train_config, mode, used_views, augmented is not None, pad),
             )
         )
         previous, previous_cached = cut, cached

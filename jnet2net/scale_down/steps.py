@@ -120,6 +120,8 @@ def make_scaled_train_step(
     ramp_steps: int = 0,
     cached: bool = False,
     random_view: bool = False,
+    crop_window: tuple[int, int] | None = None,
+    crop_padding: int = 0,
     mesh: Mesh | None = None,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """The jitted step that trains layers ``[cut, end)`` on device data (state donated).
@@ -137,7 +139,9 @@ def make_scaled_train_step(
     (:func:`flip_choices` of ``augment_key(seed, step)``), with one view (or when
     ``config.augment`` has no flips: ``'crop'``, ``'none'``) the plain one. With
     ``random_view`` (a cache of augmented views) each example takes a view drawn uniformly
-    with ``augment_key(seed, step)``.
+    with ``augment_key(seed, step)``. With ``crop_window`` (a cache of the images
+    zero-padded by ``crop_padding``) each example's map is cropped and flipped where the
+    no-grad step crops and flips its image (:func:`~jnet2net.scale_down.cache.cached_crops`).
 
     ``freeze_at (layers,)`` int32 gives each layer's freeze step; its updates ramp to zero
     over the ``ramp_steps`` before it (:func:`suffix_update_fn`).
@@ -151,6 +155,9 @@ def make_scaled_train_step(
       ramp_steps: length of the learning-rate ramps.
       cached: read the prefix's output from a cache.
       random_view: pick cached views at random (augmented views) instead of by flips.
+      crop_window: ``(h', w')``, the prefix's output size on an unpadded image, for a cache
+        of padded images (``None``: no crops).
+      crop_padding: the padding of those images.
       mesh: shard batches over ``'data'``, replicate the rest (the cache stays sharded).
 
     Returns:
@@ -188,9 +195,15 @@ def make_scaled_train_step(
     ) -> tuple[TrainState, Metrics]:
         index = indices(state, permutation)
         view, key = None, augment_key(config.seed, state.step)
+        flips = activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS
+        if crop_window is not None:
+            h = cache_lib.cached_crops(
+                activations, index, key, window=crop_window, padding=crop_padding, flip=flips
+            )
+            return update(state, h, labels[index], freeze_at)
         if random_view:
             view = jax.random.randint(key, (batch_size,), 0, activations.shape[1])
-        elif activations.shape[1] > 1 and config.augment in FLIP_AUGMENTS:
+        elif flips:
             view = flip_choices(key, batch_size)
         h = cache_lib.gather_views(activations, index, view)
         return update(state, h, labels[index], freeze_at)
