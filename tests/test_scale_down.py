@@ -1014,7 +1014,9 @@ def test_cached_crops_equal_the_nograd_crops_away_from_the_window_border(flip):
     assert float(jnp.abs(cached - nograd).max()) > 1e-3  # the border is where they differ
 
 
-def test_cached_step_with_crops_trains_on_the_crops_of_the_padded_maps():
+def _cut_at_two_with_crops():
+    """A tiny ResNet cut after its first stage, crop-and-flip training (padding 2), and an
+    epoch order: ``(model, train, config, state, frozen, labels, order)``."""
     model = tiny_resnet()
     train, _ = tiny_data()
     config = train_config(augment="crop_flip", crop_padding=2)
@@ -1022,6 +1024,11 @@ def test_cached_step_with_crops_trains_on_the_crops_of_the_padded_maps():
     state, frozen = move_cut(model, state, {}, 2)
     labels = jnp.asarray(train.labels)
     order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
+    return model, train, config, state, frozen, labels, order
+
+
+def test_cached_step_with_crops_trains_on_the_crops_of_the_padded_maps():
+    model, train, config, state, frozen, labels, order = _cut_at_two_with_crops()
     stats = {"mean": train.mean, "std": train.std}
     images = jnp.asarray(train.images)
     cache = cache_lib.build_cache(model, frozen, images, 2, flips=True, pad=2, **stats)
@@ -1044,13 +1051,7 @@ def test_cached_step_with_crops_trains_on_the_crops_of_the_padded_maps():
 
 
 def test_cached_step_with_random_views_trains_on_the_view_its_key_picks():
-    model = tiny_resnet()
-    train, _ = tiny_data()
-    config = train_config(augment="crop_flip", crop_padding=2)
-    state = create_train_state(model, config, train.images, steps_per_epoch=4)
-    state, frozen = move_cut(model, state, {}, 2)
-    labels = jnp.asarray(train.labels)
-    order = jnp.arange(NUM_TRAIN, dtype=jnp.int32)[::-1]
+    model, train, config, state, frozen, labels, order = _cut_at_two_with_crops()
     views = cache_lib.AugmentedViews(jax.random.key(9), 4, 2, True)
     cache = cache_lib.build_cache(
         model,
@@ -1163,39 +1164,30 @@ def test_loop_freezes_stage_0_and_compiles_nothing_after_the_start(resnet_runs):
         assert np.all(result.scores.changes[2:, 0] == 0)  # frozen: no change
 
 
-def test_cache_mode_with_augmented_views_compiles_nothing_after_the_start():
+@pytest.mark.parametrize(
+    ("cache_augment", "named", "nbytes"),
+    [
+        # 64 examples, 3 views, the stage-0 map of 8x8 images, 4 channels, float32.
+        ("views", "crop_flip (3 cached views)", 64 * 3 * 8 * 8 * 4 * 4),
+        # 64 examples, 2 views (mirror), the stage-0 map of 12x12 padded images.
+        ("crop", "crop_flip (crops of cached padded maps)", 64 * 2 * 12 * 12 * 4 * 4),
+    ],
+)
+def test_cache_mode_with_crops_compiles_nothing_after_the_start(cache_augment, named, nbytes):
     config = train_config(augment="crop_flip", crop_padding=2)
-    scale = dataclasses.replace(FORCED, mode="cache", cache_augment="views", cache_views=3)
+    scale = dataclasses.replace(FORCED, mode="cache", cache_augment=cache_augment, cache_views=3)
     result, traces, compiles = _fit(tiny_resnet(), config, scale)
-    assert [r["augment"] for r in result.history] == [
-        "crop_flip",
-        "crop_flip (3 cached views)",
-        "crop_flip (3 cached views)",
-    ]
-    # 64 examples, 3 views, the stage-0 map of 8x8 images, 4 channels, float32.
-    assert result.history[-1]["cache_bytes"] == 64 * 3 * 8 * 8 * 4 * 4
+    assert [r["augment"] for r in result.history] == ["crop_flip", named, named]
+    assert result.history[-1]["cache_bytes"] == nbytes
     assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
     assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
 
 
-def test_cache_mode_with_cached_crops_compiles_nothing_after_the_start():
-    config = train_config(augment="crop_flip", crop_padding=2)
+def test_cached_crops_need_crops_in_the_augmentation():
+    """With flips only, cache_augment='crop' caches the plain maps, as 'flip' does."""
     scale = dataclasses.replace(FORCED, mode="cache", cache_augment="crop")
-    result, traces, compiles = _fit(tiny_resnet(), config, scale)
-    assert [r["augment"] for r in result.history] == [
-        "crop_flip",
-        "crop_flip (crops of cached padded maps)",
-        "crop_flip (crops of cached padded maps)",
-    ]
-    # 64 examples, 2 views (mirror), the stage-0 map of 12x12 padded images, 4 channels.
-    assert result.history[-1]["cache_bytes"] == 64 * 2 * 12 * 12 * 4 * 4
-    assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
-    assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
-    assert all(math.isfinite(r["train_loss"]) for r in result.history)
-    # Without crops in the augmentation the cache is the plain one ('flip').
-    flips_only = train_config(augment="flip")
-    result, _, _ = _fit(tiny_resnet(), flips_only, scale)
+    result, _, _ = _fit(tiny_resnet(), train_config(augment="flip"), scale)
     assert result.history[-1]["cache_bytes"] == 64 * 2 * 8 * 8 * 4 * 4
     assert result.history[-1]["augment"] == "flip (cached mirror view)"
 
