@@ -134,9 +134,9 @@ class Mlp(flax.linen.Module):
         ({"cache_views": 0}, ValueError, "cache_views must be positive, got 0"),
         ({"mode": "frozen"}, ValueError, "mode must be one of 'nograd', 'cache', got 'frozen'"),
         (
-            {"cache_augment": "crop"},
+            {"cache_augment": "jitter"},
             ValueError,
-            "cache_augment must be one of 'views', 'flip', 'none'",
+            "cache_augment must be one of 'crop', 'views', 'flip', 'none'",
         ),
         ({"cache_max_bytes": -1}, ValueError, "cache_max_bytes must be >= 0"),
     ],
@@ -992,25 +992,39 @@ def test_crop_map_scales_the_offsets_by_the_maps_stride():
     chex.assert_trees_all_equal(same, maps[:, :4, :4])
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_cached_crops_equal_the_nograd_crops_away_from_the_window_border(flip):
-    """The stem (one 3x3 conv, stride 1) on a crop of the padded image equals the crop of
-    the stem's map of the padded image wherever its 3x3 window stays inside the crop."""
+@pytest.mark.parametrize(
+    ("flip", "cut", "size", "margin"),
+    [
+        (False, 1, 8, 1),  # the stem: one 3x3 conv, stride 1
+        (True, 1, 8, 1),
+        (True, 3, 16, 3),  # through a stride-2 stage (a 6-pixel radius): offsets halved
+    ],
+)
+def test_cached_crops_equal_the_nograd_crops_away_from_the_window_border(flip, cut, size, margin):
+    """The prefix on a crop of the padded image equals the crop of the prefix's map of the
+    padded image wherever the prefix's receptive field stays inside the crop; through
+    stride 2 only for the even offsets, where the two maps' grids coincide."""
     model = tiny_resnet()
-    train, _ = tiny_data()
-    config = train_config(augment="crop_flip" if flip else "crop", crop_padding=2)
     variables, _ = init(model)
-    images = jnp.asarray(train.images[:16])
-    stats = {"mean": train.mean, "std": train.std}
-    cache = cache_lib.build_cache(model, variables, images, 1, flips=flip, pad=2, **stats)
-    key = augment_key(config.seed, 3)
+    rng = np.random.default_rng(1)
+    images = jnp.asarray(rng.integers(0, 256, (16, size, size, 1), dtype=np.uint8))
+    stats = {"mean": (120.0,), "std": (60.0,)}
+    window = (size // (1 if cut == 1 else 2),) * 2
+    cache = cache_lib.build_cache(model, variables, images, cut, flips=flip, pad=2, **stats)
+    key = jax.random.key(3)
     x = augment(key, images, crop_padding=2, flip=flip)
-    nograd = prefix_apply(model, variables, normalize(x, train.mean, train.std), 1)
+    nograd = prefix_apply(model, variables, normalize(x, *stats.values()), cut)
     index = jnp.arange(16)
     cached = cache_lib.cached_crops(
-        cache.activations, index, key, window=(8, 8), padding=2, flip=flip
+        cache.activations, index, key, window=window, padding=2, flip=flip
     )
-    chex.assert_trees_all_close(cached[:, 1:-1, 1:-1], nograd[:, 1:-1, 1:-1], atol=1e-5)
+    offsets, flips = augment_choices(key, 16, crop_padding=2, flip=flip)
+    column = jnp.where(flips, 4 - offsets[:, 1], offsets[:, 1])
+    stride = size // window[0]
+    aligned = (offsets[:, 0] % stride == 0) & (column % stride == 0)
+    assert int(aligned.sum()) > 0
+    inner = (slice(None), slice(margin, -margin), slice(margin, -margin))
+    chex.assert_trees_all_close(cached[aligned][inner], nograd[aligned][inner], atol=1e-5)
     assert float(jnp.abs(cached - nograd).max()) > 1e-3  # the border is where they differ
 
 
@@ -1182,6 +1196,20 @@ def test_cache_mode_with_crops_compiles_nothing_after_the_start(cache_augment, n
     assert traces["scale_down_step"] == 2 and traces["scale_down_cache"] == 1
     assert compiles.after_epoch[0] == compiles.after_epoch[-1] == compiles.count
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_cached_crops_only_where_the_padding_is_a_multiple_of_the_cuts_stride():
+    """Padding 1: the stride-2 cut's padded map would sit half a pixel off the plain one's
+    grid, so that cut caches the plain maps (and builds them from the images)."""
+    config = train_config(augment="crop_flip", crop_padding=1)
+    scale = dataclasses.replace(FORCED, mode="cache", cache_augment="crop", min_spacing=0.2)
+    model = ResNet((1, 1, 1), (4, 8, 8), num_classes=3)
+    result, _, _ = _fit(model, config, scale)
+    assert [r["cut"] for r in result.history] == [0, 2, 3]
+    assert result.history[1]["augment"] == "crop_flip (crops of cached padded maps)"
+    assert result.history[1]["cache_bytes"] == 64 * 2 * 10 * 10 * 4 * 4  # 8x8 padded by 1
+    assert result.history[2]["augment"] == "flip (cached mirror view)"
+    assert result.history[2]["cache_bytes"] == 64 * 2 * 4 * 4 * 8 * 4  # the plain 4x4 map
 
 
 def test_cached_crops_need_crops_in_the_augmentation():

@@ -13,9 +13,10 @@ the prefix's output on ``K`` random crops and flips of each image, drawn once
 (:func:`augmented_views`); each step then picks one view per example at random. Or it holds
 the prefix's output on each image zero-padded as the random crop pads it (``pad``; and on
 its mirror image), and each step crops the map where the no-grad step would crop the image
-(:func:`cached_crops`): exact wherever the prefix's receptive field stays inside the crop
-(for a prefix of stride 1; with stride ``s`` the offsets are rounded down to multiples of
-``s``), at ``((h + 2 pad) / h)^2`` times the memory.
+(:func:`cached_crops`): exact wherever the prefix's receptive field stays inside the crop,
+for a prefix of stride 1; with stride ``s`` (which must divide ``pad``, or the two maps'
+grids do not meet) the offsets are rounded down to multiples of ``s``. It takes
+``((h + 2 pad) / h)^2`` times the memory.
 
 :func:`cache_fn` gives the jitted function of one such move, so that it can be compiled
 ahead of time; :func:`build_cache` and :func:`extend_cache` call it once.

@@ -53,8 +53,9 @@ class ScaleDownConfig:
     its mirror image and each step picks the view the augmentation would have flipped (no
     random crops); ``'crop'`` holds the prefix's output on each image zero-padded as the
     random crop pads it (and on its mirror image) and each step crops those maps where the
-    no-grad step would crop the images (exact away from each crop's border for a stride-1
-    prefix; ``((h + 2 p) / h)^2`` times the memory of ``'flip'``); ``'views'`` holds
+    no-grad step would crop the images (at cuts whose stride divides the padding; other
+    cuts cache the plain maps, as ``'flip'``), exact away from each crop's border where the
+    offset is a multiple of the stride, at ``((h + 2 p) / h)^2`` times the memory; ``'views'`` holds
     ``cache_views`` augmented copies of each image (random crops and flips drawn once, as
     the training augmentation draws them) and each step picks one at random; ``'none'``
     holds the plain images.

@@ -127,13 +127,18 @@ def _layer_flops(setup: RunSetup, whole: dict, start: int, stop: int, rows: tupl
     return cache_flops(setup.model, whole, start, stop, batch, how="lowered")
 
 
-def _cache_padding(setup: RunSetup) -> int:
-    """The images' padding in a cache of padded maps (``cache_augment='crop'`` with an
-    augmentation that crops), else 0."""
+def _cache_padding(setup: RunSetup, plain: jax.ShapeDtypeStruct) -> int:
+    """The images' padding in a cache of padded maps, else 0: ``cache_augment='crop'`` with
+    an augmentation that crops, at a cut whose stride divides the padding (``plain``: the
+    cache spec of the unpadded maps). Otherwise the padded map's grid would sit between the
+    plain map's pixels, and no crop of it is what the no-grad step computes."""
     config, train_config = setup.scale_config, setup.train_config
+    pad = train_config.crop_padding
     if config.cache_augment != "crop" or train_config.augment not in ("crop_flip", "crop"):
         return 0
-    return train_config.crop_padding
+    image, feature = setup.train.image_shape[:2], plain.shape[2:4]
+    aligned = all(i % f == 0 and pad % (i // f) == 0 for i, f in zip(image, feature, strict=True))
+    return pad if aligned else 0
 
 
 def _augmented_views(setup: RunSetup) -> cache_lib.AugmentedViews | None:
@@ -151,11 +156,18 @@ def _augmented_views(setup: RunSetup) -> cache_lib.AugmentedViews | None:
 
 
 def _compile_cache(
-    setup: RunSetup, state: TrainState, cut: int, start: int, views: int, compiler: Compiler
+    setup: RunSetup,
+    state: TrainState,
+    cut: int,
+    start: int,
+    views: int,
+    compiler: Compiler,
+    pad: int = 0,
 ) -> tuple[CompiledStep, jax.ShapeDtypeStruct, float]:
-    """The compiled cache move ``start -> cut``, the cache's spec and the move's FLOPs."""
+    """The compiled cache move ``start -> cut`` (of images padded by ``pad``), the cache's
+    spec and the move's FLOPs."""
     model, train = setup.model, setup.train
-    augmented, pad = _augmented_views(setup), _cache_padding(setup)
+    augmented = _augmented_views(setup)
     move = cache_lib.cache_fn(
         model,
         start,
@@ -234,7 +246,7 @@ def compile_runners(
     """
     config, train_config = setup.scale_config, setup.train_config
     flips = config.cache_augment in ("flip", "crop") and train_config.augment in FLIP_AUGMENTS
-    augmented, pad = _augmented_views(setup), _cache_padding(setup)
+    augmented = _augmented_views(setup)
     views = augmented.count if augmented else (2 if flips else 1)
     common = {
         "mean": setup.train.mean,
@@ -244,15 +256,17 @@ def compile_runners(
         "mesh": setup.mesh,
     }
     runners: list[CutRunner] = []
-    previous, previous_cached = 0, False
+    previous, previous_cached, previous_pad = 0, False, 0
     for cut in (0, *cuts):
         cut_state, frozen = move_cut(setup.model, state, {}, cut)
-        cached, window = False, None
+        cached, window, pad = False, None, 0
         if cut and config.mode == "cache":
+            plain = _cache_spec(setup, frozen, cut, views)
+            pad = _cache_padding(setup, plain)
             spec = _cache_spec(setup, frozen, cut, views, pad)
             need = cache_lib.cache_nbytes(spec.shape, spec.dtype, 1)
             cached = setup.cache_budget is None or need <= setup.cache_budget
-            window = _cache_spec(setup, frozen, cut, views).shape[2:4] if pad else None
+            window = plain.shape[2:4] if pad else None
         jitted = make_scaled_train_step(
             setup.model,
             train_config,
@@ -264,9 +278,11 @@ def compile_runners(
             **common,
         )
         cache, cache_from, move_flops = None, 0, 0.0
-        if cached:
-            cache_from = previous if previous_cached else 0
-            cache, spec, move_flops = _compile_cache(setup, state, cut, cache_from, views, compiler)
+        if cached:  # a cache moves on from the previous one when both have the same padding
+            cache_from = previous if previous_cached and previous_pad == pad else 0
+            cache, spec, move_flops = _compile_cache(
+                setup, state, cut, cache_from, views, compiler, pad
+            )
             step = compiler(jitted, cut_state, spec, setup.labels, order, freeze_at)
         else:
             args = (frozen, setup.images, setup.labels, order, freeze_at)
@@ -289,10 +305,12 @@ def compile_runners(
                 used_views,
                 recalibrate,
                 move_flops,
-                _augment_name(train_config, mode, used_views, augmented is not None, pad),
+                _augment_name(
+                    train_config, mode, used_views, augmented is not None, pad if cached else 0
+                ),
             )
         )
-        previous, previous_cached = cut, cached
+        previous, previous_cached, previous_pad = cut, cached, pad
     return runners
 
 
