@@ -37,13 +37,19 @@ def crop_at(images: jax.Array, offsets: jax.Array, *, padding: int) -> jax.Array
     _check_padding(padding)
     if padding == 0:
         return images
-    _, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return crop_windows(padded, offsets, images.shape[1:3])
+
+
+def crop_windows(images: jax.Array, offsets: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """The ``size`` window of each of ``images (n, H, W, c)`` at its ``offsets (n, 2)`` (row,
+    column of the window's corner): ``(n, h, w, c)``, ``images.dtype``."""
+    (h, w), c = size, images.shape[-1]
 
     def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
         return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
 
-    return jax.vmap(crop)(padded, offsets.astype(jnp.int32))
+    return jax.vmap(crop)(images, offsets.astype(jnp.int32))
 
 
 def flip_where(images: jax.Array, flip: jax.Array) -> jax.Array:

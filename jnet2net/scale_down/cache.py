@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from jnet2net.data.augment import augment, augment_choices
+from jnet2net.data.augment import augment, augment_choices, crop_windows
 from jnet2net.data.dataset import normalize
 from jnet2net.models.common import compute_dtype
 from jnet2net.scale_down.split import check_cut
@@ -144,14 +144,9 @@ def crop_map(
     """
     if padding == 0:
         return maps
-    (h, w), c = window, maps.shape[-1]
+    h, w = window
     margin = jnp.array([maps.shape[1] - h, maps.shape[2] - w], jnp.int32)
-    scaled = offsets.astype(jnp.int32) * margin // (2 * padding)
-
-    def crop(one: jax.Array, offset: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice(one, (offset[0], offset[1], 0), (h, w, c))
-
-    return jax.vmap(crop)(maps, scaled)
+    return crop_windows(maps, offsets.astype(jnp.int32) * margin // (2 * padding), window)
 
 
 def cached_crops(

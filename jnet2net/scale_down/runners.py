@@ -263,7 +263,7 @@ def compile_runners(
         if cut and config.mode == "cache":
             plain = _cache_spec(setup, frozen, cut, views)
             pad = _cache_padding(setup, plain)
-            spec = _cache_spec(setup, frozen, cut, views, pad)
+            spec = _cache_spec(setup, frozen, cut, views, pad) if pad else plain
             need = cache_lib.cache_nbytes(spec.shape, spec.dtype, 1)
             cached = setup.cache_budget is None or need <= setup.cache_budget
             window = plain.shape[2:4] if pad else None

@@ -200,12 +200,12 @@ def make_scaled_train_step(
             h = cache_lib.cached_crops(
                 activations, index, key, window=crop_window, padding=crop_padding, flip=flips
             )
-            return update(state, h, labels[index], freeze_at)
-        if random_view:
-            view = jax.random.randint(key, (batch_size,), 0, activations.shape[1])
-        elif flips:
-            view = flip_choices(key, batch_size)
-        h = cache_lib.gather_views(activations, index, view)
+        else:
+            if random_view:
+                view = jax.random.randint(key, (batch_size,), 0, activations.shape[1])
+            elif flips:
+                view = flip_choices(key, batch_size)
+            h = cache_lib.gather_views(activations, index, view)
         return update(state, h, labels[index], freeze_at)
 
     if mesh is None:
