@@ -14,6 +14,7 @@ from jnet2net.coupling import Path, UnitGroup
 from jnet2net.discover.groups import Discovery, _collect
 from jnet2net.discover.tracer import _Tracer
 from jnet2net.discover.values import _CONSTANT, _Act, _Par, _State
+from jnet2net.models.lowering import plain_convs
 from jnet2net.variables import Variables, flatten
 
 
@@ -86,7 +87,8 @@ def _trace(model: nn.Module, variables: Variables, example_input: Any, apply_kwa
         return out
 
     try:
-        closed = jax.make_jaxpr(forward)(specs, input_specs)
+        with plain_convs():  # the library's convolutions as conv primitives on any backend
+            closed = jax.make_jaxpr(forward)(specs, input_specs)
     except (flax.errors.FlaxError, TypeError, ValueError, IndexError, KeyError) as err:
         shapes = jax.tree.map(np.shape, example_input)
         raise ValueError(

@@ -8,6 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jnet2net.models.lowering import conv_general_dilated
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -34,7 +36,11 @@ def batch_norm(train: bool, dtype: Any, name: str, **kwargs: Any) -> nn.BatchNor
 
 
 def conv(features: int, kernel_size: int, dtype: Any, name: str, **kwargs: Any) -> nn.Conv:
-    """Returns a bias-free 'SAME' conv with He (fan-out) initialisation."""
+    """Returns a bias-free 'SAME' conv with He (fan-out) initialisation.
+
+    It lowers through :func:`~jnet2net.models.lowering.conv_general_dilated` (tiny maps
+    as matrix products on CPU, the same function).
+    """
     kwargs.setdefault("use_bias", False)
     return nn.Conv(
         features,
@@ -43,6 +49,7 @@ def conv(features: int, kernel_size: int, dtype: Any, name: str, **kwargs: Any) 
         kernel_init=conv_init,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_general_dilated,
         name=name,
         **kwargs,
     )
