@@ -1164,7 +1164,8 @@ def test_loop_freezes_stage_0_and_compiles_nothing_after_the_start(resnet_runs):
         assert event["layers"] == ["stem", "stage0_block0"] == result.history[1]["frozen_now"]
         assert event["early"] is True and result.plan.freeze_steps == (6,)
         assert result.plan.deadlines == (NEVER,)  # target 1.0: no freeze needed
-        # Each function traced once, before the first step ...
+        # Each function traced once, by the end of epoch 1 (cut 0's before the first step,
+        # the candidate's in the background: the epoch's checkpoint callback waits for it) ...
         assert traces["scale_down_step"] == 2  # cut 0 and cut 2
         assert traces["scale_down_recalibrate"] == traces["scale_down_scores"] == 1
         assert traces["scale_down_cache"] == (1 if mode == "cache" else 0)
@@ -1470,6 +1471,47 @@ def test_a_resumed_run_ends_bitwise_where_the_whole_run_ends(stop, resnet_runs, 
     ]
     assert [summary["steps"] for summary in summaries] == [12]  # the first part's is dropped
     assert traces["scale_down_step"] == 2  # every cut compiled again, ahead of time
+
+
+@pytest.mark.parametrize("mode", ["nograd", "cache"])
+def test_background_compiles_train_step_for_step_like_compiling_first(mode):
+    """The candidates compile in a thread while cut 0 trains; the plan comes at the latest
+    before ``not_before - ramp - 1``; nothing about training changes."""
+    train, test = tiny_data()
+    config = train_config(augment="none")
+    scale = dataclasses.replace(FORCED, mode=mode, not_before=0.5, ramp=0.1)
+    runs = {
+        precompile: fit(tiny_resnet(), train, test, config, scale_down=scale, precompile=precompile)
+        for precompile in (True, False)
+    }
+    ahead, background = runs[False].scale_down, runs[True].scale_down
+    assert background.plan == ahead.plan and background.plan.freeze_steps == (7,)
+    assert background.summary["events"][0]["step"] == 7  # ready (read at step 6) + 1-step ramp
+    chex.assert_trees_all_equal(background.variables, ahead.variables)  # bitwise
+    np.testing.assert_array_equal(background.scores.steps, ahead.scores.steps)
+    np.testing.assert_array_equal(background.scores.changes, ahead.scores.changes)
+    np.testing.assert_array_equal(background.scores.candidate, ahead.scores.candidate)
+    assert [r["test_acc"] for r in background.history] == [r["test_acc"] for r in ahead.history]
+    assert background.summary["train_flops"] == pytest.approx(ahead.summary["train_flops"])
+    last = {p: runs[p].history[-1] for p in runs}
+    assert last[True]["background_compile_s"] > 0 == last[False]["background_compile_s"]
+    assert last[True]["compile_s"] < last[False]["compile_s"]
+
+
+def test_a_checkpoint_taken_before_the_background_compiles_end_holds_the_plan():
+    train, test = tiny_data()
+    scale = dataclasses.replace(FORCED, target_compute=0.95, not_before=0.6, ready_ratio=None)
+    kept = []
+    result = fit(
+        tiny_resnet(),
+        train,
+        test,
+        train_config(augment="none"),
+        scale_down=scale,
+        on_epoch_end=lambda run, record: kept.append((record["step"], run.plan)),
+    )
+    step, plan = kept[0]  # epoch 1 ends at step 4, before the plan is due (step 7)
+    assert step == 4 and plan == result.scale_down.plan and plan.deadlines[0] < NEVER
 
 
 def test_resume_rejects_variables_and_a_foreign_checkpoint(resnet_runs):

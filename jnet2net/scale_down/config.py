@@ -25,8 +25,9 @@ class ScaleDownConfig:
     train (``max_stages``). Times are fractions of the run's ``epochs * steps_per_epoch``
     steps.
 
-    Budget: every candidate cut's training step is compiled before training starts and
-    its FLOPs read from XLA's cost analysis of that executable. The run's training FLOPs
+    Budget: every candidate cut's training step is compiled ahead (while cut 0 trains,
+    with ``fit``'s ``precompile``) and its FLOPs read from XLA's cost analysis of that
+    executable. The run's training FLOPs
     (steps, cache builds and BatchNorm recalibrations) over full training's must come to at
     most ``target_compute``. The policy places the candidate freezes ``min_spacing`` apart,
     the first no earlier than ``not_before``, and as late as that budget allows: these are

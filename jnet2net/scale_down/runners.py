@@ -1,8 +1,8 @@
 """Compiling ahead: every candidate cut's step, cache move and BatchNorm recalibration.
 
-Before the first step every candidate cut's functions are compiled (:func:`compile_runners`)
-and their FLOPs read from the executables, so nothing is compiled while training runs,
-whatever the cut does.
+Every candidate cut's functions are compiled ahead of their use (:func:`compile_runners`:
+before the first step, or in a background thread while cut 0 trains) and their FLOPs read
+from the executables, so no training step waits for a compile, whatever the cut does.
 """
 
 from __future__ import annotations
@@ -226,12 +226,16 @@ def compile_runners(
     order: jax.Array,
     freeze_at: jax.Array,
     compiler: Compiler,
+    *,
+    with_full: bool = True,
 ) -> list[CutRunner]:
     """The runner of cut 0 and of every candidate cut, everything compiled.
 
     A cut runs from a cache in cache mode when the cache fits ``cache_budget``; its cache
     is moved on from the previous cut's when that one was cached too, else built from the
-    images.
+    images. ``with_full=False`` leaves out cut 0's runner (compiled apart, e.g. before
+    the others compile in the background; cut 0 never runs from a cache, so the candidates'
+    runners are the same either way).
 
     Args:
       setup: the run's fixed inputs.
@@ -242,7 +246,8 @@ def compile_runners(
       compiler: compiles and counts the seconds.
 
     Returns:
-      ``[runner of cut 0, runner of cuts[0], ...]``.
+      ``[runner of cut 0, runner of cuts[0], ...]`` (without the first with
+      ``with_full=False``).
     """
     config, train_config = setup.scale_config, setup.train_config
     flips = config.cache_augment in ("flip", "crop") and train_config.augment in FLIP_AUGMENTS
@@ -257,7 +262,7 @@ def compile_runners(
     }
     runners: list[CutRunner] = []
     previous, previous_cached, previous_pad = 0, False, 0
-    for cut in (0, *cuts):
+    for cut in ((0,) if with_full else ()) + tuple(cuts):
         cut_state, frozen = move_cut(setup.model, state, {}, cut)
         cached, window, pad = False, None, 0
         if cut and config.mode == "cache":

@@ -12,6 +12,7 @@ and result types are in :mod:`~jnet2net.scale_down.results`, the run's closing s
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from jnet2net.scale_down import cache as cache_lib
 from jnet2net.scale_down.config import ScaleDownConfig
 from jnet2net.scale_down.policy import (
     NEVER,
+    FreezePlan,
     compute_fraction,
     cut_at,
     layer_freeze_steps,
@@ -76,12 +78,13 @@ def scale_down_steps(
     *,
     state: Any = None,
     variables: Any = None,
+    precompile: bool = True,
 ) -> tuple[ScaleDownSteps, TrainState]:
     """The stepper of a scale-down ``fit`` and the suffix state it starts from (replicated):
     from ``state`` (a :class:`ScaleDownCheckpoint`), else from ``variables`` or a fresh init.
 
     ``model`` has ``layer_names()`` and ``start``/``stop`` (VGG, ResNet); the other
-    arguments are ``fit``'s.
+    arguments are ``fit``'s (``precompile``: :class:`ScaleDownSteps`).
 
     Raises:
       TypeError: ``scale_config`` or ``state`` has the wrong type, or ``model`` has no
@@ -107,7 +110,9 @@ def scale_down_steps(
             model, config, example, variables=variables, steps_per_epoch=steps_per_epoch
         )
         suffix, frozen = move_cut(model, put_replicated(fresh, mesh), {}, 0)
-    steps = ScaleDownSteps(model, config, scale_config, train, mesh, steps_per_epoch, frozen, state)
+    steps = ScaleDownSteps(
+        model, config, scale_config, train, mesh, steps_per_epoch, frozen, state, precompile
+    )
     return steps, suffix
 
 
@@ -115,6 +120,14 @@ class ScaleDownSteps(Stepper):
     """The scale-down :class:`~jnet2net.train.steppers.Stepper` (see the module docstring).
 
     Holds the frozen prefix, the cache, the plan and the readiness checks of one run.
+
+    With ``precompile`` (and one process, a fresh run, candidate cuts) only cut 0's step is
+    compiled before the first step; the candidates' steps, cache moves and recalibrations
+    compile in a background thread while training runs, and the plan (which needs their
+    FLOPs) is made when they are done, at the latest before step ``not_before - ramp - 1``.
+    Until then the plan freezes nothing; readiness checks before ``not_before - ramp`` do
+    not count (:func:`~jnet2net.scale_down.policy.update_plan`), so training is the same
+    step for step as when everything compiles first (``precompile=False``).
     """
 
     event_total = "move_s"
@@ -129,6 +142,7 @@ class ScaleDownSteps(Stepper):
         steps_per_epoch: int,
         frozen: dict,
         resume: ScaleDownCheckpoint | None = None,
+        precompile: bool = True,
     ) -> None:
         self.model, self.config, self.scale_config = model, config, scale_config
         self.train, self.mesh, self.spe, self.frozen = train, mesh, steps_per_epoch, frozen
@@ -145,6 +159,11 @@ class ScaleDownSteps(Stepper):
         self.frozen_now: list[str] = []
         self.move_flops = 0.0
         self.cache: cache_lib.ActivationCache | None = None
+        self.precompile = precompile
+        self.background: concurrent.futures.Future | None = None
+        self.background_compiler: Compiler | None = None
+        self.plan_due = 0
+        self.totals: dict[str, float] = {}
 
     @property
     def step_flops(self) -> float:
@@ -171,21 +190,41 @@ class ScaleDownSteps(Stepper):
             times.ramp,
             budget,
         )
+        self.totals = totals
         compiler = Compiler(mesh.size)
         never = put_replicated(np.full((len(self.names),), NEVER, np.int32), mesh)
         full_state = abstract_full_state(state, self.frozen, mesh)
-        self.runners = compile_runners(setup, full_state, self.cuts, order, never, compiler)
+        resume = self.resume
+        background = (
+            self.precompile and resume is None and bool(self.cuts) and jax.process_count() == 1
+        )
+        cuts = () if background else self.cuts
+        self.runners = compile_runners(setup, full_state, cuts, order, never, compiler)
         self.score_fn = None
         if scale_config.ready_ratio is not None and self.cuts:
             params = full_state.params
             self.score_fn = compiler(compiled_scores(self.names), params, params)
-        step_costs = [r.step.flops for r in self.runners]
-        move_costs = [r.move_flops for r in self.runners[1:]]
-        resume = self.resume
-        if resume is None:
-            self.plan = plan_freezes(
-                step_costs, self.total_steps, scale_config, move_flops=move_costs
+        if background:  # the candidates compile while cut 0 trains
+            self.background_compiler = Compiler(mesh.size)
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+            self.background = pool.submit(
+                compile_runners,
+                setup,
+                full_state,
+                self.cuts,
+                order,
+                never,
+                self.background_compiler,
+                with_full=False,
             )
+            pool.shutdown(wait=False)
+            self.plan_due = max(0, times.not_before - times.ramp - 1)
+        if background:
+            none = (NEVER,) * len(self.cuts)  # freezes nothing until the plan is made
+            self.plan = FreezePlan(none, none, (False,) * len(self.cuts))
+            self.planned_compute = 1.0
+        elif resume is None:
+            self._make_plan()
         else:
             self.plan, self.scores, self.events = resume.plan, resume.scores, list(resume.events)
             totals.update({k: v for k, v in resume.totals.items() if k in totals})
@@ -194,9 +233,10 @@ class ScaleDownSteps(Stepper):
                 self.snapshot = put_replicated(resume.snapshot, mesh)
             if resume.pending_norms is not None:
                 self.pending = (resume.pending_step, put_replicated(resume.pending_norms, mesh))
-        self.planned_compute = compute_fraction(
-            step_costs, self.plan.deadlines, self.total_steps, move_costs
-        )
+            step_costs, move_costs = self._costs()
+            self.planned_compute = compute_fraction(
+                step_costs, self.plan.deadlines, self.total_steps, move_costs
+            )
         self._set_freeze_steps()
         totals["compile_s"] += compiler.seconds
         cut = trained_from(self.model, state)
@@ -204,6 +244,37 @@ class ScaleDownSteps(Stepper):
         if self.runner.mode == "cache":
             self.cache = rebuild_cache(self.model, self.runners, cut, self.frozen, images)
         self._set_args()
+
+    def _costs(self) -> tuple[list[float], list[float]]:
+        """``(FLOPs per step of each runner, one-off FLOPs of each freeze)``."""
+        return [r.step.flops for r in self.runners], [r.move_flops for r in self.runners[1:]]
+
+    def _make_plan(self) -> None:
+        """The plan on the compute target, keeping the readiness count so far."""
+        step_costs, move_costs = self._costs()
+        plan = plan_freezes(step_costs, self.total_steps, self.scale_config, move_flops=move_costs)
+        previous = getattr(self, "plan", None)
+        if previous is not None:
+            plan = plan._replace(candidate=previous.candidate, ready_checks=previous.ready_checks)
+        self.plan = plan
+        self.planned_compute = compute_fraction(
+            step_costs, plan.deadlines, self.total_steps, move_costs
+        )
+
+    def _finish_compiles(self) -> None:
+        """Waits for the background compiles (if any), then makes the plan."""
+        if self.background is None:
+            return
+        runners = self.background.result()  # re-raises what went wrong there
+        self.background = None
+        self.runners = [self.runners[0], *runners]
+        self.totals["background_compile_s"] += self.background_compiler.seconds
+        self._make_plan()
+        self._set_freeze_steps()
+
+    def wait(self) -> None:
+        if self.background is not None:
+            self.background.result()
 
     def _set_freeze_steps(self) -> None:
         steps = layer_freeze_steps(self.plan, self.cuts, len(self.names))
@@ -216,6 +287,8 @@ class ScaleDownSteps(Stepper):
             self.args = (self.frozen, self.images, self.labels)
 
     def due(self, step: int) -> bool:
+        if self.background is not None and (step >= self.plan_due or self.background.done()):
+            self._finish_compiles()
         return cut_at(self.plan, self.cuts, step) != self.runner.cut
 
     def event(self, step: int, state: TrainState, data: Any) -> tuple[TrainState, Record]:
@@ -298,6 +371,7 @@ class ScaleDownSteps(Stepper):
         }
 
     def run_state(self, state: TrainState, totals: dict[str, float]) -> ScaleDownCheckpoint:
+        self._finish_compiles()  # a checkpoint holds the plan
         pending = self.pending
         return ScaleDownCheckpoint(
             state,
@@ -314,6 +388,7 @@ class ScaleDownSteps(Stepper):
     def finish(
         self, state: TrainState, history: list[Record], totals: dict[str, float]
     ) -> tuple[ScaleDownResult, Record]:
+        self._finish_compiles()
         steps = int(state.step)
         variables = whole_variables(self.frozen, state)
         epochs = [r for r in history if "epoch_s" in r]

@@ -160,9 +160,12 @@ def fit(
       on_grow: called as ``on_grow(new_model, state, record)`` after each growth event.
       precompile: compile every growth event's program and grown step in a background
         thread while training runs (on a zero copy of the state), so the events do not wait
-        for compiles; ``False`` compiles each at its event. With several processes each
-        event compiles at its step (a background program could interleave its
-        cross-process collectives with the training steps' in another order per process).
+        for compiles; ``False`` compiles each at its event. With ``scale_down``: only cut
+        0's step compiles before the first step, the candidate cuts' programs in the
+        background (the same training step for step; ``False``: all before the first
+        step). With several processes everything compiles in the main thread (a background
+        program could interleave its cross-process collectives with the training steps' in
+        another order per process).
       initial_eval: a run that starts at step 0 evaluates its starting network on ``test``
         first and logs it as a record at epoch 0, step 0 (a grown student's head start).
       on_step: called as ``on_step(step)`` before each training step (global ``step``)
@@ -220,7 +223,15 @@ def fit(
         from jnet2net.scale_down.strategy import scale_down_steps
 
         stepper, state = scale_down_steps(
-            model, config, scale_down, train, mesh, spe, state=state, variables=variables
+            model,
+            config,
+            scale_down,
+            train,
+            mesh,
+            spe,
+            state=state,
+            variables=variables,
+            precompile=precompile,
         )
         windows: tuple = ()
     else:
