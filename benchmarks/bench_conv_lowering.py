@@ -6,7 +6,8 @@ lowered as :func:`jax.lax.conv_general_dilated` and as
 protocol's ResNet-18 (widths (16, 32, 64, 128), 16x16 inputs, batch 128, SGD-Nesterov)
 with the library's convolutions as they lower by default and under
 :func:`~jnet2net.models.lowering.plain_convs`, at cut 0 (full training) and after each
-scale-down cut (stages frozen in front: the suffix's step on the cut's input). Each is
+scale-down cut (stages frozen in front: the suffix's step on the cut's input), and (c)
+VGG-11's full training step at full and half width on 16x16 inputs. Each is
 compiled by one call, then the median of ``--runs`` repeats of ``--calls`` calls is taken.
 
 Run::
@@ -30,7 +31,7 @@ import optax
 from bench_surgery import cpu_model
 from jax import lax
 
-from jnet2net.models import resnet18
+from jnet2net.models import resnet18, vgg11
 from jnet2net.models.lowering import pixelwise_conv, plain_convs
 from jnet2net.scale_down.split import split_variables, suffix_apply
 from jnet2net.train.steps import cross_entropy_loss
@@ -120,18 +121,50 @@ def resnet_rows(calls: int, runs: int) -> list[dict]:
     return rows
 
 
+def vgg_rows(calls: int, runs: int) -> list[dict]:
+    """Full training steps of VGG-11 (full and half width) on 16x16 inputs, batch 128."""
+    x = jax.random.normal(jax.random.key(0), (128, 16, 16, 3))
+    labels = jnp.arange(128) % 10
+    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    rows = []
+    for widths in ((64, 128, 256, 512, 512), (32, 64, 128, 256, 256)):
+        model = vgg11(stage_widths=widths, num_classes=10)
+        variables = model.init(jax.random.key(1), x, train=False)
+        params, stats = variables["params"], variables["batch_stats"]
+        args = (params, stats, tx.init(params), x, labels)
+        row: dict[str, Any] = {"bench": "vgg11_16px_step", "widths": list(widths)}
+        row["library_ms"] = 1e3 * median_seconds(
+            suffix_step(model, 0, tx), *args, calls=calls, runs=runs
+        )
+        with plain_convs():
+            row["lax_ms"] = 1e3 * median_seconds(
+                suffix_step(model, 0, tx), *args, calls=max(1, calls // 3), runs=runs
+            )
+        row["speedup"] = row["lax_ms"] / row["library_ms"]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=None, help="append the rows to this JSONL file")
+    parser.add_argument(
+        "--benches",
+        nargs="+",
+        default=["conv", "resnet", "vgg"],
+        choices=["conv", "resnet", "vgg"],
+        help="which tables to measure",
+    )
     args = parser.parse_args()
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
         "device": f"{jax.devices()[0].platform}: {cpu_model()}",
         "jax": jax.__version__,
     }
-    rows = conv_rows(args.calls, args.runs) + resnet_rows(args.calls, args.runs)
+    benches = {"conv": conv_rows, "resnet": resnet_rows, "vgg": vgg_rows}
+    rows = [row for name in args.benches for row in benches[name](args.calls, args.runs)]
     for row in rows:
         row.update(meta)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
