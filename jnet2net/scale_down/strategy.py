@@ -12,7 +12,6 @@ and result types are in :mod:`~jnet2net.scale_down.results`, the run's closing s
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from collections.abc import Callable
 from typing import Any
@@ -160,7 +159,6 @@ class ScaleDownSteps(Stepper):
         self.move_flops = 0.0
         self.cache: cache_lib.ActivationCache | None = None
         self.precompile = precompile
-        self.background: concurrent.futures.Future | None = None
         self.background_compiler: Compiler | None = None
         self.plan_due = 0
         self.totals: dict[str, float] = {}
@@ -206,8 +204,7 @@ class ScaleDownSteps(Stepper):
             self.score_fn = compiler(compiled_scores(self.names), params, params)
         if background:  # the candidates compile while cut 0 trains
             self.background_compiler = Compiler(mesh.size)
-            pool = concurrent.futures.ThreadPoolExecutor(1)
-            self.background = pool.submit(
+            self.run_in_background(
                 compile_runners,
                 setup,
                 full_state,
@@ -217,9 +214,7 @@ class ScaleDownSteps(Stepper):
                 self.background_compiler,
                 with_full=False,
             )
-            pool.shutdown(wait=False)
             self.plan_due = max(0, times.not_before - times.ramp - 1)
-        if background:
             none = (NEVER,) * len(self.cuts)  # freezes nothing until the plan is made
             self.plan = FreezePlan(none, none, (False,) * len(self.cuts))
             self.planned_compute = 1.0
@@ -250,15 +245,13 @@ class ScaleDownSteps(Stepper):
         return [r.step.flops for r in self.runners], [r.move_flops for r in self.runners[1:]]
 
     def _make_plan(self) -> None:
-        """The plan on the compute target, keeping the readiness count so far."""
+        """The plan on the compute target (the runners' FLOPs), and its compute fraction."""
         step_costs, move_costs = self._costs()
-        plan = plan_freezes(step_costs, self.total_steps, self.scale_config, move_flops=move_costs)
-        previous = getattr(self, "plan", None)
-        if previous is not None:
-            plan = plan._replace(candidate=previous.candidate, ready_checks=previous.ready_checks)
-        self.plan = plan
+        self.plan = plan_freezes(
+            step_costs, self.total_steps, self.scale_config, move_flops=move_costs
+        )
         self.planned_compute = compute_fraction(
-            step_costs, plan.deadlines, self.total_steps, move_costs
+            step_costs, self.plan.deadlines, self.total_steps, move_costs
         )
 
     def _finish_compiles(self) -> None:
@@ -269,12 +262,12 @@ class ScaleDownSteps(Stepper):
         self.background = None
         self.runners = [self.runners[0], *runners]
         self.totals["background_compile_s"] += self.background_compiler.seconds
+        counted = self.plan  # the readiness checks so far, counted against no freezes
         self._make_plan()
+        self.plan = self.plan._replace(
+            candidate=counted.candidate, ready_checks=counted.ready_checks
+        )
         self._set_freeze_steps()
-
-    def wait(self) -> None:
-        if self.background is not None:
-            self.background.result()
 
     def _set_freeze_steps(self) -> None:
         steps = layer_freeze_steps(self.plan, self.cuts, len(self.names))

@@ -57,11 +57,19 @@ class Stepper:
       model: the network the records and the evaluation describe now.
       step_flops: FLOPs of the step in use (after :meth:`begin`).
       event_total: the ``totals`` key that the seconds of its events add to.
+      background: the work started by :meth:`run_in_background` (``None``: none).
     """
 
     model: nn.Module
     step_flops: float
     event_total = "grow_s"
+    background: concurrent.futures.Future | None = None
+
+    def run_in_background(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Starts ``fn(*args, **kwargs)`` in a thread of its own (:attr:`background`)."""
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        self.background = pool.submit(fn, *args, **kwargs)
+        pool.shutdown(wait=False)
 
     def begin(self, state: TrainState, data: Any, totals: dict[str, float]) -> None:
         """Compiles what the run needs (adding to ``totals``), once, before the first step."""
@@ -88,6 +96,8 @@ class Stepper:
 
     def wait(self) -> None:
         """Returns once background work has finished; re-raises its errors."""
+        if self.background is not None:
+            self.background.result()
 
     def variables(self, state: TrainState) -> Any:
         """The whole network's variables, for evaluation."""
@@ -209,7 +219,6 @@ class GrowthSteps(Stepper):
         self.spe, self.streaming, self.precompile = steps_per_epoch, streaming, precompile
         self.step_config = restrict(config, STEP_FIELDS)
         self.compiled: CompiledStep | None = None
-        self.background: concurrent.futures.Future | None = None
         self.totals: dict[str, float] = {}
 
     @property
@@ -254,9 +263,7 @@ class GrowthSteps(Stepper):
             zero_state = put_replicated(jax.tree.map(jnp.zeros_like, state), self.mesh)
         self.compiled = self._compile(self.model, state, data)
         if zero_state is not None:  # the events' compiles overlap training
-            pool = concurrent.futures.ThreadPoolExecutor(1)
-            self.background = pool.submit(self._precompile_events, zero_state, data)
-            pool.shutdown(wait=False)
+            self.run_in_background(self._precompile_events, zero_state, data)
 
     def due(self, step: int) -> bool:
         return bool(self.pending) and self.pending[0][1].at_step(self.spe) == step
@@ -272,10 +279,6 @@ class GrowthSteps(Stepper):
 
     def step(self, state: TrainState, data: Any) -> tuple[TrainState, Metrics]:
         return self.compiled.call(state, *data)
-
-    def wait(self) -> None:
-        if self.background is not None:
-            self.background.result()  # re-raises what went wrong there
 
 
 def _grow(
