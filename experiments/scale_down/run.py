@@ -92,6 +92,7 @@ SCALE_FLAGS = {
     "not_before": "not_before",
     "min_spacing": "min_spacing",
     "ramp": "ramp",
+    "max_stages": "max_stages",
     "mode": "mode",
     "cache_augment": "cache_augment",
     "cache_views": "cache_views",
@@ -207,6 +208,7 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
         "not_before": args.not_before,
         "min_spacing": args.min_spacing,
         "ramp": args.ramp,
+        "max_stages": args.max_stages,
         "check_every": max(1, spe // 4),
         "mode": args.mode,
         "cache_augment": "none" if args.tiny else args.cache_augment,
@@ -471,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--not-before", type=float, default=None, help="default 0.3")
     parser.add_argument("--min-spacing", type=float, default=None, help="default 0.1")
     parser.add_argument("--ramp", type=float, default=None, help="default 0.05")
+    parser.add_argument(
+        "--max-stages",
+        type=int,
+        default=None,
+        help="most stages that may freeze (default: all but the last)",
+    )
     parser.add_argument("--freezeout-ramp", type=float, default=0.3)
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
     return parser
