@@ -121,7 +121,8 @@ def train_config(
     args: argparse.Namespace, epochs: int, seed: int, log: pathlib.Path
 ) -> TrainConfig:
     """The protocol's training settings, or with ``--config`` the file's ``train`` section,
-    with the arm's epochs and seed; ``--batch-size``, ``--lr`` and ``--dtype`` set theirs."""
+    with the arm's epochs and seed; ``--batch-size``, ``--lr``, ``--dtype`` and
+    ``--ema-decay`` set theirs."""
     if args.config:
         base = load_config(args.config).train
     else:
@@ -133,7 +134,12 @@ def train_config(
             crop_padding=2 if args.protocol == "cpu" else 4,
             compute_dtype=common.default_dtype(),
         )
-    given = {"batch_size": args.batch_size, "learning_rate": args.lr, "compute_dtype": args.dtype}
+    given = {
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "compute_dtype": args.dtype,
+        "ema_decay": args.ema_decay,
+    }
     return base.replace(
         **{k: v for k, v in given.items() if v is not None},
         epochs=epochs,
@@ -404,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 128")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.1")
     parser.add_argument("--dtype", default=None)
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="every arm keeps a moving average of its weights and is evaluated through it",
+    )
     parser.add_argument("--summarize", action="store_true", help="only write the summary")
     parser.add_argument(
         "--plot-arms",
