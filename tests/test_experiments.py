@@ -204,6 +204,22 @@ def test_scale_down_refuses_a_network_outside_its_protocol(capsys):
     assert set(scale_down.FULL_NETWORKS) >= set(scale_down.NETWORKS)
 
 
+def test_study_flags_reach_the_configs(tmp_path):
+    from experiments.progressive import run as progressive
+
+    args = scale_down.build_parser().parse_args(["--max-stages", "2", "--target", "0.65"])
+    scale_down.resolve_settings(args)
+    config = scale_down.scale_config(args, "scale_down", spe=40)
+    assert (config.max_stages, config.target_compute, config.check_every) == (2, 0.65, 10)
+    default = scale_down.build_parser().parse_args([])
+    scale_down.resolve_settings(default)
+    assert scale_down.scale_config(default, "scale_down", spe=40).max_stages is None
+    args = progressive.build_parser().parse_args(["--ema-decay", "0.99"])
+    assert progressive.train_config(args, 3, 0, tmp_path / "log.jsonl").ema_decay == 0.99
+    args = progressive.build_parser().parse_args([])
+    assert progressive.train_config(args, 3, 0, tmp_path / "log.jsonl").ema_decay is None
+
+
 # --- tables and verdicts from recorded runs ------------------------------------------------
 
 
