@@ -207,13 +207,16 @@ def test_scale_down_refuses_a_network_outside_its_protocol(capsys):
 def test_study_flags_reach_the_configs(tmp_path):
     from experiments.progressive import run as progressive
 
-    args = scale_down.build_parser().parse_args(["--max-stages", "2", "--target", "0.65"])
+    flags = ["--max-stages", "2", "--target", "0.65", "--lr-boost", "1.5"]
+    args = scale_down.build_parser().parse_args(flags)
     scale_down.resolve_settings(args)
     config = scale_down.scale_config(args, "scale_down", spe=40)
     assert (config.max_stages, config.target_compute, config.check_every) == (2, 0.65, 10)
+    assert config.lr_boost == 1.5
     default = scale_down.build_parser().parse_args([])
     scale_down.resolve_settings(default)
-    assert scale_down.scale_config(default, "scale_down", spe=40).max_stages is None
+    default_config = scale_down.scale_config(default, "scale_down", spe=40)
+    assert (default_config.max_stages, default_config.lr_boost) == (None, 1.0)
     args = progressive.build_parser().parse_args(["--ema-decay", "0.99"])
     assert progressive.train_config(args, 3, 0, tmp_path / "log.jsonl").ema_decay == 0.99
     args = progressive.build_parser().parse_args([])

@@ -41,6 +41,7 @@ from jnet2net.scale_down.policy import (
     compute_fraction,
     cut_at,
     layer_freeze_steps,
+    layer_lr_scale,
     plan_freezes,
     ramp_multipliers,
     step_times,
@@ -124,6 +125,8 @@ class Mlp(flax.linen.Module):
         ({"not_before": -0.1}, ValueError, r"not_before must be in \[0, 1\)"),
         ({"min_spacing": math.nan}, ValueError, "min_spacing must be finite"),
         ({"ramp": 1.2}, ValueError, r"ramp must be in \[0, 1\)"),
+        ({"lr_boost": 0.0}, ValueError, "lr_boost must be > 0, got 0.0"),
+        ({"lr_boost": "2"}, TypeError, "lr_boost must be a number"),
         ({"max_stages": -1}, ValueError, "max_stages must be >= 0, got -1"),
         ({"max_stages": 1.0}, TypeError, "max_stages must be an int"),
         ({"check_every": 0}, ValueError, "check_every must be positive"),
@@ -370,6 +373,20 @@ def test_ramp_multipliers_fall_from_one_to_zero_before_the_freeze():
     np.testing.assert_array_equal(values[:, 2], 1.0)  # never frozen
     step = np.asarray(ramp_multipliers(jnp.int32(19), freeze_at, 0))
     np.testing.assert_array_equal(step, [0.0, 1.0, 1.0])  # no ramp: a step
+
+
+def test_lr_scale_multiplies_the_ramp_of_the_layers_that_may_freeze():
+    scale = layer_lr_scale((2, 3), num_layers=5, boost=2.5)
+    assert scale == (2.5, 2.5, 2.5, 1.0, 1.0)  # layers before the last candidate cut
+    assert layer_lr_scale((), num_layers=3, boost=2.5) == (1.0, 1.0, 1.0)
+    freeze_at = jnp.array([10, 10, 20, NEVER, NEVER], jnp.int32)
+    for s in (0, 8, 10, 19):
+        plain = np.asarray(ramp_multipliers(jnp.int32(s), freeze_at, 4))
+        scaled = np.asarray(ramp_multipliers(jnp.int32(s), freeze_at, 4, scale))
+        np.testing.assert_allclose(scaled, plain * np.asarray(scale), rtol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(ramp_multipliers(jnp.int32(0), freeze_at, 4, scale)), scale
+    )
 
 
 # --- scores ----------------------------------------------------------------------------
@@ -848,6 +865,7 @@ def test_a_layer_at_its_freeze_step_gets_no_update_and_the_others_do():
         assert any(changed) == (name in ("stage1_block0", "head")), name
     # Halfway down a 4-step ramp the update is half the plain one (the same gradient).
     fresh = create_train_state(model, config, train.images, steps_per_epoch=4)
+    start_state = jax.tree.map(jnp.copy, fresh)
     half = make_scaled_train_step(model, config, 0, ramp_steps=4, **common)
     plain = make_scaled_train_step(model, config, 0, **common)
     copy = jax.tree.map(jnp.copy, fresh)
@@ -857,6 +875,14 @@ def test_a_layer_at_its_freeze_step_gets_no_update_and_the_others_do():
     delta_a = jax.tree.map(jnp.subtract, a.params, start)
     delta_b = jax.tree.map(jnp.subtract, b.params, start)
     chex.assert_trees_all_close(delta_a, jax.tree.map(lambda d: 0.5 * d, delta_b), atol=1e-6)
+    # A boosted layer moves lr_scale times as far on the same gradient; the others as before.
+    boosted = make_scaled_train_step(model, config, 0, lr_scale=(2.0, 2.0, 1.0, 1.0), **common)
+    c, _ = boosted(jax.tree.map(jnp.copy, start_state), {}, images, labels, order, never_frozen(4))
+    delta_c = jax.tree.map(jnp.subtract, c.params, start)
+    for name, factor in zip(model.layer_names(), (2.0, 2.0, 1.0, 1.0), strict=True):
+        chex.assert_trees_all_close(
+            delta_c[name], jax.tree.map(lambda d, f=factor: f * d, delta_b[name]), atol=1e-6
+        )
 
 
 def test_cached_step_gives_the_nograd_loss_on_the_same_inputs():
@@ -1655,6 +1681,22 @@ def test_fit_with_scale_down_resumes_bitwise_from_a_mid_run_checkpoint(fit_runs,
         assert rest.scale_down.summary["train_flops"] == whole.scale_down.summary["train_flops"]
         logged = [(r.get("event"), r["step"]) for r in read_jsonl(log)]
         assert logged == [(r.get("event"), r["step"]) for r in whole.history] + [(None, 12)]
+
+
+def test_fit_scales_the_learning_rate_of_the_stages_that_may_freeze():
+    train, test = tiny_data()
+    config = train_config(epochs=1)
+    scale = dataclasses.replace(FORCED, ready_ratio=None, lr_boost=1e-9)  # freezes nothing
+    start = create_train_state(tiny_resnet(), config, train.images, steps_per_epoch=4).params
+    result = fit(tiny_resnet(), train, test, config, scale_down=scale)
+    assert result.scale_down.cut == 0
+    params = result.scale_down.variables["params"]
+    for name in tiny_resnet().layer_names():  # stem and stage 0 may freeze: they barely move
+        moved = max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(start[name]))
+        )
+        assert (moved < 1e-6) == (name in ("stem", "stage0_block0")), (name, moved)
 
 
 def test_fit_refuses_scale_down_with_growth_or_streamed_input():

@@ -92,6 +92,7 @@ SCALE_FLAGS = {
     "not_before": "not_before",
     "min_spacing": "min_spacing",
     "ramp": "ramp",
+    "lr_boost": "lr_boost",
     "max_stages": "max_stages",
     "mode": "mode",
     "cache_augment": "cache_augment",
@@ -208,6 +209,7 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
         "not_before": args.not_before,
         "min_spacing": args.min_spacing,
         "ramp": args.ramp,
+        "lr_boost": args.lr_boost,
         "max_stages": args.max_stages,
         "check_every": max(1, spe // 4),
         "mode": args.mode,
@@ -474,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-spacing", type=float, default=None, help="default 0.1")
     parser.add_argument("--ramp", type=float, default=None, help="default 0.05")
     parser.add_argument(
+        "--lr-boost",
+        type=float,
+        default=None,
+        help="learning-rate factor of the stages that may freeze (default 1)",
+    )
+    parser.add_argument(
         "--max-stages",
         type=int,
         default=None,
@@ -526,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "not_before",
             "min_spacing",
             "ramp",
+            "lr_boost",
             "freezeout_ramp",
         )
     }

@@ -45,9 +45,11 @@ class ScaleDownConfig:
 
     Freezing a stage (FreezeOut): its learning rate ramps to zero over the ``ramp``
     before its freeze step (a per-stage multiplier on the optimizer's updates, half a
-    cosine), then its BatchNorm running statistics are recalibrated from ``bn_batches``
-    training batches (train-mode forward passes, the mean of their batch statistics) and it
-    joins the frozen prefix, which runs in eval mode: without gradient every step
+    cosine; until then the stages that may freeze train at ``lr_boost`` times the learning
+    rate, FreezeOut's larger rate for the layers that stop early), then its BatchNorm
+    running statistics are recalibrated from ``bn_batches`` training batches (train-mode
+    forward passes, the mean of their batch statistics) and it joins the frozen prefix,
+    which runs in eval mode: without gradient every step
     (``mode='nograd'``, the usual augmentation) or from a cache of its outputs computed
     once per example (``mode='cache'``). What a cache keeps of the augmentation
     (``cache_augment``): ``'flip'`` (with an augmentation that flips) holds each image and
@@ -66,6 +68,7 @@ class ScaleDownConfig:
       not_before: earliest freeze, in ``[0, 1)``.
       min_spacing: least time between two freezes, in ``[0, 1)``.
       ramp: length of the learning-rate ramp to zero before a freeze, in ``[0, 1)``.
+      lr_boost: learning-rate factor of the stages that may freeze (> 0; 1: none).
       max_stages: most stages that may freeze (``None``: every stage but the last; the
         head never freezes).
       check_every: steps ``K`` between readiness checks.
@@ -85,6 +88,7 @@ class ScaleDownConfig:
     not_before: float = 0.3
     min_spacing: float = 0.1
     ramp: float = 0.05
+    lr_boost: float = 1.0
     max_stages: int | None = None
     check_every: int = 100
     ready_ratio: float | None = 0.5
@@ -110,6 +114,9 @@ class ScaleDownConfig:
                     f"got {value}"
                 )
             self._set(name, value)
+        self._set("lr_boost", _real("lr_boost", self.lr_boost))
+        if self.lr_boost <= 0.0:
+            raise ValueError(f"ScaleDownConfig.lr_boost must be > 0, got {self.lr_boost}")
         if self.max_stages is not None:
             self._set("max_stages", _non_negative_int("max_stages", self.max_stages))
         self._set("check_every", _positive_int("check_every", self.check_every))

@@ -258,24 +258,43 @@ def cut_at(plan: FreezePlan, cuts: Sequence[int], step: int) -> int:
     return max(frozen, default=0)
 
 
-def ramp_multipliers(step: jax.Array, freeze_at: jax.Array, ramp_steps: int) -> jax.Array:
+def ramp_multipliers(
+    step: jax.Array,
+    freeze_at: jax.Array,
+    ramp_steps: int,
+    lr_scale: Sequence[float] | None = None,
+) -> jax.Array:
     """Learning-rate multiplier of each layer at ``step``: half a cosine down to its freeze.
 
-    ``m = (1 - cos(pi * p)) / 2`` with ``p = clip((freeze_at - step) / ramp_steps, 0, 1)``:
-    exactly 1 until ``ramp_steps`` before the freeze, 0 from the freeze on (a step from 1
-    to 0 at the freeze when ``ramp_steps == 0``).
+    ``m = s * (1 - cos(pi * p)) / 2`` with ``p = clip((freeze_at - step) / ramp_steps, 0,
+    1)``: exactly ``s`` until ``ramp_steps`` before the freeze, 0 from the freeze on (a step
+    from ``s`` to 0 at the freeze when ``ramp_steps == 0``); ``s`` is the layer's
+    ``lr_scale`` (1 without).
 
     Args:
       step: int32 scalar, the optimizer step.
       freeze_at: ``(layers,)`` int32 freeze steps (:func:`layer_freeze_steps`).
       ramp_steps: static ramp length.
+      lr_scale: static ``(layers,)`` learning-rate factors (:func:`layer_lr_scale`).
 
     Returns:
       ``(layers,)`` float32.
     """
     left = (freeze_at - step).astype(jnp.float32)
     if ramp_steps == 0:
-        return (left > 0).astype(jnp.float32)
-    p = jnp.clip(left / jnp.float32(ramp_steps), 0.0, 1.0)
-    ramp = 0.5 * (1.0 - jnp.cos(jnp.float32(math.pi) * p))
-    return jnp.where(p >= 1.0, jnp.float32(1.0), ramp).astype(jnp.float32)
+        multipliers = (left > 0).astype(jnp.float32)
+    else:
+        p = jnp.clip(left / jnp.float32(ramp_steps), 0.0, 1.0)
+        ramp = 0.5 * (1.0 - jnp.cos(jnp.float32(math.pi) * p))
+        multipliers = jnp.where(p >= 1.0, jnp.float32(1.0), ramp).astype(jnp.float32)
+    if lr_scale is None:
+        return multipliers
+    return multipliers * jnp.asarray(lr_scale, jnp.float32)
+
+
+def layer_lr_scale(cuts: Sequence[int], num_layers: int, boost: float) -> tuple[float, ...]:
+    """Each layer's learning-rate factor: ``boost`` for the layers that may freeze (those
+    before the last candidate cut), 1 for the rest (FreezeOut's larger learning rate for
+    the layers that stop early)."""
+    last = max(cuts, default=0)
+    return tuple(float(boost) if i < last else 1.0 for i in range(num_layers))

@@ -76,6 +76,7 @@ class RunSetup(NamedTuple):
     mesh: Mesh
     steps_per_epoch: int
     ramp_steps: int
+    lr_scale: tuple[float, ...]  # per layer (ScaleDownConfig.lr_boost)
     cache_budget: int | None  # bytes over all devices
 
 
@@ -258,6 +259,7 @@ def compile_runners(
         "std": setup.train.std,
         "steps_per_epoch": setup.steps_per_epoch,
         "ramp_steps": setup.ramp_steps,
+        "lr_scale": setup.lr_scale,
         "mesh": setup.mesh,
     }
     runners: list[CutRunner] = []

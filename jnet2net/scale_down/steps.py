@@ -62,10 +62,15 @@ def flip_choices(key: jax.Array, n: int) -> jax.Array:
 
 
 def scaled_updates(
-    names: Sequence[str], updates: Any, step: jax.Array, freeze_at: jax.Array, ramp_steps: int
+    names: Sequence[str],
+    updates: Any,
+    step: jax.Array,
+    freeze_at: jax.Array,
+    ramp_steps: int,
+    lr_scale: Sequence[float] | None = None,
 ) -> Any:
     """``updates`` (keyed by layer name) times each layer's :func:`ramp_multipliers`."""
-    multipliers = ramp_multipliers(step, freeze_at, ramp_steps)
+    multipliers = ramp_multipliers(step, freeze_at, ramp_steps, lr_scale)
     index = {name: i for i, name in enumerate(names)}
     return {
         name: jax.tree.map(lambda u, m=multipliers[index[name]]: u * m.astype(u.dtype), tree)
@@ -74,7 +79,11 @@ def scaled_updates(
 
 
 def suffix_update_fn(
-    model: nn.Module, config: TrainConfig, cut: int, ramp_steps: int = 0
+    model: nn.Module,
+    config: TrainConfig,
+    cut: int,
+    ramp_steps: int = 0,
+    lr_scale: Sequence[float] | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
     """``(state, h, labels, freeze_at) -> (state, {'loss', 'accuracy'})``: one suffix step.
 
@@ -82,7 +91,7 @@ def suffix_update_fn(
     holds the params, batch stats and optimizer state of layers ``[cut, end)`` only, so
     the gradient, the backward pass and the update cover the suffix alone. Each layer's
     update is multiplied by its learning-rate ramp (:func:`ramp_multipliers` of
-    ``freeze_at (layers,)`` int32 and ``ramp_steps``).
+    ``freeze_at (layers,)`` int32, ``ramp_steps`` and the static per-layer ``lr_scale``).
     """
     names = model.layer_names()
 
@@ -97,7 +106,7 @@ def suffix_update_fn(
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (stats, logits)), grads = grad_fn(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        updates = scaled_updates(names, updates, state.step, freeze_at, ramp_steps)
+        updates = scaled_updates(names, updates, state.step, freeze_at, ramp_steps, lr_scale)
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
@@ -118,6 +127,7 @@ def make_scaled_train_step(
     std: tuple[float, ...],
     steps_per_epoch: int,
     ramp_steps: int = 0,
+    lr_scale: Sequence[float] | None = None,
     cached: bool = False,
     random_view: bool = False,
     crop_window: tuple[int, int] | None = None,
@@ -153,6 +163,7 @@ def make_scaled_train_step(
       mean, std: normalisation of the images.
       steps_per_epoch: batches per epoch.
       ramp_steps: length of the learning-rate ramps.
+      lr_scale: each layer's learning-rate factor (``None``: 1).
       cached: read the prefix's output from a cache.
       random_view: pick cached views at random (augmented views) instead of by flips.
       crop_window: ``(h', w')``, the prefix's output size on an unpadded image, for a cache
@@ -163,7 +174,7 @@ def make_scaled_train_step(
     Returns:
       the jitted step ``-> (state, {'loss', 'accuracy'})``.
     """
-    update = suffix_update_fn(model, config, cut, ramp_steps)
+    update = suffix_update_fn(model, config, cut, ramp_steps, lr_scale)
     dtype = compute_dtype(model)
     batch_size = config.batch_size
 

@@ -31,6 +31,7 @@ from jnet2net.scale_down.policy import (
     compute_fraction,
     cut_at,
     layer_freeze_steps,
+    layer_lr_scale,
     plan_freezes,
     step_times,
 )
@@ -186,6 +187,7 @@ class ScaleDownSteps(Stepper):
             mesh,
             self.spe,
             times.ramp,
+            layer_lr_scale(self.cuts, len(self.names), scale_config.lr_boost),
             budget,
         )
         self.totals = totals
