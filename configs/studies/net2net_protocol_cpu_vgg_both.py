@@ -1,13 +1,13 @@
 """The Net2Net protocol on the CPU protocol, a half-width VGG-11 teacher widened and
 deepened at once (full-width VGG-13) with fresh units, student learning rate 0.05 and a
-moving average of the weights, budgets 3 and 10, 3 seeds (the ``vgg/both`` rows of
+moving average of the weights, budgets 3, 10 and 20, 3 seeds (the ``vgg/both`` rows of
 experiments/net2net/results/cifar10-16px).
 
     python experiments/run.py configs/studies/net2net_protocol_cpu_vgg_both.py
 
 Same as ``python experiments/net2net/protocol.py --data-dir ../shared/data --archs vgg
 --changes both --noise fresh --student-lr 0.05 --tag fresh-lr0.05 --ema-decay 0.99
---budgets 3 10 --seeds 0 1 2``.
+--budgets 3 10 20 --seeds 0 1 2``.
 """
 
 from experiments.study import Study
@@ -24,7 +24,7 @@ def get_config() -> Study:
             "student_lr": 0.05,
             "tag": "fresh-lr0.05",
             "ema_decay": 0.99,
-            "budgets": [3, 10],
+            "budgets": [3, 10, 20],
             "seeds": [0, 1, 2],
         },
     )
