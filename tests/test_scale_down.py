@@ -1692,10 +1692,8 @@ def test_fit_scales_the_learning_rate_of_the_stages_that_may_freeze():
     assert result.scale_down.cut == 0
     params = result.scale_down.variables["params"]
     for name in tiny_resnet().layer_names():  # stem and stage 0 may freeze: they barely move
-        moved = max(
-            float(np.max(np.abs(a - b)))
-            for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(start[name]))
-        )
+        leaves = zip(jax.tree.leaves(params[name]), jax.tree.leaves(start[name]), strict=True)
+        moved = max(float(np.max(np.abs(a - b))) for a, b in leaves)
         assert (moved < 1e-6) == (name in ("stem", "stage0_block0")), (name, moved)
 
 
