@@ -705,3 +705,30 @@ def test_net2net_protocol_pairs_moving_average_students_with_their_scratch(tmp_p
     assert row["scratch_acc"] == pytest.approx(0.6)  # scratch-ema0.99, not plain scratch
     assert row["dip_pts"] == pytest.approx(1.0)
     assert row["dip_live_pts"] == pytest.approx(5.0)
+
+
+def test_net2net_protocol_headline_grid_of_recommended_recipes(tmp_path):
+    from experiments.net2net import protocol
+
+    runs = tmp_path / "runs"
+    student = protocol.student_name("fresh-lr0.05", 0.99)
+    scratch = protocol.scratch_name(0.99)
+    _write_log(runs / "resnet_teacher_s0.jsonl", [0.4, 0.5], 2.0, 1.0)
+    _write_log(runs / f"resnet_wider_{scratch}_b3_s0.jsonl", [0.3, 0.5, 0.6], 4.0, 1.0)
+    _write_log(runs / f"resnet_wider_{student}_b3_s0.jsonl", [0.49, 0.60, 0.62], 4.0, 1.0)
+    _write_log(runs / f"resnet_wider_{scratch}_b10_s0.jsonl", [0.5] * 9 + [0.7], 4.0, 1.0)
+    _write_log(runs / f"resnet_wider_{student}_b10_s0.jsonl", [0.55] * 10, 4.0, 1.0)
+    # another recipe of the same change stays out of the headline
+    _write_log(runs / "resnet_wider_student_b3_s0.jsonl", [0.1, 0.1, 0.1], 4.0, 1.0)
+    summary = protocol.summarize(tmp_path, teacher_epochs=2)
+    text = protocol.write_headline(tmp_path, summary)
+    assert text == (tmp_path / "headline.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| resnet/wider |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "fresh-lr0.05-ema0.99"
+    # epoch 2 of 3 against scratch's epoch 3; one seed where the protocol runs three
+    assert cells[2] == "62.0 vs 60.0: 0.67 [1 seed]"
+    assert cells[3] == "55.0 vs 70.0: never [1 seed]"
+    assert cells[4] == "-"  # budget 20 not run
+    assert cells[5] == "1.0"  # the worst mean dip below the teacher (50.0 -> 49.0)
+    assert "resnet/deeper" not in text  # nothing run for it

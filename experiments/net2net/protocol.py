@@ -28,6 +28,8 @@ students, sharing their teachers and scratch runs; its rows read ``arch/change[N
 ``--ema-decay D`` makes students and scratch runs evaluate a moving average of their weights
 (``TrainConfig.ema_decay``; logs ``student[-NAME]-emaD`` and ``scratch-emaD``, paired in the
 summary); ``dip_pts`` is then the average's dip and ``dip_live_pts`` the raw weights'.
+``headline.md`` shows each change once, with the recipe of ``HEADLINE_RECIPES``, budgets as
+columns.
 
 CPU::
 
@@ -335,6 +337,74 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
     )
 
 
+# The recipe each change is shown with in ``headline.md``: fresh units for the widened
+# students, student learning rate 0.05, every run evaluated through a moving average.
+HEADLINE_RECIPES = {
+    "wider": "fresh-lr0.05-ema0.99",
+    "deeper": "ema0.99",
+    "both": "fresh-lr0.05-ema0.99",
+}
+HEADLINE_SEEDS = 3
+
+
+def headline_cell(entry: dict[str, Any] | None) -> str:
+    """``"student vs scratch: FLOPs ratio to target"`` of one budget's means (``-``: not run)."""
+    if entry is None:
+        return "-"
+    mean, seeds = entry["mean"], len(entry["per_seed"])
+    ratio = mean["flops_ratio_to_target"]
+    if ratio["mean"] is None:
+        reached = "never"
+    else:
+        reached = f"{ratio['mean']:.2f}" + (
+            f" ({ratio['missing']} never)" if ratio["missing"] else ""
+        )
+    text = (
+        f"{100 * mean['student_acc']['mean']:.1f} vs {100 * mean['scratch_acc']['mean']:.1f}: "
+        + reached
+    )
+    if seeds < HEADLINE_SEEDS:
+        text += f" [{seeds} seed{'s' if seeds > 1 else ''}]"
+    return text
+
+
+def write_headline(
+    out: pathlib.Path,
+    summary: dict[str, Any],
+    recipes: dict[str, str] = HEADLINE_RECIPES,
+    budgets: Sequence[int] = (3, 10, 20),
+) -> str:
+    """``headline.md``: per architecture and change, its ``recipes`` entry at each budget
+    (student vs scratch accuracy, FLOPs to scratch's final accuracy over scratch's) and the
+    worst mean dip below the teacher. Returns the text written."""
+    rows = []
+    for arch in sorted({name.split("/")[0] for name in summary}):
+        for change in CHANGES:
+            recipe = recipes.get(change, "")
+            prefix = f"{arch}/{change}[{recipe}]" if recipe else f"{arch}/{change}"
+            entries = [summary.get(f"{prefix}/b{budget}") for budget in budgets]
+            if not any(entries):
+                continue
+            dips = [e["mean"]["dip_pts"]["mean"] for e in entries if e is not None]
+            dips = [d for d in dips if d is not None]
+            rows.append(
+                [f"{arch}/{change}", recipe or "-"]
+                + [headline_cell(e) for e in entries]
+                + [f"{max(dips):.1f}" if dips else "-"]
+            )
+    headers = ["arch/change", "recipe"] + [f"{b} epochs" for b in budgets]
+    headers.append("worst dip below teacher (pts)")
+    text = (
+        "# Net2Net students vs scratch, recommended recipes (student % vs scratch %: the "
+        "student's training FLOPs to scratch's final accuracy - 0.3 points over scratch's; "
+        f"means over {HEADLINE_SEEDS} seeds unless marked; teacher not counted)\n\n"
+        + common.markdown_table(headers, rows)
+        + "\n"
+    )
+    (out / "headline.md").write_text(text)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -417,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     common.write_json(out / "summary.json", payload)
     write_table(out, summary)
+    print(write_headline(out, summary))
     print((out / "table.md").read_text())
     return 0
 
