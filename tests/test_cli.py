@@ -284,6 +284,36 @@ def test_grow_then_train_from_grown(
     assert checkpoint.all_steps(student_dir) == [STEPS_PER_EPOCH]
 
 
+def test_grow_with_fresh_units_preserves_the_function(
+    teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    grown_dir = tmp_path / "grown_fresh"
+    args = ["grow", "--from", str(teacher_run), "--widen", "2x", "--noise", "fresh"]
+    assert cli.main([*args, "--out", str(grown_dir)]) == 0
+    assert "function preserved" in capsys.readouterr().out
+    teacher, grown = checkpoint.restore(teacher_run), checkpoint.restore(grown_dir)
+    xs = jax.random.normal(jax.random.key(1), (2, 8, 8, 8, 1))
+    jnet2net.assert_function_preserved(
+        teacher.model, teacher.variables, grown.model, grown.variables, xs
+    )
+    # fresh units: the old units keep their incoming weights, the new ones differ from them
+    pairs = zip(
+        jax.tree_util.tree_leaves(teacher.variables["params"]),
+        jax.tree_util.tree_leaves(grown.variables["params"]),
+        strict=True,
+    )
+    old, new = next(  # the first conv: same input channels, twice the output channels
+        (a, b) for a, b in pairs if a.ndim == 4 and b.shape == (*a.shape[:-1], 2 * a.shape[-1])
+    )
+    width = old.shape[-1]
+    np.testing.assert_array_equal(new[..., :width], old)
+    assert not np.allclose(new[..., width:], old)
+    # transfer maps replicas only: 'fresh' is not one of its choices
+    with pytest.raises(SystemExit):
+        cli.main(["transfer", "--from", str(teacher_run), "--noise", "fresh", "--out", "x"])
+    assert "invalid choice: 'fresh'" in capsys.readouterr().err
+
+
 def test_grow_errors(teacher_run: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
     out = str(tmp_path / "grown")
     assert cli.main(["grow", "--from", str(teacher_run), "--out", out]) == 2

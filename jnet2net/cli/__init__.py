@@ -55,6 +55,7 @@ from jnet2net.cli.arch import (
 )
 from jnet2net.cli.args import (
     EXAMPLES,
+    GROW_NOISES,
     NOISES,
     PROG,
     check_out,
@@ -107,6 +108,7 @@ __all__ = [
     # args
     "PROG",
     "NOISES",
+    "GROW_NOISES",
     "EXAMPLES",
     "check_out",
     "count_at_least",

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 PROG = "jnet2net"
-#: The ``--noise`` choices of ``grow`` and ``transfer``.
+#: The ``--noise`` choices of ``transfer`` (replica mappings only).
 NOISES = ("split", "none", "paper")
+#: The ``--noise`` choices of ``grow``: ``transfer``'s and ``'fresh'`` units.
+GROW_NOISES = (*NOISES, "fresh")
 #: The config tree a run trains with, written into its directory (``train --config`` reads it).
 CONFIG_FILE = "config.json"
 #: What a run directory may hold besides its checkpoint steps.

@@ -15,7 +15,7 @@ from jnet2net.cli.arch import (
 )
 from jnet2net.cli.args import (
     EXAMPLES,
-    NOISES,
+    GROW_NOISES,
     add_max_params,
     add_source_args,
     check_out,
@@ -57,7 +57,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--deepen-hidden", metavar="N", type=int, default=None, help="new VGG hidden layer count"
     )
-    p.add_argument("--noise", choices=NOISES, default="split", help="widening symmetry breaking")
+    p.add_argument(
+        "--noise",
+        choices=GROW_NOISES,
+        default="split",
+        help="new units: replicas ('split', 'none', 'paper') or 'fresh' random units with zero "
+        "outgoing weights (exact; trains best as a student)",
+    )
     p.add_argument("--noise-scale", metavar="X", type=float, default=0.1, help="size of that noise")
     p.add_argument(
         "--seed", metavar="N", type=int, default=0, help="seeds the mappings and new blocks"
