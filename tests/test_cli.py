@@ -902,3 +902,11 @@ def test_transfer_of_a_vit_checkpoint(tmp_path: pathlib.Path, capsys) -> None:
     bad = json.dumps({**jnet2net.model_config(model), "patch_size": 3})
     argv = ["transfer", "--from", str(src), "--to", bad, "--out", str(tmp_path / "p")]
     assert "h and w multiples of 3, got shape (1, 8, 8, 1)" in _error_of(argv, capsys)
+
+
+def test_the_noise_choices_match_the_engine_s() -> None:
+    """The CLI keeps its own tuples (no jax import to parse flags); they must not drift."""
+    from jnet2net.engine import widening
+
+    assert set(cli.GROW_NOISES) == set(widening.NOISES)
+    assert set(cli.NOISES) == set(widening.REPLICA_NOISES)
