@@ -334,7 +334,8 @@ def test_the_scale_down_experiment_config_gives_its_default_settings(monkeypatch
         return flags, train_config, arms
 
     plain = settings([])
-    assert plain[1].epochs == 15 and plain[2][0].target_compute == 0.6
+    assert plain[1].epochs == 15 and plain[2][0].target_compute == 0.65
+    assert plain[2][0].lr_boost == 3.0
     assert settings(["--config", str(path)]) == plain
     _, config, arms = settings(["--config", str(path), "--lr", "0.05", "--target", "0.5"])
     assert config.learning_rate == 0.05 and arms[0].target_compute == 0.5  # flags win

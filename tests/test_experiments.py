@@ -216,7 +216,14 @@ def test_study_flags_reach_the_configs(tmp_path):
     default = scale_down.build_parser().parse_args([])
     scale_down.resolve_settings(default)
     default_config = scale_down.scale_config(default, "scale_down", spe=40)
-    assert (default_config.max_stages, default_config.lr_boost) == (None, 1.0)
+    assert (default_config.max_stages, default_config.lr_boost) == (None, 3.0)
+    assert default_config.target_compute == 0.65
+    for arm in scale_down.BOOSTED_ARMS:  # full training at the scale-down arm's rates
+        boosted = scale_down.scale_config(args, arm, spe=40)
+        assert (boosted.target_compute, boosted.lr_boost) == (1.0, 1.5)
+    args.lr_boost, args.out = 1.0, str(tmp_path)  # then full_boosted is the full arm: not run
+    scale_down.run_arm(args, "resnet18", "full_boosted", 0, None, None)
+    assert not scale_down.log_path(pathlib.Path(args.out), "resnet18", "full_boosted", 0).exists()
     args = progressive.build_parser().parse_args(["--ema-decay", "0.99"])
     assert progressive.train_config(args, 3, 0, tmp_path / "log.jsonl").ema_decay == 0.99
     args = progressive.build_parser().parse_args([])
@@ -285,10 +292,13 @@ def test_scale_down_summary_compares_every_arm_with_full_training(tmp_path):
     _write_log(runs / "resnet18_scale_down_s0.jsonl", [0.5, 0.79], 6.0, 2.0)  # 12, 4 + 1 s
     _write_log(runs / "resnet18_freezeout_s0.jsonl", [0.5, 0.77], 6.0, 2.0)
     _write_log(runs / "resnet18_full_eq_flops_s0.jsonl", [0.75], 10.0, 4.0)
+    _write_log(runs / "resnet18_full_boosted_s0.jsonl", [0.5, 0.82], 10.0, 4.0)
     _write_log(runs / "vgg11_full_s0.jsonl", [0.5, 0.8], 10.0, 4.0)  # no scale-down run yet
     summary = scale_down.summarize(tmp_path, ["resnet18", "vgg11"], 2)
     assert set(summary["networks"]) == {"resnet18"}
     entry = summary["networks"]["resnet18"]
+    assert entry["acc_drop_same_lr_pts"] == pytest.approx(3.0)  # 82% with the same rates
+    assert entry["acc_drop_same_lr_spread"]["n"] == 1
     assert entry["speedup"] == pytest.approx(9 / 5)
     assert entry["steps_speedup"] == pytest.approx(8 / 4)  # compiles left out
     assert entry["arms"]["scale_down"]["steps_speedup"]["mean"] == pytest.approx(2.0)

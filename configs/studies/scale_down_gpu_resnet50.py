@@ -36,5 +36,6 @@ def get_config() -> Study:
             "out": "/tmp/gpu_suite/results/scale_down",
             "target": 0.5,
             "not_before": 0.2,
+            "lr_boost": 1.0,  # the recorded runs predate the boost
         },
     )

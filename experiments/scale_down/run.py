@@ -9,17 +9,23 @@ weight decay 5e-4, random crop (2 px padding) and flip, float32.
 Arms, per network and seed (``--arms``, ``--seeds``):
 
 * ``full``: ``jnet2net.train.fit`` for ``--epochs``;
+* ``full_boosted``: full training with the same learning rates as ``scale_down`` (its
+  stages that may freeze at ``--lr-boost`` times the rate; a scale-down run whose target of
+  1.0 freezes nothing), so ``acc_drop_same_lr_pts`` separates the cost of freezing from the
+  boost's gain (only with ``--lr-boost`` other than 1: else it is ``full``);
 * ``scale_down``: ``jnet2net.train.fit(..., scale_down=...)`` for ``--epochs`` with
-  ``ScaleDownConfig(target_compute=--target, mode=--mode)``: stages freeze on the budget's
-  deadlines or earlier when ready (relative update below half the deeper stages' median);
+  ``ScaleDownConfig(target_compute=--target, lr_boost=--lr-boost, mode=--mode)``: stages
+  freeze on the budget's deadlines or earlier when ready (relative update below half the
+  deeper stages' median); until their ramps the stages that may freeze train at
+  ``--lr-boost`` times the learning rate (default 3, FreezeOut's larger rate);
 * ``scale_down_views``: ``scale_down`` whose caches hold ``--cache-views`` augmented copies
   of each image (random crops and flips drawn once; ``cache_augment='views'``) instead of
   each image and its mirror image;
 * ``freezeout``: the same budget on a fixed schedule (no readiness) whose learning-rate ramps
   last ``--freezeout-ramp`` of training (FreezeOut-style per-stage annealing);
 * ``full_eq_flops`` / ``full_eq_seconds``: full training for ``round(epochs * r)`` epochs
-  (its own schedule), ``r`` the ``scale_down`` run's training FLOPs / seconds (compiles
-  included) over ``full``'s, for the same seed.
+  (its own schedule, the learning rates of ``full_boosted``), ``r`` the ``scale_down``
+  run's training FLOPs / seconds (compiles included) over ``full``'s, for the same seed.
 
 Each run logs per epoch (test accuracy, cumulative training FLOPs from XLA's cost analysis
 of the compiled steps, training and compile seconds) to ``runs/<net>_<arm>_s<seed>.jsonl``
@@ -27,7 +33,8 @@ of the compiled steps, training and compile seconds) to ``runs/<net>_<arm>_s<see
 seconds). A finished run is skipped when the script runs again, so the study resumes.
 ``summary.json`` then holds, per network, means over seeds of ``speedup`` (full training's
 seconds at equal epochs over scale-down's, compiles included; evaluation excluded) and
-``acc_drop_pts`` (full's final test accuracy minus scale-down's, in points), and every
+``acc_drop_pts`` (full's final test accuracy minus scale-down's, in points;
+``acc_drop_same_lr_pts`` against ``full_boosted``), and every
 arm's accuracy, FLOPs and seconds against ``full``; ``table.md`` shows them.
 
 CPU (2 cores; about ten CPU-minutes per full run)::
@@ -72,16 +79,27 @@ from jnet2net.models import resnet18, resnet50, vgg11
 from jnet2net.scale_down import ScaleDownConfig
 from jnet2net.train import TrainConfig, fit, read_jsonl, steps_per_epoch
 
-ARMS = ("full", "scale_down", "freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
+ARMS = (
+    "full",
+    "scale_down",
+    "full_boosted",
+    "freezeout",
+    "full_eq_flops",
+    "full_eq_seconds",
+    "scale_down_views",
+)
 SCALED_ARMS = ("scale_down", "freezeout", "scale_down_views")
+#: Full training, with the scale-down arm's learning rates where it boosts them.
+BOOSTED_ARMS = ("full_boosted", "full_eq_flops", "full_eq_seconds")
 BASELINES = ("freezeout", "full_eq_flops", "full_eq_seconds", "scale_down_views")
 
 #: The protocol's scale-down settings (``check_every`` is set from the data: a quarter epoch).
 PROTOCOL_SCALE_DOWN = ScaleDownConfig(
-    target_compute=0.6,
+    target_compute=0.65,
     not_before=0.3,
     min_spacing=0.1,
     ramp=0.05,
+    lr_boost=3.0,
     mode="cache",
     cache_augment="flip",
     cache_views=4,
@@ -217,6 +235,8 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
     }
     if arm == "freezeout":
         fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
+    if arm in BOOSTED_ARMS:
+        fields.update(target_compute=1.0)  # the same rates, nothing frozen
     if arm == "scale_down_views" and not args.tiny:
         fields.update(cache_augment="views", cache_views=args.cache_views)
     return dataclasses.replace(base_configs(args)[1], **fields)
@@ -275,6 +295,9 @@ def run_arm(
     out = pathlib.Path(args.out)
     path = log_path(out, net, arm, seed)
     epochs = args.epochs
+    if arm == "full_boosted" and args.lr_boost == 1.0:
+        print(f"  {net} {arm} s{seed}: --lr-boost 1 (the full arm); skipped")
+        return
     if arm.startswith("full_eq"):
         epochs = equal_epochs(out, net, arm, seed, args.epochs)
         if epochs is None:
@@ -287,7 +310,7 @@ def run_arm(
     model = networks(args)[net]()
     config = train_config(args, epochs, seed, path)
     start = time.perf_counter()
-    if arm in SCALED_ARMS:
+    if arm in SCALED_ARMS or (arm in BOOSTED_ARMS and args.lr_boost != 1.0):
         spe = steps_per_epoch(len(train), config.batch_size)
         fit(model, train, test, config, scale_down=scale_config(args, arm, spe))
     else:
@@ -335,6 +358,10 @@ def _seed_row(out: pathlib.Path, net: str, seed: int, epochs: int) -> dict[str, 
         "acc_drop_pts": scaled["acc_drop_pts"],
         "arms": arms,
     }
+    if "full_boosted" in arms:
+        row["acc_drop_same_lr_pts"] = 100 * (
+            arms["full_boosted"]["final_acc"] - scaled["final_acc"]
+        )
     summary = run_summary(log_path(out, net, "scale_down", seed))
     if summary:
         row["scale_down"] = {
@@ -381,12 +408,21 @@ def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, 
             for arm in ARMS
             if any(arm in r["arms"] for r in rows)
         }
+        same_lr = [r["acc_drop_same_lr_pts"] for r in rows if "acc_drop_same_lr_pts" in r]
         networks[net] = {
             "speedup": speedup["mean"],
             "steps_speedup": mean_spread([r["steps_speedup"] for r in rows])["mean"],
             "acc_drop_pts": drop["mean"],
             "speedup_spread": speedup,
             "acc_drop_spread": drop,
+            **(
+                {
+                    "acc_drop_same_lr_pts": mean_spread(same_lr)["mean"],
+                    "acc_drop_same_lr_spread": mean_spread(same_lr),
+                }
+                if same_lr
+                else {}
+            ),
             "seeds": [r["seed"] for r in rows],
             "arms": arms,
             "points_over": {
@@ -471,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-views", type=int, default=None, help="scale_down_views' copies (default 4)"
     )
-    parser.add_argument("--target", type=float, default=None, help="target_compute (default 0.6)")
+    parser.add_argument("--target", type=float, default=None, help="target_compute (default 0.65)")
     parser.add_argument("--not-before", type=float, default=None, help="default 0.3")
     parser.add_argument("--min-spacing", type=float, default=None, help="default 0.1")
     parser.add_argument("--ramp", type=float, default=None, help="default 0.05")
@@ -479,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-boost",
         type=float,
         default=None,
-        help="learning-rate factor of the stages that may freeze (default 1)",
+        help="learning-rate factor of the stages that may freeze (default 3)",
     )
     parser.add_argument(
         "--max-stages",
