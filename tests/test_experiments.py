@@ -307,9 +307,12 @@ def test_scale_down_summary_compares_every_arm_with_full_training(tmp_path):
     assert points == {"freezeout": pytest.approx(2.0), "full_eq_flops": pytest.approx(4.0)}
     assert entry["arms"]["full_eq_flops"]["flops_ratio"]["mean"] == pytest.approx(0.5)
     scale_down.write_table(tmp_path, summary)
+    table = (tmp_path / "table.md").read_text()
+    assert "| resnet18 | scale_down | 79.0 | 1.00 | 0.60 | 1.80 | 2.00 |" in table
     assert (
-        "| resnet18 | scale_down | 79.0 | 1.00 | 0.60 | 1.80 | 2.00 |"
-        in (tmp_path / "table.md").read_text()
+        "- resnet18 (1 seed): 1.80x faster than full training at 0.60 of its FLOPs, "
+        "1.0 points below it (3.0 below full training at the same learning rates); "
+        "+2.0 points over freezeout, +4.0 over full_eq_flops" in table
     )
 
 

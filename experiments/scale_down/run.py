@@ -434,8 +434,38 @@ def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, 
     return {"epochs": epochs, "networks": networks}
 
 
+def _pm(spread: dict[str, Any], digits: int) -> str:
+    """``mean ± sd`` of a :func:`mean_spread` (the mean alone for one value)."""
+    mean = f"{spread['mean']:.{digits}f}"
+    return mean if spread.get("std") is None else f"{mean} ± {spread['std']:.{digits}f}"
+
+
+def headline(net: str, entry: dict[str, Any]) -> str:
+    """One network's result in a sentence: speed-up and FLOPs, the drop against full training
+    (and against ``full_boosted`` where it ran), and the points over each baseline."""
+    seeds = len(entry["seeds"])
+    text = (
+        f"- {net} ({seeds} seed{'s' if seeds > 1 else ''}): "
+        f"{_pm(entry['speedup_spread'], 2)}x faster than full training at "
+        f"{entry['arms']['scale_down']['flops_ratio']['mean']:.2f} of its FLOPs, "
+        f"{_pm(entry['acc_drop_spread'], 1)} points below it"
+    )
+    if "acc_drop_same_lr_spread" in entry:
+        same = _pm(entry["acc_drop_same_lr_spread"], 1)
+        text += f" ({same} below full training at the same learning rates)"
+    over = [
+        (arm, spread) for arm, spread in entry["points_over"].items() if spread["mean"] is not None
+    ]
+    if over:
+        parts = [f"{'+' if s['mean'] >= 0 else ''}{_pm(s, 1)} over {arm}" for arm, s in over]
+        parts[0] = parts[0].replace(" over ", " points over ", 1)
+        text += "; " + ", ".join(parts)
+    return text
+
+
 def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
-    """``table.md``: each network's arms against full training at equal epochs."""
+    """``table.md``: each network's result in a sentence (:func:`headline`), then its arms
+    against full training at equal epochs."""
 
     def stat(entry: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
         value = entry.get(key, {}).get("mean")
@@ -467,6 +497,8 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
     text = (
         f"# Budgeted scale-down, {summary['epochs']} epochs (means over seeds; speed-up: seconds"
         " with compiles, without evaluation; steps only: without compiles too)\n\n"
+        + "\n".join(headline(net, entry) for net, entry in summary["networks"].items())
+        + "\n\n"
         + common.markdown_table(headers, rows)
         + "\n"
     )
