@@ -221,6 +221,7 @@ def test_study_flags_reach_the_configs(tmp_path):
     for arm in scale_down.BOOSTED_ARMS:  # full training at the scale-down arm's rates
         boosted = scale_down.scale_config(args, arm, spe=40)
         assert (boosted.target_compute, boosted.lr_boost) == (1.0, 1.5)
+        assert boosted.ready_ratio is None  # no deadline and no readiness: nothing freezes
     args.lr_boost, args.out = 1.0, str(tmp_path)  # then full_boosted is the full arm: not run
     scale_down.run_arm(args, "resnet18", "full_boosted", 0, None, None)
     assert not scale_down.log_path(pathlib.Path(args.out), "resnet18", "full_boosted", 0).exists()

@@ -11,8 +11,9 @@ Arms, per network and seed (``--arms``, ``--seeds``):
 * ``full``: ``jnet2net.train.fit`` for ``--epochs``;
 * ``full_boosted``: full training with the same learning rates as ``scale_down`` (its
   stages that may freeze at ``--lr-boost`` times the rate; a scale-down run whose target of
-  1.0 freezes nothing), so ``acc_drop_same_lr_pts`` separates the cost of freezing from the
-  boost's gain (only with ``--lr-boost`` other than 1: else it is ``full``);
+  1.0 and fixed schedule freeze nothing), so ``acc_drop_same_lr_pts`` separates the cost
+  of freezing from the boost's gain (only with ``--lr-boost`` other than 1: else it is
+  ``full``);
 * ``scale_down``: ``jnet2net.train.fit(..., scale_down=...)`` for ``--epochs`` with
   ``ScaleDownConfig(target_compute=--target, lr_boost=--lr-boost, mode=--mode)``: stages
   freeze on the budget's deadlines or earlier when ready (relative update below half the
@@ -236,7 +237,7 @@ def scale_config(args: argparse.Namespace, arm: str, spe: int) -> ScaleDownConfi
     if arm == "freezeout":
         fields.update(ready_ratio=None, ramp=args.freezeout_ramp)
     if arm in BOOSTED_ARMS:
-        fields.update(target_compute=1.0)  # the same rates, nothing frozen
+        fields.update(target_compute=1.0, ready_ratio=None)  # the same rates, nothing frozen
     if arm == "scale_down_views" and not args.tiny:
         fields.update(cache_augment="views", cache_views=args.cache_views)
     return dataclasses.replace(base_configs(args)[1], **fields)
