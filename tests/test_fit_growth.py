@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-
 import chex
 import jax
 import numpy as np
@@ -240,18 +236,3 @@ def test_precompiled_events_train_the_same_run(digits, grown_run):
     chex.assert_trees_all_equal(plain.state.opt_state, grown_run[0].state.opt_state)
     logged = train.read_jsonl(grown_run[1])
     assert logged[-1]["background_compile_s"] > 0  # the grown run compiled its events aside
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_background_work_runs_at_the_lowest_cpu_priority():
-    """A background compile takes only the cores the training steps leave idle."""
-    from jnet2net.train.steppers import Stepper
-
-    def own_priority() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = own_priority()
-    stepper = Stepper()
-    stepper.run_in_background(own_priority)
-    assert stepper.background.result() == 19
-    assert own_priority() == before  # the calling thread keeps its priority

@@ -13,9 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import os
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,17 +45,6 @@ Record = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
 
-def yield_to_training() -> None:
-    """Lowers the calling thread's CPU priority to the lowest (nice 19; Linux, where a
-    thread's nice value is its own; elsewhere nothing), so that work in a background thread,
-    e.g. compiling the steps of later events, takes the cores that the training steps leave
-    idle instead of slowing them down. Threads it starts inherit the priority."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 class Stepper:
     """The points at which :func:`~jnet2net.train.fit` hands over to a training strategy
     (the defaults: no events, the state is the whole network's, nothing else to report).
@@ -80,15 +66,9 @@ class Stepper:
     background: concurrent.futures.Future | None = None
 
     def run_in_background(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Starts ``fn(*args, **kwargs)`` in a thread of its own (:attr:`background`), at the
-        lowest CPU priority where the system sets it per thread (:func:`yield_to_training`)."""
-
-        def work() -> Any:
-            yield_to_training()
-            return fn(*args, **kwargs)
-
+        """Starts ``fn(*args, **kwargs)`` in a thread of its own (:attr:`background`)."""
         pool = concurrent.futures.ThreadPoolExecutor(1)
-        self.background = pool.submit(work)
+        self.background = pool.submit(fn, *args, **kwargs)
         pool.shutdown(wait=False)
 
     def begin(self, state: TrainState, data: Any, totals: dict[str, float]) -> None:
