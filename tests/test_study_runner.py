@@ -32,12 +32,14 @@ GPU_NET2NET_ARGV = [
     "10", "--batch-size", "512", "--lr", "0.2", "--student-lr", "0.1", "--seeds", "0", "1",
     "2", "--out", "/tmp/suite/results/net2net", "--cache", "/tmp/net2net_teachers",
 ]  # fmt: skip
-#: ... its scale_down_resnet50 step (target and not_before added after the first GPU run).
+#: ... its scale_down_resnet50 step (target and not_before added after the first GPU run;
+#: lr_boost pinned to the recorded runs' 1.0 when the study's default became 3).
 GPU_SCALE_DOWN_ARGV = [
     "--protocol", "full", "--npz", "/tmp/cifar10_raw/cifar10.npz", "--nets", "resnet50",
     "--arms", "full", "scale_down", "--seeds", "0", "--epochs", "15", "--batch-size", "512",
     "--lr", "0.2", "--warmup-epochs", "2", "--dtype", "bfloat16", "--out",
     "/tmp/suite/results/scale_down", "--target", "0.5", "--not-before", "0.2",
+    "--lr-boost", "1.0",
 ]  # fmt: skip
 
 
