@@ -206,6 +206,15 @@ def mean_spread(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
+def format_spread(stats: dict[str, Any], digits: int = 2, scale: float = 1.0) -> str:
+    """``"mean ± sd"`` of a :func:`mean_spread` (times ``scale``; the mean alone when one
+    value is known); its ``mean`` must not be ``None``."""
+    text = f"{scale * stats['mean']:.{digits}f}"
+    if stats.get("std") is not None:
+        text += f" ± {scale * stats['std']:.{digits}f}"
+    return text
+
+
 # --- timed runs ---------------------------------------------------------------------------
 
 

@@ -746,3 +746,10 @@ def test_net2net_protocol_headline_grid_of_recommended_recipes(tmp_path):
     assert cells[4] == "-"  # budget 20 not run
     assert cells[5] == "1.0"  # the worst mean dip below the teacher (50.0 -> 49.0)
     assert "resnet/deeper" not in text  # nothing run for it
+
+
+def test_format_spread_gives_the_mean_and_its_spread():
+    from experiments.common import format_spread, mean_spread
+
+    assert format_spread(mean_spread([0.5, 0.7]), 1, scale=100) == "60.0 ± 10.0"
+    assert format_spread(mean_spread([1.5, None])) == "1.50"  # one value known: no spread

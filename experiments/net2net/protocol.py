@@ -61,7 +61,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import jnet2net
 from experiments import common
-from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
+from experiments.common import (
+    epoch_records,
+    finished,
+    format_spread,
+    mean_spread,
+    run_seconds,
+    to_target,
+)
 from experiments.net2net.run import student_model
 from jnet2net import data as data_lib
 from jnet2net.config import load_config
@@ -293,9 +300,7 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
     def cell(stats: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
         if stats["mean"] is None:
             return "never" if stats["missing"] else "-"
-        text = f"{scale * stats['mean']:.{digits}f}"
-        if stats["std"] is not None:
-            text += f" ± {scale * stats['std']:.{digits}f}"
+        text = format_spread(stats, digits, scale)
         return text + (f" ({stats['missing']} never)" if stats["missing"] else "")
 
     rows = []

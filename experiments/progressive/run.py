@@ -67,7 +67,14 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from experiments import common
-from experiments.common import epoch_records, finished, mean_spread, run_seconds, to_target
+from experiments.common import (
+    epoch_records,
+    finished,
+    format_spread,
+    mean_spread,
+    run_seconds,
+    to_target,
+)
 from jnet2net import data as data_lib
 from jnet2net.config import load_config
 from jnet2net.models import ResNet
@@ -324,9 +331,7 @@ def write_table(out: pathlib.Path, summary: dict[str, Any]) -> None:
     def ratio(stats: dict[str, Any] | None) -> str:
         if not stats or stats["mean"] is None:
             return "never"
-        text = f"{stats['mean']:.2f}"
-        if stats["std"] is not None:
-            text += f" ± {stats['std']:.2f}"
+        text = format_spread(stats)
         return text + (f" ({stats['missing']} never)" if stats["missing"] else "")
 
     rows = []

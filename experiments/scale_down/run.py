@@ -73,7 +73,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from experiments import common
-from experiments.common import mean_spread, run_seconds, step_seconds
+from experiments.common import format_spread, mean_spread, run_seconds, step_seconds
 from jnet2net import data as data_lib
 from jnet2net.config import load_config
 from jnet2net.models import resnet18, resnet50, vgg11
@@ -435,30 +435,26 @@ def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, 
     return {"epochs": epochs, "networks": networks}
 
 
-def _pm(spread: dict[str, Any], digits: int) -> str:
-    """``mean ± sd`` of a :func:`mean_spread` (the mean alone for one value)."""
-    mean = f"{spread['mean']:.{digits}f}"
-    return mean if spread.get("std") is None else f"{mean} ± {spread['std']:.{digits}f}"
-
-
 def headline(net: str, entry: dict[str, Any]) -> str:
     """One network's result in a sentence: speed-up and FLOPs, the drop against full training
     (and against ``full_boosted`` where it ran), and the points over each baseline."""
     seeds = len(entry["seeds"])
     text = (
         f"- {net} ({seeds} seed{'s' if seeds > 1 else ''}): "
-        f"{_pm(entry['speedup_spread'], 2)}x faster than full training at "
+        f"{format_spread(entry['speedup_spread'], 2)}x faster than full training at "
         f"{entry['arms']['scale_down']['flops_ratio']['mean']:.2f} of its FLOPs, "
-        f"{_pm(entry['acc_drop_spread'], 1)} points below it"
+        f"{format_spread(entry['acc_drop_spread'], 1)} points below it"
     )
     if "acc_drop_same_lr_spread" in entry:
-        same = _pm(entry["acc_drop_same_lr_spread"], 1)
+        same = format_spread(entry["acc_drop_same_lr_spread"], 1)
         text += f" ({same} below full training at the same learning rates)"
     over = [
         (arm, spread) for arm, spread in entry["points_over"].items() if spread["mean"] is not None
     ]
     if over:
-        parts = [f"{'+' if s['mean'] >= 0 else ''}{_pm(s, 1)} over {arm}" for arm, s in over]
+        parts = [
+            f"{'+' if s['mean'] >= 0 else ''}{format_spread(s, 1)} over {arm}" for arm, s in over
+        ]
         parts[0] = parts[0].replace(" over ", " points over ", 1)
         text += "; " + ", ".join(parts)
     return text
