@@ -409,7 +409,9 @@ def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, 
             for arm in ARMS
             if any(arm in r["arms"] for r in rows)
         }
-        same_lr = [r["acc_drop_same_lr_pts"] for r in rows if "acc_drop_same_lr_pts" in r]
+        same_lr = mean_spread(
+            [r["acc_drop_same_lr_pts"] for r in rows if "acc_drop_same_lr_pts" in r]
+        )
         networks[net] = {
             "speedup": speedup["mean"],
             "steps_speedup": mean_spread([r["steps_speedup"] for r in rows])["mean"],
@@ -417,11 +419,8 @@ def summarize(out: pathlib.Path, nets: Sequence[str], epochs: int) -> dict[str, 
             "speedup_spread": speedup,
             "acc_drop_spread": drop,
             **(
-                {
-                    "acc_drop_same_lr_pts": mean_spread(same_lr)["mean"],
-                    "acc_drop_same_lr_spread": mean_spread(same_lr),
-                }
-                if same_lr
+                {"acc_drop_same_lr_pts": same_lr["mean"], "acc_drop_same_lr_spread": same_lr}
+                if same_lr["n"]
                 else {}
             ),
             "seeds": [r["seed"] for r in rows],
